@@ -1,0 +1,39 @@
+"""The one seam between the crash-safety protocol and the operating system.
+
+Both backends expose the same small interface, chosen once here:
+
+* ``Directory(path)``: an open directory with ``lstat``, ``readlink``,
+  ``open_read``, ``create_temp``,
+  ``publish``, ``discard``, ``sync`` and ``close``;
+* ``copy_into(src_fd, dst_fd)``: the old content, for append mode;
+* ``fsync_file(fd)``: the strongest flush the platform has;
+* ``set_metadata(fd, mode, owner)``: owner first, then the exact mode;
+* ``directory_sync_unsupported(error)``: whether a directory fsync error means
+  the filesystem cannot sync directories at all.
+
+The POSIX backend's module flag ``use_tmpfile`` says whether anonymous
+``O_TMPFILE`` staging is tried; tests turn it off to prove the named path.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if sys.platform == "win32":  # pragma: no cover - not verified on this project's CI
+    from crashsafe._platform._windows import (
+        Directory,
+        copy_into,
+        directory_sync_unsupported,
+        fsync_file,
+        set_metadata,
+    )
+else:
+    from crashsafe._platform._posix import (
+        Directory,
+        copy_into,
+        directory_sync_unsupported,
+        fsync_file,
+        set_metadata,
+    )
+
+__all__ = ["Directory", "copy_into", "directory_sync_unsupported", "fsync_file", "set_metadata"]

@@ -1,0 +1,285 @@
+"""POSIX steps of the protocol: every operation relative to one open directory.
+
+Linux is verified; macOS and the BSDs take the named-temporary path and
+``F_FULLFSYNC`` where it exists, written with care but not verified here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import sys
+from collections.abc import Callable
+from typing import Final
+
+from crashsafe.staging import temp_name
+
+__all__ = [
+    "Directory",
+    "copy_into",
+    "directory_sync_unsupported",
+    "fsync_file",
+    "set_metadata",
+    "use_tmpfile",
+]
+
+_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_O_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
+_O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+_O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
+# Errors by which a filesystem says "no O_TMPFILE here" (ext2 without it,
+# FUSE servers without tmpfile, NFS, older kernels); the named path follows.
+_NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
+# Errors by which link() says "no hard links here"; renameat2 is tried next.
+_NO_LINK: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
+_RENAME_NOREPLACE: Final = 1
+_NAME_TRIES: Final = 100
+
+# O_TMPFILE needs linkat() through /proc to give the file a name (AT_EMPTY_PATH
+# would need CAP_DAC_READ_SEARCH). Tests switch it off to prove the named path.
+use_tmpfile: bool = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
+
+if sys.platform == "darwin":  # pragma: no cover - not verified on this machine
+    import fcntl
+
+    def fsync_file(fd: int) -> None:
+        """Flush *fd* to stable storage, drive cache included (``F_FULLFSYNC``)."""
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+        except OSError as e:
+            # Filesystems that do not implement it (some network ones) say
+            # ENOTSUP or ENOTTY; fsync is the best they offer.
+            if e.errno not in (errno.ENOTSUP, errno.ENOTTY, errno.EINVAL):
+                raise
+            os.fsync(fd)
+
+else:
+    fsync_file = os.fsync
+
+
+def _fresh_name(name: str, make: Callable[[str], object]) -> str:
+    """Call *make(candidate)* with fresh temporary names until one is not taken."""
+    for _ in range(_NAME_TRIES):
+        candidate = temp_name(name)
+        try:
+            make(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(errno.EEXIST, "no free temporary name after 100 tries", name)
+
+
+class Directory:
+    """An open directory; every later step names files relative to it.
+
+    Holding the directory open pins it: a rename of a parent directory during
+    the write cannot make the temporary file and the target end up in
+    different places, and the directory fsync syncs the directory that was
+    actually written.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path or ".", os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def lstat(self, name: str) -> os.stat_result | None:
+        """The entry *name* itself (a symlink is not followed), or None if absent."""
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def readlink(self, name: str) -> str:
+        return os.readlink(name, dir_fd=self.fd)
+
+    def open_read(self, name: str) -> int:
+        """Open the existing file *name* for reading, refusing a symlink."""
+        return os.open(name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self.fd)
+
+    def create_temp(self, name: str, mode: int | None) -> tuple[int, str | None, int]:
+        """Create an empty, private temporary file for target *name*, open for reading
+        and writing.
+
+        Returns ``(fd, temp, mode)``: *temp* is None for an anonymous
+        ``O_TMPFILE`` (nothing to clean up after a crash), else the unguessable
+        name it was created under, exclusively and without following symlinks;
+        *mode* is the mode the caller must give it with :func:`set_metadata`
+        before writing. With *mode* None, that is the mode ``open()`` would give
+        a new file here (0o666 less the umask, or the directory's default ACL),
+        learned from the kernel without touching the process umask.
+        """
+        create_mode = 0o666 if mode is None else mode & 0o600
+        if use_tmpfile:
+            try:
+                fd = os.open(".", _O_TMPFILE | os.O_RDWR | _O_CLOEXEC, create_mode, dir_fd=self.fd)
+            except OSError as e:
+                if e.errno not in _NO_TMPFILE:
+                    raise
+            else:
+                if mode is None:
+                    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+                return fd, None, mode
+        if mode is None:
+            mode = self._new_file_mode(name)
+        fds: list[int] = []
+        flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_NOFOLLOW | _O_CLOEXEC
+
+        def make(candidate: str) -> None:
+            fds.append(os.open(candidate, flags, mode & 0o600, dir_fd=self.fd))
+
+        temp = _fresh_name(name, make)
+        return fds[0], temp, mode
+
+    def _new_file_mode(self, name: str) -> int:
+        # An empty probe file shows what the kernel gives a new file here. No
+        # data is ever written to it, so exposing it for a moment leaks nothing.
+        fds: list[int] = []
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_NOFOLLOW | _O_CLOEXEC
+        probe = _fresh_name(name, lambda c: fds.append(os.open(c, flags, 0o666, dir_fd=self.fd)))
+        try:
+            return stat.S_IMODE(os.fstat(fds[0]).st_mode)
+        finally:
+            os.close(fds[0])
+            os.unlink(probe, dir_fd=self.fd)
+
+    def publish(self, fd: int, temp: str | None, name: str, *, replace: bool) -> None:
+        """Atomically make the staged file visible as *name*, then close *fd*.
+
+        With *replace* False, an existing *name* raises ``FileExistsError``
+        atomically (no check-then-act window). On any failure nothing visible
+        has changed, *fd* is closed and no temporary name is left.
+        """
+        try:
+            if temp is None:
+                self._publish_anonymous(fd, name, replace=replace)
+            elif replace:
+                os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            else:
+                self._rename_noreplace(temp, name)
+        except BaseException:
+            self.discard(fd, temp)
+            raise
+        os.close(fd)
+
+    def _publish_anonymous(self, fd: int, name: str, *, replace: bool) -> None:
+        source = f"/proc/self/fd/{fd}"
+        if not replace:
+            os.link(source, name, dst_dir_fd=self.fd, follow_symlinks=True)
+            return
+        # link() cannot replace, so the file gets a temporary name first; a
+        # crash in the two syscalls between leaves a name that sweep() removes.
+        temp = _fresh_name(
+            name,
+            lambda c: os.link(source, c, dst_dir_fd=self.fd, follow_symlinks=True),
+        )
+        try:
+            os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            self._unlink_quietly(temp)
+            raise
+
+    def _rename_noreplace(self, temp: str, name: str) -> None:
+        try:
+            os.link(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise
+            _renameat2_noreplace(self.fd, temp, name)
+            return
+        # The target is published; a failure to drop the second name only
+        # leaves debris for sweep(), so it must not turn success into an error.
+        self._unlink_quietly(temp)
+
+    def discard(self, fd: int, temp: str | None) -> None:
+        """Close *fd* and remove the temporary name, if there is one."""
+        try:
+            os.close(fd)
+        finally:
+            if temp is not None:
+                self._unlink_quietly(temp)
+
+    def _unlink_quietly(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=self.fd)
+
+    def sync(self) -> None:
+        """fsync the directory, making renames and links in it durable."""
+        os.fsync(self.fd)
+
+
+def _renameat2_noreplace(dir_fd: int, src: str, dst: str) -> None:
+    """renameat2(RENAME_NOREPLACE): for filesystems without hard links."""
+    import ctypes  # only here: rare path, and ctypes costs import time
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    func = getattr(libc, "renameat2", None)
+    if func is None:
+        raise OSError(errno.ENOSYS, "no atomic create-only rename on this system", dst)
+    rc = func(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), _RENAME_NOREPLACE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), dst)
+
+
+def directory_sync_unsupported(error: OSError) -> bool:
+    """Whether a directory fsync error means "this filesystem cannot sync directories".
+
+    Some FUSE, CIFS and virtual-machine shares answer EINVAL (or ENOTSUP)
+    to fsync of a directory: they offer no directory
+    durability at all. That is a property of the filesystem, not a failure of
+    this write.
+    """
+    return error.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def set_metadata(fd: int, mode: int, owner: tuple[int, int] | None) -> None:
+    """Give the open file *fd* the *owner* (uid, gid), where permitted, then exactly *mode*.
+
+    The owner comes first because chown clears the setuid and setgid bits; a
+    caller who may not give the file away keeps what it may (the group, if it
+    is one of the caller's) and the mode is still applied exactly.
+    """
+    if owner is not None:
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != owner:
+            try:
+                os.fchown(fd, *owner)
+            except PermissionError:
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fd, -1, owner[1])
+    os.fchmod(fd, mode)
+
+
+def copy_into(src_fd: int, dst_fd: int) -> None:
+    """Copy all of *src_fd* from its start to *dst_fd*'s position, then make
+    *dst_fd* append-only so later writes land after the copy, as with ``open('a')``.
+    """
+    import fcntl
+
+    offset = 0
+    while True:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, 1 << 30, offset)
+        except OSError as e:
+            # Not every filesystem pair supports it; a plain loop always works.
+            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            _copy_loop(src_fd, dst_fd, offset)
+            break
+        if n == 0:
+            break
+        offset += n
+    fcntl.fcntl(dst_fd, fcntl.F_SETFL, fcntl.fcntl(dst_fd, fcntl.F_GETFL) | os.O_APPEND)
+
+
+def _copy_loop(src_fd: int, dst_fd: int, offset: int) -> None:
+    while chunk := os.pread(src_fd, 1 << 20, offset):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst_fd, view) :]
+        offset += len(chunk)

@@ -1,0 +1,392 @@
+"""The crash-safety protocol for one file, top to bottom.
+
+Every public write in crashsafe goes through :class:`AtomicFile`. Its steps are
+numbered as in the project's contract (``CONTRACT.md``):
+
+1. open the target's directory once; every later step is relative to it;
+2. create a temporary file there, exclusively, without following symlinks,
+   unguessably named (or anonymous, with ``O_TMPFILE``);
+3. give it the owner, then the exact mode, before any data is written;
+4. the caller writes; :meth:`AtomicFile.commit` flushes;
+5. fsync the temporary file; on error remove it and raise, never retry;
+6. rename it over the target (create-only: an atomic link that fails if the
+   target exists);
+7. fsync the directory; an error here is :class:`NotDurableError`;
+8. on any failure before step 6, ``KeyboardInterrupt`` included, remove the
+   temporary file. A commit happens at most once.
+
+How each step is done on a platform lives in :mod:`crashsafe._platform`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any, Final, Literal
+
+from crashsafe import _platform
+from crashsafe.errors import NotDurableError
+
+__all__ = ["AtomicFile", "Durability", "atomic_open", "atomic_write", "write_file_atomic"]
+
+Durability = Literal["durable", "consistent", "none"]
+# Any object with the buffer protocol works at run time (numpy arrays too);
+# collections.abc.Buffer, the exact type, needs Python 3.12.
+BytesLike = bytes | bytearray | memoryview
+_DURABILITIES: Final = ("durable", "consistent", "none")
+
+# mode -> (mode for the file object, replace an existing target, keep old content)
+_MODES: Final[dict[str, tuple[str, bool, bool]]] = {
+    "w": ("w", True, False),
+    "wt": ("w", True, False),
+    "wb": ("wb", True, False),
+    "x": ("w", False, False),
+    "xt": ("w", False, False),
+    "xb": ("wb", False, False),
+    "a": ("a", True, True),
+    "at": ("a", True, True),
+    "ab": ("ab", True, True),
+}
+_MAX_SYMLINKS: Final = 40  # as Linux's MAXSYMLINKS
+
+
+def _check_options(mode: str, perm: int | None, durability: str) -> None:
+    if not isinstance(mode, str) or mode not in _MODES:
+        raise ValueError(f"invalid mode {mode!r}: expected one of {', '.join(_MODES)}")
+    if perm is not None and (
+        not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o7777
+    ):
+        raise ValueError(f"perm must be an int from 0 to 0o7777, not {perm!r}")
+    if durability not in _DURABILITIES:
+        raise ValueError(
+            f"invalid durability {durability!r}: expected one of {', '.join(_DURABILITIES)}"
+        )
+
+
+def _locate(path: str, follow_symlinks: bool) -> tuple[_platform.Directory, str]:
+    """Open the directory that will hold the target and return it with the target's name.
+
+    With *follow_symlinks*, a symlink at the last component is followed (link
+    by link, each relative to the directory that holds it) so that the file it
+    points to is the one replaced, and a dangling link creates its target.
+    """
+    head, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        raise IsADirectoryError(21, "Is a directory", path)
+    directory = _platform.Directory(head)
+    try:
+        for _ in range(_MAX_SYMLINKS):
+            st = directory.lstat(name) if follow_symlinks else None
+            if st is None or not stat.S_ISLNK(st.st_mode):
+                return directory, name
+            link_head, name = os.path.split(os.path.join(head, directory.readlink(name)))
+            if link_head != head:
+                directory.close()
+                directory = _platform.Directory(link_head)
+                head = link_head
+            if name in ("", ".", ".."):
+                raise IsADirectoryError(21, "Is a directory", path)
+        raise OSError(40, "Too many levels of symbolic links", path)
+    except BaseException:
+        directory.close()
+        raise
+
+
+class AtomicFile:
+    """A staged file that replaces *path* all at once, or not at all.
+
+    The new content is written to :attr:`file`, a real file object (it has
+    ``fileno()``, ``seek()`` and ``tell()``), and becomes visible at *path*
+    only on :meth:`commit`. :meth:`discard` throws it away. Used as a context
+    manager, a normal exit commits and any exception (``KeyboardInterrupt``
+    included) discards. An AtomicFile that is garbage-collected while still
+    open is discarded with a :class:`ResourceWarning`.
+
+    *mode* is one of ``w``, ``wb``, ``x``, ``xb`` (create-only: commit raises
+    :class:`FileExistsError` if *path* exists then, atomically, even against
+    racing writers) and ``a``, ``ab`` (the old content, then what is written,
+    published at once; concurrent appenders need a lock to not lose each
+    other's appends). ``t`` may be added to a text mode.
+
+    *durability* says what a returned :meth:`commit` survives:
+
+    * ``"durable"``: fsync the file, rename, fsync the directory. After
+      commit returns, the new content survives a power cut.
+    * ``"consistent"``: fsync the file, rename. A power cut leaves the old or
+      the new content, never a mix, but may leave the old one after commit
+      returned.
+    * ``"none"``: no fsync. A killed process never leaves a torn target; a
+      power cut may leave an empty or partial one on some filesystems.
+
+    *perm*: given, the file ends with exactly these mode bits, whatever the
+    umask. Not given, a replaced file keeps its mode and, where permitted,
+    its owner and group; a new file gets the mode ``open()`` would give it
+    (0o666 less the umask, or the directory's default ACL). The temporary
+    file is never more permissive than the final one.
+
+    *follow_symlinks*: a symlink at *path* is followed and the file it points
+    to replaced, keeping the link (a dangling link creates its target). With
+    False, the link itself is replaced by a regular file.
+
+    Raises, before anything is created: :class:`ValueError` for a bad *mode*,
+    *perm* or *durability*, or an *encoding* with a binary mode;
+    :class:`IsADirectoryError` if *path* is a directory;
+    :class:`FileExistsError` for ``x`` modes when *path* exists; the
+    :class:`OSError` of any failed step (a missing directory, no permission).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        mode: str = "wb",
+        *,
+        perm: int | None = None,
+        durability: Durability = "durable",
+        follow_symlinks: bool = True,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> None:
+        self._state = "new"  # so that __del__ is quiet if __init__ fails early
+        _check_options(mode, perm, durability)
+        file_mode, self._replace, keep_old = _MODES[mode]
+        binary = "b" in file_mode
+        if binary and (encoding, errors, newline) != (None, None, None):
+            raise ValueError("binary mode takes no encoding, errors or newline argument")
+        self.path = os.fsdecode(os.fspath(path))
+        self._durability = durability
+
+        # Step 1: the directory, once; symlinks at the last component resolved.
+        self._dir, self._name = _locate(self.path, follow_symlinks)
+        self._fd: int | None = None
+        self._temp: str | None = None
+        try:
+            old = self._dir.lstat(self._name)
+            existing: os.stat_result | None = None
+            if old is not None:
+                if stat.S_ISDIR(old.st_mode):
+                    raise IsADirectoryError(21, "Is a directory", self.path)
+                if not self._replace:
+                    raise FileExistsError(17, "File exists", self.path)
+                if stat.S_ISREG(old.st_mode):
+                    existing = old
+                elif not stat.S_ISLNK(old.st_mode):
+                    raise OSError(22, "Not a regular file; only those are replaced", self.path)
+
+            # Step 2: the temporary file, private until step 3 sets its mode.
+            if perm is not None:
+                mode_bits: int | None = perm
+            else:
+                mode_bits = stat.S_IMODE(existing.st_mode) if existing else None
+            self._fd, self._temp, final_mode = self._dir.create_temp(self._name, mode_bits)
+            self._state = "open"
+
+            # Step 3: owner, then the exact mode (chown clears setuid/setgid).
+            owner = (existing.st_uid, existing.st_gid) if existing and perm is None else None
+            _platform.set_metadata(self._fd, final_mode, owner)
+            if keep_old and existing:
+                source = self._dir.open_read(self._name)
+                try:
+                    _platform.copy_into(source, self._fd)
+                finally:
+                    os.close(source)
+            self.file: IO[Any] = open(  # noqa: SIM115 - closed by commit or discard
+                self._fd,
+                file_mode,
+                encoding=None if binary else io.text_encoding(encoding),
+                errors=errors,
+                newline=newline,
+                closefd=False,
+            )
+        except BaseException:
+            self._discard()
+            raise
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def commit(self) -> None:
+        """Publish the written content at the target path, once.
+
+        Raises, with the target untouched and the temporary file removed: the
+        :class:`OSError` of the flush or fsync (never retried; the staged data
+        is gone and this file cannot be committed again), or of the rename
+        (:class:`FileExistsError` for create-only modes). Raises
+        :class:`NotDurableError` if the target was replaced but the directory
+        fsync failed. Raises :class:`ValueError` if already committed or
+        discarded.
+        """
+        if self._state != "open":
+            raise ValueError(f"cannot commit {self.path!r}: it was already {self._state}")
+        assert self._fd is not None
+        try:
+            # Step 4: the file object's buffer reaches the kernel.
+            self.file.close()
+            # Step 5: the data reaches the disk before any name points to it.
+            if self._durability != "none":
+                _platform.fsync_file(self._fd)
+            # Step 6: from here the platform owns the descriptor and the name.
+            fd, temp, self._fd, self._temp = self._fd, self._temp, None, None
+            self._dir.publish(fd, temp, self._name, replace=self._replace)
+        except BaseException:
+            self._discard()
+            raise
+        self._state = "committed"
+        try:
+            # Step 7: the rename reaches the disk.
+            if self._durability == "durable":
+                self._dir.sync()
+        except OSError as e:
+            if not _platform.directory_sync_unsupported(e):
+                raise NotDurableError(e.errno, e.strerror, self.path) from e
+        finally:
+            self._dir.close()
+
+    def discard(self) -> None:
+        """Throw the staged content away; the target stays as it was.
+
+        Does nothing after :meth:`commit` or an earlier discard, so it is
+        safe in a ``finally`` block.
+        """
+        if self._state == "open":
+            self._discard()
+
+    def _discard(self) -> None:
+        # Step 8: every path that does not commit ends here.
+        self._state = "discarded"
+        try:
+            if hasattr(self, "file"):
+                self.file.close()
+        except OSError:
+            pass  # a failed flush of data that is being thrown away
+        finally:
+            fd, temp, self._fd, self._temp = self._fd, self._temp, None, None
+            try:
+                if fd is not None:
+                    self._dir.discard(fd, temp)
+            finally:
+                self._dir.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == "open":
+            warnings.warn(
+                f"AtomicFile for {self.path!r} was never committed or discarded; discarding it",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+            self._discard()
+
+    def __repr__(self) -> str:
+        return f"<crashsafe.AtomicFile {self.path!r} {self._state}>"
+
+
+@contextmanager
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: str = "wb",
+    *,
+    perm: int | None = None,
+    durability: Durability = "durable",
+    follow_symlinks: bool = True,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+) -> Iterator[IO[Any]]:
+    """Open *path* for an all-or-nothing write; use it in a ``with`` statement.
+
+    Yields a real file object. Leaving the block normally publishes what was
+    written, atomically and (by default) durably; leaving it by any exception,
+    ``KeyboardInterrupt`` included, leaves *path* exactly as it was and no
+    temporary file behind. Modes and keywords are those of
+    :class:`AtomicFile`, as are the errors.
+
+    Example::
+
+        with crashsafe.atomic_open("state.json", "w") as f:
+            json.dump(state, f)
+    """
+    staged = AtomicFile(
+        path,
+        mode,
+        perm=perm,
+        durability=durability,
+        follow_symlinks=follow_symlinks,
+        encoding=encoding,
+        errors=errors,
+        newline=newline,
+    )
+    try:
+        yield staged.file
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: BytesLike | str,
+    *,
+    perm: int | None = None,
+    durability: Durability = "durable",
+    overwrite: bool = True,
+    follow_symlinks: bool = True,
+    encoding: str = "utf-8",
+) -> None:
+    """Replace *path* with *data*, all or nothing.
+
+    *data* is bytes (or any buffer) or str, which is encoded with *encoding*
+    before anything is created. With *overwrite* False, an existing *path*
+    raises :class:`FileExistsError`, atomically. The other keywords and the
+    errors are those of :class:`AtomicFile`; a wrong type of *data* raises
+    :class:`TypeError`.
+    """
+    data = data.encode(encoding) if isinstance(data, str) else _as_bytes(data, "bytes or str")
+    with AtomicFile(
+        path,
+        "wb" if overwrite else "xb",
+        perm=perm,
+        durability=durability,
+        follow_symlinks=follow_symlinks,
+    ) as staged:
+        staged.file.write(data)
+
+
+def _as_bytes(data: object, expected: str) -> memoryview:
+    try:
+        return memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"data must be {expected}, not {type(data).__name__}") from None
+
+
+def write_file_atomic(dir: str | os.PathLike[str], name: str, data: BytesLike, perm: int) -> None:
+    """Write *data* to ``dir/name`` with exactly the mode *perm*, all or nothing, durably.
+
+    The entry ``dir/name`` itself becomes a regular file: a symlink there is
+    replaced, not followed (use :func:`atomic_write` to write through links).
+    On any failure the underlying :class:`OSError` is raised with its errno
+    intact, the previous file is untouched and no temporary file is left; a
+    missing or unwritable *dir* creates nothing. :class:`NotDurableError`
+    means the file was replaced but the directory fsync failed.
+
+    Raises :class:`ValueError` if *name* is not a single path component and
+    :class:`TypeError` if *data* is not bytes-like.
+    """
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"name must be a single file name, not {name!r}")
+    if os.sep != "/" and os.sep in name:
+        raise ValueError(f"name must be a single file name, not {name!r}")
+    atomic_write(
+        os.path.join(dir, name), _as_bytes(data, "bytes"), perm=perm, follow_symlinks=False
+    )

@@ -1,0 +1,164 @@
+"""Temporary file names, the proof of who owns one, and the sweep of orphans.
+
+A temporary name looks like::
+
+    .report.json.3f9a1c2be4d5f607.1234-13181-9ab3c4d2.crashsafe-tmp
+     ^target     ^64 random bits  ^pid ^start ^host     ^marker
+
+* hidden (leading dot) and recognisable (fixed marker suffix), so ``ls`` stays
+  clean and :func:`sweep` never mistakes another program's file for ours;
+* the target's name comes first (cut short if the whole would exceed
+  ``NAME_MAX``), so a person can tell which file it belongs to;
+* 64 bits from ``os.urandom`` make it unguessable: nobody can plant a symlink
+  or a file at the name in advance;
+* the writer's pid, its start time in clock ticks since boot, and a tag of the
+  boot and pid namespace prove whether the writer is still alive: a pid alone
+  can be reused, a (pid, start time) pair on the same boot cannot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import time
+from pathlib import Path
+
+__all__ = ["sweep", "temp_name"]
+
+MARKER = ".crashsafe-tmp"
+_NAME_MAX = 255
+_TEMP_RE = re.compile(
+    r"^\.(?P<stem>.*)\.[0-9a-f]{16}\.(?P<pid>\d+)-(?P<start>\d+)-(?P<host>[0-9a-f]{8})"
+    + re.escape(MARKER)
+    + r"$",
+    re.DOTALL,
+)
+_UNKNOWN_HOST = "00000000"
+
+# The owner part of the name, computed once per process; a forked child is a
+# different writer, so it starts afresh.
+_owner: str | None = None
+
+
+def _reset_owner() -> None:
+    global _owner  # noqa: PLW0603 - a per-process cache, reset after fork
+    _owner = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_owner)
+
+
+def _process_start(pid: int) -> int | None:
+    """Start time of process *pid* in clock ticks since boot, or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses; the
+    # fields after the last ')' are fixed: state is field 3, starttime is 22.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _host_tag() -> str:
+    """A short tag of this boot and pid namespace; pids compare only within one."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = f.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid").encode()
+    except OSError:
+        return _UNKNOWN_HOST
+    return hashlib.sha256(boot + b"\0" + namespace).hexdigest()[:8]
+
+
+def _owner_part() -> str:
+    global _owner  # noqa: PLW0603 - see _reset_owner
+    if _owner is None:
+        pid = os.getpid()
+        start = _process_start(pid)
+        host = _host_tag() if start is not None else _UNKNOWN_HOST
+        _owner = f"{pid}-{start or 0}-{host}"
+    return _owner
+
+
+def temp_name(target_name: str) -> str:
+    """A fresh, unguessable temporary name for *target_name* in the same directory."""
+    tail = f".{os.urandom(8).hex()}.{_owner_part()}{MARKER}"
+    room = _NAME_MAX - 1 - len(tail.encode())
+    stem = target_name.encode(errors="surrogateescape")[:room].decode(errors="ignore")
+    return f".{stem}{tail}"
+
+
+def _writer_alive(match: re.Match[str]) -> bool | None:
+    """True or False when it can be proven, None when it cannot (another host or boot)."""
+    host = match["host"]
+    if host == _UNKNOWN_HOST or host != _owner_part().rsplit("-", 1)[1]:
+        return None
+    return _process_start(int(match["pid"])) == int(match["start"])
+
+
+def sweep(directory: str | os.PathLike[str], *, min_age: float = 60.0) -> list[Path]:
+    """Remove crashsafe temporary files in *directory* whose writer is gone.
+
+    Only entries that carry crashsafe's temporary-name marker and are regular
+    files are considered; symlinks, directories and every other name are never
+    touched, and nothing is followed. A file is removed when its writer is
+    proven dead: the name records the writer's pid, start time and boot, and on
+    the same boot and pid namespace a live writer is recognised exactly (a
+    reused pid has another start time). Where that proof is impossible (a file
+    written on another host or before a reboot, or a system without
+    ``/proc``), the file is removed only when it was last modified at least
+    *min_age* seconds ago.
+
+    Returns the paths removed. Entries that vanish during the sweep (a writer
+    committing, a concurrent sweep) are skipped silently.
+
+    Raises :class:`ValueError` for a negative *min_age*, and the underlying
+    :class:`OSError` if *directory* cannot be opened or listed (for example
+    :class:`FileNotFoundError`, :class:`NotADirectoryError`).
+    """
+    if not isinstance(min_age, int | float) or min_age < 0:
+        raise ValueError(f"min_age must be a non-negative number of seconds, not {min_age!r}")
+    base = Path(directory)
+    now = time.time()
+    removed: list[Path] = []
+    use_fd = os.scandir in os.supports_fd and os.unlink in os.supports_dir_fd
+    dir_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if use_fd else None
+    try:
+        with os.scandir(dir_fd if dir_fd is not None else base) as entries:
+            names = [e.name for e in entries if MARKER in e.name]
+        for name in names:
+            match = _TEMP_RE.match(name)
+            if match is None:
+                continue
+            where: str | Path = name if dir_fd is not None else base / name
+            try:
+                st = os.stat(where, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            alive = _writer_alive(match)
+            if alive or (alive is None and now - st.st_mtime < min_age):
+                continue
+            try:
+                os.unlink(where, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+            removed.append(base / name)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    return removed
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether *name* has the shape of a crashsafe temporary name."""
+    return _TEMP_RE.match(name) is not None
