@@ -1,0 +1,1 @@
+"""Shared machinery for crashsafe's tests: requirements, real filesystems, checks."""
