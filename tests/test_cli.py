@@ -1,0 +1,197 @@
+"""The command line: publishes standard input atomically, exit codes a shell can act on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crashsafe.staging import MARKER
+from tests.harness.checks import leftovers
+
+CLI = [sys.executable, "-m", "crashsafe"]
+
+
+def crashsafe(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, timeout=60, check=False)
+
+
+def test_write_publishes_stdin(workdir: Path) -> None:
+    target = workdir / "out.txt"
+    result = crashsafe("write", str(target), stdin=b"hello\n")
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == b"hello\n"
+    assert result.stdout == b""
+
+
+def test_write_streams_large_input(workdir: Path) -> None:
+    payload = os.urandom(1 << 20) * 24  # 24 MiB, larger than the 1 MiB read chunk
+    target = workdir / "big"
+    assert crashsafe("write", str(target), stdin=payload).returncode == 0
+    assert target.read_bytes() == payload
+
+
+def test_write_perm_is_exact_whatever_the_umask(workdir: Path) -> None:
+    target = workdir / "key"
+    for text, bits in (("600", 0o600), ("0640", 0o640), ("0o755", 0o755), ("4755", 0o4755)):
+        assert crashsafe("write", "--perm", text, str(target), stdin=b"k").returncode == 0
+        assert stat.S_IMODE(target.stat().st_mode) == bits
+
+
+def test_write_keeps_existing_mode_without_perm(workdir: Path) -> None:
+    target = workdir / "script"
+    target.write_bytes(b"old")
+    target.chmod(0o750)
+    assert crashsafe("write", str(target), stdin=b"new").returncode == 0
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o750
+
+
+@pytest.mark.parametrize("level", ["durable", "consistent", "none"])
+def test_write_each_durability_level(workdir: Path, level: str) -> None:
+    target = workdir / "f"
+    assert crashsafe("write", "--durability", level, str(target), stdin=b"x").returncode == 0
+    assert target.read_bytes() == b"x"
+
+
+def test_sponge_case_reads_and_replaces_the_same_file(workdir: Path) -> None:
+    target = workdir / "list.txt"
+    target.write_bytes(b"b\na\nc\n")
+    with open(target, "rb") as source:
+        result = subprocess.run(
+            [*CLI, "write", str(target)], stdin=source, capture_output=True, check=False
+        )
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == b"b\na\nc\n"
+
+
+def test_create_only_over_existing_exits_4_and_keeps_file(workdir: Path) -> None:
+    target = workdir / "lock"
+    target.write_bytes(b"first")
+    result = crashsafe("write", "--create-only", str(target), stdin=b"second")
+    assert result.returncode == 4
+    assert b"already exists" in result.stderr
+    assert target.read_bytes() == b"first"
+    fresh = workdir / "fresh"
+    assert crashsafe("write", "--create-only", str(fresh), stdin=b"new").returncode == 0
+    assert fresh.read_bytes() == b"new"
+
+
+def test_append_publishes_old_then_new(workdir: Path) -> None:
+    target = workdir / "log"
+    target.write_bytes(b"one\n")
+    assert crashsafe("write", "--append", str(target), stdin=b"two\n").returncode == 0
+    assert target.read_bytes() == b"one\ntwo\n"
+
+
+def test_symlink_followed_by_default_replaced_with_no_follow(workdir: Path) -> None:
+    real = workdir / "real"
+    real.write_bytes(b"old")
+    link = workdir / "link"
+    link.symlink_to("real")
+    assert crashsafe("write", str(link), stdin=b"through").returncode == 0
+    assert link.is_symlink()
+    assert real.read_bytes() == b"through"
+    assert crashsafe("write", "--no-follow", str(link), stdin=b"replaced").returncode == 0
+    assert not link.is_symlink()
+    assert link.read_bytes() == b"replaced"
+    assert real.read_bytes() == b"through"
+
+
+def test_missing_directory_exits_1_naming_the_path(workdir: Path) -> None:
+    target = workdir / "no" / "such" / "file"
+    result = crashsafe("write", str(target), stdin=b"x")
+    assert result.returncode == 1
+    assert str(target.parent).encode() in result.stderr
+    assert b"No such file or directory" in result.stderr
+    assert not (workdir / "no").exists()
+
+
+def test_directory_target_exits_1(workdir: Path) -> None:
+    result = crashsafe("write", str(workdir), stdin=b"x")
+    assert result.returncode == 1
+    assert b"Is a directory" in result.stderr
+
+
+@pytest.mark.parametrize("perm", ["999", "rw-r--r--", "77777", "-1"])
+def test_bad_perm_is_a_usage_error(workdir: Path, perm: str) -> None:
+    result = crashsafe("write", "--perm", perm, str(workdir / "f"), stdin=b"x")
+    assert result.returncode == 2
+    assert b"--perm" in result.stderr
+    assert not (workdir / "f").exists()
+
+
+def test_usage_errors_exit_2() -> None:
+    assert crashsafe().returncode == 2
+    assert crashsafe("write").returncode == 2
+    assert crashsafe("write", "--create-only", "--append", "x").returncode == 2
+    assert crashsafe("write", "--durability", "fast", "x").returncode == 2
+
+
+def test_help_explains_commands_and_exit_status() -> None:
+    top = crashsafe("--help")
+    assert top.returncode == 0
+    assert b"write" in top.stdout
+    assert b"sweep" in top.stdout
+    write = crashsafe("write", "--help")
+    assert write.returncode == 0
+    for needed in (b"--perm", b"--durability", b"--create-only", b"exit status", b"sponge"):
+        assert needed in write.stdout
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(["crashsafe", "--help"], capture_output=True, check=False)
+    assert result.returncode == 0
+    assert b"crash" in result.stdout.lower()
+
+
+def test_interrupt_while_reading_leaves_target_unchanged(workdir: Path) -> None:
+    target = workdir / "data"
+    target.write_bytes(b"original")
+    proc = subprocess.Popen(
+        [*CLI, "write", str(target)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"partial input that must never be published")
+        proc.stdin.flush()
+        # Wait until the staging file exists, so the interrupt lands mid-write.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if _writing(proc.pid, workdir):
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert b"unchanged" in err
+    assert target.read_bytes() == b"original"
+    assert leftovers(workdir) == []
+
+
+def _writing(pid: int, directory: Path) -> bool:
+    """Whether process *pid* holds a staging file in *directory* open.
+
+    An anonymous O_TMPFILE shows as ``DIR/#INODE (deleted)``, a named one by
+    its temporary name.
+    """
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            where = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if where.startswith(f"{directory}/") and ("(deleted)" in where or MARKER in where):
+            return True
+    return False
