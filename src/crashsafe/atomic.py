@@ -67,8 +67,11 @@ def _check_options(mode: str, perm: int | None, durability: str) -> None:
         )
 
 
-def _locate(path: str, follow_symlinks: bool) -> tuple[_platform.Directory, str]:
-    """Open the directory that will hold the target and return it with the target's name.
+def _locate(
+    path: str, follow_symlinks: bool
+) -> tuple[_platform.Directory, str, os.stat_result | None]:
+    """Open the directory that will hold the target; return it, the target's name in it,
+    and the target's own status (None if there is no such entry).
 
     With *follow_symlinks*, a symlink at the last component is followed (link
     by link, each relative to the directory that holds it) so that the file it
@@ -80,9 +83,9 @@ def _locate(path: str, follow_symlinks: bool) -> tuple[_platform.Directory, str]
     directory = _platform.Directory(head)
     try:
         for _ in range(_MAX_SYMLINKS):
-            st = directory.lstat(name) if follow_symlinks else None
-            if st is None or not stat.S_ISLNK(st.st_mode):
-                return directory, name
+            st = directory.lstat(name)
+            if st is None or not stat.S_ISLNK(st.st_mode) or not follow_symlinks:
+                return directory, name, st
             link_head, name = os.path.split(os.path.join(head, directory.readlink(name)))
             if link_head != head:
                 directory.close()
@@ -161,11 +164,10 @@ class AtomicFile:
         self._durability = durability
 
         # Step 1: the directory, once; symlinks at the last component resolved.
-        self._dir, self._name = _locate(self.path, follow_symlinks)
+        self._dir, self._name, old = _locate(self.path, follow_symlinks)
         self._fd: int | None = None
         self._temp: str | None = None
         try:
-            old = self._dir.lstat(self._name)
             existing: os.stat_result | None = None
             if old is not None:
                 if stat.S_ISDIR(old.st_mode):

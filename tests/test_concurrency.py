@@ -1,0 +1,445 @@
+"""Concurrency: racing writers of one name never publish a torn file or lose the race twice.
+
+Promise 1 (all or nothing) under concurrency: readers in another process see one
+writer's complete content at every instant, never a missing, empty, torn or mixed
+file; create-only writers racing for one name have exactly one winner.
+
+A deliberately broken writer (the classic fixed temporary name ``dir/.tmp-NAME``
+opened with ``O_TRUNC``, then renamed) runs through the same reader check as a
+control, to prove that the check can fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crashsafe import AtomicFile, atomic_open, atomic_write
+from tests.harness.checks import entries, leftovers
+
+REPO = Path(__file__).resolve().parents[1]
+MAGIC = b"CSAFEPAY"
+# magic, writer id, sequence number, body length, crc32 of the body
+HEADER = struct.Struct(">8sIIQI")
+CHUNK = 64 << 10
+MIN_SIZE, MAX_SIZE = 64 << 10, 1 << 20
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def make_payload(writer: int, seq: int, size: int) -> bytes:
+    """A self-checking payload: header, then a pattern unique to (writer, seq)."""
+    unit = f"<writer {writer:03d} seq {seq:07d}>".encode()
+    body = (unit * (size // len(unit) + 1))[:size]
+    return HEADER.pack(MAGIC, writer, seq, size, zlib.crc32(body)) + body
+
+
+def payload_size(writer: int, seq: int) -> int:
+    """Sizes from 64 KiB to 1 MiB, different for every write."""
+    return MIN_SIZE + (writer * 7919 + seq * 104729) % (MAX_SIZE - MIN_SIZE + 1)
+
+
+def check_payload(data: bytes) -> str | None:
+    """None for one complete payload, else what is wrong with *data*."""
+    if not data:
+        return "empty"
+    if len(data) < HEADER.size:
+        return "torn"
+    magic, _, _, size, crc = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        return "mixed"  # the header itself is not one writer's
+    if len(data) != HEADER.size + size:
+        return "torn"
+    if zlib.crc32(memoryview(data)[HEADER.size :]) != crc:
+        return "mixed"
+    return None
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def crashsafe_write(path: str, payload: bytes, durability: str) -> None:
+    with atomic_open(path, "wb", durability=durability) as f:  # type: ignore[arg-type]
+        view = memoryview(payload)
+        for i in range(0, len(view), CHUNK):
+            f.write(view[i : i + CHUNK])
+
+
+def broken_write(path: str, payload: bytes, durability: str) -> None:
+    """The classic bug, on purpose: one fixed temporary name, truncated and reused."""
+    head, name = os.path.split(path)
+    temp = os.path.join(head, ".tmp-" + name)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(payload)
+        for i in range(0, len(view), CHUNK):
+            chunk = view[i : i + CHUNK]
+            while chunk:
+                chunk = chunk[os.write(fd, chunk) :]
+        if durability != "none":
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temp, path)  # FileNotFoundError when another writer renamed it away
+
+
+WRITERS = {"crashsafe": crashsafe_write, "broken": broken_write}
+
+
+def write_loop(path: str, writer: int, seconds: float, kind: str, durability: str) -> dict[str, int]:
+    """Write distinct payloads to *path* for *seconds*; count writes and errors."""
+    write = WRITERS[kind]
+    counts = {"writes": 0, "missing": 0, "errors": 0}
+    deadline = time.monotonic() + seconds
+    seq = 0
+    while time.monotonic() < deadline:
+        seq += 1
+        try:
+            write(path, make_payload(writer, seq, payload_size(writer, seq)), durability)
+        except FileNotFoundError:
+            counts["missing"] += 1
+        except OSError:
+            counts["errors"] += 1
+        else:
+            counts["writes"] += 1
+    return counts
+
+
+def _writer_main(path: str, writer: int, seconds: float, kind: str, durability: str) -> None:
+    """Entry point of a writer process: waits for "go" on stdin, prints its counts."""
+    print("ready", flush=True)
+    assert sys.stdin.readline().strip() == "go"
+    print(json.dumps(write_loop(path, writer, seconds, kind, durability)), flush=True)
+
+
+def _reader_main(path: str, stop_file: str) -> None:
+    """Entry point of the reader process: reads *path* until *stop_file* exists."""
+    counts = {"reads": 0, "missing": 0, "empty": 0, "torn": 0, "mixed": 0}
+    versions: set[tuple[int, int]] = set()
+    print("ready", flush=True)
+    while not os.path.exists(stop_file):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            counts["missing"] += 1
+            continue
+        counts["reads"] += 1
+        problem = check_payload(data)
+        if problem is None:
+            versions.add(HEADER.unpack_from(data)[1:3])
+        else:
+            counts[problem] += 1
+    counts["versions"] = len(versions)
+    print(json.dumps(counts), flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _child(call: str, staging: str | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -c`` running *call* from this module, staging chosen at the top."""
+    prelude = ""
+    if staging is not None:
+        prelude = (
+            "import crashsafe._platform._posix as p\n"
+            f"p.use_tmpfile = {staging == 'tmpfile'}\n"
+        )
+    script = prelude + f"import tests.test_concurrency as t\nt.{call}\n"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        bufsize=0,
+    )
+
+
+class Lines:
+    """Line reader on a child's stdout with a timeout, so a stuck child fails the test."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.buffer = b""
+
+    def readline(self, timeout: float = 30.0) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
+            if not ready:
+                raise AssertionError(f"child {self.proc.pid} said nothing for {timeout} s")
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"child {self.proc.pid} exited: {self.proc.wait()}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+
+@contextlib.contextmanager
+def children() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes started in the block are killed and reaped when it ends, however it ends."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+# --------------------------------------------------------------------------- the race check
+
+
+def race_one_name(
+    directory: Path,
+    *,
+    kind: str,
+    how: str,
+    writers: int,
+    seconds: float,
+    durability: str,
+    staging: str | None,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Run *writers* writers of one name and a reader process; return their counts.
+
+    The file exists before the reader starts, so a missing file is always an error.
+    """
+    path = directory / "data.bin"
+    control = tempfile.TemporaryDirectory(prefix="crashsafe-race-")
+    stop = Path(control.name) / "stop"
+    atomic_write(path, make_payload(0, 0, MIN_SIZE))
+    totals = {"writes": 0, "missing": 0, "errors": 0}
+    with children() as procs:
+        reader = _child(f"_reader_main({str(path)!r}, {str(stop)!r})")
+        procs.append(reader)
+        reader_out = Lines(reader)
+        assert reader_out.readline() == "ready"
+        try:
+            if how == "threads":
+                results: list[dict[str, int]] = []
+
+                def run(w: int) -> None:
+                    results.append(write_loop(str(path), w, seconds, kind, durability))
+
+                threads = [threading.Thread(target=run, args=(w,)) for w in range(1, writers + 1)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+            else:
+                outs = []
+                for w in range(1, writers + 1):
+                    call = f"_writer_main({str(path)!r}, {w}, {seconds}, {kind!r}, {durability!r})"
+                    procs.append(_child(call, staging))
+                    outs.append(Lines(procs[-1]))
+                for out in outs:
+                    assert out.readline() == "ready"
+                for proc in procs[1:]:
+                    assert proc.stdin is not None
+                    proc.stdin.write(b"go\n")
+                    proc.stdin.flush()
+                results = [json.loads(out.readline(timeout=seconds + 30)) for out in outs]
+        finally:
+            stop.touch()
+        seen = json.loads(reader_out.readline())
+    for result in results:
+        for key in totals:
+            totals[key] += result[key]
+    control.cleanup()
+    return seen, totals
+
+
+def assert_never_torn(seen: dict[str, int], totals: dict[str, int], *, min_reads: int) -> None:
+    problems = {k: seen[k] for k in ("missing", "empty", "torn", "mixed")}
+    assert problems == {"missing": 0, "empty": 0, "torn": 0, "mixed": 0}, (seen, totals)
+    assert totals["missing"] == totals["errors"] == 0, totals
+    assert seen["reads"] >= min_reads, f"too few reads to prove anything: {seen}"
+    # The reads really interleaved with the writes: many versions were seen.
+    assert seen["versions"] >= 5, seen
+    assert totals["writes"] >= 20, totals
+
+
+@pytest.mark.parametrize("how", ["threads", "processes"])
+def test_racing_writers_never_show_readers_a_torn_file(
+    workdir: Path, staging: str, how: str
+) -> None:
+    seen, totals = race_one_name(
+        workdir, kind="crashsafe", how=how, writers=4, seconds=2.0, durability="none",
+        staging=staging,
+    )  # fmt: skip
+    print(f"crashsafe {how} {staging} none: reader {seen}, writers {totals}")
+    assert_never_torn(seen, totals, min_reads=200)
+    assert check_payload((workdir / "data.bin").read_bytes()) is None
+    assert entries(workdir) == ["data.bin"]
+
+
+@pytest.mark.parametrize("how", ["threads", "processes"])
+def test_racing_durable_writers_never_show_readers_a_torn_file(
+    workdir: Path, staging: str, how: str
+) -> None:
+    seen, totals = race_one_name(
+        workdir, kind="crashsafe", how=how, writers=3, seconds=1.0, durability="durable",
+        staging=staging,
+    )  # fmt: skip
+    print(f"crashsafe {how} {staging} durable: reader {seen}, writers {totals}")
+    assert_never_torn(seen, totals, min_reads=50)
+    assert check_payload((workdir / "data.bin").read_bytes()) is None
+    assert entries(workdir) == ["data.bin"]
+
+
+@pytest.mark.parametrize("how", ["threads", "processes"])
+def test_control_fixed_temp_name_is_caught_by_the_reader_check(tmp_path: Path, how: str) -> None:
+    """The same check against the classic fixed-name writer must find torn content."""
+    seen, totals = race_one_name(
+        tmp_path,
+        kind="broken", how=how, writers=4, seconds=2.0, durability="none", staging=None,
+    )  # fmt: skip
+    print(f"broken control {how}: reader {seen}, writers {totals}")
+    assert seen["reads"] >= 200, seen
+    reader_found = seen["empty"] + seen["torn"] + seen["mixed"] + seen["missing"]
+    assert reader_found > 0, f"the reader check failed to catch the broken writer: {seen}"
+
+
+# --------------------------------------------------------------------------- create-only races
+
+RACE_SIZE = 32 << 10
+
+
+@pytest.mark.parametrize("api", ["atomic_write", "atomic_open", "staged"])
+def test_create_only_race_between_threads_has_exactly_one_winner(
+    workdir: Path, staging: str, api: str
+) -> None:
+    """16 threads create one name at once, 8 rounds: one wins, the others get FileExistsError.
+
+    ``staged``: every racer has already staged its file before any commits, so all
+    16 race inside the atomic publish step itself.
+    """
+    racers, rounds = 16, 8
+    lost_at_publish = 0
+    for r in range(rounds):
+        path = workdir / f"race-{r}"
+        barrier = threading.Barrier(racers, timeout=30)
+        outcome: dict[int, Any] = {}
+
+        def racer(i: int, r: int = r, path: Path = path, barrier: threading.Barrier = barrier):
+            payload = make_payload(i, r, RACE_SIZE)
+            try:
+                if api == "staged":
+                    staged = AtomicFile(path, "xb", durability="none")
+                    staged.file.write(payload)
+                    barrier.wait()
+                    staged.commit()
+                elif api == "atomic_write":
+                    barrier.wait()
+                    atomic_write(path, payload, overwrite=False)
+                else:
+                    barrier.wait()
+                    with atomic_open(path, "xb") as f:
+                        f.write(payload)
+                outcome[i] = "won"
+            except FileExistsError:
+                outcome[i] = "exists"
+            except BaseException as e:  # reported below, with the barrier released
+                barrier.abort()
+                outcome[i] = e
+
+        threads = [threading.Thread(target=racer, args=(i,)) for i in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winners = [i for i, o in outcome.items() if o == "won"]
+        losers = [i for i, o in outcome.items() if o == "exists"]
+        assert len(winners) == 1 and len(losers) == racers - 1, outcome
+        assert path.read_bytes() == make_payload(winners[0], r, RACE_SIZE)
+        assert leftovers(workdir) == []
+        if api == "staged":
+            lost_at_publish += len(losers)
+    assert entries(workdir) == sorted(f"race-{r}" for r in range(rounds))
+    if api == "staged":
+        assert lost_at_publish == (racers - 1) * rounds
+
+
+def _create_racer_main(directory: str, gates: str, writer: int, rounds: int, api: str) -> None:
+    """Entry point of a create-only racer process; one line of outcome per round."""
+    for r in range(rounds):
+        path = os.path.join(directory, f"race-{r}")
+        payload = make_payload(writer, r, RACE_SIZE)
+        staged = None
+        if api == "staged":
+            staged = AtomicFile(path, "xb", durability="none")
+            staged.file.write(payload)
+        print(f"ready {r}", flush=True)
+        with open(os.path.join(gates, f"gate-{r}"), "rb") as gate:
+            fcntl.flock(gate, fcntl.LOCK_SH)  # blocks until the parent opens the gate
+        try:
+            if staged is not None:
+                staged.commit()
+            else:
+                atomic_write(path, payload, overwrite=False)
+            result = "won"
+        except FileExistsError:
+            result = "exists"
+        print(f"{r} {result}", flush=True)
+
+
+@pytest.mark.parametrize("api", ["atomic_write", "staged"])
+def test_create_only_race_between_processes_has_exactly_one_winner(
+    workdir: Path, tmp_path_factory: pytest.TempPathFactory, staging: str, api: str
+) -> None:
+    """8 processes released at once by a file lock, 5 rounds: one winner per round."""
+    racers, rounds = 8, 5
+    gates = tmp_path_factory.mktemp("gates")
+    held = []
+    for r in range(rounds):
+        gate = open(gates / f"gate-{r}", "wb")  # noqa: SIM115 - closed in finally
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        held.append(gate)
+    try:
+        with children() as procs:
+            for w in range(racers):
+                call = f"_create_racer_main({str(workdir)!r}, {str(gates)!r}, {w}, {rounds}, {api!r})"
+                procs.append(_child(call, staging))
+            outs = [Lines(p) for p in procs]
+            for r in range(rounds):
+                for out in outs:
+                    assert out.readline() == f"ready {r}"
+                time.sleep(0.05)  # let every racer block on the gate
+                fcntl.flock(held[r], fcntl.LOCK_UN)
+                results = {w: out.readline().split()[1] for w, out in enumerate(outs)}
+                winners = [w for w, res in results.items() if res == "won"]
+                assert len(winners) == 1, results
+                assert sorted(results.values()) == ["exists"] * (racers - 1) + ["won"]
+                data = (workdir / f"race-{r}").read_bytes()
+                assert data == make_payload(winners[0], r, RACE_SIZE)
+            for proc in procs:
+                assert proc.wait(timeout=30) == 0
+    finally:
+        for gate in held:
+            gate.close()
+    assert entries(workdir) == sorted(f"race-{r}" for r in range(rounds))
