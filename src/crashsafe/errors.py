@@ -9,7 +9,7 @@ the replacement durable failed. That is :class:`NotDurableError`.
 
 from __future__ import annotations
 
-__all__ = ["NotDurableError"]
+__all__ = ["NotDurableError", "VerificationError"]
 
 
 class NotDurableError(OSError):
@@ -31,3 +31,22 @@ class NotDurableError(OSError):
             f"[Errno {self.errno}] {self.strerror}: {self.filename!r} was replaced, "
             "but the directory fsync failed, so the new content may not survive a power cut"
         )
+
+
+class VerificationError(ValueError):
+    """A staged file was rejected before it was published.
+
+    Raised when a size check or a validator finds the content incomplete or
+    invalid (a zstd stream cut short, a database whose pages do not fill the
+    file, a copy whose byte count differs from its source). The target is
+    untouched and the staged file removed. ``filename`` names the file that was
+    checked, where there is one; the message says what was wrong.
+    """
+
+    def __init__(self, message: str, filename: str | None = None) -> None:
+        super().__init__(message, filename)
+        self.message = message
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.message}" if self.filename else self.message
