@@ -184,8 +184,9 @@ class AtomicFile:
                 mode_bits: int | None = perm
             else:
                 mode_bits = stat.S_IMODE(existing.st_mode) if existing else None
-            self._fd, self._temp, final_mode = self._dir.create_temp(self._name, mode_bits)
-            self._state = "open"
+            with _platform.signals_deferred():
+                self._fd, self._temp, final_mode = self._dir.create_temp(self._name, mode_bits)
+                self._state = "open"
 
             # Step 3: owner, then the exact mode (chown clears setuid/setgid).
             owner = (existing.st_uid, existing.st_gid) if existing and perm is None else None
@@ -204,8 +205,8 @@ class AtomicFile:
                 newline=newline,
                 closefd=False,
             )
-        except BaseException:
-            self._discard()
+        except BaseException as e:
+            self._fail(e)
             raise
 
     def __enter__(self) -> AtomicFile:
@@ -237,13 +238,16 @@ class AtomicFile:
             # Step 5: the data reaches the disk before any name points to it.
             if self._durability != "none":
                 _platform.fsync_file(self._fd)
-            # Step 6: from here the platform owns the descriptor and the name.
-            fd, temp, self._fd, self._temp = self._fd, self._temp, None, None
-            self._dir.publish(fd, temp, self._name, replace=self._replace)
-        except BaseException:
-            self._discard()
+            # Step 6: the platform takes the descriptor and the name; the
+            # state changes in the same breath, or an interrupt could make a
+            # published file look unpublished.
+            with _platform.signals_deferred():
+                fd, temp, self._fd, self._temp = self._fd, self._temp, None, None
+                self._dir.publish(fd, temp, self._name, replace=self._replace)
+                self._state = "committed"
+        except BaseException as e:
+            self._fail(e)
             raise
-        self._state = "committed"
         try:
             # Step 7: the rename reaches the disk.
             if self._durability == "durable":
@@ -254,6 +258,16 @@ class AtomicFile:
         finally:
             self._dir.close()
 
+    @property
+    def committed(self) -> bool:
+        """Whether the new content has been published at the target.
+
+        True from the rename on, even if :meth:`commit` then raised
+        :class:`NotDurableError` or was interrupted during the directory fsync:
+        a caller that caught an exception can tell "replaced" from "not".
+        """
+        return self._state == "committed"
+
     def discard(self) -> None:
         """Throw the staged content away; the target stays as it was.
 
@@ -262,6 +276,13 @@ class AtomicFile:
         """
         if self._state == "open":
             self._discard()
+
+    def _fail(self, error: BaseException) -> None:
+        self._discard()
+        # Errors from the file object or fsync carry no name; the target's is
+        # the one the caller knows.
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = self.path
 
     def _discard(self) -> None:
         # Step 8: every path that does not commit ends here.

@@ -1,7 +1,8 @@
 """The ``crashsafe`` command: a thin client of the library.
 
 Exit status: 0 done; 1 failed, the target is unchanged; 2 bad usage;
-3 written, but the directory fsync failed (durability unconfirmed);
+3 written, but the directory fsync failed or was interrupted (durability
+unconfirmed);
 4 create-only and the target exists; 130 interrupted (target unchanged).
 """
 
@@ -35,7 +36,8 @@ examples:
   crashsafe write --create-only lock.json < lock.json.new
 
 exit status: 0 written; 1 failed, target unchanged; 2 bad usage;
-3 written but the directory fsync failed (may not survive a power cut);
+3 written, but the directory fsync failed or was interrupted (the new content
+  is in place but may not survive a power cut);
 4 --create-only and the target exists; 130 interrupted, target unchanged."""
 
 
@@ -119,10 +121,21 @@ def _write(args: argparse.Namespace) -> int:
         durability=args.durability,
         follow_symlinks=not args.no_follow,
     )
-    with staged:
-        stdin = sys.stdin.buffer
-        while chunk := stdin.read(_CHUNK):
-            staged.file.write(chunk)
+    try:
+        with staged:
+            stdin = sys.stdin.buffer
+            while chunk := stdin.read(_CHUNK):
+                staged.file.write(chunk)
+    except KeyboardInterrupt:
+        if not staged.committed:
+            raise
+        # Interrupted during the directory fsync: the new content is in place.
+        print(
+            f"crashsafe: interrupted after {args.path} was replaced; "
+            "the new content may not survive a power cut",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_DURABLE
     return 0
 
 

@@ -189,7 +189,12 @@ def run_traced(
         for p in paths:
             wrapper += ["-P", os.fspath(p)]
         child = run_python(
-            code, *args, staging=staging, wrapper=[*wrapper, "--"], env=env, stdin=stdin,
+            code,
+            *args,
+            staging=staging,
+            wrapper=[*wrapper, "--"],
+            env=env,
+            stdin=stdin,
             timeout=timeout,
         )
         child.log = log.read_text(errors="replace").splitlines() if log.exists() else []

@@ -8,6 +8,8 @@ Both backends expose the same small interface, chosen once here:
 * ``copy_into(src_fd, dst_fd)``: the old content, for append mode;
 * ``fsync_file(fd)``: the strongest flush the platform has;
 * ``set_metadata(fd, mode, owner)``: owner first, then the exact mode;
+* ``signals_deferred()``: a context in which ``KeyboardInterrupt`` cannot land
+  between a syscall and the bookkeeping of what it did;
 * ``directory_sync_unsupported(error)``: whether a directory fsync error means
   the filesystem cannot sync directories at all.
 
@@ -26,6 +28,7 @@ if sys.platform == "win32":  # pragma: no cover - not verified on this project's
         directory_sync_unsupported,
         fsync_file,
         set_metadata,
+        signals_deferred,
     )
 else:
     from crashsafe._platform._posix import (
@@ -34,6 +37,14 @@ else:
         directory_sync_unsupported,
         fsync_file,
         set_metadata,
+        signals_deferred,
     )
 
-__all__ = ["Directory", "copy_into", "directory_sync_unsupported", "fsync_file", "set_metadata"]
+__all__ = [
+    "Directory",
+    "copy_into",
+    "directory_sync_unsupported",
+    "fsync_file",
+    "set_metadata",
+    "signals_deferred",
+]

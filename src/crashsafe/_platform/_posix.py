@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from crashsafe.staging import temp_name
@@ -22,6 +24,7 @@ __all__ = [
     "directory_sync_unsupported",
     "fsync_file",
     "set_metadata",
+    "signals_deferred",
     "use_tmpfile",
 ]
 
@@ -59,6 +62,40 @@ else:
     fsync_file = os.fsync
 
 
+_ALL_SIGNALS: Final = signal.valid_signals()
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back signal delivery to this thread for a few syscalls.
+
+    Python raises ``KeyboardInterrupt`` (or whatever a handler raises) between
+    any two bytecodes. Between "the kernel created a name" and "the code
+    recorded it" such an exception would leak the name; between "renamed" and
+    "marked committed" it would make a published file look unpublished.
+    Blocked signals stay pending and are handled right after the block.
+    SIGKILL cannot be blocked, and needs no handling: a killed writer's
+    leftovers are what ``sweep()`` is for.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _name_error(error: OSError, path: str) -> OSError:
+    """Make *error* name what the caller knows: the directory or the target.
+
+    The steps use names relative to the open directory (``"."`` for
+    ``O_TMPFILE``, a private temporary name); those would point the reader of
+    the error at the wrong place. The errno and the error itself stay.
+    """
+    error.filename = path
+    error.filename2 = None
+    return error
+
+
 def _fresh_name(name: str, make: Callable[[str], object]) -> str:
     """Call *make(candidate)* with fresh temporary names until one is not taken."""
     for _ in range(_NAME_TRIES):
@@ -81,8 +118,11 @@ class Directory:
     """
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd = os.open(path or ".", os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        self.path = path or "."
+        self.fd = os.open(self.path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+
+    def _join(self, name: str) -> str:
+        return os.path.join(self.path, name)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -93,13 +133,21 @@ class Directory:
             return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
+        except OSError as e:
+            raise _name_error(e, self._join(name)) from None
 
     def readlink(self, name: str) -> str:
-        return os.readlink(name, dir_fd=self.fd)
+        try:
+            return os.readlink(name, dir_fd=self.fd)
+        except OSError as e:
+            raise _name_error(e, self._join(name)) from None
 
     def open_read(self, name: str) -> int:
         """Open the existing file *name* for reading, refusing a symlink."""
-        return os.open(name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self.fd)
+        try:
+            return os.open(name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self.fd)
+        except OSError as e:
+            raise _name_error(e, self._join(name)) from None
 
     def create_temp(self, name: str, mode: int | None) -> tuple[int, str | None, int]:
         """Create an empty, private temporary file for target *name*, open for reading
@@ -112,7 +160,15 @@ class Directory:
         before writing. With *mode* None, that is the mode ``open()`` would give
         a new file here (0o666 less the umask, or the directory's default ACL),
         learned from the kernel without touching the process umask.
+
+        Errors name the directory.
         """
+        try:
+            return self._create_temp(name, mode)
+        except OSError as e:
+            raise _name_error(e, self.path) from None
+
+    def _create_temp(self, name: str, mode: int | None) -> tuple[int, str | None, int]:
         create_mode = 0o666 if mode is None else mode & 0o600
         if use_tmpfile:
             try:
@@ -152,7 +208,8 @@ class Directory:
 
         With *replace* False, an existing *name* raises ``FileExistsError``
         atomically (no check-then-act window). On any failure nothing visible
-        has changed, *fd* is closed and no temporary name is left.
+        has changed, *fd* is closed and no temporary name is left. Errors name
+        the target.
         """
         try:
             if temp is None:
@@ -161,8 +218,10 @@ class Directory:
                 os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
             else:
                 self._rename_noreplace(temp, name)
-        except BaseException:
+        except BaseException as e:
             self.discard(fd, temp)
+            if isinstance(e, OSError):
+                raise _name_error(e, self._join(name)) from None
             raise
         os.close(fd)
 

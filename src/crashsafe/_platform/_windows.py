@@ -25,6 +25,7 @@ __all__ = [
     "directory_sync_unsupported",
     "fsync_file",
     "set_metadata",
+    "signals_deferred",
     "use_tmpfile",
 ]
 
@@ -37,6 +38,9 @@ _O_BINARY: Final = getattr(os, "O_BINARY", 0)
 _O_NOINHERIT: Final = getattr(os, "O_NOINHERIT", 0)
 
 use_tmpfile: bool = False
+# Windows has no signal mask; Ctrl-C arrives as SIGINT in the main thread
+# between bytecodes, and the few unguarded instructions are a known limit.
+signals_deferred = contextlib.nullcontext
 fsync_file = os.fsync  # _commit(): FlushFileBuffers
 
 
@@ -89,6 +93,9 @@ class Directory:
                 fd = os.open(self._join(temp), flags, 0o666)
             except FileExistsError:
                 continue
+            except OSError as e:
+                e.filename, e.filename2 = self.path, None  # not the private name
+                raise
             return fd, temp, 0o666 if mode is None else mode
         raise FileExistsError(errno.EEXIST, "no free temporary name after 100 tries", name)
 
