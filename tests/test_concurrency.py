@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,15 @@ import pytest
 from crashsafe import AtomicFile, atomic_open, atomic_write
 from tests.harness.checks import entries, leftovers
 
-REPO = Path(__file__).resolve().parents[1]
+# --- child code: from here to its end marker also runs in child processes, which
+# exec it after CHILD_IMPORTS (stdlib and crashsafe only: importing pytest in every
+# child would cost more than the races themselves).
 MAGIC = b"CSAFEPAY"
 # magic, writer id, sequence number, body length, crc32 of the body
 HEADER = struct.Struct(">8sIIQI")
 CHUNK = 64 << 10
 MIN_SIZE, MAX_SIZE = 64 << 10, 1 << 20
+RACE_SIZE = 32 << 10
 
 
 # --------------------------------------------------------------------------- payloads
@@ -102,7 +106,9 @@ def broken_write(path: str, payload: bytes, durability: str) -> None:
 WRITERS = {"crashsafe": crashsafe_write, "broken": broken_write}
 
 
-def write_loop(path: str, writer: int, seconds: float, kind: str, durability: str) -> dict[str, int]:
+def write_loop(
+    path: str, writer: int, seconds: float, kind: str, durability: str
+) -> dict[str, int]:
     """Write distinct payloads to *path* for *seconds*; count writes and errors."""
     write = WRITERS[kind]
     counts = {"writes": 0, "missing": 0, "errors": 0}
@@ -150,23 +156,63 @@ def _reader_main(path: str, stop_file: str) -> None:
     print(json.dumps(counts), flush=True)
 
 
+def _create_racer_main(directory: str, gates: str, writer: int, rounds: int) -> None:
+    """Entry point of a create-only racer process; one line of outcome per round.
+
+    Rounds take turns: atomic_write; atomic_open("xb") writing after the start;
+    an AtomicFile("xb") staged before the start, so every racer reaches the
+    atomic publish step.
+    """
+    for r in range(rounds):
+        path = os.path.join(directory, f"race-{r}")
+        payload = make_payload(writer, r, RACE_SIZE)
+        staged = None
+        if r % 3 == 2:
+            staged = AtomicFile(path, "xb", durability="none")
+            staged.file.write(payload)
+        print(f"ready {r}", flush=True)
+        with open(os.path.join(gates, f"gate-{r}"), "rb") as gate:
+            fcntl.flock(gate, fcntl.LOCK_SH)  # blocks until the parent opens the gate
+        try:
+            if staged is not None:
+                staged.commit()
+            elif r % 3 == 1:
+                with atomic_open(path, "xb") as f:
+                    f.write(payload)
+            else:
+                atomic_write(path, payload, overwrite=False)
+            result = "won"
+        except FileExistsError:
+            result = "exists"
+        print(f"{r} {result}", flush=True)
+
+
+# --- end of child code
 # --------------------------------------------------------------------------- processes
 
 
+THIS_FILE = Path(__file__).resolve()
+CHILD_IMPORTS = """\
+import fcntl, json, os, struct, sys, time, zlib
+from crashsafe import AtomicFile, atomic_open, atomic_write
+"""
+
+
+def _child_code() -> str:
+    text = THIS_FILE.read_text()
+    return text[text.index("# --- child code:") : text.index("# --- end of child code")]
+
+
 def _child(call: str, staging: str | None = None) -> subprocess.Popen[bytes]:
-    """Start ``python -c`` running *call* from this module, staging chosen at the top."""
+    """Start ``python -c`` running *call* of the child code, staging chosen at the top."""
     prelude = ""
     if staging is not None:
         prelude = (
-            "import crashsafe._platform._posix as p\n"
-            f"p.use_tmpfile = {staging == 'tmpfile'}\n"
+            f"import crashsafe._platform._posix as p\np.use_tmpfile = {staging == 'tmpfile'}\n"
         )
-    script = prelude + f"import tests.test_concurrency as t\nt.{call}\n"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    script = f"{prelude}{CHILD_IMPORTS}{_child_code()}\n{call}\n"
     return subprocess.Popen(
         [sys.executable, "-c", script],
-        cwd=REPO,
-        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         bufsize=0,
@@ -274,6 +320,20 @@ def race_one_name(
     return seen, totals
 
 
+def test_reader_check_rejects_empty_prefix_zeros_and_mixed_payloads() -> None:
+    """The reader's verdicts themselves: every kind of damage is named, nothing passes."""
+    a, b = make_payload(1, 1, 100_000), make_payload(2, 1, 100_000)
+    assert check_payload(a) is None
+    assert check_payload(b"") == "empty"
+    assert check_payload(a[:10]) == "torn"
+    assert check_payload(a[:-1]) == "torn"
+    assert check_payload(a + b"x") == "torn"
+    assert check_payload(a[:50_000] + b[50_000:]) == "mixed"
+    assert check_payload(b[:50_000] + a[50_000:]) == "mixed"
+    assert check_payload(a[:50_000] + bytes(len(a) - 50_000)) == "mixed"
+    assert check_payload(bytes(len(a))) == "mixed"
+
+
 def assert_never_torn(seen: dict[str, int], totals: dict[str, int], *, min_reads: int) -> None:
     problems = {k: seen[k] for k in ("missing", "empty", "torn", "mixed")}
     assert problems == {"missing": 0, "empty": 0, "torn": 0, "mixed": 0}, (seen, totals)
@@ -289,7 +349,7 @@ def test_racing_writers_never_show_readers_a_torn_file(
     workdir: Path, staging: str, how: str
 ) -> None:
     seen, totals = race_one_name(
-        workdir, kind="crashsafe", how=how, writers=4, seconds=2.0, durability="none",
+        workdir, kind="crashsafe", how=how, writers=4, seconds=1.5, durability="none",
         staging=staging,
     )  # fmt: skip
     print(f"crashsafe {how} {staging} none: reader {seen}, writers {totals}")
@@ -317,7 +377,7 @@ def test_control_fixed_temp_name_is_caught_by_the_reader_check(tmp_path: Path, h
     """The same check against the classic fixed-name writer must find torn content."""
     seen, totals = race_one_name(
         tmp_path,
-        kind="broken", how=how, writers=4, seconds=2.0, durability="none", staging=None,
+        kind="broken", how=how, writers=4, seconds=1.5, durability="none", staging=None,
     )  # fmt: skip
     print(f"broken control {how}: reader {seen}, writers {totals}")
     assert seen["reads"] >= 200, seen
@@ -327,7 +387,44 @@ def test_control_fixed_temp_name_is_caught_by_the_reader_check(tmp_path: Path, h
 
 # --------------------------------------------------------------------------- create-only races
 
-RACE_SIZE = 32 << 10
+
+def race_to_create(path: Path, r: int, racers: int, api: str) -> dict[int, Any]:
+    """*racers* threads create *path* at once; returns each one's outcome."""
+    barrier = threading.Barrier(racers, timeout=30)
+    outcome: dict[int, Any] = {}
+
+    def racer(i: int) -> None:
+        payload = make_payload(i, r, RACE_SIZE)
+        staged = False
+        try:
+            if api == "staged":
+                pending = AtomicFile(path, "xb", durability="none")
+                pending.file.write(payload)
+                staged = True
+                barrier.wait()
+                pending.commit()
+            elif api == "atomic_write":
+                barrier.wait()
+                atomic_write(path, payload, overwrite=False)
+            else:
+                barrier.wait()
+                with atomic_open(path, "xb") as f:
+                    staged = True
+                    f.write(payload)
+            outcome[i] = "won"
+        except FileExistsError:
+            # Lost at the atomic publish step, or already when staging.
+            outcome[i] = "lost at publish" if staged else "lost early"
+        except BaseException as e:  # reported by the caller, with the barrier released
+            barrier.abort()
+            outcome[i] = e
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcome
 
 
 @pytest.mark.parametrize("api", ["atomic_write", "atomic_open", "staged"])
@@ -340,80 +437,27 @@ def test_create_only_race_between_threads_has_exactly_one_winner(
     16 race inside the atomic publish step itself.
     """
     racers, rounds = 16, 8
-    lost_at_publish = 0
+    tally: Counter[str] = Counter()
     for r in range(rounds):
         path = workdir / f"race-{r}"
-        barrier = threading.Barrier(racers, timeout=30)
-        outcome: dict[int, Any] = {}
-
-        def racer(i: int, r: int = r, path: Path = path, barrier: threading.Barrier = barrier):
-            payload = make_payload(i, r, RACE_SIZE)
-            try:
-                if api == "staged":
-                    staged = AtomicFile(path, "xb", durability="none")
-                    staged.file.write(payload)
-                    barrier.wait()
-                    staged.commit()
-                elif api == "atomic_write":
-                    barrier.wait()
-                    atomic_write(path, payload, overwrite=False)
-                else:
-                    barrier.wait()
-                    with atomic_open(path, "xb") as f:
-                        f.write(payload)
-                outcome[i] = "won"
-            except FileExistsError:
-                outcome[i] = "exists"
-            except BaseException as e:  # reported below, with the barrier released
-                barrier.abort()
-                outcome[i] = e
-
-        threads = [threading.Thread(target=racer, args=(i,)) for i in range(racers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        outcome = race_to_create(path, r, racers, api)
+        tally.update(o for o in outcome.values() if isinstance(o, str))
         winners = [i for i, o in outcome.items() if o == "won"]
-        losers = [i for i, o in outcome.items() if o == "exists"]
+        losers = [i for i, o in outcome.items() if str(o).startswith("lost")]
         assert len(winners) == 1 and len(losers) == racers - 1, outcome
         assert path.read_bytes() == make_payload(winners[0], r, RACE_SIZE)
         assert leftovers(workdir) == []
-        if api == "staged":
-            lost_at_publish += len(losers)
+    print(f"create-only threads {api} {staging}: {dict(tally)}")
     assert entries(workdir) == sorted(f"race-{r}" for r in range(rounds))
     if api == "staged":
-        assert lost_at_publish == (racers - 1) * rounds
+        assert tally["lost at publish"] == (racers - 1) * rounds
 
 
-def _create_racer_main(directory: str, gates: str, writer: int, rounds: int, api: str) -> None:
-    """Entry point of a create-only racer process; one line of outcome per round."""
-    for r in range(rounds):
-        path = os.path.join(directory, f"race-{r}")
-        payload = make_payload(writer, r, RACE_SIZE)
-        staged = None
-        if api == "staged":
-            staged = AtomicFile(path, "xb", durability="none")
-            staged.file.write(payload)
-        print(f"ready {r}", flush=True)
-        with open(os.path.join(gates, f"gate-{r}"), "rb") as gate:
-            fcntl.flock(gate, fcntl.LOCK_SH)  # blocks until the parent opens the gate
-        try:
-            if staged is not None:
-                staged.commit()
-            else:
-                atomic_write(path, payload, overwrite=False)
-            result = "won"
-        except FileExistsError:
-            result = "exists"
-        print(f"{r} {result}", flush=True)
-
-
-@pytest.mark.parametrize("api", ["atomic_write", "staged"])
 def test_create_only_race_between_processes_has_exactly_one_winner(
-    workdir: Path, tmp_path_factory: pytest.TempPathFactory, staging: str, api: str
+    workdir: Path, tmp_path_factory: pytest.TempPathFactory, staging: str
 ) -> None:
-    """8 processes released at once by a file lock, 5 rounds: one winner per round."""
-    racers, rounds = 8, 5
+    """8 processes released at once by a file lock, 6 rounds: one winner per round."""
+    racers, rounds = 8, 6
     gates = tmp_path_factory.mktemp("gates")
     held = []
     for r in range(rounds):
@@ -423,7 +467,7 @@ def test_create_only_race_between_processes_has_exactly_one_winner(
     try:
         with children() as procs:
             for w in range(racers):
-                call = f"_create_racer_main({str(workdir)!r}, {str(gates)!r}, {w}, {rounds}, {api!r})"
+                call = f"_create_racer_main({str(workdir)!r}, {str(gates)!r}, {w}, {rounds})"
                 procs.append(_child(call, staging))
             outs = [Lines(p) for p in procs]
             for r in range(rounds):

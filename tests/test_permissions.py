@@ -89,7 +89,7 @@ def run_as(uid: int, gid: int, groups: list[int], cwd: Path, func: Callable[[], 
 # ---------------------------------------------------------------- perm given
 
 
-@pytest.mark.parametrize("mask", [0o000, 0o022, 0o077, 0o777])
+@pytest.mark.parametrize("mask", [0o000, 0o022, 0o077, 0o777], ids=oct)
 @pytest.mark.parametrize(
     "perm", [0o000, 0o444, 0o600, 0o640, 0o755, 0o777, 0o4755, 0o2755, 0o1777, 0o6711]
 )
@@ -104,9 +104,7 @@ def test_perm_gives_exactly_those_bits_whatever_the_umask(
 
 
 @pytest.mark.parametrize(("old", "perm"), [(0o644, 0o600), (0o600, 0o4755), (0o4755, 0o644)])
-def test_perm_overrides_the_existing_mode(
-    workdir: Path, staging: str, old: int, perm: int
-) -> None:
+def test_perm_overrides_the_existing_mode(workdir: Path, staging: str, old: int, perm: int) -> None:
     target = workdir / "f"
     target.write_bytes(b"old")
     target.chmod(old)
@@ -170,7 +168,7 @@ def test_replacing_keeps_owner_group_and_setuid_as_root(
 
 @pytest.mark.parametrize("mode", ["w", "a"])
 @pytest.mark.parametrize("existing", [None, 0o600, 0o644, 0o755])
-@pytest.mark.parametrize("mask", UMASKS)
+@pytest.mark.parametrize("mask", UMASKS, ids=oct)
 def test_mode_matches_open_across_umask_and_existing_file(
     workdir: Path, staging: str, mask: int, existing: int | None, mode: str
 ) -> None:
@@ -302,7 +300,7 @@ def test_writer_that_cannot_give_the_file_away_keeps_a_group_it_belongs_to(
     assert stat.S_IMODE(st.st_mode) == 0o664
 
 
-@pytest.mark.parametrize("perm", [0o4755, 0o2755, 0o6750])
+@pytest.mark.parametrize("perm", [0o4755, 0o2755, 0o6750], ids=oct)
 def test_perm_with_setuid_setgid_is_exact_for_a_writer_that_is_not_root(
     workdir: Path, staging: str, perm: int
 ) -> None:

@@ -52,6 +52,7 @@ _MODES: Final[dict[str, tuple[str, bool, bool]]] = {
     "ab": ("ab", True, True),
 }
 _MAX_SYMLINKS: Final = 40  # as Linux's MAXSYMLINKS
+_SETID: Final = stat.S_ISUID | stat.S_ISGID
 
 
 def _check_options(mode: str, perm: int | None, durability: str) -> None:
@@ -82,15 +83,18 @@ def _locate(
         raise IsADirectoryError(21, "Is a directory", path)
     directory = _platform.Directory(head)
     try:
-        for _ in range(_MAX_SYMLINKS):
+        # Linux follows at most 40 links in a row; so does this, then says ELOOP.
+        for _ in range(_MAX_SYMLINKS + 1):
             st = directory.lstat(name)
             if st is None or not stat.S_ISLNK(st.st_mode) or not follow_symlinks:
                 return directory, name, st
             link_head, name = os.path.split(os.path.join(head, directory.readlink(name)))
             if link_head != head:
+                # Open the next directory before closing this one, so that a
+                # failure leaves exactly one descriptor for the handler to close.
+                next_directory = _platform.Directory(link_head)
                 directory.close()
-                directory = _platform.Directory(link_head)
-                head = link_head
+                directory, head = next_directory, link_head
             if name in ("", ".", ".."):
                 raise IsADirectoryError(21, "Is a directory", path)
         raise OSError(40, "Too many levels of symbolic links", path)
@@ -105,8 +109,9 @@ class AtomicFile:
     The new content is written to :attr:`file`, a real file object (it has
     ``fileno()``, ``seek()`` and ``tell()``), and becomes visible at *path*
     only on :meth:`commit`. :meth:`discard` throws it away. Used as a context
-    manager, a normal exit commits and any exception (``KeyboardInterrupt``
-    included) discards. An AtomicFile that is garbage-collected while still
+    manager, a normal exit commits (unless the block already called
+    :meth:`commit` or :meth:`discard`) and any exception
+    (``KeyboardInterrupt`` included) discards. An AtomicFile that is garbage-collected while still
     open is discarded with a :class:`ResourceWarning`.
 
     *mode* is one of ``w``, ``wb``, ``x``, ``xb`` (create-only: commit raises
@@ -191,6 +196,7 @@ class AtomicFile:
             # Step 3: owner, then the exact mode (chown clears setuid/setgid).
             owner = (existing.st_uid, existing.st_gid) if existing and perm is None else None
             _platform.set_metadata(self._fd, final_mode, owner)
+            self._mode = final_mode
             if keep_old and existing:
                 source = self._dir.open_read(self._name)
                 try:
@@ -213,7 +219,8 @@ class AtomicFile:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
+        # A block that already committed or discarded explicitly has decided.
+        if exc_type is None and self._state == "open":
             self.commit()
         else:
             self.discard()
@@ -235,6 +242,10 @@ class AtomicFile:
         try:
             # Step 4: the file object's buffer reaches the kernel.
             self.file.close()
+            if self._mode & _SETID:
+                # A write() by a process without CAP_FSETID clears setuid and
+                # setgid; the file is still invisible, so set them again now.
+                _platform.set_metadata(self._fd, self._mode, None)
             # Step 5: the data reaches the disk before any name points to it.
             if self._durability != "none":
                 _platform.fsync_file(self._fd)

@@ -54,7 +54,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def _process_start(pid: int) -> int | None:
-    """Start time of process *pid* in clock ticks since boot, or None if unknown."""
+    """Start time of process *pid* in clock ticks since boot.
+
+    None if there is no such process, or it cannot write any more (a zombie:
+    killed but not yet reaped by its parent), or /proc cannot tell.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -63,6 +67,8 @@ def _process_start(pid: int) -> int | None:
     # The command name (field 2) may contain spaces and parentheses; the
     # fields after the last ')' are fixed: state is field 3, starttime is 22.
     fields = data[data.rfind(b")") + 2 :].split()
+    if fields[:1] in ([b"Z"], [b"X"]):
+        return None
     try:
         return int(fields[19])
     except (IndexError, ValueError):
@@ -128,7 +134,8 @@ def sweep(directory: str | os.PathLike[str], *, min_age: float = 60.0) -> list[P
     :class:`OSError` if *directory* cannot be opened or listed (for example
     :class:`FileNotFoundError`, :class:`NotADirectoryError`).
     """
-    if not isinstance(min_age, int | float) or min_age < 0:
+    # "not >= 0" also refuses NaN, which every comparison would let through.
+    if not isinstance(min_age, int | float) or not min_age >= 0:
         raise ValueError(f"min_age must be a non-negative number of seconds, not {min_age!r}")
     from pathlib import Path
 

@@ -1,0 +1,310 @@
+"""The public API: its exact names, argument checking before anything is created, errors.
+
+Bad arguments raise ValueError or TypeError with a message that says what is valid,
+and leave the directory exactly as it was.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import pickle
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+import crashsafe
+from crashsafe import NotDurableError
+from tests.harness.checks import entries
+
+VALID_MODES = ["w", "wt", "wb", "x", "xt", "xb", "a", "at", "ab"]
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    assert set(crashsafe.__all__) == {
+        "AtomicFile",
+        "NotDurableError",
+        "atomic_open",
+        "atomic_write",
+        "sweep",
+        "write_file_atomic",
+    }
+    assert len(crashsafe.__all__) == len(set(crashsafe.__all__))
+    for name in crashsafe.__all__:
+        assert callable(getattr(crashsafe, name)), name
+    namespace: dict[str, object] = {}
+    exec("from crashsafe import *", namespace)  # noqa: S102 - what a star import gives
+    assert set(namespace) - {"__builtins__"} == set(crashsafe.__all__)
+
+
+def test_not_durable_error_is_an_os_error() -> None:
+    assert issubclass(NotDurableError, OSError)
+    with pytest.raises(OSError, match="was replaced"):
+        raise NotDurableError(errno.EIO, "Input/output error", "/data/f")
+
+
+def test_not_durable_error_pickles_with_errno_and_filename() -> None:
+    error = NotDurableError(errno.EIO, "Input/output error", "/data/f")
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    assert type(copy) is NotDurableError
+    assert (copy.errno, copy.strerror, copy.filename) == (
+        errno.EIO,
+        "Input/output error",
+        "/data/f",
+    )
+    assert str(copy) == str(error)
+
+
+def test_not_durable_error_message_says_what_happened() -> None:
+    message = str(NotDurableError(errno.EIO, "Input/output error", "/data/f"))
+    assert "[Errno 5]" in message
+    assert "'/data/f' was replaced" in message
+    assert "power cut" in message
+
+
+# ---------------------------------------------------------------- arguments checked first
+
+
+def call(api: str, path: Path, **kw: object) -> None:
+    if api == "atomic_write":
+        crashsafe.atomic_write(path, b"data", **kw)  # type: ignore[arg-type]
+    elif api == "atomic_open":
+        with crashsafe.atomic_open(path, **kw) as f:  # type: ignore[arg-type]
+            f.write(b"data")
+    else:
+        with crashsafe.AtomicFile(path, **kw) as af:  # type: ignore[arg-type]
+            af.file.write(b"data")
+
+
+@pytest.mark.parametrize("mode", ["r", "rb", "r+", "w+", "wb+", "", "bw", "wx", "U", "wbt"])
+@pytest.mark.parametrize("api", ["atomic_open", "AtomicFile"])
+def test_bad_mode_raises_value_error_naming_the_valid_modes(
+    workdir: Path, staging: str, api: str, mode: str
+) -> None:
+    with pytest.raises(ValueError, match="mode") as info:
+        call(api, workdir / "f", mode=mode)
+    message = str(info.value)
+    assert repr(mode) in message
+    for valid in VALID_MODES:
+        assert re.search(rf"\b{valid}\b", message), (valid, message)
+    assert entries(workdir) == []
+
+
+@pytest.mark.parametrize("durability", ["fast", "DURABLE", "", None, 1])
+@pytest.mark.parametrize("api", ["atomic_write", "atomic_open", "AtomicFile"])
+def test_bad_durability_raises_value_error_naming_the_levels(
+    workdir: Path, staging: str, api: str, durability: object
+) -> None:
+    with pytest.raises(ValueError, match="durability") as info:
+        call(api, workdir / "f", durability=durability)
+    for level in ("durable", "consistent", "none"):
+        assert level in str(info.value)
+    assert entries(workdir) == []
+
+
+@pytest.mark.parametrize("perm", [-1, 0o10000, 0o777777, 0o644 + 0.0, "0o644", "644", True])
+@pytest.mark.parametrize("api", ["atomic_write", "atomic_open", "AtomicFile"])
+def test_perm_out_of_range_or_not_an_int_raises_value_error(
+    workdir: Path, staging: str, api: str, perm: object
+) -> None:
+    target = workdir / "f"
+    target.write_bytes(b"old")
+    with pytest.raises(ValueError, match=r"perm must be an int from 0 to 0o7777") as info:
+        call(api, target, perm=perm)
+    assert repr(perm) in str(info.value)
+    assert target.read_bytes() == b"old"
+    assert entries(workdir) == ["f"]
+
+
+@pytest.mark.parametrize(
+    "keyword", [{"encoding": "utf-8"}, {"errors": "strict"}, {"newline": "\n"}]
+)
+@pytest.mark.parametrize("mode", ["wb", "xb", "ab"])
+def test_binary_mode_with_text_arguments_raises_value_error(
+    workdir: Path, staging: str, mode: str, keyword: dict[str, str]
+) -> None:
+    with pytest.raises(ValueError, match="binary mode"):
+        crashsafe.AtomicFile(workdir / "f", mode, **keyword)  # type: ignore[arg-type]
+    with (
+        pytest.raises(ValueError, match="binary mode"),
+        crashsafe.atomic_open(
+            workdir / "f",
+            mode,
+            **keyword,  # type: ignore[arg-type]
+        ),
+    ):
+        pass
+    assert entries(workdir) == []
+
+
+@pytest.mark.parametrize("data", [None, 42, 4.2, ["a"], {"a": 1}, object()])
+def test_atomic_write_with_data_of_the_wrong_type_raises_type_error(
+    workdir: Path, staging: str, data: object
+) -> None:
+    with pytest.raises(TypeError, match=f"data must be bytes or str, not {type(data).__name__}"):
+        crashsafe.atomic_write(workdir / "f", data)  # type: ignore[arg-type]
+    assert entries(workdir) == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"raw", bytearray(b"raw"), memoryview(b"..raw..")[2:5], array.array("B", b"raw")],
+    ids=["bytes", "bytearray", "memoryview", "array"],
+)
+def test_atomic_write_accepts_any_bytes_like_data(workdir: Path, staging: str, data: bytes) -> None:
+    crashsafe.atomic_write(workdir / "f", data)
+    assert (workdir / "f").read_bytes() == b"raw"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "utf-16"])
+def test_atomic_write_encodes_str_with_the_encoding(
+    workdir: Path, staging: str, encoding: str
+) -> None:
+    crashsafe.atomic_write(workdir / "f", "café", encoding=encoding)
+    assert (workdir / "f").read_bytes() == "café".encode(encoding)
+
+
+def test_unencodable_str_raises_before_anything_is_created(workdir: Path, staging: str) -> None:
+    with pytest.raises(UnicodeEncodeError):
+        crashsafe.atomic_write(workdir / "f", "€", encoding="latin-1")
+    assert entries(workdir) == []
+
+
+@pytest.mark.parametrize("api", ["atomic_write", "atomic_open", "AtomicFile"])
+@pytest.mark.parametrize("spelling", ["dir", "dir/", "dir/.", "dir/.."])
+def test_path_that_is_a_directory_raises_is_a_directory_error(
+    workdir: Path, staging: str, api: str, spelling: str
+) -> None:
+    (workdir / "dir").mkdir()
+    (workdir / "dir" / "inside").write_bytes(b"keep")
+    with pytest.raises(IsADirectoryError):
+        call(api, os.path.join(workdir, spelling))  # type: ignore[arg-type]
+    assert entries(workdir) == ["dir"]
+    assert entries(workdir / "dir") == ["inside"]
+
+
+@pytest.mark.parametrize("api", ["atomic_write", "atomic_open", "AtomicFile"])
+def test_missing_parent_directory_raises_file_not_found_and_creates_nothing(
+    workdir: Path, staging: str, api: str
+) -> None:
+    target = workdir / "missing" / "f"
+    with pytest.raises(FileNotFoundError) as info:
+        call(api, target)
+    assert info.value.errno == errno.ENOENT
+    assert info.value.filename in (str(target), str(target.parent))
+    assert entries(workdir) == []
+
+
+def test_parent_that_is_a_file_raises_not_a_directory(workdir: Path, staging: str) -> None:
+    (workdir / "file").write_bytes(b"keep")
+    with pytest.raises(NotADirectoryError):
+        crashsafe.atomic_write(workdir / "file" / "f", b"data")
+    assert (workdir / "file").read_bytes() == b"keep"
+    assert entries(workdir) == ["file"]
+
+
+def test_paths_may_be_str_or_path_like(workdir: Path, staging: str) -> None:
+    crashsafe.atomic_write(str(workdir / "a"), b"1")
+    crashsafe.atomic_write(workdir / "b", b"2")
+    with crashsafe.atomic_open(workdir / "c", "w") as f:
+        f.write("3")
+    with crashsafe.AtomicFile(workdir / "d") as af:
+        af.file.write(b"4")
+    crashsafe.write_file_atomic(workdir, "e", b"5", 0o600)
+    crashsafe.write_file_atomic(str(workdir), "f", b"6", 0o600)
+    assert [(workdir / n).read_bytes() for n in "abcdef"] == [b"1", b"2", b"3", b"4", b"5", b"6"]
+
+
+def test_atomicfile_enter_returns_itself_with_a_file_and_a_path(
+    workdir: Path, staging: str
+) -> None:
+    af = crashsafe.AtomicFile(workdir / "f", "wb")
+    with af as entered:
+        assert entered is af
+        assert af.path == str(workdir / "f")
+        assert not af.file.closed
+        af.file.write(b"x")
+    assert af.file.closed
+    assert (workdir / "f").read_bytes() == b"x"
+
+
+def test_atomic_open_default_mode_is_binary_write(workdir: Path, staging: str) -> None:
+    (workdir / "f").write_bytes(b"old")
+    with crashsafe.atomic_open(workdir / "f") as f:
+        with pytest.raises(TypeError):
+            f.write("text")  # type: ignore[arg-type]
+        f.write(b"bytes")
+    assert (workdir / "f").read_bytes() == b"bytes"
+
+
+# ---------------------------------------------------------------- write_file_atomic
+
+
+@pytest.mark.parametrize("existing", [None, 0o644, 0o4755])
+@pytest.mark.parametrize("perm", [0o000, 0o400, 0o600, 0o644, 0o2755])
+def test_write_file_atomic_gives_exactly_the_data_and_perm(
+    workdir: Path, staging: str, perm: int, existing: int | None
+) -> None:
+    target = workdir / "key"
+    if existing is not None:
+        target.write_bytes(b"old content, longer")
+        target.chmod(existing)
+    old_umask = os.umask(0o077)
+    try:
+        crashsafe.write_file_atomic(workdir, "key", b"\x00secret\xff", perm)
+    finally:
+        os.umask(old_umask)
+    assert target.read_bytes() == b"\x00secret\xff"
+    assert stat.S_IMODE(target.stat().st_mode) == perm
+    assert entries(workdir) == ["key"]
+
+
+@pytest.mark.parametrize("name", ["a/b", "", ".", "..", "a\0b", "/abs", "dir/", b"key"])
+def test_write_file_atomic_name_must_be_one_component(
+    workdir: Path, staging: str, name: object
+) -> None:
+    (workdir / "a").mkdir()
+    with pytest.raises(ValueError, match="name must be a single file name"):
+        crashsafe.write_file_atomic(workdir, name, b"data", 0o600)  # type: ignore[arg-type]
+    assert entries(workdir) == ["a"]
+    assert entries(workdir / "a") == []
+
+
+@pytest.mark.parametrize("data", ["text", None, 42, ["a"]])
+def test_write_file_atomic_data_must_be_bytes_like(
+    workdir: Path, staging: str, data: object
+) -> None:
+    with pytest.raises(TypeError, match=f"data must be bytes, not {type(data).__name__}"):
+        crashsafe.write_file_atomic(workdir, "f", data, 0o600)  # type: ignore[arg-type]
+    assert entries(workdir) == []
+
+
+def test_write_file_atomic_missing_dir_raises_and_creates_nothing(
+    workdir: Path, staging: str
+) -> None:
+    with pytest.raises(FileNotFoundError):
+        crashsafe.write_file_atomic(workdir / "missing", "f", b"data", 0o600)
+    assert entries(workdir) == []
+
+
+def test_write_file_atomic_on_a_directory_raises_is_a_directory_error(
+    workdir: Path, staging: str
+) -> None:
+    (workdir / "sub").mkdir()
+    with pytest.raises(IsADirectoryError):
+        crashsafe.write_file_atomic(workdir, "sub", b"data", 0o600)
+    assert entries(workdir) == ["sub"]
+    assert entries(workdir / "sub") == []
+
+
+# ---------------------------------------------------------------- sweep is public
+
+
+def test_sweep_is_exported_and_leaves_ordinary_files_alone(workdir: Path) -> None:
+    (workdir / "data").write_bytes(b"keep")
+    (workdir / ".hidden.tmp").write_bytes(b"keep")
+    assert crashsafe.sweep(workdir, min_age=0) == []
+    assert entries(workdir) == [".hidden.tmp", "data"]
