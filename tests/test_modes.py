@@ -368,3 +368,30 @@ def test_zipfile_writes_into_atomic_open(workdir: Path, staging: str) -> None:
         assert z.testzip() is None
         assert z.read("a.txt") == b"hello"
         assert z.read("big.bin") == big
+
+
+def test_committed_tells_replaced_from_not(workdir: Path, staging: str) -> None:
+    target = workdir / "t"
+    staged = crashsafe.AtomicFile(target)
+    assert not staged.committed
+    staged.file.write(b"new")
+    staged.commit()
+    assert staged.committed
+    assert target.read_bytes() == b"new"
+    dropped = crashsafe.AtomicFile(target)
+    dropped.discard()
+    assert not dropped.committed
+    assert target.read_bytes() == b"new"
+
+
+def test_explicit_commit_or_discard_inside_the_block_is_final(workdir: Path, staging: str) -> None:
+    target = workdir / "t"
+    with crashsafe.AtomicFile(target) as staged:
+        staged.file.write(b"committed inside")
+        staged.commit()
+    assert target.read_bytes() == b"committed inside"
+    with crashsafe.AtomicFile(target) as staged:
+        staged.file.write(b"thrown away")
+        staged.discard()
+    assert target.read_bytes() == b"committed inside"
+    assert not staged.committed

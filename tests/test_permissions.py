@@ -22,6 +22,7 @@ import pytest
 import crashsafe
 from crashsafe.staging import MARKER
 from tests.harness.checks import leftovers
+from tests.harness.inject import run_traced
 from tests.harness.require import require, require_root, require_tools
 
 UMASKS = [0o000, 0o002, 0o022, 0o027, 0o077]
@@ -327,3 +328,30 @@ def test_replacing_keeps_setuid_of_the_writers_own_file(workdir: Path, staging: 
     run_as(uid, gid, [], workdir, lambda: crashsafe.atomic_write("tool", b"new"))
     assert target.read_bytes() == b"new"
     assert oct(mode_of(target)) == oct(0o4755)
+
+
+@pytest.mark.parametrize(("perm", "existing"), [(0o600, None), (0o640, None), (None, 0o600)])
+def test_temporary_file_is_created_no_more_permissive_than_final(
+    workdir: Path, staging: str, perm: int | None, existing: int | None
+) -> None:
+    """The creating syscall itself asks for no more than the final bits (seen with strace)."""
+    require_tools("strace")
+    target = workdir / "secret"
+    if existing is not None:
+        target.write_bytes(b"old")
+        target.chmod(existing)
+    final = perm if perm is not None else existing
+    assert final is not None
+    child = run_traced(
+        f"import crashsafe; crashsafe.atomic_write({str(target)!r}, b'k', perm={perm!r})",
+        trace=["openat"],
+        paths=[workdir],
+        staging=staging,
+    )
+    assert child.returncode == 0, child.stderr
+    creating = [c for c in child.calls("openat") if "O_TMPFILE" in c or "O_CREAT" in c]
+    assert creating, child.log
+    for call in creating:
+        requested = int(call.rsplit(",", 1)[1].split(")")[0], 8)
+        assert requested & ~final == 0, call
+    assert stat.S_IMODE(target.stat().st_mode) == final
