@@ -76,12 +76,17 @@ def remount(mnt: Path, options: str) -> None:
 
 
 def cycle(mnt: Path) -> None:
-    """Unmount and mount again: after a shutdown ioctl this replays the journal."""
+    """Unmount and mount again: after a shutdown ioctl this replays the journal.
+
+    After a shutdown ext4 lists ``shutdown`` among its options in
+    /proc/self/mounts, which mount refuses ("bad option"); it is left out.
+    """
     dev, _, _, options = next(
         fields[:4]
         for fields in map(str.split, Path("/proc/self/mounts").read_text().splitlines())
         if fields[1] == str(mnt)
     )
+    options = ",".join(o for o in options.split(",") if o != "shutdown")
     _umount(mnt)
     run("mount", "-o", options, dev, str(mnt))
 
