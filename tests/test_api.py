@@ -308,3 +308,14 @@ def test_sweep_is_exported_and_leaves_ordinary_files_alone(workdir: Path) -> Non
     (workdir / ".hidden.tmp").write_bytes(b"keep")
     assert crashsafe.sweep(workdir, min_age=0) == []
     assert entries(workdir) == [".hidden.tmp", "data"]
+
+
+def test_a_fifo_is_never_replaced(workdir: Path, staging: str) -> None:
+    fifo = workdir / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="Not a regular file") as caught:
+        crashsafe.atomic_write(fifo, b"x")
+    assert caught.value.errno == errno.EINVAL
+    assert caught.value.filename == str(fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(os.listdir(workdir)) == ["pipe"]

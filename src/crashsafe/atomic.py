@@ -20,6 +20,7 @@ How each step is done on a platform lives in :mod:`crashsafe._platform`.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -80,7 +81,7 @@ def _locate(
     """
     head, name = os.path.split(path)
     if name in ("", ".", ".."):
-        raise IsADirectoryError(21, "Is a directory", path)
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
     directory = _platform.Directory(head)
     try:
         # Linux follows at most 40 links in a row; so does this, then says ELOOP.
@@ -96,8 +97,8 @@ def _locate(
                 directory.close()
                 directory, head = next_directory, link_head
             if name in ("", ".", ".."):
-                raise IsADirectoryError(21, "Is a directory", path)
-        raise OSError(40, "Too many levels of symbolic links", path)
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        raise OSError(errno.ELOOP, "Too many levels of symbolic links", path)
     except BaseException:
         directory.close()
         raise
@@ -111,8 +112,9 @@ class AtomicFile:
     only on :meth:`commit`. :meth:`discard` throws it away. Used as a context
     manager, a normal exit commits (unless the block already called
     :meth:`commit` or :meth:`discard`) and any exception
-    (``KeyboardInterrupt`` included) discards. An AtomicFile that is garbage-collected while still
-    open is discarded with a :class:`ResourceWarning`.
+    (``KeyboardInterrupt`` included) discards. An AtomicFile that is
+    garbage-collected while still open is discarded with a
+    :class:`ResourceWarning`.
 
     *mode* is one of ``w``, ``wb``, ``x``, ``xb`` (create-only: commit raises
     :class:`FileExistsError` if *path* exists then, atomically, even against
@@ -142,8 +144,10 @@ class AtomicFile:
 
     Raises, before anything is created: :class:`ValueError` for a bad *mode*,
     *perm* or *durability*, or an *encoding* with a binary mode;
-    :class:`IsADirectoryError` if *path* is a directory;
-    :class:`FileExistsError` for ``x`` modes when *path* exists; the
+    :class:`IsADirectoryError` if *path* is a directory; :class:`OSError`
+    (``EINVAL``) if it is another kind of non-regular file (a FIFO, a device),
+    which crashsafe never replaces; :class:`FileExistsError` for ``x`` modes
+    when *path* exists; the
     :class:`OSError` of any failed step (a missing directory, no permission).
     """
 
@@ -176,13 +180,15 @@ class AtomicFile:
             existing: os.stat_result | None = None
             if old is not None:
                 if stat.S_ISDIR(old.st_mode):
-                    raise IsADirectoryError(21, "Is a directory", self.path)
+                    raise IsADirectoryError(errno.EISDIR, "Is a directory", self.path)
                 if not self._replace:
-                    raise FileExistsError(17, "File exists", self.path)
+                    raise FileExistsError(errno.EEXIST, "File exists", self.path)
                 if stat.S_ISREG(old.st_mode):
                     existing = old
                 elif not stat.S_ISLNK(old.st_mode):
-                    raise OSError(22, "Not a regular file; only those are replaced", self.path)
+                    raise OSError(
+                        errno.EINVAL, "Not a regular file; only those are replaced", self.path
+                    )
 
             # Step 2: the temporary file, private until step 3 sets its mode.
             if perm is not None:
