@@ -767,3 +767,45 @@ def test_cli_interrupt_after_rename_does_not_claim_target_unchanged(
             f"exit {child.returncode}, stderr {child.stderr.strip()!r}, "
             f"but the target holds the new content"
         )
+
+
+def test_interrupt_during_the_rename_still_reports_committed(staging: str, workdir: Path) -> None:
+    """SIGINT arriving at the rename itself is held back until the file is marked
+    committed; when it is raised, ``committed`` must still say the target was
+    replaced, and the CLI must say so too (exit 3), not "unchanged"."""
+    target = make_target(workdir)
+    code = """
+    path = sys.argv[1]
+    staged = AtomicFile(path)
+    staged.file.write(sys.argv[2].encode())
+    outcome = attempt(staged.commit)
+    report(outcome=outcome, committed=staged.committed)
+    """
+    child = run_traced(
+        code,
+        str(target),
+        NEW.decode(),
+        trace=["rename", "renameat", "renameat2"],
+        inject=[fault(["rename", "renameat", "renameat2"], signal="INT", when=1)],
+        staging=staging,
+    )
+    result = child.result
+    assert result["outcome"]["raised"] == "KeyboardInterrupt", (result, child.stderr)
+    assert result["committed"] is True, result
+    assert read(target) == NEW
+    assert_only(workdir, "target")
+
+    target.write_bytes(OLD)
+    cli = run_traced(
+        "from crashsafe.cli import main\nsys.exit(main(sys.argv[1:]))",
+        "write",
+        str(target),
+        trace=["rename", "renameat", "renameat2"],
+        inject=[fault(["rename", "renameat", "renameat2"], signal="INT", when=1)],
+        staging=staging,
+        stdin=NEW,
+    )
+    assert read(target) == NEW
+    assert cli.returncode == 3, (cli.returncode, cli.stderr)
+    assert "replaced" in cli.stderr
+    assert_only(workdir, "target")

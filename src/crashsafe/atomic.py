@@ -263,7 +263,12 @@ class AtomicFile:
                 self._dir.publish(fd, temp, self._name, replace=self._replace)
                 self._state = "committed"
         except BaseException as e:
-            self._fail(e)
+            if self._state != "committed":
+                self._fail(e)
+                raise
+            # A signal held back during the rename is raised as the block
+            # ends: the target is replaced, and must not be reported otherwise.
+            self._dir.close()
             raise
         try:
             # Step 7: the rename reaches the disk.
