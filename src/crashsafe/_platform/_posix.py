@@ -288,10 +288,9 @@ def _renameat2_noreplace(dir_fd: int, src: str, dst: str) -> None:
 def directory_sync_unsupported(error: OSError) -> bool:
     """Whether a directory fsync error means "this filesystem cannot sync directories".
 
-    Some FUSE, CIFS and virtual-machine shares answer EINVAL (or ENOTSUP)
-    to fsync of a directory: they offer no directory
-    durability at all. That is a property of the filesystem, not a failure of
-    this write.
+    Some FUSE, CIFS and virtual-machine shares answer EINVAL (or ENOTSUP) to
+    fsync of a directory: they offer no directory durability at all. That is a
+    property of the filesystem, not a failure of this write.
     """
     return error.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
 
