@@ -6,16 +6,44 @@ any instant; never an empty file, a prefix or a mix. See the README for what
 each durability level survives and what is not promised.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from crashsafe.atomic import AtomicFile, atomic_open, atomic_write, write_file_atomic
-from crashsafe.errors import NotDurableError
+from crashsafe.errors import NotDurableError, VerificationError
 from crashsafe.staging import sweep
+
+if TYPE_CHECKING:
+    from crashsafe import validators
+    from crashsafe.copying import CopyResult, atomic_copy
 
 __all__ = [
     "AtomicFile",
+    "CopyResult",
     "NotDurableError",
+    "VerificationError",
+    "atomic_copy",
     "atomic_open",
     "atomic_write",
     "sweep",
+    "validators",
     "write_file_atomic",
 ]
 __version__ = "0.1.0"
+
+# Imported on first use, so that a program that only writes small files does
+# not pay for them at start-up.
+_LAZY = {"CopyResult": "crashsafe.copying", "atomic_copy": "crashsafe.copying"}
+
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    if name == "validators":
+        return importlib.import_module("crashsafe.validators")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'crashsafe' has no attribute {name!r}")

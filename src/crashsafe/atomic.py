@@ -7,7 +7,8 @@ numbered as in the project's contract (``CONTRACT.md``):
 2. create a temporary file there, exclusively, without following symlinks,
    unguessably named (or anonymous, with ``O_TMPFILE``);
 3. give it the owner, then the exact mode, before any data is written;
-4. the caller writes; :meth:`AtomicFile.commit` flushes;
+4. the caller writes; :meth:`AtomicFile.commit` flushes, then runs the
+   validators on the staged file, read-only from its start;
 5. fsync the temporary file; on error remove it and raise, never retry;
 6. rename it over the target (create-only: an atomic link that fails if the
    target exists);
@@ -25,12 +26,12 @@ import io
 import os
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, BinaryIO, Final, Literal
 
 from crashsafe import _platform
-from crashsafe.errors import NotDurableError
+from crashsafe.errors import NotDurableError, VerificationError
 
 __all__ = ["AtomicFile", "Durability", "atomic_open", "atomic_write", "write_file_atomic"]
 
@@ -39,6 +40,8 @@ Durability = Literal["durable", "consistent", "none"]
 # collections.abc.Buffer, the exact type, needs Python 3.12.
 BytesLike = bytes | bytearray | memoryview
 _DURABILITIES: Final = ("durable", "consistent", "none")
+Validator = Callable[[BinaryIO], object]
+Validate = Validator | Sequence[Validator] | None
 
 # mode -> (mode for the file object, replace an existing target, keep old content)
 _MODES: Final[dict[str, tuple[str, bool, bool]]] = {
@@ -67,6 +70,20 @@ def _check_options(mode: str, perm: int | None, durability: str) -> None:
         raise ValueError(
             f"invalid durability {durability!r}: expected one of {', '.join(_DURABILITIES)}"
         )
+
+
+def _validators(validate: Validate) -> tuple[Validator, ...]:
+    if validate is None:
+        return ()
+    checks = (validate,) if callable(validate) else validate
+    if isinstance(checks, str | bytes) or not isinstance(checks, Sequence):
+        raise TypeError(
+            f"validate must be a callable or a list of them, not {type(validate).__name__}"
+        )
+    for check in checks:
+        if not callable(check):
+            raise TypeError(f"validate: {check!r} is not callable")
+    return tuple(checks)
 
 
 def _locate(
@@ -142,8 +159,17 @@ class AtomicFile:
     to replaced, keeping the link (a dangling link creates its target). With
     False, the link itself is replaced by a regular file.
 
+    *validate*: a callable, or a sequence of them, each called by
+    :meth:`commit` with the complete staged content as a read-only binary
+    file positioned at its start, before the fsync and the rename. A
+    validator rejects the content by raising, usually
+    :class:`~crashsafe.VerificationError` (see :mod:`crashsafe.validators`);
+    commit then raises that exception, with ``filename`` set to *path*, and
+    publishes nothing.
+
     Raises, before anything is created: :class:`ValueError` for a bad *mode*,
     *perm* or *durability*, or an *encoding* with a binary mode;
+    :class:`TypeError` for a *validate* that is not callable;
     :class:`IsADirectoryError` if *path* is a directory; :class:`OSError`
     (``EINVAL``) if it is another kind of non-regular file (a FIFO, a device),
     which crashsafe never replaces; :class:`FileExistsError` for ``x`` modes
@@ -159,12 +185,14 @@ class AtomicFile:
         perm: int | None = None,
         durability: Durability = "durable",
         follow_symlinks: bool = True,
+        validate: Validate = None,
         encoding: str | None = None,
         errors: str | None = None,
         newline: str | None = None,
     ) -> None:
         self._state = "new"  # so that __del__ is quiet if __init__ fails early
         _check_options(mode, perm, durability)
+        self._validators = _validators(validate)
         file_mode, self._replace, keep_old = _MODES[mode]
         binary = "b" in file_mode
         if binary and (encoding, errors, newline) != (None, None, None):
@@ -193,8 +221,10 @@ class AtomicFile:
             # Step 2: the temporary file, private until step 3 sets its mode.
             if perm is not None:
                 mode_bits: int | None = perm
+            elif existing:
+                mode_bits = stat.S_IMODE(existing.st_mode)
             else:
-                mode_bits = stat.S_IMODE(existing.st_mode) if existing else None
+                mode_bits = self._new_file_perm
             with _platform.signals_deferred():
                 self._fd, self._temp, final_mode = self._dir.create_temp(self._name, mode_bits)
                 self._state = "open"
@@ -221,6 +251,10 @@ class AtomicFile:
             self._fail(e)
             raise
 
+    # The mode of a new file when no perm is given; None: what open() would give.
+    # atomic_copy's staged file sets it to the source's permission bits.
+    _new_file_perm: int | None = None
+
     def __enter__(self) -> AtomicFile:
         return self
 
@@ -234,7 +268,9 @@ class AtomicFile:
     def commit(self) -> None:
         """Publish the written content at the target path, once.
 
-        Raises, with the target untouched and the temporary file removed: the
+        Raises, with the target untouched and the temporary file removed:
+        whatever a validator raised (:class:`~crashsafe.VerificationError`
+        with ``filename`` set to the target path, for the built-in ones); the
         :class:`OSError` of the flush or fsync (never retried; the staged data
         is gone and this file cannot be committed again), or of the rename
         (:class:`FileExistsError` for create-only modes). Raises
@@ -252,6 +288,8 @@ class AtomicFile:
                 # A write() by a process without CAP_FSETID clears setuid and
                 # setgid; the file is still invisible, so set them again now.
                 _platform.set_metadata(self._fd, self._mode, None)
+            for check in self._validators:
+                self._run(check, self._fd)
             # Step 5: the data reaches the disk before any name points to it.
             if self._durability != "none":
                 _platform.fsync_file(self._fd)
@@ -280,6 +318,14 @@ class AtomicFile:
         finally:
             self._dir.close()
 
+    @staticmethod
+    def _run(check: Validator, fd: int) -> None:
+        # The writer is closed, so its file position is free to reuse; every
+        # validator starts at offset 0, through an object that cannot write.
+        os.lseek(fd, 0, os.SEEK_SET)
+        with open(fd, "rb", closefd=False) as reader:
+            check(reader)
+
     @property
     def committed(self) -> bool:
         """Whether the new content has been published at the target.
@@ -301,9 +347,9 @@ class AtomicFile:
 
     def _fail(self, error: BaseException) -> None:
         self._discard()
-        # Errors from the file object or fsync carry no name; the target's is
-        # the one the caller knows.
-        if isinstance(error, OSError) and error.filename is None:
+        # Errors from the file object, fsync or a validator carry no name; the
+        # target's is the one the caller knows.
+        if isinstance(error, OSError | VerificationError) and error.filename is None:
             error.filename = self.path
 
     def _discard(self) -> None:
@@ -344,6 +390,7 @@ def atomic_open(
     perm: int | None = None,
     durability: Durability = "durable",
     follow_symlinks: bool = True,
+    validate: Validate = None,
     encoding: str | None = None,
     errors: str | None = None,
     newline: str | None = None,
@@ -358,7 +405,7 @@ def atomic_open(
 
     Example::
 
-        with crashsafe.atomic_open("state.json", "w") as f:
+        with crashsafe.atomic_open("state.json", "w", validate=validators.json) as f:
             json.dump(state, f)
     """
     staged = AtomicFile(
@@ -367,6 +414,7 @@ def atomic_open(
         perm=perm,
         durability=durability,
         follow_symlinks=follow_symlinks,
+        validate=validate,
         encoding=encoding,
         errors=errors,
         newline=newline,
@@ -387,6 +435,7 @@ def atomic_write(
     durability: Durability = "durable",
     overwrite: bool = True,
     follow_symlinks: bool = True,
+    validate: Validate = None,
     encoding: str = "utf-8",
 ) -> None:
     """Replace *path* with *data*, all or nothing.
@@ -404,6 +453,7 @@ def atomic_write(
         perm=perm,
         durability=durability,
         follow_symlinks=follow_symlinks,
+        validate=validate,
     ) as staged:
         staged.file.write(data)
 

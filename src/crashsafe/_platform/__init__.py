@@ -5,7 +5,10 @@ Both backends expose the same small interface, chosen once here:
 * ``Directory(path)``: an open directory with ``lstat``, ``readlink``,
   ``open_read``, ``create_temp``,
   ``publish``, ``discard``, ``sync`` and ``close``;
-* ``copy_into(src_fd, dst_fd)``: the old content, for append mode;
+* ``copy_data(src_fd, dst_fd, size, progress)``: the fastest copy between two
+  files (reflink, ``copy_file_range``, ``sendfile``, read/write), for
+  :func:`crashsafe.atomic_copy`; ``copy_into(src_fd, dst_fd)``: the same, for
+  append mode;
 * ``fsync_file(fd)``: the strongest flush the platform has;
 * ``set_metadata(fd, mode, owner)``: owner first, then the exact mode;
 * ``signals_deferred()``: a context in which ``KeyboardInterrupt`` cannot land
@@ -24,6 +27,7 @@ import sys
 if sys.platform == "win32":  # pragma: no cover - not verified on this project's CI
     from crashsafe._platform._windows import (
         Directory,
+        copy_data,
         copy_into,
         directory_sync_unsupported,
         fsync_file,
@@ -33,6 +37,7 @@ if sys.platform == "win32":  # pragma: no cover - not verified on this project's
 else:
     from crashsafe._platform._posix import (
         Directory,
+        copy_data,
         copy_into,
         directory_sync_unsupported,
         fsync_file,
@@ -42,6 +47,7 @@ else:
 
 __all__ = [
     "Directory",
+    "copy_data",
     "copy_into",
     "directory_sync_unsupported",
     "fsync_file",

@@ -15,12 +15,14 @@ import ctypes
 import errno
 import os
 import time
+from collections.abc import Callable
 from typing import Final
 
 from crashsafe.staging import temp_name
 
 __all__ = [
     "Directory",
+    "copy_data",
     "copy_into",
     "directory_sync_unsupported",
     "fsync_file",
@@ -139,8 +141,27 @@ def set_metadata(fd: int, mode: int, owner: tuple[int, int] | None) -> None:
 
 def copy_into(src_fd: int, dst_fd: int) -> None:
     """Copy all of *src_fd* to *dst_fd*; later writes continue at the end."""
+    copy_data(src_fd, dst_fd, 0)
+
+
+def copy_data(
+    src_fd: int,
+    dst_fd: int,
+    size: int,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[int, str]:
+    """Copy *src_fd* from offset 0 to its end into *dst_fd*; return ``(bytes, "read/write")``.
+
+    Windows offers no copy between descriptors, so this is a plain loop;
+    *size* is not reserved. Both descriptors' positions end at the end.
+    """
     os.lseek(src_fd, 0, os.SEEK_SET)
+    done = 0
     while chunk := os.read(src_fd, 1 << 20):
         view = memoryview(chunk)
         while view:
             view = view[os.write(dst_fd, view) :]
+        done += len(chunk)
+        if progress is not None:
+            progress(done)
+    return done, "read/write"
