@@ -12,6 +12,9 @@ import os
 import pickle
 import re
 import stat
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -26,18 +29,46 @@ VALID_MODES = ["w", "wt", "wb", "x", "xt", "xb", "a", "at", "ab"]
 def test_all_is_exactly_the_public_api() -> None:
     assert set(crashsafe.__all__) == {
         "AtomicFile",
+        "CopyResult",
         "NotDurableError",
+        "VerificationError",
+        "atomic_copy",
         "atomic_open",
         "atomic_write",
         "sweep",
+        "validators",
         "write_file_atomic",
     }
     assert len(crashsafe.__all__) == len(set(crashsafe.__all__))
     for name in crashsafe.__all__:
-        assert callable(getattr(crashsafe, name)), name
+        value = getattr(crashsafe, name)
+        assert isinstance(value, types.ModuleType) or callable(value), name
     namespace: dict[str, object] = {}
     exec("from crashsafe import *", namespace)  # noqa: S102 - what a star import gives
     assert set(namespace) - {"__builtins__"} == set(crashsafe.__all__)
+
+
+def test_import_leaves_copying_and_validators_for_first_use() -> None:
+    # They cost import time that a program writing small files never needs.
+    code = (
+        "import sys, crashsafe\n"
+        "before = {m for m in sys.modules if m.startswith('crashsafe.')}\n"
+        "crashsafe.atomic_copy, crashsafe.validators.zstd\n"
+        "after = {m for m in sys.modules if m.startswith('crashsafe.')}\n"
+        "print(sorted(before)); print(sorted(after - before))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert "crashsafe.copying" not in out[0]
+    assert "crashsafe.validators" not in out[0]
+    assert "'crashsafe.copying'" in out[1]
+    assert "'crashsafe.validators'" in out[1]
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        crashsafe.no_such_thing  # type: ignore[attr-defined]  # noqa: B018
 
 
 def test_not_durable_error_is_an_os_error() -> None:
