@@ -195,3 +195,133 @@ def _writing(pid: int, directory: Path) -> bool:
         if where.startswith(f"{directory}/") and ("(deleted)" in where or MARKER in where):
             return True
     return False
+
+
+# -- copy and check -------------------------------------------------------------------
+
+
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def test_copy_publishes_and_prints_one_line_summary(workdir: Path) -> None:
+    source = workdir / "src.zst"
+    source.write_bytes(_zstd(os.urandom(1 << 16)))
+    target = workdir / "dst.zst"
+    target.write_bytes(b"old")
+    result = crashsafe("copy", str(source), str(target), "--validate", "zstd")
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == source.read_bytes()
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 1
+    size = source.stat().st_size
+    assert f"{size} bytes" in lines[0]
+    assert "by copy_file_range" in lines[0]  # the method, on this ext4 VM disk
+    assert "/s" in lines[0]  # the rate
+    assert result.stderr == b""  # no progress bar: stderr is not a terminal
+    assert crashsafe("copy", "-q", str(source), str(target)).stdout == b""
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--validate", "zstd"], b"truncated"),
+        (["--validate", "gzip"], b"gzip"),
+        (["--sha256", "0" * 64], b"SHA-256 mismatch"),
+    ],
+)
+def test_copy_rejected_exits_1_and_keeps_old(workdir: Path, args: list[str], why: bytes) -> None:
+    source = workdir / "cut.zst"
+    source.write_bytes(_zstd(os.urandom(1 << 16))[:-7])
+    target = workdir / "dst.zst"
+    target.write_bytes(b"old and good")
+    result = crashsafe("copy", str(source), str(target), *args)
+    assert result.returncode == 1
+    assert why in result.stderr
+    assert b"rejected" in result.stderr
+    assert b"nothing was changed" in result.stderr
+    assert target.read_bytes() == b"old and good"
+    assert result.stdout == b""
+
+
+def test_copy_perm_and_new_file_takes_source_bits(workdir: Path) -> None:
+    source = workdir / "tool"
+    source.write_bytes(b"#!/bin/sh\n")
+    source.chmod(0o750)
+    assert crashsafe("copy", str(source), str(workdir / "a")).returncode == 0
+    assert stat.S_IMODE((workdir / "a").stat().st_mode) == 0o750
+    assert crashsafe("copy", "--perm", "600", str(source), str(workdir / "b")).returncode == 0
+    assert stat.S_IMODE((workdir / "b").stat().st_mode) == 0o600
+
+
+def test_copy_missing_source_exits_1(workdir: Path) -> None:
+    result = crashsafe("copy", str(workdir / "nope"), str(workdir / "dst"))
+    assert result.returncode == 1
+    assert b"No such file or directory" in result.stderr
+    assert not (workdir / "dst").exists()
+
+
+def test_copy_usage_errors_exit_2(workdir: Path) -> None:
+    assert crashsafe("copy", "only-one").returncode == 2
+    assert crashsafe("copy", "a", "b", "--validate", "xz").returncode == 2
+    assert crashsafe("copy", "a", "b", "--sha256", "abc").returncode == 2
+
+
+def test_copy_shows_progress_bar_on_a_terminal(workdir: Path) -> None:
+    import pty
+
+    source = workdir / "big"
+    source.write_bytes(os.urandom(1 << 20) * 40)
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(
+            [*CLI, "copy", str(source), str(workdir / "dst")],
+            stderr=follower,
+            stdout=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+        os.close(follower)
+        follower = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    assert result.returncode == 0
+    assert b"100% [##############################]" in seen
+    assert b"40.0 MiB / 40.0 MiB" in seen
+    assert seen.endswith(b"\r\x1b[K")  # the bar is cleared before the summary
+
+
+def test_check_complete_and_incomplete(workdir: Path) -> None:
+    good = workdir / "good.zst"
+    good.write_bytes(_zstd(b"payload" * 1000))
+    ok = crashsafe("check", str(good), "--as", "zstd")
+    assert ok.returncode == 0
+    assert b"complete zstd file" in ok.stdout
+    cut = workdir / "cut.zst"
+    cut.write_bytes(good.read_bytes()[:-3])
+    bad = crashsafe("check", str(cut), "--as", "zstd")
+    assert bad.returncode == 1
+    assert b"not a complete zstd file" in bad.stderr
+    assert b"truncated" in bad.stderr
+    empty = workdir / "empty.json"
+    empty.write_bytes(b"")
+    assert crashsafe("check", str(empty), "--as", "json").returncode == 1
+    missing = crashsafe("check", str(workdir / "nope"), "--as", "json")
+    assert missing.returncode == 1
+    assert b"cannot check" in missing.stderr
+    assert crashsafe("check", str(good)).returncode == 2  # --as is required
+    assert crashsafe("check", str(good), "--as", "xz").returncode == 2
+    assert cut.read_bytes() == good.read_bytes()[:-3]  # check never writes
