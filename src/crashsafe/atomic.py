@@ -278,6 +278,11 @@ class AtomicFile:
         fsync failed. Raises :class:`ValueError` if already committed or
         discarded.
         """
+        self._publish(self._name, replace=self._replace, sync=self._durability == "durable")
+
+    def _publish(self, name: str, *, replace: bool, sync: bool) -> None:
+        # commit() publishes at the target's name; a transaction publishes under
+        # a private staging name and syncs the directory once for all its files.
         if self._state != "open":
             raise ValueError(f"cannot commit {self.path!r}: it was already {self._state}")
         assert self._fd is not None
@@ -298,7 +303,7 @@ class AtomicFile:
             # published file look unpublished.
             with _platform.signals_deferred():
                 fd, temp, self._fd, self._temp = self._fd, self._temp, None, None
-                self._dir.publish(fd, temp, self._name, replace=self._replace)
+                self._dir.publish(fd, temp, name, replace=replace)
                 self._state = "committed"
         except BaseException as e:
             if self._state != "committed":
@@ -310,7 +315,7 @@ class AtomicFile:
             raise
         try:
             # Step 7: the rename reaches the disk.
-            if self._durability == "durable":
+            if sync:
                 self._dir.sync()
         except OSError as e:
             if not _platform.directory_sync_unsupported(e):

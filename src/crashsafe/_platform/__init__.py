@@ -4,13 +4,16 @@ Both backends expose the same small interface, chosen once here:
 
 * ``Directory(path)``: an open directory with ``lstat``, ``readlink``,
   ``open_read``, ``create_temp``,
-  ``publish``, ``discard``, ``sync`` and ``close``;
+  ``publish``, ``discard``, ``sync``, ``close``, and for transactions
+  ``replace``, ``remove``, ``read`` and ``open_lock``;
 * ``copy_data(src_fd, dst_fd, size, progress)``: the fastest copy between two
   files (reflink, ``copy_file_range``, ``sendfile``, read/write), for
   :func:`crashsafe.atomic_copy`; ``copy_into(src_fd, dst_fd)``: the same, for
   append mode;
 * ``fsync_file(fd)``: the strongest flush the platform has;
 * ``set_metadata(fd, mode, owner)``: owner first, then the exact mode;
+* ``lock(fd, shared=)`` and ``unlock(fd)``: a lock on an open lock file that
+  excludes threads and processes and dies with its holder;
 * ``signals_deferred()``: a context in which ``KeyboardInterrupt`` cannot land
   between a syscall and the bookkeeping of what it did;
 * ``directory_sync_unsupported(error)``: whether a directory fsync error means
@@ -31,8 +34,10 @@ if sys.platform == "win32":  # pragma: no cover - not verified on this project's
         copy_into,
         directory_sync_unsupported,
         fsync_file,
+        lock,
         set_metadata,
         signals_deferred,
+        unlock,
     )
 else:
     from crashsafe._platform._posix import (
@@ -41,8 +46,10 @@ else:
         copy_into,
         directory_sync_unsupported,
         fsync_file,
+        lock,
         set_metadata,
         signals_deferred,
+        unlock,
     )
 
 __all__ = [
@@ -51,6 +58,8 @@ __all__ = [
     "copy_into",
     "directory_sync_unsupported",
     "fsync_file",
+    "lock",
     "set_metadata",
     "signals_deferred",
+    "unlock",
 ]

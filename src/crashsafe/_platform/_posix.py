@@ -24,8 +24,10 @@ __all__ = [
     "copy_into",
     "directory_sync_unsupported",
     "fsync_file",
+    "lock",
     "set_metadata",
     "signals_deferred",
+    "unlock",
     "use_tmpfile",
 ]
 
@@ -270,6 +272,68 @@ class Directory:
     def sync(self) -> None:
         """fsync the directory, making renames and links in it durable."""
         os.fsync(self.fd)
+
+    def replace(self, src: str, dst: str) -> bool:
+        """Rename *src* over *dst*; False if *src* does not exist."""
+        try:
+            os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise _name_error(e, self._join(dst)) from None
+        return True
+
+    def remove(self, name: str) -> bool:
+        """Unlink *name*; False if it does not exist."""
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise _name_error(e, self._join(name)) from None
+        return True
+
+    def read(self, name: str) -> bytes:
+        """The whole content of the regular file *name* (a symlink is refused)."""
+        fd = self.open_read(name)
+        try:
+            with open(fd, "rb", closefd=False) as f:
+                return f.read()
+        finally:
+            os.close(fd)
+
+    def open_lock(self, name: str) -> int:
+        """Open (creating it if needed) the lock file *name*; never follows a symlink.
+
+        Read-only when the caller may not create or write it: a shared lock
+        needs no write access.
+        """
+        flags = _O_NOFOLLOW | _O_CLOEXEC
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | flags, 0o666, dir_fd=self.fd)
+        except (PermissionError, OSError) as e:
+            if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+                with contextlib.suppress(OSError):
+                    return os.open(name, os.O_RDONLY | flags, dir_fd=self.fd)
+            raise _name_error(e, self._join(name)) from None
+
+
+def lock(fd: int, *, shared: bool) -> None:
+    """Wait until the open file *fd* holds a shared or an exclusive lock.
+
+    ``flock``: the lock belongs to the open file description, so two opens in
+    one process exclude each other as two processes do, and the kernel drops
+    it when its holder dies, ``kill -9`` included.
+    """
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+
+
+def unlock(fd: int) -> None:
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _renameat2_noreplace(dir_fd: int, src: str, dst: str) -> None:

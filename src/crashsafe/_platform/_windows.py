@@ -26,8 +26,10 @@ __all__ = [
     "copy_into",
     "directory_sync_unsupported",
     "fsync_file",
+    "lock",
     "set_metadata",
     "signals_deferred",
+    "unlock",
     "use_tmpfile",
 ]
 
@@ -122,8 +124,51 @@ class Directory:
         with contextlib.suppress(OSError):
             os.unlink(self._join(name))
 
+    def replace(self, src: str, dst: str) -> bool:
+        try:
+            _move(self._join(src), self._join(dst), replace=True)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove(self, name: str) -> bool:
+        try:
+            os.unlink(self._join(name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def read(self, name: str) -> bytes:
+        with open(self._join(name), "rb") as f:
+            return f.read()
+
+    def open_lock(self, name: str) -> int:
+        return os.open(self._join(name), os.O_RDWR | os.O_CREAT | _O_BINARY | _O_NOINHERIT)
+
     def sync(self) -> None:
         """No directory fsync exists on Windows; MOVEFILE_WRITE_THROUGH did its work."""
+
+
+def lock(fd: int, *, shared: bool) -> None:
+    """An exclusive lock on the first byte of *fd*; Windows' byte locks are
+    exclusive only, so a shared lock is an exclusive one here."""
+    import msvcrt
+
+    while True:
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            time.sleep(0.01)
+            continue
+        return
+
+
+def unlock(fd: int) -> None:
+    import msvcrt
+
+    os.lseek(fd, 0, os.SEEK_SET)
+    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
 
 
 def directory_sync_unsupported(error: OSError) -> bool:

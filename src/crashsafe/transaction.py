@@ -1,0 +1,400 @@
+"""Several files in one directory, committed as one: all new, or all old.
+
+The protocol, a redo journal. Each file keeps its own path and stays a
+regular file; three private names in the directory serve the protocol:
+
+* ``.crashsafe-tx.lock``: writers commit under an exclusive ``flock`` on it,
+  readers of :func:`snapshot` hold a shared one;
+* ``.crashsafe-tx.N``: the new content of the N-th written file, named only
+  while the commit runs;
+* ``.crashsafe-journal``: the list of what the commit does. Its durable
+  appearance is the commit point.
+
+Commit, under the exclusive lock:
+
+1. recover from any commit that a crash interrupted (below);
+2. give every staged file (written and fsynced by :meth:`Transaction.write`,
+   anonymous until now) its name ``.crashsafe-tx.N``; fsync the directory;
+3. write the journal, atomically and durably (this is the commit point);
+4. rename each ``.crashsafe-tx.N`` over its file, unlink each removed file;
+   fsync the directory;
+5. unlink the journal; fsync the directory.
+
+Recovery, under the exclusive lock: a journal means the commit point was
+passed, so step 4 is redone (a staged name that no longer exists was already
+renamed; a removed file that no longer exists was already removed) and step 5
+follows. Without a journal, any ``.crashsafe-tx.N`` left by a commit that
+died before its commit point is removed, highest N first, so that whatever
+is left is always ``0..M`` and one ``lstat`` of ``.crashsafe-tx.0`` tells
+whether there is anything to remove.
+
+Recovery runs at the start of :func:`transaction`, before each commit, in
+:func:`snapshot`, and on demand with :func:`recover`. Other crashsafe calls do
+not look for a journal: that would cost every small write a syscall.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from crashsafe import _platform
+from crashsafe.atomic import AtomicFile, BytesLike, Durability, _as_bytes
+
+__all__ = ["Snapshot", "Transaction", "recover", "snapshot", "transaction"]
+
+JOURNAL: Final = ".crashsafe-journal"
+LOCK: Final = ".crashsafe-tx.lock"
+STAGED: Final = ".crashsafe-tx."
+_FORMAT: Final = 1
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"name must be a single file name, not {name!r}")
+    if os.sep != "/" and os.sep in name:
+        raise ValueError(f"name must be a single file name, not {name!r}")
+    if name in (JOURNAL, LOCK) or name.startswith(STAGED):
+        raise ValueError(f"{name!r} is reserved for crashsafe's transaction protocol")
+    return name
+
+
+def _sync(directory: _platform.Directory, durability: Durability) -> None:
+    if durability == "none":
+        return
+    try:
+        directory.sync()
+    except OSError as e:
+        if not _platform.directory_sync_unsupported(e):
+            raise
+
+
+@contextmanager
+def _locked(path: str, *, shared: bool) -> Iterator[_platform.Directory]:
+    directory = _platform.Directory(path)
+    try:
+        fd = directory.open_lock(LOCK)
+        try:
+            _platform.lock(fd, shared=shared)
+            yield directory
+        finally:
+            os.close(fd)  # closing the last descriptor releases the lock
+    finally:
+        directory.close()
+
+
+def _recover_locked(directory: _platform.Directory, durability: Durability = "durable") -> bool:
+    """Finish or undo an interrupted commit; the caller holds the exclusive lock."""
+    recovered = False
+    if directory.lstat(JOURNAL) is not None:
+        _apply(directory, _read_journal(directory), durability)
+        recovered = True
+    if directory.lstat(f"{STAGED}0") is not None:
+        last = 0
+        while directory.lstat(f"{STAGED}{last + 1}") is not None:
+            last += 1
+        for n in range(last, -1, -1):
+            directory.remove(f"{STAGED}{n}")
+        _sync(directory, durability)
+        recovered = True
+    return recovered
+
+
+def _read_journal(directory: _platform.Directory) -> list[tuple[str, str, str | None]]:
+    import json
+
+    path = os.path.join(directory.path, JOURNAL)
+    try:
+        doc = json.loads(directory.read(JOURNAL))
+        if doc["format"] != _FORMAT:
+            raise ValueError(f"format {doc['format']!r}, this crashsafe reads {_FORMAT}")
+        ops = [(str(op), _check_name(name), staged) for op, name, staged in doc["ops"]]
+        for op, _, staged in ops:
+            if op not in ("write", "remove") or (op == "write") != isinstance(staged, str):
+                raise ValueError(f"bad operation {op!r}")
+    except (ValueError, KeyError, TypeError) as e:
+        # Written atomically, the journal is whole or absent; anything else was
+        # made by someone else, and guessing could destroy data.
+        raise ValueError(
+            f"{path}: not a crashsafe transaction journal ({e}); "
+            "nothing was recovered, and the directory's files were left as they are"
+        ) from e
+    return ops
+
+
+def _apply(
+    directory: _platform.Directory,
+    ops: list[tuple[str, str, str | None]],
+    durability: Durability,
+) -> None:
+    # Idempotent, so recovery can redo it after a crash at any point.
+    for op, name, staged in ops:
+        if op == "write":
+            assert staged is not None
+            directory.replace(staged, name)
+        else:
+            directory.remove(name)
+    _sync(directory, durability)
+    directory.remove(JOURNAL)
+    _sync(directory, durability)
+
+
+class Transaction:
+    """Files written and removed in one directory, published together by :meth:`commit`.
+
+    Use :func:`transaction` to get one. :meth:`write` stages a file at once
+    (its data is written and, unless ``durability="none"``, fsynced when the
+    transaction commits); nothing is visible at any path before the commit.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], durability: Durability) -> None:
+        if durability not in ("durable", "consistent", "none"):
+            raise ValueError(
+                f"invalid durability {durability!r}: expected durable, consistent or none"
+            )
+        self.directory = os.fsdecode(os.fspath(directory))
+        self._durability: Durability = durability
+        self._ops: dict[str, AtomicFile | None] = {}
+        self._state = "open"
+
+    def write(self, name: str, data: BytesLike | str, *, perm: int | None = None) -> None:
+        """Stage *data* (bytes, or str encoded as UTF-8) as the new content of *name*.
+
+        *name* is a file name in the transaction's directory (no ``/``). A
+        symlink there is replaced, not followed. *perm* and the permission rules
+        are those of :class:`~crashsafe.AtomicFile`: without it, an existing file
+        keeps its mode and owner. A later write or remove of the same name in
+        this transaction replaces this one.
+
+        Raises :class:`ValueError` for a bad name or a transaction that is no
+        longer open, :class:`TypeError` for *data* of another type,
+        :class:`IsADirectoryError` if *name* is a directory, and the
+        :class:`OSError` of creating the staged file.
+        """
+        self._check_open()
+        data = data.encode() if isinstance(data, str) else _as_bytes(data, "bytes or str")
+        staged = AtomicFile(
+            os.path.join(self.directory, _check_name(name)),
+            "wb",
+            perm=perm,
+            durability=self._durability,
+            follow_symlinks=False,
+        )
+        try:
+            staged.file.write(data)
+        except BaseException:
+            staged.discard()
+            raise
+        self._replace_op(name, staged)
+
+    def remove(self, name: str) -> None:
+        """Remove *name* when the transaction commits; a missing file is no error."""
+        self._check_open()
+        self._replace_op(_check_name(name), None)
+
+    def _replace_op(self, name: str, staged: AtomicFile | None) -> None:
+        old = self._ops.pop(name, None)
+        if old is not None:
+            old.discard()
+        self._ops[name] = staged
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ValueError(f"transaction in {self.directory!r} is already {self._state}")
+
+    @property
+    def committed(self) -> bool:
+        """True from the commit point on: the journal is durable, so every change
+        will be in place, now or after the next recovery, even if :meth:`commit`
+        then raised."""
+        return self._state == "committed"
+
+    def commit(self) -> None:
+        """Publish every staged write and removal together.
+
+        Returns when all of them are in place and (with ``"durable"``) on disk.
+        Raises, with every file as it was and nothing staged left: the
+        :class:`OSError` of a step before the commit point (flush, fsync,
+        naming the staged files, writing the journal) or
+        :class:`IsADirectoryError` for a removal of a directory. Raises the
+        :class:`OSError` of a step after the commit point with
+        :attr:`committed` True: the journal is durable and the next recovery
+        completes the transaction.
+        """
+        self._check_open()
+        try:
+            with _locked(self.directory, shared=False) as directory:
+                _recover_locked(directory, self._durability)
+                ops = self._stage(directory)
+                if not ops:
+                    self._state = "committed"
+                    return
+                import json
+
+                journal = json.dumps({"format": _FORMAT, "ops": ops}).encode()
+                try:
+                    _write_journal(self.directory, journal, self._durability)
+                except BaseException:
+                    _unstage(directory, ops)
+                    raise
+                self._state = "committed"
+                _apply(directory, ops, self._durability)
+        except BaseException:
+            if self._state != "committed":
+                self.discard()
+            raise
+
+    def _stage(self, directory: _platform.Directory) -> list[tuple[str, str, str | None]]:
+        ops: list[tuple[str, str, str | None]] = []
+        try:
+            for name, staged in self._ops.items():
+                if staged is None:
+                    st = directory.lstat(name)
+                    if st is not None and stat.S_ISDIR(st.st_mode):
+                        raise IsADirectoryError(
+                            errno.EISDIR, "Is a directory", os.path.join(self.directory, name)
+                        )
+                    ops.append(("remove", name, None))
+                    continue
+                # Numbered 0, 1, 2... with no gap, as recovery expects.
+                staging = f"{STAGED}{sum(op == 'write' for op, _, _ in ops)}"
+                staged._publish(staging, replace=False, sync=False)
+                ops.append(("write", name, staging))
+            _sync(directory, self._durability)
+        except BaseException:
+            _unstage(directory, ops)
+            raise
+        return ops
+
+    def discard(self) -> None:
+        """Throw away everything staged; no file changes. A no-op once committed."""
+        if self._state != "open":
+            return
+        self._state = "discarded"
+        for staged in self._ops.values():
+            if staged is not None:
+                staged.discard()
+        self._ops.clear()
+
+    def __repr__(self) -> str:
+        return f"<crashsafe.Transaction {self.directory!r} {self._state}, {len(self._ops)} files>"
+
+
+def _unstage(directory: _platform.Directory, ops: list[tuple[str, str, str | None]]) -> None:
+    # Before the commit point: undo, highest number first (see recovery).
+    for op, _, staging in reversed(ops):
+        if op == "write" and staging is not None:
+            directory.remove(staging)
+
+
+def _write_journal(directory: str, data: bytes, durability: Durability) -> None:
+    staged = AtomicFile(
+        os.path.join(directory, JOURNAL),
+        "xb",
+        perm=0o600,
+        durability="durable" if durability != "none" else "none",
+        follow_symlinks=False,
+    )
+    with staged:
+        staged.file.write(data)
+
+
+@contextmanager
+def transaction(
+    directory: str | os.PathLike[str], *, durability: Durability = "durable"
+) -> Iterator[Transaction]:
+    """Write and remove several files in *directory* as one all-or-nothing change.
+
+    ::
+
+        with crashsafe.transaction("/var/lib/node") as tx:
+            tx.write("identity.json", doc)
+            tx.write("node.key", key, perm=0o600)
+            tx.remove("identity.old")
+
+    A normal exit publishes everything together; an exception (``KeyboardInterrupt``
+    included) publishes nothing. After a ``kill -9`` or a power cut at any
+    instant, once recovery has run, the files are all old or all new. Recovery
+    runs on entering this block, before the commit, in :func:`snapshot` and in
+    :func:`recover`.
+
+    *durability*: ``"durable"`` (the default) and ``"consistent"`` fsync every
+    file and the directory around the commit point (all old or all new after a
+    power cut; ``"durable"`` also makes the end state durable before returning);
+    ``"none"`` fsyncs nothing: all or nothing against a killed process only.
+
+    Readers that open the files directly may see some files new and others
+    old while a commit is running, and after a crash until recovery has run;
+    :func:`snapshot` gives a consistent view. Commits in one directory are
+    serialised; two transactions do not see each other's staged files, and the
+    one that commits last wins for a file both wrote. Each staged file holds
+    two descriptors until the commit.
+    """
+    recover(directory)
+    tx = Transaction(directory, durability)
+    try:
+        yield tx
+    except BaseException:
+        tx.discard()
+        raise
+    if not tx.committed:
+        tx.commit()
+
+
+def recover(directory: str | os.PathLike[str]) -> bool:
+    """Complete or undo a commit in *directory* that a crash interrupted.
+
+    Returns True if there was one. Cheap when there is nothing to do (two
+    ``lstat`` calls under a lock). Raises :class:`ValueError` if the journal is
+    not one crashsafe wrote, touching nothing, and the :class:`OSError` of a
+    failed step.
+    """
+    path = os.fsdecode(os.fspath(directory))
+    with _locked(path, shared=False) as opened:
+        return _recover_locked(opened)
+
+
+class Snapshot:
+    """A consistent view of a transactional directory; see :func:`snapshot`."""
+
+    def __init__(self, directory: _platform.Directory) -> None:
+        self._directory = directory
+
+    def read(self, name: str) -> bytes:
+        """The content of *name* in this generation.
+
+        Raises :class:`FileNotFoundError` if it does not exist, and
+        :class:`OSError` (``ELOOP``) if it is a symlink, which a transaction
+        never writes.
+        """
+        return self._directory.read(_check_name(name))
+
+    def exists(self, name: str) -> bool:
+        """Whether *name* exists in this generation."""
+        return self._directory.lstat(_check_name(name)) is not None
+
+
+@contextmanager
+def snapshot(directory: str | os.PathLike[str]) -> Iterator[Snapshot]:
+    """Read files of *directory* as one generation: no commit lands while the block runs.
+
+    ::
+
+        with crashsafe.snapshot("/var/lib/node") as snap:
+            doc, key = snap.read("identity.json"), snap.read("node.key")
+
+    The block holds a shared lock: readers run together, and a commit waits
+    for them (and they for it). An interrupted commit is recovered first.
+    Keep the block short.
+    """
+    path = os.fsdecode(os.fspath(directory))
+    while True:
+        with _locked(path, shared=True) as opened:
+            if opened.lstat(JOURNAL) is None:
+                yield Snapshot(opened)
+                return
+        recover(path)
