@@ -280,9 +280,10 @@ class AtomicFile:
         """
         self._publish(self._name, replace=self._replace, sync=self._durability == "durable")
 
-    def _publish(self, name: str, *, replace: bool, sync: bool) -> None:
+    def _publish(self, name: str, *, replace: bool, sync: bool, keep_dir: bool = False) -> None:
         # commit() publishes at the target's name; a transaction publishes under
-        # a private staging name and syncs the directory once for all its files.
+        # a private staging name, and write_many keeps the directory open
+        # (keep_dir), to sync each directory once for all their files.
         if self._state != "open":
             raise ValueError(f"cannot commit {self.path!r}: it was already {self._state}")
         assert self._fd is not None
@@ -311,8 +312,11 @@ class AtomicFile:
                 raise
             # A signal held back during the rename is raised as the block
             # ends: the target is replaced, and must not be reported otherwise.
-            self._dir.close()
+            if not keep_dir:
+                self._dir.close()
             raise
+        if keep_dir:
+            return
         try:
             # Step 7: the rename reaches the disk.
             if sync:
