@@ -430,8 +430,12 @@ def atomic_open(
     )
     try:
         yield staged.file
-    except BaseException:
+    except BaseException as e:
         staged.discard()
+        if isinstance(e, OSError) and e.filename is None:
+            # A failed write to the staged file (ENOSPC, EIO) names nothing;
+            # the target is the name the caller knows.
+            e.filename = staged.path
         raise
     staged.commit()
 

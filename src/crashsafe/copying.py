@@ -90,12 +90,12 @@ class _Source:
         f: Any = src
         if getattr(f, "closed", False):
             raise ValueError("src is a closed file")
-        if isinstance(f, io.TextIOBase) or "b" not in getattr(f, "mode", "b"):
+        if isinstance(f, io.TextIOBase):
             raise TypeError("src must be opened in binary mode ('rb'), not text mode")
         self.obj = f
         if callable(getattr(f, "writable", None)) and f.writable():
             f.flush()  # a finished temporary file may still hold its last writes
-        fd = _fileno(f)
+        fd = _plain_fileno(f)
         if fd is not None and stat.S_ISREG((st := os.fstat(fd)).st_mode):
             self.fd, self.before, self.size = fd, st, st.st_size
         elif _seekable(f):
@@ -156,12 +156,24 @@ class _Source:
             self.fd = None
 
 
-def _fileno(f: Any) -> int | None:
+# File objects whose bytes are exactly their descriptor's: only these may be
+# copied by descriptor. A GzipFile's fileno() is the compressed file underneath,
+# a tar member's buffer has no descriptor of its own.
+_BUFFERED: Final = (io.BufferedReader, io.BufferedWriter, io.BufferedRandom)
+
+
+def _plain_fileno(f: Any) -> int | None:
+    if type(f).__name__ == "_TemporaryFileWrapper":  # tempfile.NamedTemporaryFile
+        f = f.file
+    if isinstance(f, _BUFFERED):
+        f = f.raw
+    if type(f) is not io.FileIO:
+        return None
     try:
         fd = f.fileno()
-    except (AttributeError, OSError, ValueError):
+    except (OSError, ValueError):
         return None
-    return fd if isinstance(fd, int) and fd >= 0 else None
+    return fd if fd >= 0 else None
 
 
 def _seekable(f: Any) -> bool:
@@ -185,12 +197,16 @@ def _copy_buffered(
     while True:
         if readinto is not None:
             n = readinto(view)
-            chunk = view[:n] if n else b""
+            chunk = view[:n] if n is not None else None
         else:
             data = reader.read(_CHUNK)
-            if not isinstance(data, bytes | bytearray | memoryview):
+            if data is not None and not isinstance(data, bytes | bytearray | memoryview):
                 raise TypeError(f"src.read() returned {type(data).__name__}, not bytes")
-            chunk = memoryview(data)
+            chunk = None if data is None else memoryview(data)
+        if chunk is None:
+            # A non-blocking stream with nothing to read yet: not its end.
+            _wait_readable(reader)
+            continue
         if not chunk:
             return done
         if hasher is not None:
@@ -201,6 +217,18 @@ def _copy_buffered(
         done += len(chunk)
         if report is not None:
             report(done)
+
+
+def _wait_readable(reader: IO[bytes]) -> None:
+    import select
+
+    try:
+        fd = reader.fileno()
+    except (AttributeError, OSError, ValueError):
+        raise ValueError(
+            "src is a non-blocking stream that had no data ready, and has no descriptor to wait on"
+        ) from None
+    select.select([fd], [], [])
 
 
 def _hasher(digest: str | None) -> hashlib._Hash | None:
@@ -300,7 +328,13 @@ def atomic_copy(
             follow_symlinks=follow_symlinks,
             validate=validate,
         ) as staged:
-            copied, method = source.copy_to(staged.file.fileno(), hasher, report)
+            try:
+                copied, method = source.copy_to(staged.file.fileno(), hasher, report)
+            except OSError as e:
+                # The copy's syscalls name no file; the target is the one to report.
+                if e.filename is None:
+                    e.filename = staged.path
+                raise
             source.check_unchanged(copied)
             if report is not None and copied == 0:
                 report(0)  # an empty file: still one call, so a progress bar can finish
