@@ -5,7 +5,9 @@ transactions):
 
 * :func:`kill9_torture` forks a writer that overwrites one target with ever
   newer complete versions and SIGKILLs it after a random delay, over and over,
-  checking the target after every kill.
+  checking the target after every kill. :func:`kill9_loop` is the same loop
+  for any writer function and any check of the target (atomic_copy, a
+  deliberately broken writer).
 
 * :func:`power_cut_every_syscall` runs a writer program under strace and
   freezes it right after its K-th syscall, for every syscall it makes between
@@ -136,6 +138,7 @@ class TortureResult:
     write_seconds: float = 0.0  # one write, measured before the torture
     max_delay: float = 0.0
     seconds: float = 0.0
+    returned: Any = None  # kill9_loop: what the last calibration write returned
 
     @property
     def torn(self) -> int:
@@ -236,6 +239,109 @@ def kill9_torture(
     result.seconds = time.perf_counter() - began
     result.orphans_before_sweep = len(leftovers(directory))
     result.swept = len(crashsafe.sweep(directory))
+    result.left_after_sweep = leftovers(directory)
+    return result
+
+
+def _loop_child(write: Callable[[int], object], *, first: int, staging: str, ready: int) -> None:
+    """The writer of :func:`kill9_loop`: forked, it never returns."""
+    code = 3
+    try:
+        posix.use_tmpfile = staging == "tmpfile"
+        version = first
+        os.write(ready, b"s")
+        os.close(ready)
+        while True:
+            write(version)
+            version += 1
+    except BaseException:
+        code = 4
+    finally:
+        os._exit(code)
+
+
+def kill9_loop(
+    directory: str | os.PathLike[str],
+    *,
+    kills: int,
+    write: Callable[[int], object],
+    check: Callable[[], int | str],
+    staging: str,
+    seed: int = 0,
+    ordered: bool = True,
+    min_age: float = 0.0,
+) -> TortureResult:
+    """:func:`kill9_torture` for any writer: SIGKILL a forked ``write`` loop *kills* times.
+
+    *write(n)* makes version *n* the target's content (through the code under
+    test, or a deliberately broken writer); the forked child calls it for
+    ``n = last + 1, last + 2, ...`` until it is killed. *check()* names what
+    the target holds: an int for a complete version, or a str saying what is
+    wrong with it (each distinct str is one outcome, so keep them categories).
+    With *ordered*, versions only grow and a smaller one after a kill is
+    reported as ``"older"``; without, a version is an identity (for example
+    ``n % 3``, the pre-built file that ``write(n)`` copies) and only its
+    being complete is checked; then "changed" counts kills after which the
+    target differs from what it held before.
+
+    *check()* must name a complete version before the run. Three calls of
+    *write* in this process (the staging path set by *staging*) measure one
+    write, and what the last returned is kept in ``returned``; the target
+    must then hold a complete version, or *write* is no writer at all. Each
+    kill lands after a delay drawn uniformly from zero to three times that
+    duration. At the end :func:`crashsafe.sweep` runs once on *directory* with
+    *min_age*; what it removed and what it left are reported, not asserted.
+    """
+    rng = random.Random(seed)
+    directory = Path(directory)
+    result = TortureResult()
+    found = check()
+    if not isinstance(found, int):
+        raise AssertionError(f"the target holds no complete version before the run: {found}")
+    saved = posix.use_tmpfile
+    posix.use_tmpfile = staging == "tmpfile"
+    try:
+        started = time.perf_counter()
+        for n in range(found + 1, found + 4):
+            result.returned = write(n)
+        result.write_seconds = (time.perf_counter() - started) / 3
+    finally:
+        posix.use_tmpfile = saved
+    last = check()
+    if not isinstance(last, int):
+        raise AssertionError(f"write() ran to its end and left no complete version: {last}")
+    result.max_delay = 3 * result.write_seconds + 0.001
+    began = time.perf_counter()
+    for _ in range(kills):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns
+            os.close(read_end)
+            _loop_child(write, first=last + 1, staging=staging, ready=write_end)
+        os.close(write_end)
+        try:
+            started_ok = os.read(read_end, 1) == b"s"
+            if started_ok:
+                time.sleep(rng.uniform(0, result.max_delay))
+            os.kill(pid, signal.SIGKILL)
+        finally:
+            os.close(read_end)
+            _, status = os.waitpid(pid, 0)
+        if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+            raise AssertionError(f"the writer died on its own (wait status {status:#x})")
+        result.kills += 1
+        found = check()
+        if not isinstance(found, int):
+            result.outcomes[found] += 1
+        elif ordered and found < last:
+            result.outcomes[f"older (v{found} after v{last})"] += 1
+        else:
+            result.outcomes["complete"] += 1
+            result.changed += found > last if ordered else found != last
+            last = found
+    result.seconds = time.perf_counter() - began
+    result.orphans_before_sweep = len(leftovers(directory))
+    result.swept = len(crashsafe.sweep(directory, min_age=min_age))
     result.left_after_sweep = leftovers(directory)
     return result
 
@@ -550,3 +656,372 @@ def dir_sync_index(trace: Sequence[Syscall], directory: str, after: int) -> int 
         if s.name in ("fsync", "fdatasync") and pattern.match(s.args) and s.result == "0":
             return s.index
     return None
+
+
+def violations(
+    run: PowerCutRun, commit: int, durable_from: int | None, *, good: Sequence[str] = ("old", "new")
+) -> list[tuple[str, str, str]]:
+    """Trials that break the contract, for an *inspect* that returns "old", "new" or
+    what else it found: anything but *good* at any point, "new" before the
+    *commit* index, "old" from the index *durable_from* on (None: not checked).
+    Returns (why, mode, crash point) for each."""
+    bad = []
+    for t in run.trials:
+        i = t.point.index
+        if t.outcome not in good:
+            why = f"{t.outcome} target"
+        elif i < commit and t.outcome != "old":
+            why = "new before the commit point"
+        elif durable_from is not None and i >= durable_from and t.outcome != "new":
+            why = "old after the directory fsync returned" if i < run.end else "old after return"
+        else:
+            continue
+        bad.append((why, t.mode, str(t.point)))
+    return bad
+
+
+def copy_method(trace: Sequence[Syscall]) -> str:
+    """How a traced copy moved its data: "reflink" (a FICLONE ioctl that returned
+    0), else the first data-moving syscall that copied bytes, else "none"."""
+    for s in trace:
+        if s.name == "ioctl" and "FICLONE" in s.args and s.result == "0":
+            return "reflink"
+    for s in trace:
+        moved = s.result != "0" and not s.result.startswith("-1")
+        if s.name in ("copy_file_range", "sendfile", "splice") and moved:
+            return s.name
+    for s in trace:
+        if s.name in ("write", "pwrite64") and not s.result.startswith("-1"):
+            return "read/write"
+    return "none"
+
+
+# --------------------------------------------------------------------------- transactions
+
+# What every transaction crash test commits: generation g of four files (with
+# their exact modes, one of them a private key) and a fifth name that holds
+# generation g when g is odd and is removed when g is even, so that a removal
+# belongs to every commit too. Each file's content names the file and the
+# generation: a file swapped with another, a prefix or a mix of two
+# generations differs from every complete one.
+TX_FILES: dict[str, int] = {"a": 0o644, "b": 0o644, "c": 0o640, "key": 0o600}
+TX_TOGGLE = "odd"
+TX_NAMES = (*TX_FILES, TX_TOGGLE)
+TX_SIZE = 16 << 10
+
+
+def generation_data(generation: int, name: str, size: int = TX_SIZE) -> bytes:
+    return name.encode() + b":" + payload(generation, size)
+
+
+def write_generation(tx: Any, generation: int, size: int = TX_SIZE) -> None:
+    """Stage generation *generation* in the open :class:`crashsafe.transaction.Transaction`."""
+    for name, perm in TX_FILES.items():
+        tx.write(name, generation_data(generation, name, size), perm=perm)
+    if generation % 2:
+        tx.write(TX_TOGGLE, generation_data(generation, TX_TOGGLE, size), perm=0o644)
+    else:
+        tx.remove(TX_TOGGLE)
+
+
+def classify_generation(read: Callable[[str], bytes | None]) -> int | str:
+    """The generation the files hold, read with *read(name)* (None: no such file),
+    else what is wrong: "NAME missing/empty/partial/torn..." or "mixed (...)"."""
+    found: dict[str, int | str] = {}
+    for name in TX_NAMES:
+        data = read(name)
+        prefix = name.encode() + b":"
+        if data is None:
+            found[name] = "missing"
+        elif not data.startswith(prefix):
+            found[name] = classify(data) if not data or data.count(0) == len(data) else "torn"
+        else:
+            found[name] = classify(data[len(prefix) :])
+    for name in TX_FILES:
+        if not isinstance(found[name], int):
+            return f"{name} {found[name]}"
+    generations = {found[name] for name in TX_FILES}
+    generation = found["a"]
+    assert isinstance(generation, int)
+    toggle = found[TX_TOGGLE]
+    expected_toggle: int | str = generation if generation % 2 else "missing"
+    if len(generations) > 1 or toggle != expected_toggle:
+        return "mixed (" + " ".join(f"{n}={found[n]}" for n in TX_NAMES) + ")"
+    return generation
+
+
+def read_generation(directory: str | os.PathLike[str]) -> int | str:
+    """:func:`classify_generation` of the files in *directory*, read directly."""
+    return classify_generation(lambda name: read_or_none(Path(directory) / name))
+
+
+def _put_private(path: Path, data: bytes, perm: int) -> None:
+    tmp = path.with_name(f".{path.name}.harness-setup")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, perm)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def put_generation(directory: str | os.PathLike[str], generation: int) -> None:
+    """Put generation *generation* in place durably, with their modes, with plain
+    os calls (setup, not under test)."""
+    directory = Path(directory)
+    for name, perm in TX_FILES.items():
+        _put_private(directory / name, generation_data(generation, name), perm)
+    if generation % 2:
+        _put_private(directory / TX_TOGGLE, generation_data(generation, TX_TOGGLE), 0o644)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / TX_TOGGLE)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+_TX_PROTOCOL = re.compile(r"\A\.crashsafe-(journal|tx\.\d+)\Z")
+
+
+def protocol_leftovers(directory: str | os.PathLike[str]) -> list[str]:
+    """The transaction protocol's own names in *directory*: the journal and staged
+    files (``.crashsafe-journal``, ``.crashsafe-tx.N``); the lock file is not one."""
+    return sorted(n for n in os.listdir(directory) if _TX_PROTOCOL.match(n))
+
+
+def kill_every_syscall(
+    script: str,
+    args: Sequence[str],
+    *,
+    prepare: Callable[[], None],
+    inspect: Callable[[], Any],
+    sweep_dir: Path | None = None,
+) -> PowerCutRun:
+    """``kill -9`` the writer right after each syscall it makes from its start
+    marker to its end marker: :func:`power_cut_every_syscall` without the power
+    cut (no root, any filesystem), for the states a killed process leaves.
+
+    The writer is frozen right after the aimed syscall returned (the same
+    ``inject=NAME:signal=STOP:when=N`` and drift check), then SIGKILLed, so
+    nothing after that syscall ran. *prepare* puts the old state in place
+    before every run; *inspect* returns the trial's outcome (mode ``"kill"``);
+    then the crashsafe temporary files in *sweep_dir* are counted and swept.
+    """
+    require_tools("strace")
+    began = time.perf_counter()
+    prepare()
+    run = PowerCutRun(record(script, args))
+    with tempfile.TemporaryDirectory(prefix="crashsafe-trace-") as work:
+        for point in run.trace:
+            for attempt in range(1, DRIFT_ATTEMPTS + 1):
+                prepare()
+                tracer = _Strace(Path(work), script, args, point)
+                try:
+                    frozen, stopped = _parse(tracer.wait_frozen())
+                finally:
+                    tracer.kill()
+                last = frozen[-1] if frozen else None
+                aimed = (point.index, point.name, point.nth)
+                if stopped and last and (last.index, last.name, last.nth) == aimed:
+                    break
+                run.drifts += 1
+                if attempt == DRIFT_ATTEMPTS:
+                    got = last or "nothing after the start marker"
+                    raise AssertionError(f"aimed at {point}, froze after {got}")
+            outcome = inspect()
+            found, swept, left = [], 0, []
+            if sweep_dir is not None:
+                found = leftovers(sweep_dir)
+                swept = len(crashsafe.sweep(sweep_dir))
+                left = leftovers(sweep_dir)
+            run.trials.append(Trial(point, "kill", outcome, found, swept, left))
+    run.seconds = time.perf_counter() - began
+    return run
+
+
+def exposed_entries(directory: str | os.PathLike[str]) -> list[str]:
+    """Entries of *directory* more permissive than the final mode of the file they
+    will become (known by content, or by a temporary name's stem); the journal,
+    and anything unknown, must be 0o600 or less. The lock file holds no data."""
+    import stat
+
+    from crashsafe.transaction import JOURNAL, LOCK
+
+    directory = Path(directory)
+    perms = {**TX_FILES, TX_TOGGLE: 0o644, JOURNAL: 0o600}
+    exposed = []
+    for name in sorted(os.listdir(directory)):
+        st = os.lstat(directory / name)
+        if name == LOCK or name.endswith(".harness-setup") or not stat.S_ISREG(st.st_mode):
+            continue
+        data = read_or_none(directory / name) or b""
+        owner = next((n for n in TX_NAMES if data.startswith(n.encode() + b":")), None)
+        if owner is None:
+            owner = next((n for n in perms if name == n or name.startswith(f".{n}.")), None)
+        allowed = perms.get(owner, 0o600) if owner is not None else 0o600
+        if stat.S_IMODE(st.st_mode) & ~allowed:
+            exposed.append(f"{name} {stat.S_IMODE(st.st_mode):o} (for {owner}: {allowed:o})")
+    return exposed
+
+
+@dataclass(frozen=True)
+class TxState:
+    """A transactional directory after a crash: before and after :func:`recover`."""
+
+    before: int | str  # read_generation() of the files as a crash left them
+    journal: bool  # a journal was there (the commit point was passed)
+    staged: tuple[str, ...]  # .crashsafe-tx.N names that were there
+    staged_generations: tuple[int | str, ...]  # what they held
+    exposed: tuple[str, ...]  # exposed_entries() before recovery
+    recovered: bool  # what recover() returned
+    after: int | str  # read_generation() after recovery
+    left: tuple[str, ...]  # protocol_leftovers() after recovery
+
+    @property
+    def recovery(self) -> str:
+        """How recovery had to act: ``forward`` (a journal: the commit is completed),
+        ``back`` (staged files without a journal: they are removed) or ``none``."""
+        return "forward" if self.journal else "back" if self.staged else "none"
+
+    def problems(self) -> list[str]:
+        """What breaks the contract in this state; empty when all is well."""
+        bad = []
+        if not isinstance(self.after, int):
+            bad.append(f"after recovery: {self.after}")
+        if self.recovered != (self.recovery != "none"):
+            bad.append(f"recover() returned {self.recovered} for a {self.recovery} recovery")
+        if self.left:
+            bad.append(f"protocol names left after recovery: {list(self.left)}")
+        if self.exposed:
+            bad.append(f"more permissive than final: {list(self.exposed)}")
+        complete = [g for g in self.staged_generations if isinstance(g, int)]
+        if len(complete) != len(self.staged_generations):
+            bad.append(f"a staged file is not complete: {self.staged_generations}")
+        if self.recovery == "back" and self.after != self.before:
+            bad.append(f"rolled back from {self.before} to {self.after}")
+        if self.recovery == "forward" and complete and self.after != max(complete):
+            bad.append(f"rolled forward to {self.after}, staged {complete}")
+        return bad
+
+
+def _staged_generation(data: bytes | None) -> int | str:
+    for name in TX_NAMES:
+        prefix = name.encode() + b":"
+        if data is not None and data.startswith(prefix):
+            return classify(data[len(prefix) :])
+    return classify(data)
+
+
+def inspect_transaction(directory: str | os.PathLike[str]) -> TxState:
+    """Look at *directory* as a crash left it, run :func:`recover` on it, look again."""
+    from crashsafe.transaction import JOURNAL, recover
+
+    directory = Path(directory)
+    staged = tuple(n for n in protocol_leftovers(directory) if n != JOURNAL)
+    state = {
+        "before": read_generation(directory),
+        "journal": os.path.lexists(directory / JOURNAL),
+        "staged": staged,
+        "staged_generations": tuple(
+            _staged_generation(read_or_none(directory / n)) for n in staged
+        ),
+        "exposed": tuple(exposed_entries(directory)),
+    }
+    recovered = recover(directory)
+    return TxState(
+        **state,
+        recovered=recovered,
+        after=read_generation(directory),
+        left=tuple(protocol_leftovers(directory)),
+    )
+
+
+# Commits one generation of the files in TX_FILES (and removes or writes
+# TX_TOGGLE) with crashsafe.transaction, between the markers; the contents
+# come from files in a source directory, read before the start marker.
+TX_WRITER = """
+import fcntl, json
+import crashsafe._platform._posix as posix
+from crashsafe.transaction import transaction
+directory, source, staging, durability, plan = sys.argv[1:6]
+posix.use_tmpfile = staging == "tmpfile"
+plan = json.loads(plan)
+data = {}
+for name, perm in plan:
+    if perm is not None:
+        with open(os.path.join(source, name), "rb") as f:
+            data[name] = f.read()
+start()
+with transaction(directory, durability=durability) as tx:
+    for name, perm in plan:
+        if perm is None:
+            tx.remove(name)
+        else:
+            tx.write(name, data[name], perm=perm)
+end()
+"""
+
+# Deliberately broken: the same files, each one replaced on its own with
+# crashsafe.atomic_write (each write crash-safe, the set not), no journal.
+TX_BROKEN_WRITER = """
+import fcntl, json
+import crashsafe
+import crashsafe._platform._posix as posix
+directory, source, staging, durability, plan = sys.argv[1:6]
+posix.use_tmpfile = staging == "tmpfile"
+plan = json.loads(plan)
+data = {}
+for name, perm in plan:
+    if perm is not None:
+        with open(os.path.join(source, name), "rb") as f:
+            data[name] = f.read()
+start()
+for name, perm in plan:
+    path = os.path.join(directory, name)
+    if perm is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    else:
+        crashsafe.atomic_write(path, data[name], perm=perm, durability=durability)
+end()
+"""
+
+
+def tx_writer_args(
+    directory: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    generation: int,
+    *,
+    staging: str,
+    durability: str = "durable",
+) -> list[str]:
+    """Arguments for :data:`TX_WRITER` that commit *generation*; its contents are
+    written to the *source* directory (outside the filesystem under test)."""
+    import json
+
+    source = Path(source)
+    source.mkdir(parents=True, exist_ok=True)
+    plan: list[tuple[str, int | None]] = list(TX_FILES.items())
+    plan.append((TX_TOGGLE, 0o644 if generation % 2 else None))
+    for name, perm in plan:
+        if perm is not None:
+            (source / name).write_bytes(generation_data(generation, name))
+    return [os.fspath(directory), os.fspath(source), staging, durability, json.dumps(plan)]
+
+
+def prepare_generation(directory: str | os.PathLike[str], generation: int) -> None:
+    """Empty *directory* of everything but the files, then put *generation* in place."""
+    directory = Path(directory)
+    for name in os.listdir(directory):
+        if name not in TX_NAMES:
+            os.unlink(directory / name)
+    put_generation(directory, generation)

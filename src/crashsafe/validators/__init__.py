@@ -45,11 +45,11 @@ from crashsafe.errors import VerificationError
 from crashsafe.validators._io import (
     CHUNK,
     Input,
+    ScratchDatabase,
     byte_count,
     chunks,
     file_size,
     read_upto,
-    scratch_file,
 )
 from crashsafe.validators._sqlite import HEADER_SIZE, check_header, quick_check, sqlite
 from crashsafe.validators._zstd import ZstdStream, zstd, zstd_backend
@@ -303,8 +303,11 @@ def c1z(f: BinaryIO) -> None:
        empty (a file that is only the magic is rejected), cut nowhere, nothing
        after the last frame, every frame decodes;
     3. the decompressed content passes :func:`sqlite`. It is decoded into a
-       temporary file in :func:`tempfile.gettempdir` (bounded memory, but free
-       space there equal to the database size), which is removed afterwards.
+       scratch file in :func:`tempfile.gettempdir` (bounded memory, but free
+       space there equal to the database size). The scratch file has no name
+       but for the instant SQLite opens it, so a validation killed at any point
+       leaves nothing there (a name left by a kill in that instant is a
+       crashsafe temporary name, removed by the next validation's sweep).
 
     Raises:
         VerificationError: the file is not a complete c1z file.
@@ -325,7 +328,8 @@ def c1z(f: BinaryIO) -> None:
         raise VerificationError(
             f"not a c1z file: it starts with {magic!r}, not the magic {_C1Z_MAGIC!r}"
         )
-    with scratch_file("crashsafe-c1z-") as payload:
+    with ScratchDatabase() as scratch:
+        payload = scratch.file
         ZstdStream(inp, backend, payload.write).run(
             "c1z file is only the 5-byte magic: the zstd stream after it is missing "
             "(the file is truncated)",
@@ -335,7 +339,7 @@ def c1z(f: BinaryIO) -> None:
         payload.seek(0)
         try:
             check_header(read_upto(payload, HEADER_SIZE), payload_size)
-            quick_check(payload.name)
+            scratch.open_checked(quick_check)
         except VerificationError as exc:
             raise VerificationError(
                 f"the zstd stream is complete, but the {payload_size}-byte database it "

@@ -1,7 +1,7 @@
 """Reading a staged file for the validators: chunks, sizes, descriptors, scratch copies.
 
-Nothing here imports a decoder; :func:`scratch_file` imports :mod:`tempfile`
-only when it is called.
+Nothing here imports a decoder; :class:`ScratchDatabase` imports
+:mod:`tempfile` only when it is used.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Final
 
 CHUNK: Final = 1 << 20
@@ -62,14 +62,67 @@ def chunks(f: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def scratch_file(prefix: str) -> IO[bytes]:
-    """Return a named temporary ``.sqlite`` file in :func:`tempfile.gettempdir`.
+class ScratchDatabase:
+    """A scratch file for a database that SQLite must open by path, named only
+    for the instant SQLite takes it.
 
-    The file is removed when it is closed; use it as a context manager.
+    Use as a context manager: write the database to :attr:`file`, then call
+    :meth:`open_checked` with a function that opens and checks it by path.
+    The file lives in :func:`tempfile.gettempdir`, where a killed validator
+    must not leave gigabytes behind: it is an anonymous ``O_TMPFILE`` while it
+    is written, gets a crashsafe temporary name (which :func:`crashsafe.sweep`
+    recognises) just before SQLite opens it, and loses that name as soon as
+    SQLite has it open. Where anonymous files are not supported it has the
+    temporary name from the start. Either way the name is removed on exit,
+    and entering sweeps the directory of names left by killed validators.
     """
-    import tempfile
 
-    return tempfile.NamedTemporaryFile(prefix=prefix, suffix=".sqlite")
+    def __init__(self) -> None:
+        import tempfile
+
+        from crashsafe import _platform
+        from crashsafe.staging import sweep
+
+        self._dir = _platform.Directory(tempfile.gettempdir())
+        try:
+            sweep(self._dir.path)
+            self._fd, self._temp, _ = self._dir.create_temp(_SCRATCH, 0o600)
+        except BaseException:
+            self._dir.close()
+            raise
+        self.file: IO[bytes] = open(self._fd, "w+b", closefd=False)  # noqa: SIM115 - __exit__
+
+    def __enter__(self) -> ScratchDatabase:
+        return self
+
+    def open_checked(self, check: Callable[[str, Callable[[], None]], None]) -> None:
+        """Call ``check(path, opened)``: *check* opens the database at *path* and calls
+        *opened()* as soon as it has, which removes the name."""
+        from crashsafe.staging import temp_name
+
+        self.file.flush()
+        if self._temp is None:
+            # Named with a sweepable name: a kill before opened() leaves
+            # debris that sweep() (or the next validation) removes.
+            self._temp = temp_name(_SCRATCH)
+            os.link(f"/proc/self/fd/{self._fd}", self._temp, dst_dir_fd=self._dir.fd)
+        path = os.path.join(self._dir.path, self._temp)
+        check(path, self._unname)
+
+    def _unname(self) -> None:
+        if self._temp is not None:
+            self._dir.remove(self._temp)
+            self._temp = None
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.file.close()
+        finally:
+            self._dir.discard(self._fd, self._temp)
+            self._dir.close()
+
+
+_SCRATCH: Final = "validation.sqlite"
 
 
 class Input:

@@ -10,10 +10,18 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable
 from typing import IO, BinaryIO, Final
 
 from crashsafe.errors import VerificationError
-from crashsafe.validators._io import byte_count, chunks, file_size, fileno, read_upto, scratch_file
+from crashsafe.validators._io import (
+    ScratchDatabase,
+    byte_count,
+    chunks,
+    file_size,
+    fileno,
+    read_upto,
+)
 
 _MAGIC: Final = b"SQLite format 3\x00"
 HEADER_SIZE: Final = 100
@@ -67,8 +75,12 @@ def check_header(header: bytes, size: int) -> None:
         )
 
 
-def quick_check(path: str) -> None:
-    """Run PRAGMA quick_check on the database file at *path*, read-only and immutable."""
+def quick_check(path: str, opened: Callable[[], object] | None = None) -> None:
+    """Run PRAGMA quick_check on the database file at *path*, read-only and immutable.
+
+    *opened*, if given, is called as soon as SQLite has the file open (so a
+    scratch file can lose its name before the check reads it).
+    """
     import sqlite3
     from contextlib import closing
     from urllib.parse import quote
@@ -79,6 +91,8 @@ def quick_check(path: str) -> None:
     environment = {3, 5, 6, 7, 9, 10, 13, 14, 23}  # PERM BUSY LOCKED NOMEM ... CANTOPEN AUTH
     try:
         with closing(sqlite3.connect(uri, uri=True)) as con:
+            if opened is not None:
+                opened()
             rows = con.execute("PRAGMA quick_check").fetchall()
     except sqlite3.DatabaseError as exc:
         if (getattr(exc, "sqlite_errorcode", 1) & 0xFF) in environment:
@@ -157,7 +171,9 @@ def sqlite(f: BinaryIO) -> None:
     a descriptor on Linux and that link leads to the file. Otherwise (no
     descriptor, another platform, or an anonymous ``O_TMPFILE`` or unlinked
     file, whose link SQLite cannot follow) the content is first copied, in
-    1 MiB chunks, to a temporary file in :func:`tempfile.gettempdir`, which
+    1 MiB chunks, to a scratch file in :func:`tempfile.gettempdir` (see
+    :class:`~crashsafe.validators._io.ScratchDatabase`: anonymous but for the
+    instant SQLite opens it, so a killed validation leaves nothing), which
     needs free space there equal to the file size.
 
     Raises:
@@ -171,9 +187,8 @@ def sqlite(f: BinaryIO) -> None:
     if path is not None:
         quick_check(path)
         return
-    with scratch_file("crashsafe-validate-") as copy:
-        copy.write(header)
+    with ScratchDatabase() as scratch:
+        scratch.file.write(header)
         for chunk in chunks(f):
-            copy.write(chunk)
-        copy.flush()
-        quick_check(copy.name)
+            scratch.file.write(chunk)
+        scratch.open_checked(quick_check)

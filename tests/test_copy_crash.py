@@ -1,0 +1,507 @@
+"""Crashes during atomic_copy: kill -9 at random points, and a power cut after every syscall.
+
+What is proven, for :func:`crashsafe.atomic_copy` on real loop filesystems (xfs,
+where the data moves by reflink, and ext4, where it moves by copy_file_range),
+in both staging modes (anonymous ``O_TMPFILE`` and named temporary files):
+
+* **kill -9 (promises 1 and 4).** A forked writer copies real c1z files (the
+  magic ``C1ZF\\0`` and one zstd frame holding a SQLite database, a few MiB
+  each, three distinct versions that say their number in a table) over one
+  target, round after round, with ``validate=crashsafe.validators.c1z``. It is
+  SIGKILLed 200 times after a random delay (uniform from zero to three times
+  one copy's measured duration). After every kill the target passes
+  ``validators.c1z`` and equals, byte for byte, one of the complete versions.
+  Afterwards ``sweep(dir, min_age=0)`` removes every temporary file the kills
+  left, and nothing else is left in the directory.
+
+* **The story's bug is caught (the harness proves something).** The same loop
+  with the broken protocol the c1z story shipped (truncate the published file
+  and copy over it in place) finds targets that start with the valid magic
+  but hold a zstd stream cut short, and ``validators.c1z`` rejects every one
+  of them.
+
+* **Power cut at every syscall (promises 1 and 2).** A durable atomic_copy of a
+  1 MiB file (the source on the same filesystem, fsynced before, so it
+  survives) over an old target is frozen right after each of its syscalls in
+  turn; the filesystem is shut down (with and without a journal commit by
+  another process first), remounted, and the target must be the old content
+  or the new one at every point, the old one before the rename, and the new
+  one from the directory fsync on. xfs and ext4 mounted ``noauto_da_alloc``
+  (its default hides missing fsyncs). A broken copier (``shutil.copyfile`` to a
+  temporary file and rename, no fsync) run through the same harness leaves an
+  empty or partial target, so the harness sees what it must. The broken copier
+  moves its data through the page cache (sendfile) on purpose: measured here,
+  the same copier with ``copy_file_range`` is not caught on xfs, where the
+  kernel turns it into a clone, a logged metadata operation that the journal
+  orders before the rename. So on xfs these trials prove the reflink path's
+  ordering; a missing fsync of copied data shows on ext4 (copy_file_range
+  through the page cache).
+
+Sizes and counts, chosen for CI (the whole file takes about 2 minutes on the
+2-core VM: 125 s of test time, measured with other jobs running beside it):
+
+* kill -9: ~3 MiB c1z files (~6 MiB databases), 200 kills for each of xfs and
+  ext4 times both staging modes (4 runs of 10-20 s), and 200 kills of the
+  broken protocol on each filesystem (3-5 s each);
+* power cut: a 1 MiB copy (the syscalls do not depend on the size: the data
+  moves in one FICLONE or one copy_file_range), every syscall between the
+  markers in both modes (about 45 crash points x 2 = 90 trials, 11-18 s a
+  run) for both staging modes on both filesystems, plus the broken copier
+  on both (20 points, 4 s each). No validator in the power-cut writer: a
+  validator only reads the staged file before its fsync, and its scratch
+  file lives outside the cut filesystem, so it adds no distinct crash state;
+  the kill -9 runs cover it.
+
+Also shown: a kill -9 while ``validators.c1z`` runs leaves no decoded
+database in ``tempfile.gettempdir()``. The scratch file is anonymous while it
+is decoded; it has a (sweepable) crashsafe temporary name only for the
+instant SQLite opens it. The test aims its kill at exactly that instant (it
+waits for a visible file) and shows that the next validation removes what
+such a kill left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import crashsafe
+from crashsafe import validators
+from crashsafe.errors import VerificationError
+from tests.harness import crash
+from tests.harness.checks import leftovers
+from tests.harness.mounts import loop_mount
+
+SUMMARY: list[str] = []
+KILLS = 200
+VERSIONS = 3  # pre-built c1z files the writer cycles through
+MAGIC = b"C1ZF\x00"
+SCRATCH_PREFIX = "crashsafe-c1z-"  # validators.c1z's scratch file in tempfile.gettempdir()
+METHOD = {"xfs": "reflink", "ext4": "copy_file_range"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_summary() -> Iterator[None]:
+    yield
+    if SUMMARY:
+        print("\n\natomic_copy crash summary\n" + "\n".join(SUMMARY))
+
+
+def _note(line: str) -> None:
+    SUMMARY.append(line)
+
+
+# --------------------------------------------------------------------------- c1z files
+
+
+@functools.cache
+def c1z_version(version: int, db_mib: int = 6) -> bytes:
+    """A real c1z file: the magic, then one zstd frame holding a SQLite database.
+
+    The database has ``meta(version)`` and a table of blobs, each a random
+    16 KiB run repeated twice (so zstd has real work: ~6 MiB of database in
+    ~3 MiB of c1z), all drawn from a generator seeded by *version*.
+    """
+    import zstandard
+
+    rng = random.Random(f"c1z {version}")
+    with tempfile.TemporaryDirectory(prefix="crashsafe-c1z-build-") as work:
+        path = os.path.join(work, "db.sqlite")
+        con = sqlite3.connect(path)
+        try:
+            con.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value)")
+            con.execute("INSERT INTO meta VALUES ('version', ?)", (version,))
+            con.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+            for _ in range((db_mib << 20) // (32 << 10)):
+                con.execute("INSERT INTO blobs(data) VALUES (?)", (rng.randbytes(16 << 10) * 2,))
+            con.commit()
+        finally:
+            con.close()
+        db = Path(path).read_bytes()
+    return MAGIC + zstandard.ZstdCompressor(level=3).compress(db)
+
+
+class Judge:
+    """Names what the target holds after a kill: the index of the complete version
+    it equals (and validators.c1z accepts), or a category of what is wrong.
+    Keeps the validator's message for the first target of every category.
+
+    With *scratch* (the private tempfile.gettempdir() of the run), it also
+    counts and removes what validators.c1z left there: its own run removes its
+    file, so whatever is there was left by the killed writer.
+    """
+
+    def __init__(self, target: Path, versions: list[bytes], scratch: Path | None = None) -> None:
+        self.target = target
+        self.versions = versions
+        self.scratch = scratch
+        self.scratch_files = 0
+        self.scratch_bytes = 0
+        self.examples: dict[str, str] = {}
+
+    def _collect_scratch(self) -> None:
+        if self.scratch is None:
+            return
+        for path in self.scratch.iterdir():
+            if path.name.startswith(SCRATCH_PREFIX):
+                self.scratch_files += 1
+                self.scratch_bytes += path.stat().st_size
+                path.unlink()
+
+    def _validate(self) -> str | None:
+        try:
+            with open(self.target, "rb") as f:
+                validators.c1z(f)
+        except VerificationError as exc:
+            return exc.message
+        return None
+
+    def __call__(self) -> int | str:
+        self._collect_scratch()
+        data = crash.read_or_none(self.target)
+        if data is None:
+            return "missing"
+        rejected = self._validate()
+        index = next((i for i, v in enumerate(self.versions) if data == v), None)
+        if index is not None and rejected is None:
+            return index
+        if index is not None:
+            kind = "a complete version REJECTED by c1z"
+        elif rejected is None:
+            kind = "ACCEPTED by c1z but no version"
+        elif not data:
+            kind = "empty"
+        elif data.count(0) == len(data):
+            kind = "zeros"
+        elif any(v.startswith(data) for v in self.versions):
+            if len(data) < len(MAGIC):
+                kind = "cut inside the magic"
+            elif len(data) == len(MAGIC):
+                kind = "magic only"
+            else:
+                kind = "valid magic, zstd stream cut short"
+        else:
+            kind = "torn"
+        self.examples.setdefault(kind, f"{len(data)} bytes: {rejected}")
+        return kind
+
+
+def _sources(mnt: Path) -> list[Path]:
+    """The versions as files on the same filesystem as the target (a reflink needs that)."""
+    src = mnt / "src"
+    src.mkdir()
+    paths = []
+    for i in range(VERSIONS):
+        path = src / f"v{i}.c1z"
+        crash.durable_put(path, c1z_version(i))
+        paths.append(path)
+    return paths
+
+
+def _in_place_copy(source: Path, target: Path) -> None:
+    """The story's broken protocol: truncate the published file, copy over it."""
+    with open(source, "rb") as src, open(target, "r+b") as dst:
+        dst.truncate(0)
+        shutil.copyfileobj(src, dst, 256 << 10)
+
+
+@pytest.fixture
+def validator_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private tempfile.gettempdir(), inherited by forked writers, to count what
+    validators.c1z leaves there."""
+    scratch = tmp_path / "validator-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+@pytest.fixture(params=["ext4", "xfs"])
+def kill_fs(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
+    # Named orphans of ~3 MiB each pile up until the sweep (on ext4 they are
+    # real copies): room for all of them. The image is sparse.
+    with loop_mount(request.param, size_mb=2048) as mnt:
+        yield request.param, mnt
+
+
+# --------------------------------------------------------------------------- kill -9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("staging", ["tmpfile", "named"])
+def test_kill9_copy_of_c1z_never_tears_and_sweep_cleans(
+    kill_fs: tuple[str, Path], staging: str, validator_tmp: Path
+) -> None:
+    fs, mnt = kill_fs
+    sources = _sources(mnt)
+    versions = [c1z_version(i) for i in range(VERSIONS)]
+    directory = mnt / "d"
+    directory.mkdir()
+    target = directory / "target"
+    crash.durable_put(target, versions[0])
+    judge = Judge(target, versions, validator_tmp)
+
+    def write(n: int) -> crashsafe.CopyResult:
+        return crashsafe.atomic_copy(sources[n % VERSIONS], target, validate=validators.c1z)
+
+    result = crash.kill9_loop(
+        directory, kills=KILLS, write=write, check=judge, staging=staging, seed=KILLS, ordered=False
+    )
+    method = result.returned.method
+    _note(
+        f"kill -9   atomic_copy c1z  {fs:<4} {staging:<7} method {method}: {result.kills} kills, "
+        f"{result.torn} bad {dict(result.outcomes)}, target changed after {result.changed}; "
+        f"orphans {result.orphans_before_sweep} -> swept {result.swept} -> left "
+        f"{len(result.left_after_sweep)}; c1z scratch files left in TMPDIR "
+        f"{judge.scratch_files} ({judge.scratch_bytes / (1 << 20):.0f} MiB); "
+        f"{len(versions[0]) / (1 << 20):.1f} MiB c1z, one copy "
+        f"{result.write_seconds * 1e3:.1f} ms, delays 0-{result.max_delay * 1e3:.1f} ms, "
+        f"{result.seconds:.1f} s"
+    )
+    assert method == METHOD[fs]
+    assert result.kills == KILLS
+    # After every kill: accepted by validators.c1z AND one complete version.
+    assert result.outcomes == Counter(complete=KILLS), (result.outcomes, judge.examples)
+    # The kills landed in every phase: some before a commit, some after one.
+    assert 0 < result.changed < KILLS
+    if staging == "named":
+        assert result.orphans_before_sweep > 0  # ...and some while a temp file existed
+    assert result.swept == result.orphans_before_sweep
+    assert result.left_after_sweep == []
+    assert leftovers(directory) == []
+    assert os.listdir(directory) == ["target"]
+    assert isinstance(judge(), int)
+    assert list(validator_tmp.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_kill9_harness_catches_in_place_copy(kill_fs: tuple[str, Path]) -> None:
+    fs, mnt = kill_fs
+    sources = _sources(mnt)
+    versions = [c1z_version(i) for i in range(VERSIONS)]
+    directory = mnt / "d"
+    directory.mkdir()
+    target = directory / "target"
+    crash.durable_put(target, versions[0])
+    judge = Judge(target, versions)
+
+    def write(n: int) -> None:
+        _in_place_copy(sources[n % VERSIONS], target)
+
+    result = crash.kill9_loop(
+        directory, kills=KILLS, write=write, check=judge, staging="named", seed=KILLS, ordered=False
+    )
+    cut = result.outcomes["valid magic, zstd stream cut short"]
+    _note(
+        f"kill -9   BROKEN in place  {fs:<4}         {result.kills} kills: caught {result.torn} "
+        f"{dict(result.outcomes)}; one copy {result.write_seconds * 1e3:.1f} ms, "
+        f"{result.seconds:.1f} s; e.g. " + "; ".join(f"{k}: {v}" for k, v in judge.examples.items())
+    )
+    # The story's bug: the magic is there, the zstd stream is cut short, and
+    # validators.c1z rejects it. No broken target is ever accepted.
+    assert cut > 0, "the kill -9 loop missed the truncate-and-copy-in-place bug"
+    assert "ACCEPTED by c1z but no version" not in result.outcomes
+    assert "a complete version REJECTED by c1z" not in result.outcomes
+
+
+def _largest(directory: Path) -> int:
+    """The size of the largest file in *directory*, whose files may vanish meanwhile."""
+    largest = 0
+    for path in directory.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            largest = max(largest, path.stat().st_size)
+    return largest
+
+
+def test_kill9_during_c1z_validation_leaves_no_scratch_file(
+    tmp_path: Path, validator_tmp: Path
+) -> None:
+    source = tmp_path / "big.c1z"
+    source.write_bytes(c1z_version(100, db_mib=24))
+    directory = tmp_path / "d"
+    directory.mkdir()
+    target = directory / "target"
+    leaked: list[str] = []
+    for _ in range(5):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - killed
+            try:
+                while True:
+                    crashsafe.atomic_copy(source, target, validate=validators.c1z)
+            finally:
+                os._exit(4)
+        try:
+            # Kill once the validator has decoded a good part of the database
+            # (or after 5 s: a validator that keeps no visible file is fixed).
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and _largest(validator_tmp) < 4 << 20:
+                time.sleep(0.0005)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        crashsafe.sweep(directory, min_age=0)
+        named = [f"{p.name} ({p.stat().st_size} bytes)" for p in validator_tmp.iterdir()]
+        leaked.extend(named)
+        # The next validation sweeps the scratch directory of dead validators' names.
+        with open(source, "rb") as f:
+            validators.c1z(f)
+        left = list(validator_tmp.iterdir())
+        assert left == [], f"a killed validation left {left} in {validator_tmp}"
+    _note(
+        f"kill -9   during validators.c1z, aimed at the instant the scratch file is named: "
+        f"{len(leaked)} of 5 kills left a name there; the next validation removed all"
+    )
+
+
+# --------------------------------------------------------------------------- power cut
+
+OLD, NEW = 1, 2
+BAD = ("missing", "empty", "zeros", "partial", "torn")
+
+COPY_WRITER = """
+import ctypes, fcntl  # imported by the copy on first use: not part of the crash points
+import crashsafe
+import crashsafe._platform._posix as posix
+atomic_copy = crashsafe.atomic_copy  # a lazy export: resolved before the start marker
+target, source, staging = sys.argv[1:4]
+posix.use_tmpfile = staging == "tmpfile"
+start()
+atomic_copy(source, target, durability="durable")
+end()
+"""
+
+# Deliberately broken: copy to a fixed temporary name (shutil.copyfile: sendfile
+# on Linux, no fsync), then rename over the target.
+BROKEN_COPIER = """
+import shutil
+target, source = sys.argv[1:3]
+temp = os.path.join(os.path.dirname(target), ".target.broken-tmp")
+start()
+shutil.copyfile(source, temp)
+os.rename(temp, target)
+end()
+"""
+
+
+@pytest.fixture(params=["xfs", "ext4"])
+def cut_fs(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
+    """A fresh loop filesystem, background writeback off while the test runs.
+
+    ext4 is mounted ``noauto_da_alloc``: its default hides the missing-fsync bug.
+    mkfs.xfs makes reflink-capable filesystems by default (xfsprogs >= 5.1).
+    """
+    crash.require_power_cut()
+    fstype = request.param
+    options = "noauto_da_alloc" if fstype == "ext4" else ""
+    with loop_mount(fstype, options=options) as mnt, crash.writeback_off():
+        yield fstype, mnt
+
+
+def _run(
+    mnt: Path, script: str, extra: list[str], *, crashsafe_temps: bool
+) -> tuple[crash.PowerCutRun, Path]:
+    directory = mnt / "d"
+    directory.mkdir()
+    target = directory / "target"
+    (mnt / "src").mkdir()
+    source = mnt / "src" / "new.bin"
+    crash.durable_put(source, crash.payload(NEW))
+
+    def prepare() -> None:
+        for name in os.listdir(directory):
+            if name != "target":
+                os.unlink(directory / name)
+        crash.durable_put(target, crash.payload(OLD))
+
+    def inspect() -> str:
+        if crash.classify(crash.read_or_none(source)) != NEW:
+            return "source damaged"
+        found = crash.classify(crash.read_or_none(target))
+        return "old" if found == OLD else "new" if found == NEW else str(found)
+
+    run = crash.power_cut_every_syscall(
+        mnt,
+        script,
+        [str(target), str(source), *extra],
+        prepare=prepare,
+        inspect=inspect,
+        sweep_dir=directory if crashsafe_temps else None,
+    )
+    return run, directory
+
+
+def _describe(fs: str, label: str, run: crash.PowerCutRun, marks: str) -> str:
+    outcomes = Counter(f"{t.mode}:{t.outcome}" for t in run.trials)
+    found = sum(len(t.leftovers) for t in run.trials)
+    swept = sum(t.swept for t in run.trials)
+    left = sum(len(t.left_after_sweep) for t in run.trials)
+    return (
+        f"power cut {fs:<4} {label:<26} {len(run.trace)} crash points x {len(crash.MODES)} "
+        f"modes = {len(run.trials)} trials ({marks}): {dict(sorted(outcomes.items()))}; "
+        f"temp files after remount {found} -> swept {swept} -> left {left}; "
+        f"{run.seconds:.0f} s; drifts retried {run.drifts}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("staging", ["tmpfile", "named"])
+def test_power_cut_at_every_syscall_of_a_durable_copy(
+    cut_fs: tuple[str, Path], staging: str
+) -> None:
+    fs, mnt = cut_fs
+    run, directory = _run(mnt, COPY_WRITER, [staging], crashsafe_temps=True)
+    method = crash.copy_method(run.trace)
+    commit = crash.commit_index(run.trace, "target")
+    assert commit is not None, "no rename or link onto the target in the trace"
+    dir_sync = crash.dir_sync_index(run.trace, str(directory), commit)
+    assert dir_sync is not None, "no fsync of the directory after the commit"
+    _note(
+        _describe(
+            fs,
+            f"atomic_copy {staging} {method}",
+            run,
+            f"commit #{commit}, dir fsync #{dir_sync}",
+        )
+    )
+
+    assert method == METHOD[fs]
+    # Old or new at every point, old before the rename, new once the directory
+    # fsync returned; the source intact.
+    assert crash.violations(run, commit, dir_sync) == []
+    assert len(run.trials) == len(run.trace) * len(crash.MODES)
+    assert {t.outcome for t in run.trials} == {"old", "new"}
+    # Crashes left temporary files (the named one, or the O_TMPFILE's link
+    # name between linkat and rename), and sweep() removed every one.
+    assert sum(len(t.leftovers) for t in run.trials) > 0
+    assert [t.left_after_sweep for t in run.trials if t.left_after_sweep] == []
+    assert leftovers(directory) == []
+
+
+@pytest.mark.slow
+def test_power_cut_harness_catches_copy_without_fsync(cut_fs: tuple[str, Path]) -> None:
+    fs, mnt = cut_fs
+    run, _ = _run(mnt, BROKEN_COPIER, [], crashsafe_temps=False)
+    commit = crash.commit_index(run.trace, "target")
+    assert commit is not None
+    method = crash.copy_method(run.trace)
+    caught = [(t.outcome, t.mode, str(t.point)) for t in run.trials if t.outcome in BAD]
+    _note(
+        _describe(fs, f"BROKEN copyfile {method}", run, f"commit #{commit}")
+        + f"; caught {len(caught)}: "
+        + "; ".join(f"{o} ({m}) after {p.split('(')[0]}" for o, m, p in caught)
+    )
+    # A rename that reached the journal without the data: an empty (or
+    # partial) target, the bug the durable protocol exists to prevent.
+    assert caught, "the harness missed the copy without fsync: it proves nothing"
+    assert crash.violations(run, commit, None) != []
