@@ -29,15 +29,27 @@ VALID_MODES = ["w", "wt", "wb", "x", "xt", "xb", "a", "at", "ab"]
 def test_all_is_exactly_the_public_api() -> None:
     assert set(crashsafe.__all__) == {
         "AtomicFile",
+        "ChecksumStore",
         "CopyResult",
+        "FileLock",
+        "JSONDocumentError",
+        "LockTimeoutError",
         "NotDurableError",
         "VerificationError",
         "atomic_copy",
         "atomic_open",
         "atomic_write",
+        "read_json",
+        "recover",
+        "snapshot",
         "sweep",
+        "transaction",
+        "update",
+        "update_json",
         "validators",
         "write_file_atomic",
+        "write_json",
+        "write_many",
     }
     assert len(crashsafe.__all__) == len(set(crashsafe.__all__))
     for name in crashsafe.__all__:

@@ -16,25 +16,57 @@ from crashsafe.staging import sweep
 
 if TYPE_CHECKING:
     from crashsafe import validators
+    from crashsafe.batch import write_many
+    from crashsafe.checksums import ChecksumStore
     from crashsafe.copying import CopyResult, atomic_copy
+    from crashsafe.documents import JSONDocumentError, read_json, update, update_json, write_json
+    from crashsafe.locking import FileLock, LockTimeoutError
+    from crashsafe.transaction import recover, snapshot, transaction
 
 __all__ = [
     "AtomicFile",
+    "ChecksumStore",
     "CopyResult",
+    "FileLock",
+    "JSONDocumentError",
+    "LockTimeoutError",
     "NotDurableError",
     "VerificationError",
     "atomic_copy",
     "atomic_open",
     "atomic_write",
+    "read_json",
+    "recover",
+    "snapshot",
     "sweep",
+    "transaction",
+    "update",
+    "update_json",
     "validators",
     "write_file_atomic",
+    "write_json",
+    "write_many",
 ]
 __version__ = "0.1.0"
 
 # Imported on first use, so that a program that only writes small files does
 # not pay for them at start-up.
-_LAZY = {"CopyResult": "crashsafe.copying", "atomic_copy": "crashsafe.copying"}
+_LAZY = {
+    "CopyResult": "crashsafe.copying",
+    "atomic_copy": "crashsafe.copying",
+    "write_many": "crashsafe.batch",
+    "ChecksumStore": "crashsafe.checksums",
+    "JSONDocumentError": "crashsafe.documents",
+    "read_json": "crashsafe.documents",
+    "update": "crashsafe.documents",
+    "update_json": "crashsafe.documents",
+    "write_json": "crashsafe.documents",
+    "FileLock": "crashsafe.locking",
+    "LockTimeoutError": "crashsafe.locking",
+    "recover": "crashsafe.transaction",
+    "snapshot": "crashsafe.transaction",
+    "transaction": "crashsafe.transaction",
+}
 
 
 def __getattr__(name: str) -> object:

@@ -325,16 +325,26 @@ class Directory:
             raise _name_error(e, self._join(name)) from None
 
 
-def lock(fd: int, *, shared: bool) -> None:
-    """Wait until the open file *fd* holds a shared or an exclusive lock.
+def lock(fd: int, *, shared: bool = False, blocking: bool = True) -> bool:
+    """Lock the open file *fd*, shared or exclusive; return whether it is held.
 
     ``flock``: the lock belongs to the open file description, so two opens in
     one process exclude each other as two processes do, and the kernel drops
-    it when its holder dies, ``kill -9`` included.
+    it when its holder dies, ``kill -9`` included. With *blocking*, wait in the
+    kernel (a signal handler that raises ends the wait) and return True;
+    without, return False at once if someone else holds it.
     """
     import fcntl
 
-    fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+    operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, operation)
+    except OSError as e:
+        # NFS emulates flock with byte-range locks, which may say EACCES.
+        if not blocking and e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        raise
+    return True
 
 
 def unlock(fd: int) -> None:

@@ -149,19 +149,24 @@ class Directory:
         """No directory fsync exists on Windows; MOVEFILE_WRITE_THROUGH did its work."""
 
 
-def lock(fd: int, *, shared: bool) -> None:
-    """An exclusive lock on the first byte of *fd*; Windows' byte locks are
-    exclusive only, so a shared lock is an exclusive one here."""
+def lock(fd: int, *, shared: bool = False, blocking: bool = True) -> bool:
+    """Lock the first byte of *fd*; return whether it is held. Windows' byte
+    locks are exclusive only, so a shared lock is an exclusive one here, and
+    ``LK_LOCK`` gives up after ten seconds, so a blocking wait polls."""
     import msvcrt
 
     while True:
-        os.lseek(fd, 0, os.SEEK_SET)
+        os.lseek(fd, 0, os.SEEK_SET)  # msvcrt locks from the current position
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EDEADLK):
+                raise
+            if not blocking:
+                return False
             time.sleep(0.01)
             continue
-        return
+        return True
 
 
 def unlock(fd: int) -> None:
