@@ -235,11 +235,19 @@ class Transaction:
                     return
                 import json
 
-                journal = json.dumps({"format": _FORMAT, "ops": ops}).encode()
+                journal = _journal_file(self.directory, self._durability)
                 try:
-                    _write_journal(self.directory, journal, self._durability)
+                    journal.file.write(json.dumps({"format": _FORMAT, "ops": ops}).encode())
+                    journal.commit()
                 except BaseException:
-                    _unstage(directory, ops)
+                    if not journal.committed:
+                        _unstage(directory, ops)
+                        raise
+                    # The journal is in place: the commit point is passed, and
+                    # undoing now would leave it pointing at nothing. Recovery
+                    # completes the transaction (NotDurableError: the journal
+                    # may not survive a power cut, which would leave all old).
+                    self._state = "committed"
                     raise
                 self._state = "committed"
                 _apply(directory, ops, self._durability)
@@ -291,16 +299,14 @@ def _unstage(directory: _platform.Directory, ops: list[tuple[str, str, str | Non
             directory.remove(staging)
 
 
-def _write_journal(directory: str, data: bytes, durability: Durability) -> None:
-    staged = AtomicFile(
+def _journal_file(directory: str, durability: Durability) -> AtomicFile:
+    return AtomicFile(
         os.path.join(directory, JOURNAL),
         "xb",
         perm=0o600,
         durability="durable" if durability != "none" else "none",
         follow_symlinks=False,
     )
-    with staged:
-        staged.file.write(data)
 
 
 @contextmanager
