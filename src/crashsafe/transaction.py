@@ -24,9 +24,9 @@ Recovery, under the exclusive lock: a journal means the commit point was
 passed, so step 4 is redone (a staged name that no longer exists was already
 renamed; a removed file that no longer exists was already removed) and step 5
 follows. Without a journal, any ``.crashsafe-tx.N`` left by a commit that
-died before its commit point is removed, highest N first, so that whatever
-is left is always ``0..M`` and one ``lstat`` of ``.crashsafe-tx.0`` tells
-whether there is anything to remove.
+died before its commit point is removed; finding them takes a listing of the
+directory (after a power cut, unsynced directory changes may survive in any
+combination, so no single name tells).
 
 Recovery runs at the start of :func:`transaction`, before each commit, in
 :func:`snapshot`, and on demand with :func:`recover`. Other crashsafe calls do
@@ -93,15 +93,20 @@ def _recover_locked(directory: _platform.Directory, durability: Durability = "du
     if directory.lstat(JOURNAL) is not None:
         _apply(directory, _read_journal(directory), durability)
         recovered = True
-    if directory.lstat(f"{STAGED}0") is not None:
-        last = 0
-        while directory.lstat(f"{STAGED}{last + 1}") is not None:
-            last += 1
-        for n in range(last, -1, -1):
-            directory.remove(f"{STAGED}{n}")
+    # A listing, not a probe of .crashsafe-tx.0: after a power cut, directory
+    # changes that were not synced survive in any combination, gaps included.
+    leftovers = [name for name in directory.names() if _is_staged(name)]
+    for name in leftovers:
+        directory.remove(name)
+    if leftovers:
         _sync(directory, durability)
         recovered = True
     return recovered
+
+
+def _is_staged(name: str) -> bool:
+    number = name[len(STAGED) :]
+    return name.startswith(STAGED) and number.isdigit() and number.isascii()
 
 
 def _read_journal(directory: _platform.Directory) -> list[tuple[str, str, str | None]]:
@@ -116,6 +121,10 @@ def _read_journal(directory: _platform.Directory) -> list[tuple[str, str, str | 
         for op, _, staged in ops:
             if op not in ("write", "remove") or (op == "write") != isinstance(staged, str):
                 raise ValueError(f"bad operation {op!r}")
+            if isinstance(staged, str) and not _is_staged(staged):
+                # Recovery renames the staged name over the target: anything but
+                # a name this protocol makes could move another file in.
+                raise ValueError(f"{staged!r} is not a staged file's name")
     except (ValueError, KeyError, TypeError) as e:
         # Written atomically, the journal is whole or absent; anything else was
         # made by someone else, and guessing could destroy data.
@@ -347,15 +356,15 @@ def transaction(
     except BaseException:
         tx.discard()
         raise
-    if not tx.committed:
+    if tx._state == "open":  # a block that committed or discarded has decided
         tx.commit()
 
 
 def recover(directory: str | os.PathLike[str]) -> bool:
     """Complete or undo a commit in *directory* that a crash interrupted.
 
-    Returns True if there was one. Cheap when there is nothing to do (two
-    ``lstat`` calls under a lock). Raises :class:`ValueError` if the journal is
+    Returns True if there was one. When there is nothing to do it costs a lock,
+    an ``lstat`` and a listing of the directory. Raises :class:`ValueError` if the journal is
     not one crashsafe wrote, touching nothing, and the :class:`OSError` of a
     failed step.
     """
@@ -368,20 +377,26 @@ class Snapshot:
     """A consistent view of a transactional directory; see :func:`snapshot`."""
 
     def __init__(self, directory: _platform.Directory) -> None:
-        self._directory = directory
+        self._directory: _platform.Directory | None = directory
+
+    def _opened(self) -> _platform.Directory:
+        if self._directory is None:
+            raise ValueError("snapshot used after its with block ended")
+        return self._directory
 
     def read(self, name: str) -> bytes:
         """The content of *name* in this generation.
 
-        Raises :class:`FileNotFoundError` if it does not exist, and
+        Raises :class:`FileNotFoundError` if it does not exist,
+        :class:`ValueError` after the snapshot's block, and
         :class:`OSError` (``ELOOP``) if it is a symlink, which a transaction
         never writes.
         """
-        return self._directory.read(_check_name(name))
+        return self._opened().read(_check_name(name))
 
     def exists(self, name: str) -> bool:
         """Whether *name* exists in this generation."""
-        return self._directory.lstat(_check_name(name)) is not None
+        return self._opened().lstat(_check_name(name)) is not None
 
 
 @contextmanager
@@ -401,6 +416,10 @@ def snapshot(directory: str | os.PathLike[str]) -> Iterator[Snapshot]:
     while True:
         with _locked(path, shared=True) as opened:
             if opened.lstat(JOURNAL) is None:
-                yield Snapshot(opened)
+                view = Snapshot(opened)
+                try:
+                    yield view
+                finally:
+                    view._directory = None
                 return
         recover(path)

@@ -5,7 +5,7 @@ Both backends expose the same small interface, chosen once here:
 * ``Directory(path)``: an open directory with ``lstat``, ``readlink``,
   ``open_read``, ``create_temp``,
   ``publish``, ``discard``, ``sync``, ``close``, and for transactions
-  ``replace``, ``remove``, ``read`` and ``open_lock``;
+  ``names``, ``replace``, ``remove``, ``read`` and ``open_lock``;
 * ``copy_data(src_fd, dst_fd, size, progress)``: the fastest copy between two
   files (reflink, ``copy_file_range``, ``sendfile``, read/write), for
   :func:`crashsafe.atomic_copy`; ``copy_into(src_fd, dst_fd)``: the same, for

@@ -290,6 +290,10 @@ class Directory:
             raise _name_error(e, self._join(dst)) from None
         return True
 
+    def names(self) -> list[str]:
+        """The names in the directory."""
+        return os.listdir(self.fd)
+
     def remove(self, name: str) -> bool:
         """Unlink *name*; False if it does not exist."""
         try:

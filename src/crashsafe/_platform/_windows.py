@@ -131,6 +131,9 @@ class Directory:
             return False
         return True
 
+    def names(self) -> list[str]:
+        return os.listdir(self.path)
+
     def remove(self, name: str) -> bool:
         try:
             os.unlink(self._join(name))
