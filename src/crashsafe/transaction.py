@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -73,14 +74,40 @@ def _sync(directory: _platform.Directory, durability: Durability) -> None:
             raise
 
 
+# The lock files this thread holds a snapshot's shared lock on, by (st_dev,
+# st_ino): an exclusive lock on a new open of the same file would wait for
+# that shared lock, which is this thread's own, forever.
+_snapshots = threading.local()
+
+
+def _held() -> set[tuple[int, int]]:
+    held: set[tuple[int, int]] | None = getattr(_snapshots, "held", None)
+    if held is None:
+        held = _snapshots.held = set()
+    return held
+
+
 @contextmanager
 def _locked(path: str, *, shared: bool) -> Iterator[_platform.Directory]:
     directory = _platform.Directory(path)
     try:
         fd = directory.open_lock(LOCK)
         try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if not shared and key in _held():
+                raise RuntimeError(
+                    f"cannot commit or recover in {path!r} inside a snapshot() of it "
+                    "in the same thread: the commit would wait for the snapshot forever"
+                )
             _platform.lock(fd, shared=shared)
-            yield directory
+            if shared:
+                _held().add(key)
+            try:
+                yield directory
+            finally:
+                if shared:
+                    _held().discard(key)
         finally:
             os.close(fd)  # closing the last descriptor releases the lock
     finally:
@@ -410,7 +437,10 @@ def snapshot(directory: str | os.PathLike[str]) -> Iterator[Snapshot]:
 
     The block holds a shared lock: readers run together, and a commit waits
     for them (and they for it). An interrupted commit is recovered first.
-    Keep the block short.
+    Keep the block short. A transaction on the same directory inside the
+    block, in the same thread, raises :class:`RuntimeError` (it would wait for
+    the block forever); a process forked inside the block holds the lock too,
+    until it exits or closes its descriptors.
     """
     path = os.fsdecode(os.fspath(directory))
     while True:
