@@ -171,25 +171,6 @@ def _describe(fs: str, label: str, run: crash.PowerCutRun, marks: str) -> str:
     )
 
 
-def _violations(
-    run: crash.PowerCutRun, commit: int, durable_from: int | None
-) -> list[tuple[str, str, str]]:
-    """Crash points where the target breaks the durable contract."""
-    bad = []
-    for t in run.trials:
-        i = t.point.index
-        if t.outcome not in ("old", "new"):
-            why = f"{t.outcome} target"
-        elif i < commit and t.outcome != "old":
-            why = "new before the commit point"
-        elif durable_from is not None and i >= durable_from and t.outcome != "new":
-            why = "old after the directory fsync returned" if i < run.end else "old after return"
-        else:
-            continue
-        bad.append((why, t.mode, str(t.point)))
-    return bad
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("staging", ["tmpfile", "named"])
 def test_power_cut_at_every_syscall_of_a_durable_write(
@@ -205,7 +186,7 @@ def test_power_cut_at_every_syscall_of_a_durable_write(
     assert dir_sync is not None, "no fsync of the directory after the commit"
     _note(_describe(fs, f"durable {staging}", run, f"commit #{commit}, dir fsync #{dir_sync}"))
 
-    assert _violations(run, commit, dir_sync) == []
+    assert crash.violations(run, commit, dir_sync) == []
     # Every trial ran and both sides of the commit point were seen.
     assert len(run.trials) == len(run.trace) * len(crash.MODES)
     assert {t.outcome for t in run.trials} == {"old", "new"}
@@ -232,7 +213,7 @@ def test_power_cut_consistent_is_never_torn(cut_fs: tuple[str, Path], tmp_path: 
         + (f" ({', '.join(t.mode for t in old_after_return)})" if old_after_return else "")
     )
     # Old or new at every point, old before the commit; old after return is allowed.
-    assert _violations(run, commit, None) == []
+    assert crash.violations(run, commit, None) == []
     assert [t.left_after_sweep for t in run.trials if t.left_after_sweep] == []
 
 
@@ -251,7 +232,7 @@ def test_harness_catches_rename_without_fsync(cut_fs: tuple[str, Path], tmp_path
     # The harness must see what PROVING.md measured: an empty (or zero-filled,
     # or partial) target once the rename reached the journal without the data.
     assert caught, "the harness missed the missing fsync: it proves nothing"
-    assert _violations(run, commit, None) != []
+    assert crash.violations(run, commit, None) != []
 
 
 @pytest.mark.slow
@@ -269,4 +250,4 @@ def test_harness_catches_missing_directory_fsync(cut_fs: tuple[str, Path], tmp_p
     # The call returned, the power went, the old content came back: the same
     # check that passes for crashsafe's durable writes fails here.
     assert old, "the harness missed the missing directory fsync: it proves nothing"
-    assert any(why == "old after return" for why, _, _ in _violations(run, commit, run.end))
+    assert any(why == "old after return" for why, _, _ in crash.violations(run, commit, run.end))

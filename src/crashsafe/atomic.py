@@ -491,10 +491,23 @@ def write_file_atomic(dir: str | os.PathLike[str], name: str, data: BytesLike, p
     Raises :class:`ValueError` if *name* is not a single path component and
     :class:`TypeError` if *data* is not bytes-like.
     """
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"name must be a single file name, not {name!r}")
-    if os.sep != "/" and os.sep in name:
-        raise ValueError(f"name must be a single file name, not {name!r}")
     atomic_write(
-        os.path.join(dir, name), _as_bytes(data, "bytes"), perm=perm, follow_symlinks=False
+        os.path.join(dir, single_name(name)),
+        _as_bytes(data, "bytes"),
+        perm=perm,
+        follow_symlinks=False,
     )
+
+
+def single_name(name: object) -> str:
+    """Return *name* if it is one file name (no separator, not ``.`` or ``..``),
+    else raise :class:`ValueError`."""
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\0" in name
+        or os.sep in name
+    ):
+        raise ValueError(f"name must be a single file name, not {name!r}")
+    return name

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from typing import Final
 
 from crashsafe import _platform
-from crashsafe.atomic import AtomicFile, BytesLike, Durability, _as_bytes
+from crashsafe.atomic import AtomicFile, BytesLike, Durability, _as_bytes, single_name
 
 __all__ = ["Snapshot", "Transaction", "recover", "snapshot", "transaction"]
 
@@ -55,10 +55,7 @@ _FORMAT: Final = 1
 
 
 def _check_name(name: object) -> str:
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"name must be a single file name, not {name!r}")
-    if os.sep != "/" and os.sep in name:
-        raise ValueError(f"name must be a single file name, not {name!r}")
+    name = single_name(name)
     if name in (JOURNAL, LOCK) or name.startswith(STAGED):
         raise ValueError(f"{name!r} is reserved for crashsafe's transaction protocol")
     return name
