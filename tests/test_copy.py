@@ -1345,3 +1345,22 @@ def test_one_gib_is_copied_or_streamed_in_bounded_memory(
         assert leftovers(dst.parent) == []
     finally:
         dst.unlink(missing_ok=True)
+
+
+def test_a_failed_write_in_the_block_names_the_target() -> None:
+    """ENOSPC from a write inside the block (not at commit) names the target too."""
+    require_root()
+    with tmpfs(size_kb=512) as mnt:
+        target = mnt / "big"
+        target.write_bytes(b"old")
+        big = b"x" * (2 << 20)
+        with pytest.raises(OSError) as caught:
+            atomic_write(target, big)
+        assert caught.value.errno == errno.ENOSPC
+        assert caught.value.filename == str(target)
+        with pytest.raises(OSError) as caught, atomic_open(target) as f:
+            f.write(big)
+        assert caught.value.errno == errno.ENOSPC
+        assert caught.value.filename == str(target)
+        assert target.read_bytes() == b"old"
+        assert leftovers(mnt) == []

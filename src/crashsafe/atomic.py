@@ -262,8 +262,12 @@ class AtomicFile:
         # A block that already committed or discarded explicitly has decided.
         if exc_type is None and self._state == "open":
             self.commit()
-        else:
-            self.discard()
+            return
+        if isinstance(exc, OSError) and exc.filename is None and self._state == "open":
+            # A failed write to the staged file (ENOSPC, EIO) names nothing;
+            # the target is the name the caller knows.
+            exc.filename = self.path
+        self.discard()
 
     def commit(self) -> None:
         """Publish the written content at the target path, once.
@@ -431,11 +435,7 @@ def atomic_open(
     try:
         yield staged.file
     except BaseException as e:
-        staged.discard()
-        if isinstance(e, OSError) and e.filename is None:
-            # A failed write to the staged file (ENOSPC, EIO) names nothing;
-            # the target is the name the caller knows.
-            e.filename = staged.path
+        staged.__exit__(type(e), e, e.__traceback__)
         raise
     staged.commit()
 
