@@ -1,0 +1,291 @@
+"""Small writes (100 B, 4 KiB) per durability level, and 1,000 new files one by one.
+
+Every contender replaces its own existing target (small writes) or creates
+new files in a fresh directory (many files). The floors are the minimal
+syscall sequences of each protocol, written with raw ``os`` calls in this
+process; see :func:`floor` and the notes each section prints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import atomicwrites  # type: ignore[import-untyped]
+import safer
+from boltons.fileutils import atomic_save  # type: ignore[import-untyped]
+from common import Op, Row, Section, check, fmt_time, interleave, paired_ratio, per_op
+
+import crashsafe
+import crashsafe._platform._posix as posix
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def floor(path: str, data: bytes, *, fsync: bool, dir_sync: str | None, dir_fd: int = -1) -> None:
+    """The minimal protocol for one write of *data* to *path*.
+
+    A temporary name in the same directory, created O_EXCL, one write, fsync
+    if asked, close, rename, then the directory fsync: *dir_sync* "open"
+    opens and closes the directory, "kept" uses *dir_fd*, opened once by the
+    caller, None skips it. No mode or owner kept, no unguessable name, no
+    cleanup on error, no signal handling: what a library adds to this is
+    its overhead.
+    """
+    directory, name = os.path.split(path)
+    temp = f"{directory}/.{name}.floor-tmp"
+    fd = os.open(temp, _CREATE, 0o644)
+    os.write(fd, data)  # a regular file takes a small write whole
+    if fsync:
+        os.fsync(fd)
+    os.close(fd)
+    os.rename(temp, path)
+    if dir_sync == "open":
+        dir_fd = os.open(directory, _DIR)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+    elif dir_sync == "kept":
+        os.fsync(dir_fd)
+
+
+def _crashsafe(path: str, data: bytes, durability: crashsafe.atomic.Durability) -> Op:
+    return lambda: crashsafe.atomic_write(path, data, durability=durability)
+
+
+def _crashsafe_named(path: str, data: bytes, durability: crashsafe.atomic.Durability) -> Op:
+    """crashsafe with a named temporary file instead of O_TMPFILE (diagnostic)."""
+
+    def write() -> None:
+        posix.use_tmpfile = False
+        try:
+            crashsafe.atomic_write(path, data, durability=durability)
+        finally:
+            posix.use_tmpfile = True
+
+    return write
+
+
+def _atomicwrites(path: str, data: bytes) -> Op:
+    def write() -> None:
+        with atomicwrites.atomic_write(path, mode="wb", overwrite=True) as f:
+            f.write(data)
+
+    return write
+
+
+def _safer(path: str, data: bytes) -> Op:
+    def write() -> None:
+        with safer.open(path, "wb") as f:
+            f.write(data)
+
+    return write
+
+
+def _boltons(path: str, data: bytes) -> Op:
+    def write() -> None:
+        with atomic_save(path) as f:
+            f.write(data)
+
+    return write
+
+
+# (row label, crashsafe contender, reference contender, target)
+SMALL_ROWS = [
+    ("durable: crashsafe / floor, dir opened per call", "cs durable", "floor durable", "<= 1.10"),
+    ("durable: crashsafe / floor, dir fd kept open", "cs durable", "floor durable kept", ""),
+    ("consistent: crashsafe / floor", "cs consistent", "floor consistent", "<= 1.25"),
+    ("none: crashsafe / floor", "cs none", "floor none", "<= 1.25"),
+    ("durable: crashsafe / atomicwrites", "cs durable", "atomicwrites", "< 1.0"),
+    ("durable: crashsafe / safer", "cs durable", "safer", "< 1.0"),
+    ("durable: crashsafe / boltons atomic_save", "cs durable", "boltons", "< 1.0"),
+    ("like for like: crashsafe none / safer (no fsync)", "cs none", "safer", ""),
+    ("like for like: crashsafe consistent / boltons (file fsync)", "cs consistent", "boltons", ""),
+    ("diagnostic: crashsafe durable, named temp / O_TMPFILE", "cs durable named", "cs durable", ""),
+    ("diagnostic: crashsafe none, named temp / O_TMPFILE", "cs none named", "cs none", ""),
+]
+
+
+def contenders(data: bytes, dir_fd: int) -> dict[str, Callable[[str], Op]]:
+    """Every small-write contender: name -> (target path -> one write of *data*)."""
+    return {
+        "cs durable": lambda p: _crashsafe(p, data, "durable"),
+        "floor durable": lambda p: lambda: floor(p, data, fsync=True, dir_sync="open"),
+        "floor durable kept": lambda p: (
+            lambda: floor(p, data, fsync=True, dir_sync="kept", dir_fd=dir_fd)
+        ),
+        "cs consistent": lambda p: _crashsafe(p, data, "consistent"),
+        "floor consistent": lambda p: lambda: floor(p, data, fsync=True, dir_sync=None),
+        "cs none": lambda p: _crashsafe(p, data, "none"),
+        "floor none": lambda p: lambda: floor(p, data, fsync=False, dir_sync=None),
+        "atomicwrites": lambda p: _atomicwrites(p, data),
+        "safer": lambda p: _safer(p, data),
+        "boltons": lambda p: _boltons(p, data),
+        "cs durable named": lambda p: _crashsafe_named(p, data, "durable"),
+        "cs none named": lambda p: _crashsafe_named(p, data, "none"),
+    }
+
+
+def prepared(directory: str, data: bytes, dir_fd: int) -> dict[str, Op]:
+    """Each contender bound to its own existing 0644 target in *directory*, warmed up."""
+    ops = {}
+    for i, (name, make) in enumerate(contenders(data, dir_fd).items()):
+        path = os.path.join(directory, f"target-{i}")
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o644)
+        ops[name] = make(path)
+        ops[name]()  # warm up: imports, caches, the first temporary file
+    return ops
+
+
+def _run_small(directory: str, data: bytes, n: int, reps: int) -> dict[str, list[float]]:
+    dir_fd = os.open(directory, _DIR)
+    try:
+        ops = prepared(directory, data, dir_fd)
+        return interleave({name: partial(per_op, n, op) for name, op in ops.items()}, reps)
+    finally:
+        os.close(dir_fd)
+
+
+def small_writes(directory: str, label: str, size: int, n: int, reps: int) -> Section:
+    """Replace a small file *n* times per contender and repetition, interleaved."""
+    times = _run_small(directory, os.urandom(size), n, reps)
+    section = Section(
+        f"Small writes, {size} bytes, {label}",
+        ("crashsafe, median per write", "reference, median per write", "time ratio"),
+    )
+    for row_name, ours, ref, target in SMALL_ROWS:
+        ratio = paired_ratio(times[ours], times[ref])
+        section.rows.append(
+            Row(
+                row_name,
+                fmt_time(statistics.median(times[ours])),
+                fmt_time(statistics.median(times[ref])),
+                ratio,
+                target,
+                check(ratio, target),
+            )
+        )
+    section.notes.append(
+        f"{reps} interleaved repetitions of {n} overwrites of an existing 0644 file per "
+        "contender; ratio = median of the per-repetition ratios."
+    )
+    return section
+
+
+def find_api(name: str, module: str) -> tuple[Any, str]:
+    """``crashsafe.NAME``, or the same function from *module* before it is exported.
+
+    Returns the function (None if neither exists) and how to name it in the table.
+    """
+    if (found := getattr(crashsafe, name, None)) is not None:
+        return found, f"crashsafe.{name}"
+    try:
+        return getattr(importlib.import_module(module), name), f"{module}.{name} (not exported yet)"
+    except (ImportError, AttributeError):
+        return None, f"crashsafe.{name}"
+
+
+def _batch_floor(paths: list[str], data: bytes) -> None:
+    """The floor of a batch: every temp written and fsynced, renamed, one directory fsync."""
+    temps = [os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.tmp") for p in paths]
+    for temp in temps:
+        fd = os.open(temp, _CREATE, 0o644)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+    for temp, path in zip(temps, paths, strict=True):
+        os.rename(temp, path)
+    dfd = os.open(os.path.dirname(paths[0]), _DIR)
+    os.fsync(dfd)
+    os.close(dfd)
+
+
+def many_files(parent: str, count: int, reps: int) -> Section:
+    """Create *count* new 100-byte files durably, one by one, in a fresh directory."""
+    data = os.urandom(100)
+
+    def measure(write_all: Callable[[list[str]], object]) -> float:
+        directory = tempfile.mkdtemp(prefix="many-", dir=parent)
+        paths = [os.path.join(directory, f"file-{i:05d}") for i in range(count)]
+        try:
+            return per_op(1, lambda: write_all(paths)) / count
+        finally:
+            shutil.rmtree(directory)
+
+    def one_by_one(paths: list[str]) -> None:
+        for path in paths:
+            crashsafe.atomic_write(path, data)
+
+    def floor_loop(dir_sync: str) -> Callable[[list[str]], None]:
+        def write_all(paths: list[str]) -> None:
+            dir_fd = os.open(os.path.dirname(paths[0]), _DIR) if dir_sync == "kept" else -1
+            for path in paths:
+                floor(path, data, fsync=True, dir_sync=dir_sync, dir_fd=dir_fd)
+            if dir_fd >= 0:
+                os.close(dir_fd)
+
+        return write_all
+
+    write_many, where = find_api("write_many", "crashsafe.batch")
+    contenders: dict[str, Callable[[], float]] = {
+        "cs": lambda: measure(one_by_one),
+        "floor": lambda: measure(floor_loop("open")),
+        "floor kept": lambda: measure(floor_loop("kept")),
+        "batch floor": lambda: measure(lambda paths: _batch_floor(paths, data)),
+    }
+    if write_many is not None:
+        contenders["write_many"] = lambda: measure(
+            lambda paths: write_many(dict.fromkeys(paths, data), durability="durable")
+        )
+    times = interleave(contenders, reps)
+    section = Section(
+        f"Many files: {count} new 100-byte files, durable",
+        ("crashsafe, median per file", "reference, median per file", "time ratio"),
+    )
+
+    def row(name: str, ours: str, ref: str, target: str = "") -> Row:
+        ratio = paired_ratio(times[ours], times[ref])
+        a, b = statistics.median(times[ours]), statistics.median(times[ref])
+        return Row(name, fmt_time(a), fmt_time(b), ratio, target, check(ratio, target))
+
+    section.rows += [
+        row("atomic_write one by one / floor loop, dir opened per file", "cs", "floor", "<= 1.10"),
+        row("atomic_write one by one / floor loop, dir fd kept open", "cs", "floor kept"),
+    ]
+    if write_many is not None:
+        section.rows.append(row(f"{where} / batch floor", "write_many", "batch floor"))
+    else:
+        batch = fmt_time(statistics.median(times["batch floor"]))
+        section.rows.append(
+            Row("write_many / batch floor", "not implemented yet", batch, None, "", None)
+        )
+    section.notes += [
+        f"{reps} interleaved repetitions; each writes {count} new files into a fresh empty "
+        "directory (created and removed outside the timing).",
+        "Batch floor: every temporary file written and fsynced, then all renamed, then one "
+        "directory fsync; the reference for a batch API.",
+    ]
+    return section
+
+
+def trace_child(directory: str) -> None:
+    """One 100-byte write per contender between two marker syscalls, for strace."""
+    dir_fd = os.open(directory, _DIR)
+    for name, op in prepared(directory, os.urandom(100), dir_fd).items():
+        os.access(f"/.bench-begin/{name}", os.F_OK)
+        op()
+        os.access("/.bench-end", os.F_OK)
+    os.close(dir_fd)
+
+
+if __name__ == "__main__":
+    trace_child(sys.argv[1])
