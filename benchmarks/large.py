@@ -3,8 +3,8 @@
 Every measurement runs in its own ``python3 large.py KIND SRC DST SIZE``
 child, which prints its elapsed time and the growth of its peak RSS (the
 peak during the call minus the RSS before it, with crashsafe already
-imported and the write buffer already allocated). The parent deletes the previous target,
-syncs and drops the page cache before each one.
+imported and the write buffer already allocated). The parent deletes the
+previous target, syncs and drops the page cache before each one.
 """
 
 from __future__ import annotations
