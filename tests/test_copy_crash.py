@@ -441,19 +441,6 @@ def _run(
     return run, directory
 
 
-def _describe(fs: str, label: str, run: crash.PowerCutRun, marks: str) -> str:
-    outcomes = Counter(f"{t.mode}:{t.outcome}" for t in run.trials)
-    found = sum(len(t.leftovers) for t in run.trials)
-    swept = sum(t.swept for t in run.trials)
-    left = sum(len(t.left_after_sweep) for t in run.trials)
-    return (
-        f"power cut {fs:<4} {label:<26} {len(run.trace)} crash points x {len(crash.MODES)} "
-        f"modes = {len(run.trials)} trials ({marks}): {dict(sorted(outcomes.items()))}; "
-        f"temp files after remount {found} -> swept {swept} -> left {left}; "
-        f"{run.seconds:.0f} s; drifts retried {run.drifts}"
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("staging", ["tmpfile", "named"])
 def test_power_cut_at_every_syscall_of_a_durable_copy(
@@ -467,7 +454,7 @@ def test_power_cut_at_every_syscall_of_a_durable_copy(
     dir_sync = crash.dir_sync_index(run.trace, str(directory), commit)
     assert dir_sync is not None, "no fsync of the directory after the commit"
     _note(
-        _describe(
+        crash.describe(
             fs,
             f"atomic_copy {staging} {method}",
             run,
@@ -497,7 +484,7 @@ def test_power_cut_harness_catches_copy_without_fsync(cut_fs: tuple[str, Path]) 
     method = crash.copy_method(run.trace)
     caught = [(t.outcome, t.mode, str(t.point)) for t in run.trials if t.outcome in BAD]
     _note(
-        _describe(fs, f"BROKEN copyfile {method}", run, f"commit #{commit}")
+        crash.describe(fs, f"BROKEN copyfile {method}", run, f"commit #{commit}")
         + f"; caught {len(caught)}: "
         + "; ".join(f"{o} ({m}) after {p.split('(')[0]}" for o, m, p in caught)
     )

@@ -158,19 +158,6 @@ def _run(
     return run, directory
 
 
-def _describe(fs: str, label: str, run: crash.PowerCutRun, marks: str) -> str:
-    outcomes = Counter(f"{t.mode}:{t.outcome}" for t in run.trials)
-    found = sum(len(t.leftovers) for t in run.trials)
-    swept = sum(t.swept for t in run.trials)
-    left = sum(len(t.left_after_sweep) for t in run.trials)
-    return (
-        f"power cut {fs:<20} {label:<24} {len(run.trace)} crash points x {len(crash.MODES)} "
-        f"modes = {len(run.trials)} trials ({marks}): {dict(sorted(outcomes.items()))}; "
-        f"temp files after remount {found} -> swept {swept} -> left {left}; "
-        f"{run.seconds:.0f} s; drifts retried {run.drifts}"
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("staging", ["tmpfile", "named"])
 def test_power_cut_at_every_syscall_of_a_durable_write(
@@ -184,7 +171,7 @@ def test_power_cut_at_every_syscall_of_a_durable_write(
     assert commit is not None, "no rename or link onto the target in the trace"
     dir_sync = crash.dir_sync_index(run.trace, str(directory), commit)
     assert dir_sync is not None, "no fsync of the directory after the commit"
-    _note(_describe(fs, f"durable {staging}", run, f"commit #{commit}, dir fsync #{dir_sync}"))
+    _note(crash.describe(fs, f"durable {staging}", run, f"commit #{commit}, dir fsync #{dir_sync}"))
 
     assert crash.violations(run, commit, dir_sync) == []
     # Every trial ran and both sides of the commit point were seen.
@@ -208,7 +195,7 @@ def test_power_cut_consistent_is_never_torn(cut_fs: tuple[str, Path], tmp_path: 
     assert crash.dir_sync_index(run.trace, str(directory), commit) is None
     old_after_return = [t for t in run.trials if t.point.index >= run.end and t.outcome == "old"]
     _note(
-        _describe(fs, "consistent tmpfile", run, f"commit #{commit}")
+        crash.describe(fs, "consistent tmpfile", run, f"commit #{commit}")
         + f"; old after return: {len(old_after_return)}"
         + (f" ({', '.join(t.mode for t in old_after_return)})" if old_after_return else "")
     )
@@ -225,7 +212,7 @@ def test_harness_catches_rename_without_fsync(cut_fs: tuple[str, Path], tmp_path
     assert commit is not None
     caught = [(t.outcome, t.mode, str(t.point)) for t in run.trials if t.outcome in BAD]
     _note(
-        _describe(fs, "BROKEN no fsync", run, f"commit #{commit}")
+        crash.describe(fs, "BROKEN no fsync", run, f"commit #{commit}")
         + f"; caught {len(caught)}: "
         + "; ".join(f"{o} ({m}) after {p.split('(')[0]}" for o, m, p in caught)
     )
@@ -244,7 +231,7 @@ def test_harness_catches_missing_directory_fsync(cut_fs: tuple[str, Path], tmp_p
     after_return = [t for t in run.trials if t.point.index >= run.end]
     old = [t.mode for t in after_return if t.outcome == "old"]
     _note(
-        _describe(fs, "BROKEN no dir fsync", run, f"commit #{commit}")
+        crash.describe(fs, "BROKEN no dir fsync", run, f"commit #{commit}")
         + f"; old after return: {len(old)} of {len(after_return)} ({', '.join(old)})"
     )
     # The call returned, the power went, the old content came back: the same

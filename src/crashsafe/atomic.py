@@ -326,8 +326,7 @@ class AtomicFile:
             if sync:
                 self._dir.sync()
         except OSError as e:
-            if not _platform.directory_sync_unsupported(e):
-                raise NotDurableError(e.errno, e.strerror, self.path) from e
+            raise NotDurableError(e.errno, e.strerror, self.path) from e
         finally:
             self._dir.close()
 
@@ -432,12 +431,8 @@ def atomic_open(
         errors=errors,
         newline=newline,
     )
-    try:
+    with staged:
         yield staged.file
-    except BaseException as e:
-        staged.__exit__(type(e), e, e.__traceback__)
-        raise
-    staged.commit()
 
 
 def atomic_write(

@@ -118,7 +118,7 @@ def _sync_and_close(directories: dict[str, _platform.Directory], durability: Dur
             if durability == "durable":
                 directory.sync()
         except OSError as e:
-            if not _platform.directory_sync_unsupported(e) and error is None:
+            if error is None:
                 error = NotDurableError(e.errno, e.strerror, path)
                 error.__cause__ = e
         finally:

@@ -62,13 +62,8 @@ def _check_name(name: object) -> str:
 
 
 def _sync(directory: _platform.Directory, durability: Durability) -> None:
-    if durability == "none":
-        return
-    try:
+    if durability != "none":
         directory.sync()
-    except OSError as e:
-        if not _platform.directory_sync_unsupported(e):
-            raise
 
 
 # The lock files this thread holds a snapshot's shared lock on, by (st_dev,

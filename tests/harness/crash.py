@@ -1025,3 +1025,17 @@ def prepare_generation(directory: str | os.PathLike[str], generation: int) -> No
         if name not in TX_NAMES:
             os.unlink(directory / name)
     put_generation(directory, generation)
+
+
+def describe(fs: str, label: str, run: PowerCutRun, marks: str) -> str:
+    """One line summing up a power-cut run, for the figures the tests print."""
+    outcomes = Counter(f"{t.mode}:{t.outcome}" for t in run.trials)
+    found = sum(len(t.leftovers) for t in run.trials)
+    swept = sum(t.swept for t in run.trials)
+    left = sum(len(t.left_after_sweep) for t in run.trials)
+    return (
+        f"power cut {fs:<20} {label:<26} {len(run.trace)} crash points x {len(MODES)} "
+        f"modes = {len(run.trials)} trials ({marks}): {dict(sorted(outcomes.items()))}; "
+        f"temp files after remount {found} -> swept {swept} -> left {left}; "
+        f"{run.seconds:.0f} s; drifts retried {run.drifts}"
+    )

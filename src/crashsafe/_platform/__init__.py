@@ -15,9 +15,10 @@ Both backends expose the same small interface, chosen once here:
 * ``lock(fd, shared=)`` and ``unlock(fd)``: a lock on an open lock file that
   excludes threads and processes and dies with its holder;
 * ``signals_deferred()``: a context in which ``KeyboardInterrupt`` cannot land
-  between a syscall and the bookkeeping of what it did;
-* ``directory_sync_unsupported(error)``: whether a directory fsync error means
-  the filesystem cannot sync directories at all.
+  between a syscall and the bookkeeping of what it did.
+
+``Directory.sync()`` returns quietly on a filesystem that cannot sync
+directories at all (EINVAL or ENOTSUP from a directory fsync).
 
 The POSIX backend's module flag ``use_tmpfile`` says whether anonymous
 ``O_TMPFILE`` staging is tried; tests turn it off to prove the named path.
@@ -32,7 +33,6 @@ if sys.platform == "win32":  # pragma: no cover - not verified on this project's
         Directory,
         copy_data,
         copy_into,
-        directory_sync_unsupported,
         fsync_file,
         lock,
         set_metadata,
@@ -44,7 +44,6 @@ else:
         Directory,
         copy_data,
         copy_into,
-        directory_sync_unsupported,
         fsync_file,
         lock,
         set_metadata,
@@ -56,7 +55,6 @@ __all__ = [
     "Directory",
     "copy_data",
     "copy_into",
-    "directory_sync_unsupported",
     "fsync_file",
     "lock",
     "set_metadata",

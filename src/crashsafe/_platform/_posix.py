@@ -277,8 +277,17 @@ class Directory:
             os.unlink(name, dir_fd=self.fd)
 
     def sync(self) -> None:
-        """fsync the directory, making renames and links in it durable."""
-        os.fsync(self.fd)
+        """fsync the directory, making renames and links in it durable.
+
+        A filesystem that cannot sync directories at all (see
+        :func:`directory_sync_unsupported`) is not an error: there is nothing
+        more this write could do.
+        """
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            if not directory_sync_unsupported(e):
+                raise
 
     def replace(self, src: str, dst: str) -> bool:
         """Rename *src* over *dst*; False if *src* does not exist."""

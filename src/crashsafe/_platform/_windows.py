@@ -24,7 +24,6 @@ __all__ = [
     "Directory",
     "copy_data",
     "copy_into",
-    "directory_sync_unsupported",
     "fsync_file",
     "lock",
     "set_metadata",
@@ -177,10 +176,6 @@ def unlock(fd: int) -> None:
 
     os.lseek(fd, 0, os.SEEK_SET)
     msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
-
-
-def directory_sync_unsupported(error: OSError) -> bool:
-    return False
 
 
 def set_metadata(fd: int, mode: int, owner: tuple[int, int] | None) -> None:
