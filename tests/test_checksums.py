@@ -279,24 +279,30 @@ LAUNCHER = """
 import os, sys
 from crashsafe.checksums import ChecksumStore
 store_path, directory = sys.argv[1], sys.argv[2]
+
+def say(*words):
+    # One write per line: print() may write word by word (PYTHONUNBUFFERED), and
+    # a kill between two of those writes would glue a torn line to the next one.
+    os.write(1, " ".join(map(str, words)).encode() + b"\\n")
+
 for line in sys.stdin:
     command, arg = line.split()
     if command == "start":
         if os.fork() == 0:
             try:
                 generation, store = int(arg), ChecksumStore(store_path)
-                print("pid", os.getpid(), flush=True)
+                say("pid", os.getpid())
                 while True:
                     name = os.path.join(directory, f"f{generation % 8}")
                     with open(name, "wb") as f:  # setup, not under test: a kill may tear it
                         f.write(b"generation %d\\n" % generation)
                     store.record(name)
-                    print("recorded", generation, flush=True)
+                    say("recorded", generation)
                     generation += 1
             finally:
                 os._exit(3)
     elif command == "reap":
-        print("status", os.waitpid(int(arg), 0)[1], flush=True)
+        say("status", os.waitpid(int(arg), 0)[1])
 """
 
 
