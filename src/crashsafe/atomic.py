@@ -121,6 +121,26 @@ def _locate(
         raise
 
 
+def _replaced_file(old: os.stat_result | None, replace: bool, path: str) -> os.stat_result | None:
+    """The status of the regular file that the write will replace, or None if it
+    creates one (no entry, or a symlink that is replaced, not followed).
+
+    Raises for an entry that must not be replaced: a directory, any entry in a
+    create-only mode, a FIFO or device.
+    """
+    if old is None:
+        return None
+    if stat.S_ISDIR(old.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+    if not replace:
+        raise FileExistsError(errno.EEXIST, "File exists", path)
+    if stat.S_ISREG(old.st_mode):
+        return old
+    if stat.S_ISLNK(old.st_mode):
+        return None
+    raise OSError(errno.EINVAL, "Not a regular file; only those are replaced", path)
+
+
 class AtomicFile:
     """A staged file that replaces *path* all at once, or not at all.
 
@@ -205,48 +225,36 @@ class AtomicFile:
         self._fd: int | None = None
         self._temp: str | None = None
         try:
-            existing: os.stat_result | None = None
-            if old is not None:
-                if stat.S_ISDIR(old.st_mode):
-                    raise IsADirectoryError(errno.EISDIR, "Is a directory", self.path)
-                if not self._replace:
-                    raise FileExistsError(errno.EEXIST, "File exists", self.path)
-                if stat.S_ISREG(old.st_mode):
-                    existing = old
-                elif not stat.S_ISLNK(old.st_mode):
-                    raise OSError(
-                        errno.EINVAL, "Not a regular file; only those are replaced", self.path
-                    )
+            existing = _replaced_file(old, self._replace, self.path)
 
-            # Step 2: the temporary file, private until step 3 sets its mode.
+            # Steps 2 and 3: the temporary file, with its owner, then its
+            # exact mode, before a byte of data is in it.
             if perm is not None:
                 mode_bits: int | None = perm
             elif existing:
                 mode_bits = stat.S_IMODE(existing.st_mode)
             else:
                 mode_bits = self._new_file_perm
+            owner = (existing.st_uid, existing.st_gid) if existing and perm is None else None
             with _platform.signals_deferred():
-                self._fd, self._temp, final_mode = self._dir.create_temp(self._name, mode_bits)
+                self._fd, self._temp, self._mode = self._dir.create_temp(
+                    self._name, mode_bits, owner
+                )
                 self._state = "open"
 
-            # Step 3: owner, then the exact mode (chown clears setuid/setgid).
-            owner = (existing.st_uid, existing.st_gid) if existing and perm is None else None
-            _platform.set_metadata(self._fd, final_mode, owner)
-            self._mode = final_mode
             if keep_old and existing:
                 source = self._dir.open_read(self._name)
                 try:
                     _platform.copy_into(source, self._fd)
                 finally:
                     os.close(source)
-            self.file: IO[Any] = open(  # noqa: SIM115 - closed by commit or discard
-                self._fd,
-                file_mode,
-                encoding=None if binary else io.text_encoding(encoding),
-                errors=errors,
-                newline=newline,
-                closefd=False,
-            )
+            # The file object is made on first use of .file: atomic_write and
+            # the batch and transaction writers need none, and it costs three
+            # syscalls. A text one is made now, so a bad encoding fails here.
+            self._file: IO[Any] | None = None
+            self._open_args = (file_mode, encoding, errors, newline)
+            if not binary:
+                self._file = self._open_file()
         except BaseException as e:
             self._fail(e)
             raise
@@ -254,6 +262,42 @@ class AtomicFile:
     # The mode of a new file when no perm is given; None: what open() would give.
     # atomic_copy's staged file sets it to the source's permission bits.
     _new_file_perm: int | None = None
+
+    @property
+    def file(self) -> IO[Any]:
+        """The staged file object, to write the new content to.
+
+        A real file object (it has ``fileno()``, ``seek()`` and ``tell()``),
+        binary or text as *mode* says. Closing it does not commit.
+        """
+        if self._file is None:
+            if self._state != "open":
+                raise ValueError(f"the staged file for {self.path!r} was already {self._state}")
+            self._file = self._open_file()
+        return self._file
+
+    def _open_file(self) -> IO[Any]:
+        assert self._fd is not None
+        file_mode, encoding, errors, newline = self._open_args
+        return open(
+            self._fd,
+            file_mode,
+            encoding=None if "b" in file_mode else io.text_encoding(encoding),
+            errors=errors,
+            newline=newline,
+            closefd=False,
+        )
+
+    def _write(self, data: BytesLike) -> None:
+        # atomic_write's path: all of data straight to the descriptor, looping
+        # on short writes, with no file object in between.
+        view = memoryview(data)
+        if self._file is not None or view.ndim != 1 or view.itemsize != 1:
+            self.file.write(view)
+            return
+        assert self._fd is not None
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def __enter__(self) -> AtomicFile:
         return self
@@ -293,7 +337,8 @@ class AtomicFile:
         assert self._fd is not None
         try:
             # Step 4: the file object's buffer reaches the kernel.
-            self.file.close()
+            if self._file is not None:
+                self._file.close()
             if self._mode & _SETID:
                 # A write() by a process without CAP_FSETID clears setuid and
                 # setgid; the file is still invisible, so set them again now.
@@ -368,8 +413,9 @@ class AtomicFile:
         # Step 8: every path that does not commit ends here.
         self._state = "discarded"
         try:
-            if hasattr(self, "file"):
-                self.file.close()
+            file = getattr(self, "_file", None)  # absent if __init__ failed early
+            if file is not None:
+                file.close()
         except OSError:
             pass  # a failed flush of data that is being thrown away
         finally:
@@ -463,7 +509,7 @@ def atomic_write(
         follow_symlinks=follow_symlinks,
         validate=validate,
     ) as staged:
-        staged.file.write(data)
+        staged._write(data)
 
 
 def _as_bytes(data: object, expected: str) -> memoryview:

@@ -12,8 +12,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Final
 
 from crashsafe.staging import temp_name
@@ -75,8 +74,7 @@ except ImportError:  # pragma: no cover - an interpreter without CPython's modul
     _sigmask = signal.pthread_sigmask
 
 
-@contextmanager
-def signals_deferred() -> Iterator[None]:
+class signals_deferred:
     """Hold back signal delivery to this thread for a few syscalls.
 
     Python raises ``KeyboardInterrupt`` (or whatever a handler raises) between
@@ -87,11 +85,16 @@ def signals_deferred() -> Iterator[None]:
     SIGKILL cannot be blocked, and needs no handling: a killed writer's
     leftovers are what ``sweep()`` is for.
     """
-    old = _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
-    try:
-        yield
-    finally:
-        _sigmask(signal.SIG_SETMASK, old)
+
+    # A class, not a @contextmanager generator: this runs twice per write,
+    # and the generator machinery costs more than the two syscalls.
+    __slots__ = ("_old",)
+
+    def __enter__(self) -> None:
+        self._old = _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _sigmask(signal.SIG_SETMASK, self._old)
 
 
 def _name_error(error: OSError, path: str) -> OSError:
@@ -159,36 +162,54 @@ class Directory:
         except OSError as e:
             raise _name_error(e, self._join(name)) from None
 
-    def create_temp(self, name: str, mode: int | None) -> tuple[int, str | None, int]:
-        """Create an empty, private temporary file for target *name*, open for reading
-        and writing.
+    def create_temp(
+        self, name: str, mode: int | None, owner: tuple[int, int] | None = None
+    ) -> tuple[int, str | None, int]:
+        """Create an empty temporary file for target *name*, open for reading and
+        writing, with its owner and exact mode already set (steps 2 and 3).
 
         Returns ``(fd, temp, mode)``: *temp* is None for an anonymous
         ``O_TMPFILE`` (nothing to clean up after a crash), else the unguessable
         name it was created under, exclusively and without following symlinks;
-        *mode* is the mode the caller must give it with :func:`set_metadata`
-        before writing. With *mode* None, that is the mode ``open()`` would give
-        a new file here (0o666 less the umask, or the directory's default ACL),
-        learned from the kernel without touching the process umask.
+        *mode* is the mode it has. With *mode* None, that is the mode
+        ``open()`` would give a new file here (0o666 less the umask, or the
+        directory's default ACL), learned from the kernel without touching the
+        process umask. *owner* ``(uid, gid)`` is given first, where permitted
+        (see :func:`set_metadata`).
 
-        Errors name the directory.
+        On failure nothing is left. Errors name the directory.
         """
         try:
-            return self._create_temp(name, mode)
+            return self._create_temp(name, mode, owner)
         except OSError as e:
             raise _name_error(e, self.path) from None
 
-    def _create_temp(self, name: str, mode: int | None) -> tuple[int, str | None, int]:
-        create_mode = 0o666 if mode is None else mode & 0o600
+    def _create_temp(
+        self, name: str, mode: int | None, owner: tuple[int, int] | None
+    ) -> tuple[int, str | None, int]:
         if use_tmpfile:
+            # Nobody can open an anonymous file before it is linked, so it may
+            # be created with its final permission bits; when the umask leaves
+            # them as they are (the common case), no chmod is needed at all.
             try:
-                fd = os.open(".", _O_TMPFILE | os.O_RDWR | _O_CLOEXEC, create_mode, dir_fd=self.fd)
+                fd = os.open(
+                    ".",
+                    _O_TMPFILE | os.O_RDWR | _O_CLOEXEC,
+                    0o666 if mode is None else mode & 0o777,
+                    dir_fd=self.fd,
+                )
             except OSError as e:
                 if e.errno not in _NO_TMPFILE:
                     raise
             else:
-                if mode is None:
-                    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+                try:
+                    st = os.fstat(fd)
+                    if mode is None:
+                        mode = stat.S_IMODE(st.st_mode)
+                    _set_metadata(fd, mode, owner, st)
+                except BaseException:
+                    os.close(fd)
+                    raise
                 return fd, None, mode
         if mode is None:
             mode = self._new_file_mode(name)
@@ -196,9 +217,16 @@ class Directory:
         flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_NOFOLLOW | _O_CLOEXEC
 
         def make(candidate: str) -> None:
+            # A named file can be opened by others as soon as it exists: it
+            # starts private, and gets its mode before any data is written.
             fds.append(os.open(candidate, flags, mode & 0o600, dir_fd=self.fd))
 
         temp = _fresh_name(name, make)
+        try:
+            _set_metadata(fds[0], mode, owner, None)
+        except BaseException:
+            self.discard(fds[0], temp)
+            raise
         return fds[0], temp, mode
 
     def _new_file_mode(self, name: str) -> int:
@@ -397,15 +425,27 @@ def set_metadata(fd: int, mode: int, owner: tuple[int, int] | None) -> None:
     caller who may not give the file away keeps what it may (the group, if it
     is one of the caller's) and the mode is still applied exactly.
     """
+    _set_metadata(fd, mode, owner, None)
+
+
+def _set_metadata(
+    fd: int, mode: int, owner: tuple[int, int] | None, st: os.stat_result | None
+) -> None:
+    # st: the file's status if the caller just took it; then only what
+    # differs is changed (a chown, then the mode it may have cleared).
+    chowned = False
     if owner is not None:
-        st = os.fstat(fd)
+        if st is None:
+            st = os.fstat(fd)
         if (st.st_uid, st.st_gid) != owner:
             try:
                 os.fchown(fd, *owner)
             except PermissionError:
                 with contextlib.suppress(PermissionError):
                     os.fchown(fd, -1, owner[1])
-    os.fchmod(fd, mode)
+            chowned = True
+    if chowned or st is None or stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 def copy_into(src_fd: int, dst_fd: int) -> None:

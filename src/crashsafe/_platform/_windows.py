@@ -88,7 +88,9 @@ class Directory:
     def open_read(self, name: str) -> int:
         return os.open(self._join(name), os.O_RDONLY | _O_BINARY | _O_NOINHERIT)
 
-    def create_temp(self, name: str, mode: int | None) -> tuple[int, str | None, int]:
+    def create_temp(
+        self, name: str, mode: int | None, owner: tuple[int, int] | None = None
+    ) -> tuple[int, str | None, int]:
         flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_BINARY | _O_NOINHERIT
         for _ in range(_NAME_TRIES):
             temp = temp_name(name)
