@@ -113,14 +113,21 @@ SMALL_ROWS = [
 ]
 
 
-def contenders(data: bytes, dir_fd: int) -> dict[str, Callable[[str], Op]]:
-    """Every small-write contender: name -> (target path -> one write of *data*)."""
+def contenders(data: bytes, kept: list[int]) -> dict[str, Callable[[str], Op]]:
+    """Every small-write contender: name -> (target path -> one write of *data*).
+
+    The kept-directory floor opens its target's directory once, when it is
+    bound to a path, and appends the descriptor to *kept* for the caller to close.
+    """
+
+    def floor_kept(path: str) -> Op:
+        kept.append(dir_fd := os.open(os.path.dirname(path), _DIR))
+        return lambda: floor(path, data, fsync=True, dir_sync="kept", dir_fd=dir_fd)
+
     return {
         "cs durable": lambda p: _crashsafe(p, data, "durable"),
         "floor durable": lambda p: lambda: floor(p, data, fsync=True, dir_sync="open"),
-        "floor durable kept": lambda p: (
-            lambda: floor(p, data, fsync=True, dir_sync="kept", dir_fd=dir_fd)
-        ),
+        "floor durable kept": floor_kept,
         "cs consistent": lambda p: _crashsafe(p, data, "consistent"),
         "floor consistent": lambda p: lambda: floor(p, data, fsync=True, dir_sync=None),
         "cs none": lambda p: _crashsafe(p, data, "none"),
@@ -133,11 +140,19 @@ def contenders(data: bytes, dir_fd: int) -> dict[str, Callable[[str], Op]]:
     }
 
 
-def prepared(directory: str, data: bytes, dir_fd: int) -> dict[str, Op]:
-    """Each contender bound to its own existing 0644 target in *directory*, warmed up."""
+def prepared(directory: str, data: bytes, kept: list[int]) -> dict[str, Op]:
+    """Each contender bound to its own existing 0644 target, warmed up.
+
+    Every contender gets a directory of its own under *directory*: in a shared
+    one, each contender's temporary names would change the directory the
+    others write to (a small xfs directory that a long name pushes out of the
+    inode costs a block allocation and a free on every write).
+    """
     ops = {}
-    for i, (name, make) in enumerate(contenders(data, dir_fd).items()):
-        path = os.path.join(directory, f"target-{i}")
+    run = tempfile.mkdtemp(prefix="small-", dir=directory)
+    for i, (name, make) in enumerate(contenders(data, kept).items()):
+        os.mkdir(home := os.path.join(run, f"contender-{i}"))
+        path = os.path.join(home, "target")
         with open(path, "wb") as f:
             f.write(data)
         os.chmod(path, 0o644)
@@ -147,12 +162,13 @@ def prepared(directory: str, data: bytes, dir_fd: int) -> dict[str, Op]:
 
 
 def _run_small(directory: str, data: bytes, n: int, reps: int) -> dict[str, list[float]]:
-    dir_fd = os.open(directory, _DIR)
+    kept: list[int] = []
     try:
-        ops = prepared(directory, data, dir_fd)
+        ops = prepared(directory, data, kept)
         return interleave({name: partial(per_op, n, op) for name, op in ops.items()}, reps)
     finally:
-        os.close(dir_fd)
+        for fd in kept:
+            os.close(fd)
 
 
 def small_writes(directory: str, label: str, size: int, n: int, reps: int) -> Section:
@@ -279,12 +295,13 @@ def many_files(parent: str, count: int, reps: int) -> Section:
 
 def trace_child(directory: str) -> None:
     """One 100-byte write per contender between two marker syscalls, for strace."""
-    dir_fd = os.open(directory, _DIR)
-    for name, op in prepared(directory, os.urandom(100), dir_fd).items():
+    kept: list[int] = []
+    for name, op in prepared(directory, os.urandom(100), kept).items():
         os.access(f"/.bench-begin/{name}", os.F_OK)
         op()
         os.access("/.bench-end", os.F_OK)
-    os.close(dir_fd)
+    for fd in kept:
+        os.close(fd)
 
 
 if __name__ == "__main__":
