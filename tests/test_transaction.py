@@ -877,8 +877,11 @@ def test_a_commit_killed_after_any_syscall_recovers_to_old_or_new(
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_every_staged_file_is_created_private(workdir: Path, staging: str, existing: bool) -> None:
-    """The syscall that creates each staged file and the journal asks for no group or
-    other bits; the final modes are exact. The lock file (always empty) is excluded."""
+    """The syscall that creates each staged file and the journal asks for no more than
+    the file's final mode: a named staged file asks for no group or other bits (others
+    could open it by name), an anonymous O_TMPFILE one for its final mode (nobody can
+    open it before it is linked, after its mode is set). The final modes are exact.
+    The lock file (always empty) is excluded."""
     if existing:
         crash.put_generation(workdir, 1)
         os.chmod(workdir / "key", 0o600)
@@ -908,10 +911,16 @@ def test_every_staged_file_is_created_private(workdir: Path, staging: str, exist
         for c in child.calls("openat")
         if ("O_TMPFILE" in c or "O_CREAT" in c) and str(workdir) in c and LOCK not in c
     ]
-    assert len(creating) >= 3, child.log  # the staged files and the journal
-    for call in creating:
+    # The staged files in the order written, then the journal (0o600).
+    finals = [0o600, 0o644] if existing else [0o600, 0o644, 0o640]
+    finals.append(0o600)
+    assert len(creating) == len(finals), child.log
+    for call, final in zip(creating, finals, strict=True):
         requested = int(call.rsplit(",", 1)[1].split(")")[0], 8)
-        assert requested & 0o077 == 0, call
+        if "O_TMPFILE" in call:
+            assert requested == final, call
+        else:
+            assert requested & 0o077 == 0, call
     assert child.calls("chmod") == [] and child.calls("fchmodat") == []
     assert mode_of(workdir / "key") == 0o600
     assert mode_of(workdir / "a") == 0o644
