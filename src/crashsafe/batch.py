@@ -79,7 +79,7 @@ def _write_batch(
         for path, data in batch:
             pending = AtomicFile(path, "wb", perm=perm, durability=durability)
             staged.append(pending)
-            pending.file.write(data)
+            pending._write(data)
         _publish_all(staged, durability)
     finally:
         for pending in staged:

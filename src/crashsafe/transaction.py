@@ -213,7 +213,7 @@ class Transaction:
             follow_symlinks=False,
         )
         try:
-            staged.file.write(data)
+            staged._write(data)
         except BaseException:
             staged.discard()
             raise
