@@ -234,11 +234,11 @@ def render(
 # change bought, and what is left; the rows of each run measure the rest.
 TIME_NOTES = [
     "- **Found**: a durable `atomic_write` made 20 syscalls where the floor makes 8, and "
-    "about 5 µs of Python on top of its own syscalls (on tmpfs, where syscalls are cheap; on "
-    "ext4 the same Python cost 15-20 µs, the CPU caches being cold after the filesystem's "
-    "work). The extra syscalls: the file object's `fstat`, `ioctl(TCGETS)` and `lseek`; an "
-    "`fstat` for the owner, a `fchmod` and another `fstat` for the mode; 4 `rt_sigprocmask`; "
-    "the target's `lstat`; `getrandom` + `linkat` to name the O_TMPFILE file.",
+    "about 5 µs of Python on top of its own syscalls on tmpfs, where syscalls are cheap "
+    "(more on ext4 and xfs: the `crashsafe / its syscalls as raw os calls` rows). The extra "
+    "syscalls: the file object's `fstat`, `ioctl(TCGETS)` and `lseek`; an `fstat` for the "
+    "owner, a `fchmod` and another `fstat` for the mode; 4 `rt_sigprocmask`; the target's "
+    "`lstat`; `getrandom` + `linkat` to name the O_TMPFILE file.",
     "- **Changed, and what it bought**: `atomic_write` (and the batch and transaction "
     "writers) write to the descriptor; the file object is made only when `.file` is used "
     "(3 syscalls; `AtomicFile through its file object / atomic_write` above is what they "
@@ -254,8 +254,11 @@ TIME_NOTES = [
     "but a killed writer then leaves a file behind); holding signals back around the create "
     "and the publish (1.8 µs a pair, by timeit), so that Ctrl-C cannot leak a name or report a "
     "published file as unpublished. The `crashsafe's syscalls as raw os calls / floor` rows "
-    "price these steps; without fsync they are 15-25 % of a write on ext4 and more on xfs, "
-    "whose floor is a third of ext4's: that is why `none` stays above 1.25x there.",
+    "price these steps: in the run of 2026-11-21 04:37 UTC they added 21-22 % to the `none` "
+    "floor on ext4 and 58-60 % on xfs, whose floor is a third of ext4's, and 8-10 % to the "
+    "durable floor on xfs (not pinned down: named staging costs the same there, per the "
+    "diagnostic rows). So `none` stays above its 1.25x target on both, and durable on xfs "
+    "above 1.10x.",
     "- **Benchmark artefact removed**: in a shared directory a long temporary name pushed a "
     "small xfs directory out of its inode and back on every write (about 70 µs); every "
     "contender now has a directory of its own.",
