@@ -84,6 +84,10 @@ class signals_deferred:
     Blocked signals stay pending and are handled right after the block.
     SIGKILL cannot be blocked, and needs no handling: a killed writer's
     leftovers are what ``sweep()`` is for.
+
+    Exact in a single-threaded program only: with other threads running, the
+    kernel may hand the signal to one of them, and Python then still runs
+    the handler in the main thread at its next bytecode.
     """
 
     # A class, not a @contextmanager generator: this runs twice per write,
