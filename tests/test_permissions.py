@@ -355,3 +355,31 @@ def test_temporary_file_is_created_no_more_permissive_than_final(
         requested = int(call.rsplit(",", 1)[1].split(")")[0], 8)
         assert requested & ~final == 0, call
     assert stat.S_IMODE(target.stat().st_mode) == final
+
+
+@pytest.mark.parametrize(("umask", "chmods"), [(0o022, 0), (0o077, 1)], ids=["022", "077"])
+def test_an_anonymous_staged_file_is_chmodded_only_when_the_umask_took_bits(
+    workdir: Path, umask: int, chmods: int
+) -> None:
+    """An O_TMPFILE file is created with the final mode (nobody can open it before it
+    is linked): under the usual umask an overwrite needs no fchmod and no fchown, and
+    atomic_write builds no file object (whose fstat, ioctl and lseek it would cost).
+    A umask that takes bits away gets its one fchmod. The mode is exact either way."""
+    target = workdir / "target"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o644)
+    child = run_traced(
+        f"os.umask({umask:#o})\nreport(**attempt(crashsafe.atomic_write, sys.argv[1], b'new'))",
+        str(target),
+        trace=["fchmod", "fchown", "ioctl", "lseek", "newfstatat", "fstat"],
+        staging="tmpfile",
+    )
+    assert child.result == {"raised": None}, child.stderr
+    ours = [line for line in child.log if str(workdir) in line]
+    # The target's lstat and the staged file's one fstat; nothing else on these files.
+    assert [line.split()[1].split("(")[0] for line in ours].count("newfstatat") == 2, ours
+    assert sum("fchmod(" in line for line in ours) == chmods, ours
+    assert not [line for line in ours if "fchown(" in line or "ioctl(" in line or "lseek(" in line]
+    assert target.read_bytes() == b"new"
+    assert mode_of(target) == 0o644
+    assert leftovers(workdir) == []
