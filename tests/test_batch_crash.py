@@ -71,6 +71,7 @@ import crashsafe
 from tests.harness import crash, mounts
 from tests.harness.checks import leftovers
 from tests.harness.mounts import loop_mount
+from tests.harness.summary import module_summary
 
 OLD, NEW = 1, 2
 DIRS = ("a", "b")
@@ -80,7 +81,6 @@ NAMES = ("f0", "f1", "f2")
 # fsync, link and rename.
 SIZES = {f"{d}/{n}": 320 + 128 * i for i, (d, n) in enumerate((d, n) for d in DIRS for n in NAMES)}
 BAD = ("missing", "empty", "zeros", "partial", "torn", "another file's")
-SUMMARY: list[str] = []
 
 # Appended to crash.PRELUDE. The writer says "ready", then waits (select on
 # stdin, a call no batch makes) until the runner has seen strace trace it and
@@ -147,15 +147,7 @@ end()
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _print_summary() -> Iterator[None]:
-    yield
-    if SUMMARY:
-        print("\n\nbatch crash harness summary\n" + "\n".join(SUMMARY))
-
-
-def _note(line: str) -> None:
-    SUMMARY.append(line)
+_note, _print_summary = module_summary("batch crash harness summary")
 
 
 # --------------------------------------------------------------------------- contents

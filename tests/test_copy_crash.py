@@ -83,8 +83,8 @@ from crashsafe.errors import VerificationError
 from tests.harness import crash
 from tests.harness.checks import leftovers
 from tests.harness.mounts import loop_mount
+from tests.harness.summary import module_summary
 
-SUMMARY: list[str] = []
 KILLS = 200
 VERSIONS = 3  # pre-built c1z files the writer cycles through
 MAGIC = b"C1ZF\x00"
@@ -92,15 +92,7 @@ SCRATCH_PREFIX = "crashsafe-c1z-"  # validators.c1z's scratch file in tempfile.g
 METHOD = {"xfs": "reflink", "ext4": "copy_file_range"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _print_summary() -> Iterator[None]:
-    yield
-    if SUMMARY:
-        print("\n\natomic_copy crash summary\n" + "\n".join(SUMMARY))
-
-
-def _note(line: str) -> None:
-    SUMMARY.append(line)
+_note, _print_summary = module_summary("atomic_copy crash summary")
 
 
 # --------------------------------------------------------------------------- c1z files

@@ -22,10 +22,10 @@ import pytest
 from tests.harness import crash
 from tests.harness.checks import leftovers
 from tests.harness.mounts import loop_mount, tmpfs
+from tests.harness.summary import module_summary
 
 OLD, NEW = 1, 2
 BAD = ("missing", "empty", "zeros", "partial", "torn")
-SUMMARY: list[str] = []
 
 # The writers run under strace (PRELUDE gives them start() and end()).
 CRASHSAFE_WRITER = """
@@ -61,15 +61,7 @@ end()
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _print_summary() -> Iterator[None]:
-    yield
-    if SUMMARY:
-        print("\n\ncrash harness summary\n" + "\n".join(SUMMARY))
-
-
-def _note(line: str) -> None:
-    SUMMARY.append(line)
+_note, _print_summary = module_summary("crash harness summary")
 
 
 # --------------------------------------------------------------------------- kill -9

@@ -57,19 +57,9 @@ from tests.harness import crash
 from tests.harness.checks import leftovers
 from tests.harness.inject import fault, run_traced
 from tests.harness.require import require_root, require_tools
+from tests.harness.summary import module_summary
 
-SUMMARY: list[str] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _print_summary() -> Iterator[None]:
-    yield
-    if SUMMARY:
-        print("\n\ntransaction summary\n" + "\n".join(SUMMARY))
-
-
-def _note(line: str) -> None:
-    SUMMARY.append(line)
+_note, _print_summary = module_summary("transaction summary")
 
 
 def listing(directory: Path) -> list[str]:

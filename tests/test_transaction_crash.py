@@ -42,19 +42,9 @@ from crashsafe.transaction import JOURNAL, LOCK, recover, snapshot, transaction
 from tests.harness import crash
 from tests.harness.checks import leftovers
 from tests.harness.mounts import loop_mount, tmpfs
+from tests.harness.summary import module_summary
 
-SUMMARY: list[str] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _print_summary() -> Iterator[None]:
-    yield
-    if SUMMARY:
-        print("\n\ntransaction crash summary\n" + "\n".join(SUMMARY))
-
-
-def _note(line: str) -> None:
-    SUMMARY.append(line)
+_note, _print_summary = module_summary("transaction crash summary")
 
 
 def _writer(directory: Path, durability: str = "durable") -> Callable[[int], None]:
