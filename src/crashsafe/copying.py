@@ -329,7 +329,9 @@ def atomic_copy(
             validate=validate,
         ) as staged:
             try:
-                copied, method = source.copy_to(staged.file.fileno(), hasher, report)
+                # The descriptor itself: a file object would only cost syscalls.
+                assert staged._fd is not None
+                copied, method = source.copy_to(staged._fd, hasher, report)
             except OSError as e:
                 # The copy's syscalls name no file; the target is the one to report.
                 if e.filename is None:
