@@ -364,22 +364,58 @@ def test_an_anonymous_staged_file_is_chmodded_only_when_the_umask_took_bits(
     """An O_TMPFILE file is created with the final mode (nobody can open it before it
     is linked): under the usual umask an overwrite needs no fchmod and no fchown, and
     atomic_write builds no file object (whose fstat, ioctl and lseek it would cost).
-    A umask that takes bits away gets its one fchmod. The mode is exact either way."""
+    A umask that takes bits away gets its one fchmod. The mode is exact either way.
+    The target and the staged file are each read once, by a statx that asks for no
+    timestamp (reading one makes the inode's next change cost a log write)."""
     target = workdir / "target"
     target.write_bytes(b"old")
     os.chmod(target, 0o644)
     child = run_traced(
         f"os.umask({umask:#o})\nreport(**attempt(crashsafe.atomic_write, sys.argv[1], b'new'))",
         str(target),
-        trace=["fchmod", "fchown", "ioctl", "lseek", "newfstatat", "fstat"],
+        trace=["fchmod", "fchown", "ioctl", "lseek", "newfstatat", "fstat", "statx"],
         staging="tmpfile",
     )
     assert child.result == {"raised": None}, child.stderr
     ours = [line for line in child.log if str(workdir) in line]
-    # The target's lstat and the staged file's one fstat; nothing else on these files.
-    assert [line.split()[1].split("(")[0] for line in ours].count("newfstatat") == 2, ours
+    calls = [line.split()[1].split("(")[0] for line in ours]
+    # The target's status and the staged file's, once each; no stat of either.
+    assert calls.count("statx") == 2, ours
+    assert "newfstatat" not in calls and "fstat" not in calls, ours
+    for line in ours:
+        if line.split()[1].startswith("statx("):
+            asked = line.split(", ")[3]
+            assert asked == "STATX_TYPE|STATX_MODE|STATX_UID|STATX_GID", line
     assert sum("fchmod(" in line for line in ours) == chmods, ours
     assert not [line for line in ours if "fchown(" in line or "ioctl(" in line or "lseek(" in line]
     assert target.read_bytes() == b"new"
     assert mode_of(target) == 0o644
+    assert leftovers(workdir) == []
+
+
+def test_a_refused_statx_falls_back_to_stat_once_and_for_all(workdir: Path, staging: str) -> None:
+    """Where statx is refused (a seccomp filter answering EPERM, as older container
+    runtimes did), the write still reads the mode and owner, with stat, and does not
+    try statx again. (ENOSYS, from a kernel before 4.11, glibc answers itself, with
+    fstatat.)"""
+    target = workdir / "target"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    child = run_traced(
+        "for data in (b'one', b'two'):\n"
+        "    crashsafe.atomic_write(sys.argv[1], data)\n"
+        "report(raised=None)",
+        str(target),
+        trace=["statx", "newfstatat"],
+        inject=["statx:error=EPERM"],
+        staging=staging,
+    )
+    assert child.result == {"raised": None}, child.stderr
+    ours = [line for line in child.log if str(workdir) in line]
+    calls = [line.split()[1].split("(")[0] for line in ours]
+    assert calls.count("statx") == 1, ours
+    assert calls[0] == "statx" and "(INJECTED)" in ours[0], ours
+    assert calls.count("newfstatat") >= 2, ours
+    assert target.read_bytes() == b"two"
+    assert mode_of(target) == 0o640
     assert leftovers(workdir) == []

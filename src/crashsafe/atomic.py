@@ -88,7 +88,7 @@ def _validators(validate: Validate) -> tuple[Validator, ...]:
 
 def _locate(
     path: str, follow_symlinks: bool
-) -> tuple[_platform.Directory, str, os.stat_result | None]:
+) -> tuple[_platform.Directory, str, _platform.Status | None]:
     """Open the directory that will hold the target; return it, the target's name in it,
     and the target's own status (None if there is no such entry).
 
@@ -121,7 +121,9 @@ def _locate(
         raise
 
 
-def _replaced_file(old: os.stat_result | None, replace: bool, path: str) -> os.stat_result | None:
+def _replaced_file(
+    old: _platform.Status | None, replace: bool, path: str
+) -> _platform.Status | None:
     """The status of the regular file that the write will replace, or None if it
     creates one (no entry, or a symlink that is replaced, not followed).
 

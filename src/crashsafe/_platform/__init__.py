@@ -2,7 +2,8 @@
 
 Both backends expose the same small interface, chosen once here:
 
-* ``Directory(path)``: an open directory with ``lstat``, ``readlink``,
+* ``Directory(path)``: an open directory with ``lstat`` (a :class:`Status`:
+  type, mode and owner, no timestamps), ``readlink``,
   ``open_read``, ``create_temp``,
   ``publish``, ``discard``, ``sync``, ``close``, and for transactions
   ``names``, ``replace``, ``remove``, ``read`` and ``open_lock``;
@@ -31,6 +32,7 @@ import sys
 if sys.platform == "win32":  # pragma: no cover - not verified on this project's CI
     from crashsafe._platform._windows import (
         Directory,
+        Status,
         copy_data,
         copy_into,
         fsync_file,
@@ -42,6 +44,7 @@ if sys.platform == "win32":  # pragma: no cover - not verified on this project's
 else:
     from crashsafe._platform._posix import (
         Directory,
+        Status,
         copy_data,
         copy_into,
         fsync_file,
@@ -53,6 +56,7 @@ else:
 
 __all__ = [
     "Directory",
+    "Status",
     "copy_data",
     "copy_into",
     "fsync_file",

@@ -15,10 +15,12 @@ import sys
 from collections.abc import Callable
 from typing import Final
 
+from crashsafe._platform._status import Status
 from crashsafe.staging import temp_name
 
 __all__ = [
     "Directory",
+    "Status",
     "copy_data",
     "copy_into",
     "directory_sync_unsupported",
@@ -41,6 +43,12 @@ _NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, er
 _NO_LINK: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
 _RENAME_NOREPLACE: Final = 1
 _NAME_TRIES: Final = 100
+
+# statx(2): the flags, and the fields asked for: STATX_TYPE | STATX_MODE |
+# STATX_UID | STATX_GID, and no timestamp (see _status).
+_AT_SYMLINK_NOFOLLOW: Final = 0x100
+_AT_EMPTY_PATH: Final = 0x1000
+_STATX_WANTED: Final = 0x1 | 0x2 | 0x8 | 0x10
 
 # O_TMPFILE needs linkat() through /proc to give the file a name (AT_EMPTY_PATH
 # would need CAP_DAC_READ_SEARCH). Tests switch it off to prove the named path.
@@ -101,6 +109,72 @@ class signals_deferred:
         _sigmask(signal.SIG_SETMASK, self._old)
 
 
+def _load_statx() -> Callable[[int, bytes, int], Status | None] | None:
+    """statx(2) through ctypes; None where the C library has none (not Linux,
+    glibc before 2.28). The function returns None when the call is refused
+    (EPERM from a seccomp filter, ENOSYS where the C library does not emulate
+    it on a kernel before 4.11: then it is not tried again) or when a wanted
+    field is missing.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes  # here, not at import: it costs about 2 ms, once
+    import struct
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
+    call.restype = ctypes.c_int
+    buffer = ctypes.c_char * 256  # sizeof(struct statx)
+    # stx_mask at offset 0; stx_uid, stx_gid and stx_mode at 20, 24 and 28.
+    fields = struct.Struct("=I16xIIH").unpack_from
+    get_errno = ctypes.get_errno
+
+    def statx(fd: int, name: bytes, flags: int) -> Status | None:
+        result = buffer()  # one per call: threads write concurrently
+        if call(fd, name, flags, _STATX_WANTED, result) != 0:
+            err = get_errno()
+            if err in (errno.ENOSYS, errno.EPERM):
+                global _statx  # noqa: PLW0603 - a refusal holds for the process
+                _statx = None
+                return None
+            raise OSError(err, os.strerror(err))
+        mask, uid, gid, mode = fields(result)
+        return Status(mode, uid, gid) if mask & _STATX_WANTED == _STATX_WANTED else None
+
+    return statx
+
+
+_statx: Callable[[int, bytes, int], Status | None] | None = None
+_statx_loaded = False
+
+
+def _status(fd: int, name: str = "") -> Status:
+    """The type, mode and owner of *name* relative to the directory *fd*,
+    not following a symlink; of *fd* itself when *name* is empty.
+
+    Read with statx(2) asking for no timestamp. A stat that returns an
+    inode's ctime or mtime marks it "queried" (Linux 6.13's multigrain
+    timestamps, fs/stat.c), and the next change to that inode then takes a
+    fine-grained timestamp, which the filesystem must log: measured on xfs
+    (Linux 6.18), one ``lstat`` of the target made a durable or consistent
+    write 5 to 12 % slower; statx without timestamps cost nothing extra.
+    Where statx is missing, :func:`os.stat` does the same job.
+    """
+    global _statx, _statx_loaded  # loaded once, on first use
+    if not _statx_loaded:
+        _statx, _statx_loaded = _load_statx(), True
+    if _statx is not None:
+        flags = _AT_SYMLINK_NOFOLLOW | (_AT_EMPTY_PATH if not name else 0)
+        st = _statx(fd, os.fsencode(name), flags)
+        if st is not None:
+            return st
+    full = os.stat(name, dir_fd=fd, follow_symlinks=False) if name else os.fstat(fd)
+    return Status(full.st_mode, full.st_uid, full.st_gid)
+
+
 def _name_error(error: OSError, path: str) -> OSError:
     """Make *error* name what the caller knows: the directory or the target.
 
@@ -144,10 +218,11 @@ class Directory:
     def close(self) -> None:
         os.close(self.fd)
 
-    def lstat(self, name: str) -> os.stat_result | None:
-        """The entry *name* itself (a symlink is not followed), or None if absent."""
+    def lstat(self, name: str) -> Status | None:
+        """The type, mode and owner of the entry *name* itself (a symlink is
+        not followed), or None if absent."""
         try:
-            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+            return _status(self.fd, name)
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -207,7 +282,7 @@ class Directory:
                     raise
             else:
                 try:
-                    st = os.fstat(fd)
+                    st = _status(fd)
                     if mode is None:
                         mode = stat.S_IMODE(st.st_mode)
                     _set_metadata(fd, mode, owner, st)
@@ -240,7 +315,7 @@ class Directory:
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_NOFOLLOW | _O_CLOEXEC
         probe = _fresh_name(name, lambda c: fds.append(os.open(c, flags, 0o666, dir_fd=self.fd)))
         try:
-            return stat.S_IMODE(os.fstat(fds[0]).st_mode)
+            return stat.S_IMODE(_status(fds[0]).st_mode)
         finally:
             os.close(fds[0])
             os.unlink(probe, dir_fd=self.fd)
@@ -432,15 +507,13 @@ def set_metadata(fd: int, mode: int, owner: tuple[int, int] | None) -> None:
     _set_metadata(fd, mode, owner, None)
 
 
-def _set_metadata(
-    fd: int, mode: int, owner: tuple[int, int] | None, st: os.stat_result | None
-) -> None:
+def _set_metadata(fd: int, mode: int, owner: tuple[int, int] | None, st: Status | None) -> None:
     # st: the file's status if the caller just took it; then only what
     # differs is changed (a chown, then the mode it may have cleared).
     chowned = False
     if owner is not None:
         if st is None:
-            st = os.fstat(fd)
+            st = _status(fd)
         if (st.st_uid, st.st_gid) != owner:
             try:
                 os.fchown(fd, *owner)

@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from crashsafe._platform._status import Status
 from crashsafe.staging import temp_name
 
 __all__ = [
     "Directory",
+    "Status",
     "copy_data",
     "copy_into",
     "fsync_file",
@@ -76,11 +78,12 @@ class Directory:
     def close(self) -> None:
         pass
 
-    def lstat(self, name: str) -> os.stat_result | None:
+    def lstat(self, name: str) -> Status | None:
         try:
-            return os.lstat(self._join(name))
+            st = os.lstat(self._join(name))
         except FileNotFoundError:
             return None
+        return Status(st.st_mode, st.st_uid, st.st_gid)
 
     def readlink(self, name: str) -> str:
         return os.readlink(self._join(name))

@@ -1,0 +1,18 @@
+"""What the protocol reads of an existing inode: its type, mode bits and owner."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Status(NamedTuple):
+    """The type and permission bits (``st_mode``) and the owner of an inode,
+    under the names :func:`os.stat` gives them.
+
+    Deliberately without timestamps: on Linux, reading an inode's ctime or
+    mtime has a cost for the next change to it (see ``_posix._status``).
+    """
+
+    st_mode: int
+    st_uid: int
+    st_gid: int
