@@ -49,6 +49,9 @@ _NAME_TRIES: Final = 100
 _AT_SYMLINK_NOFOLLOW: Final = 0x100
 _AT_EMPTY_PATH: Final = 0x1000
 _STATX_WANTED: Final = 0x1 | 0x2 | 0x8 | 0x10
+# What os.fsencode does, without its Python-level call on every write.
+_FS_ENCODING: Final = sys.getfilesystemencoding()
+_FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 
 # O_TMPFILE needs linkat() through /proc to give the file a name (AT_EMPTY_PATH
 # would need CAP_DAC_READ_SEARCH). Tests switch it off to prove the named path.
@@ -167,8 +170,10 @@ def _status(fd: int, name: str = "") -> Status:
     if not _statx_loaded:
         _statx, _statx_loaded = _load_statx(), True
     if _statx is not None:
-        flags = _AT_SYMLINK_NOFOLLOW | (_AT_EMPTY_PATH if not name else 0)
-        st = _statx(fd, os.fsencode(name), flags)
+        if name:
+            st = _statx(fd, name.encode(_FS_ENCODING, _FS_ERRORS), _AT_SYMLINK_NOFOLLOW)
+        else:
+            st = _statx(fd, b"", _AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH)
         if st is not None:
             return st
     full = os.stat(name, dir_fd=fd, follow_symlinks=False) if name else os.fstat(fd)
