@@ -82,26 +82,45 @@ def _crashsafe_named(path: str, data: bytes, durability: crashsafe.atomic.Durabi
 _ALL_SIGNALS = signal.valid_signals()
 
 
-def _steps(path: str, data: bytes, durability: str) -> Op:
+def _raw_statx() -> Callable[[int, bytes, int], int]:
+    """statx(2) asking for type, mode and owner, as crashsafe does, with no Python around it."""
+    import ctypes
+
+    call = ctypes.CDLL(None, use_errno=True).statx
+    call.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
+    result = ctypes.create_string_buffer(256)
+    return lambda fd, name, flags: call(fd, name, flags, 0x1 | 0x2 | 0x8 | 0x10, result)
+
+
+def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op:
     """crashsafe's syscalls for one ``atomic_write`` of an existing file, as raw ``os`` calls.
 
     The same sequence, in the same order, as the strace table shows for
-    crashsafe (directory, lstat, O_TMPFILE created with its final mode, fstat,
-    write, fsync, a linkat to an unguessable name, rename, directory fsync,
-    signals held back around the create and the publish), with no checks,
-    no error paths and no Python layers: ``steps / floor`` is what the
-    contract's extra steps cost, ``crashsafe / steps`` what the library's
-    Python costs on top.
+    crashsafe (directory, the target's statx, O_TMPFILE created with its final
+    mode, its statx, write, fsync, a linkat to an unguessable name, rename,
+    directory fsync, signals held back around the create and the publish),
+    with no checks, no error paths and no Python layers: ``steps / floor`` is
+    what the contract's extra steps cost, ``crashsafe / steps`` what the
+    library's Python costs on top. With *statx* False, ``lstat`` and
+    ``fstat`` read the two inodes instead, timestamps included.
     """
     head, name = os.path.split(path)
     owner = f"{os.getpid()}-{os.getpid()}-00000000"  # the length of crashsafe's owner tag
+    raw_statx = _raw_statx()
+    encoded = os.fsencode(name)
 
     def write() -> None:
         dir_fd = os.open(head, _DIR)
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if statx:
+            raw_statx(dir_fd, encoded, 0x100)  # AT_SYMLINK_NOFOLLOW
+        else:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         old = _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
         fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-        os.fstat(fd)
+        if statx:
+            raw_statx(fd, b"", 0x1100)  # AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
+        else:
+            os.fstat(fd)
         _sigmask(signal.SIG_SETMASK, old)
         os.write(fd, data)
         if durability != "none":
@@ -178,6 +197,10 @@ SMALL_ROWS = [
      "steps none", "floor none", ""),
     ("where the time goes, none: crashsafe / its syscalls as raw os calls",
      "cs none", "steps none", ""),
+    ("where the time goes, durable: those syscalls with lstat and fstat / with statx",
+     "steps durable stat", "steps durable", ""),
+    ("where the time goes, consistent: those syscalls with lstat and fstat / with statx",
+     "steps consistent stat", "steps consistent", ""),
     ("where the time goes, none: AtomicFile through its file object / atomic_write",
      "cs none file object", "cs none", ""),
 ]  # fmt: skip
@@ -209,6 +232,9 @@ def contenders(data: bytes, kept: list[int]) -> dict[str, Callable[[str], Op]]:
         "cs none named": lambda p: _crashsafe_named(p, data, "none"),
         "steps durable": lambda p: _steps(p, data, "durable"),
         "steps none": lambda p: _steps(p, data, "none"),
+        "steps durable stat": lambda p: _steps(p, data, "durable", statx=False),
+        "steps consistent": lambda p: _steps(p, data, "consistent"),
+        "steps consistent stat": lambda p: _steps(p, data, "consistent", statx=False),
         "cs none file object": lambda p: _file_object(p, data, "none"),
     }
 
