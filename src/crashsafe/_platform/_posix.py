@@ -151,7 +151,11 @@ def _load_statx() -> Callable[[int, bytes, int], Status | None] | None:
 
 
 _statx: Callable[[int, bytes, int], Status | None] | None = None
-_statx_loaded = False
+# ctypes takes 1 to 3 ms to import (more after the page cache was dropped),
+# longer than a whole small write: the first two reads of a process (one
+# write's) use stat, and statx is loaded for the rest, where its saving
+# repeats. -1: loading was tried.
+_reads_before_statx = 2
 
 
 def _status(fd: int, name: str = "") -> Status:
@@ -164,11 +168,14 @@ def _status(fd: int, name: str = "") -> Status:
     fine-grained timestamp, which the filesystem must log: measured on xfs
     (Linux 6.18), one ``lstat`` of the target made a durable or consistent
     write 5 to 12 % slower; statx without timestamps cost nothing extra.
-    Where statx is missing, :func:`os.stat` does the same job.
+    Where statx is missing, and for the first two reads of a process (see
+    ``_reads_before_statx``), :func:`os.stat` does the same job.
     """
-    global _statx, _statx_loaded  # loaded once, on first use
-    if not _statx_loaded:
-        _statx, _statx_loaded = _load_statx(), True
+    global _statx, _reads_before_statx  # noqa: PLW0603 - loaded once, on the third read
+    if _statx is None and _reads_before_statx >= 0:
+        if _reads_before_statx == 0:
+            _statx = _load_statx()
+        _reads_before_statx -= 1
     if _statx is not None:
         if name:
             st = _statx(fd, name.encode(_FS_ENCODING, _FS_ERRORS), _AT_SYMLINK_NOFOLLOW)
