@@ -39,6 +39,7 @@ class Row:
     ratio: float | None = None
     target: str = ""  # "<= 1.10", ">= 0.90", "< 15 ms"...; empty: for information
     ok: bool | None = None
+    interval: tuple[float, float] | None = None  # 95 % interval of the ratio: ratio_interval
 
 
 @dataclass
@@ -97,6 +98,21 @@ def interleave(contenders: dict[str, Callable[[], float]], reps: int) -> dict[st
 def paired_ratio(a: list[float], b: list[float]) -> float:
     """Median over repetitions of a[i] / b[i]: each pair was measured side by side."""
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def ratio_interval(a: list[float], b: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """A 95 % bootstrap interval for :func:`paired_ratio` of *a* and *b*.
+
+    The per-repetition ratios are resampled with replacement (seeded, so the
+    same times give the same interval) and the median taken each time; the
+    interval spans the middle 95 % of those medians. It shows how far the
+    median ratio moves on repetition noise alone: a target inside the
+    interval is within the run's resolution, whichever side the median fell.
+    """
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    draw = random.Random(0).choices  # noqa: S311 - resampling, not a secret
+    medians = sorted(statistics.median(draw(ratios, k=len(ratios))) for _ in range(resamples))
+    return medians[int(resamples * 0.025)], medians[int(resamples * 0.975) - 1]
 
 
 def fmt_time(seconds: float) -> str:

@@ -17,7 +17,16 @@ import sys
 import time
 from collections.abc import Callable
 
-from common import Row, Section, check, drop_caches, fmt_time, interleave, paired_ratio
+from common import (
+    Row,
+    Section,
+    check,
+    drop_caches,
+    fmt_time,
+    interleave,
+    paired_ratio,
+    ratio_interval,
+)
 
 import crashsafe
 import crashsafe.copying
@@ -160,7 +169,11 @@ def large_files(directory: str, label: str, size: int, reps: int) -> Section:
     times = interleave({kind: runner(kind) for kind in kinds}, reps)
     section = Section(
         f"Large files, {size >> 20} MiB, {label}",
-        ("crashsafe, median", "floor, median", "throughput ratio (crashsafe / floor)"),
+        (
+            "crashsafe, median",
+            "floor, median",
+            "throughput ratio, crashsafe / floor (95 % interval)",
+        ),
     )
     for name, ours, ref in [
         ("atomic_open, 1 MiB writes / raw write loop", "stream_crashsafe", "stream_floor"),
@@ -169,7 +182,15 @@ def large_files(directory: str, label: str, size: int, reps: int) -> Section:
         ratio = paired_ratio(times[ref], times[ours])
         a, b = statistics.median(times[ours]), statistics.median(times[ref])
         section.rows.append(
-            Row(name, _mib_s(size, a), _mib_s(size, b), ratio, ">= 0.9", check(ratio, ">= 0.9"))
+            Row(
+                name,
+                _mib_s(size, a),
+                _mib_s(size, b),
+                ratio,
+                ">= 0.9",
+                check(ratio, ">= 0.9"),
+                ratio_interval(times[ref], times[ours]),
+            )
         )
     _rss_rows(section, runner, kinds)
     section.notes += [
@@ -189,7 +210,7 @@ def reflink(directory: str, size: int, reps: int) -> Section:
     times = interleave({kind: runner(kind) for kind in kinds}, reps)
     section = Section(
         f"Reflink copy, {size >> 20} MiB, xfs on a loop device",
-        ("crashsafe, median", "reference, median", "time ratio"),
+        ("crashsafe, median", "reference, median", "time ratio (95 % interval)"),
     )
     ours = statistics.median(times["copy_crashsafe"])
     section.rows += [
@@ -198,12 +219,14 @@ def reflink(directory: str, size: int, reps: int) -> Section:
             fmt_time(ours),
             _mib_s(size, statistics.median(times["copy_full"])),
             paired_ratio(times["copy_crashsafe"], times["copy_full"]),
+            interval=ratio_interval(times["copy_crashsafe"], times["copy_full"]),
         ),
         Row(
             "atomic_copy (reflink) / raw copy_file_range loop (the kernel reflinks it)",
             fmt_time(ours),
             fmt_time(statistics.median(times["copy_floor"])),
             paired_ratio(times["copy_crashsafe"], times["copy_floor"]),
+            interval=ratio_interval(times["copy_crashsafe"], times["copy_floor"]),
         ),
         Row(
             "atomic_copy (reflink): time in ms",

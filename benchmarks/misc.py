@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Row, Section, fmt_time, interleave, paired_ratio, per_op
+from common import Row, Section, fmt_time, interleave, paired_ratio, per_op, ratio_interval
 from small import find_api, floor
 
 import crashsafe
@@ -101,7 +101,7 @@ def update_json(directory: str, n: int, reps: int) -> Section:
     """Lock round-trips of crashsafe.update_json against a flock + floor write."""
     section = Section(
         "update_json: locked read-modify-write round-trips",
-        ("crashsafe, median per update", "floor, median per update", "time ratio"),
+        ("crashsafe, median per update", "floor, median per update", "time ratio (95 % interval)"),
     )
     ours_path, floor_path = os.path.join(directory, "ours.json"), os.path.join(directory, "f.json")
     for path in (ours_path, floor_path):
@@ -134,6 +134,7 @@ def update_json(directory: str, n: int, reps: int) -> Section:
             fmt_time(statistics.median(times["ours"])),
             fmt_time(statistics.median(times["floor"])),
             ratio,
+            interval=ratio_interval(times["ours"], times["floor"]),
         )
     )
     section.notes.append(

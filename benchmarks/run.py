@@ -25,7 +25,7 @@ from types import FrameType
 import large
 import misc
 import small
-from common import Section, filesystem, loop_xfs
+from common import Row, Section, filesystem, loop_xfs
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = ("atomicwrites", "safer", "boltons")
@@ -178,6 +178,31 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("<=", "≤").replace(">=", "≥")
 
 
+def _figure(ratio: float) -> str:
+    return f"{ratio:.2{'f' if ratio >= 0.1 else 'g'}}"
+
+
+def _ratio(row: Row) -> str:
+    """The ratio cell: "1.12x (1.08-1.15)", the median and its 95 % interval."""
+    if row.ratio is None:
+        return ""
+    if row.interval is None:
+        return f"{_figure(row.ratio)}x"
+    low, high = row.interval
+    return f"{_figure(row.ratio)}x ({_figure(low)}-{_figure(high)})"
+
+
+def _missed_by(row: Row) -> str:
+    """For the list of missed targets: the ratio, and whether the target lies
+    within its interval (a miss within the run's resolution)."""
+    if row.ratio is None or row.interval is None:
+        return ""
+    low, high = row.interval
+    limit = float(row.target.split()[1])
+    inside = " (the target is inside that interval)" if low <= limit <= high else ""
+    return f": {_figure(row.ratio)}x, 95 % interval {_figure(low)}-{_figure(high)}{inside}"
+
+
 def render(
     sections: list[Section],
     plan: Plan,
@@ -200,7 +225,7 @@ def render(
         f"**Targets met: {len(rows) - len(missed)} of {len(rows)}.**"
         + (" Missed:" if missed else ""),
         "",
-        *(f"- {_cell(title)}: {_cell(r.name)}" for title, r in missed),
+        *(f"- {_cell(title)}: {_cell(r.name)}{_missed_by(r)}" for title, r in missed),
         "",
         "## Machine",
         "",
@@ -217,7 +242,7 @@ def render(
                 "|---|---:|---:|---:|---|---|",
             ]
             for r in section.rows:
-                figure = "" if r.ratio is None else f"{r.ratio:.2{'f' if r.ratio >= 0.1 else 'g'}}x"
+                figure = _ratio(r)
                 result = {True: "pass", False: "**FAIL**", None: ""}[r.ok]
                 cells = [r.name, r.ours, r.reference, figure, r.target, result]
                 out.append("| " + " | ".join(_cell(c) for c in cells) + " |")

@@ -22,7 +22,17 @@ from typing import Any
 import atomicwrites  # type: ignore[import-untyped]
 import safer
 from boltons.fileutils import atomic_save  # type: ignore[import-untyped]
-from common import Op, Row, Section, check, fmt_time, interleave, paired_ratio, per_op
+from common import (
+    Op,
+    Row,
+    Section,
+    check,
+    fmt_time,
+    interleave,
+    paired_ratio,
+    per_op,
+    ratio_interval,
+)
 
 import crashsafe
 import crashsafe._platform._posix as posix
@@ -203,6 +213,11 @@ SMALL_ROWS = [
      "steps consistent stat", "steps consistent", ""),
     ("where the time goes, none: AtomicFile through its file object / atomic_write",
      "cs none file object", "cs none", ""),
+    # Two copies of one contender: what the method reads when nothing differs.
+    ("control: floor durable / the same floor in another directory",
+     "floor durable twin", "floor durable", ""),
+    ("control: floor none / the same floor in another directory",
+     "floor none twin", "floor none", ""),
 ]  # fmt: skip
 
 
@@ -225,6 +240,8 @@ def contenders(data: bytes, kept: list[int]) -> dict[str, Callable[[str], Op]]:
         "floor consistent": lambda p: lambda: floor(p, data, fsync=True, dir_sync=None),
         "cs none": lambda p: _crashsafe(p, data, "none"),
         "floor none": lambda p: lambda: floor(p, data, fsync=False, dir_sync=None),
+        "floor durable twin": lambda p: lambda: floor(p, data, fsync=True, dir_sync="open"),
+        "floor none twin": lambda p: lambda: floor(p, data, fsync=False, dir_sync=None),
         "atomicwrites": lambda p: _atomicwrites(p, data),
         "safer": lambda p: _safer(p, data),
         "boltons": lambda p: _boltons(p, data),
@@ -275,7 +292,11 @@ def small_writes(directory: str, label: str, size: int, n: int, reps: int) -> Se
     times = _run_small(directory, os.urandom(size), n, reps)
     section = Section(
         f"Small writes, {size} bytes, {label}",
-        ("crashsafe, median per write", "reference, median per write", "time ratio"),
+        (
+            "crashsafe, median per write",
+            "reference, median per write",
+            "time ratio (95 % interval)",
+        ),
     )
     for row_name, ours, ref, target in SMALL_ROWS:
         ratio = paired_ratio(times[ours], times[ref])
@@ -287,6 +308,7 @@ def small_writes(directory: str, label: str, size: int, n: int, reps: int) -> Se
                 ratio,
                 target,
                 check(ratio, target),
+                ratio_interval(times[ours], times[ref]),
             )
         )
     section.notes.append(
@@ -364,13 +386,14 @@ def many_files(parent: str, count: int, reps: int) -> Section:
     times = interleave(contenders, reps)
     section = Section(
         f"Many files: {count} new 100-byte files, durable",
-        ("crashsafe, median per file", "reference, median per file", "time ratio"),
+        ("crashsafe, median per file", "reference, median per file", "time ratio (95 % interval)"),
     )
 
     def row(name: str, ours: str, ref: str, target: str = "") -> Row:
         ratio = paired_ratio(times[ours], times[ref])
         a, b = statistics.median(times[ours]), statistics.median(times[ref])
-        return Row(name, fmt_time(a), fmt_time(b), ratio, target, check(ratio, target))
+        interval = ratio_interval(times[ours], times[ref])
+        return Row(name, fmt_time(a), fmt_time(b), ratio, target, check(ratio, target), interval)
 
     section.rows += [
         row("atomic_write one by one / floor loop, dir opened per file", "cs", "floor", "<= 1.10"),
