@@ -108,7 +108,8 @@ def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op
     The same sequence, in the same order, as the strace table shows for
     crashsafe (directory, the target's statx, O_TMPFILE created with its final
     mode, its statx, write, fsync, a linkat to an unguessable name, rename,
-    directory fsync, signals held back around the create and the publish),
+    directory fsync, signals held back around the create and the publish, the mask
+    read before each block),
     with no checks, no error paths and no Python layers: ``steps / floor`` is
     what the contract's extra steps cost, ``crashsafe / steps`` what the
     library's Python costs on top. With *statx* False, ``lstat`` and
@@ -125,7 +126,8 @@ def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op
             raw_statx(dir_fd, encoded, 0x100)  # AT_SYMLINK_NOFOLLOW
         else:
             os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        old = _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+        old = _sigmask(signal.SIG_BLOCK, ())  # crashsafe reads the mask, then blocks
+        _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
         fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
         if statx:
             raw_statx(fd, b"", 0x1100)  # AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
@@ -135,7 +137,8 @@ def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op
         os.write(fd, data)
         if durability != "none":
             os.fsync(fd)
-        old = _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+        old = _sigmask(signal.SIG_BLOCK, ())  # crashsafe reads the mask, then blocks
+        _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
         temp = f".{name}.{os.urandom(8).hex()}.{owner}.crashsafe-tmp"
         os.link(f"/proc/self/fd/{fd}", temp, dst_dir_fd=dir_fd, follow_symlinks=True)
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
