@@ -72,9 +72,7 @@ def _check_options(mode: str, perm: int | None, durability: str) -> None:
         )
 
 
-def _validators(validate: Validate) -> tuple[Validator, ...]:
-    if validate is None:
-        return ()
+def _validators(validate: Validator | Sequence[Validator]) -> tuple[Validator, ...]:
     checks = (validate,) if callable(validate) else validate
     if isinstance(checks, str | bytes) or not isinstance(checks, Sequence):
         raise TypeError(
@@ -214,12 +212,13 @@ class AtomicFile:
     ) -> None:
         self._state = "new"  # so that __del__ is quiet if __init__ fails early
         _check_options(mode, perm, durability)
-        self._validators = _validators(validate)
+        self._validators = () if validate is None else _validators(validate)
         file_mode, self._replace, keep_old = _MODES[mode]
         binary = "b" in file_mode
         if binary and (encoding, errors, newline) != (None, None, None):
             raise ValueError("binary mode takes no encoding, errors or newline argument")
-        self.path = os.fsdecode(os.fspath(path))
+        # A str needs neither call (each a Python frame, on every write).
+        self.path = path if isinstance(path, str) else os.fsdecode(os.fspath(path))
         self._durability = durability
 
         # Step 1: the directory, once; symlinks at the last component resolved.

@@ -13,6 +13,7 @@ import signal
 import stat
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 from crashsafe._platform._status import Status
@@ -122,13 +123,17 @@ class signals_deferred:
         _sigmask(signal.SIG_SETMASK, self._old)
 
 
-def _load_statx() -> Callable[[int, bytes, int], Status | None] | None:
-    """statx(2) through ctypes; None where the C library has none (not Linux,
-    glibc before 2.28). The function returns None when the call is refused
-    (EPERM from a seccomp filter, ENOSYS where the C library does not emulate
-    it on a kernel before 4.11: then it is not tried again) or when a wanted
-    field is missing.
-    """
+_Statx = tuple[
+    Callable[..., int],  # statx(dirfd, name, flags, mask, buffer)
+    Callable[[], object],  # a new buffer for one struct statx
+    Callable[..., tuple[int, ...]],  # its stx_mask, stx_uid, stx_gid and stx_mode
+    Callable[[], int],  # ctypes.get_errno
+]
+
+
+def _load_statx() -> _Statx | None:
+    """statx(2) through ctypes, and what reading its result takes; None where
+    the C library has none (not Linux, glibc before 2.28)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes  # here, not at import: it costs 1 to 3 ms, once
@@ -140,32 +145,21 @@ def _load_statx() -> Callable[[int, bytes, int], Status | None] | None:
         return None
     call.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
     call.restype = ctypes.c_int
-    buffer = ctypes.c_char * 256  # sizeof(struct statx)
-    # stx_mask at offset 0; stx_uid, stx_gid and stx_mode at 20, 24 and 28.
+    # struct statx is 256 bytes: stx_mask at offset 0, stx_uid, stx_gid and
+    # stx_mode at 20, 24 and 28.
     fields = struct.Struct("=I16xIIH").unpack_from
-    get_errno = ctypes.get_errno
-
-    def statx(fd: int, name: bytes, flags: int) -> Status | None:
-        result = buffer()  # one per call: threads write concurrently
-        if call(fd, name, flags, _STATX_WANTED, result) != 0:
-            err = get_errno()
-            if err in (errno.ENOSYS, errno.EPERM):
-                global _statx  # noqa: PLW0603 - a refusal holds for the process
-                _statx = None
-                return None
-            raise OSError(err, os.strerror(err))
-        mask, uid, gid, mode = fields(result)
-        return Status(mode, uid, gid) if mask & _STATX_WANTED == _STATX_WANTED else None
-
-    return statx
+    return call, ctypes.c_char * 256, fields, ctypes.get_errno
 
 
-_statx: Callable[[int, bytes, int], Status | None] | None = None
+_statx: _Statx | None = None
 # ctypes takes 1 to 3 ms to import (more after the page cache was dropped),
 # longer than a whole small write: the first two reads of a process (one
 # write's) use stat, and statx is loaded for the rest, where its saving
 # repeats. -1: loading was tried.
 _reads_before_statx = 2
+# Status(mode, uid, gid) without the Python-level __new__ of a named tuple:
+# two reads a write, on the path where every frame counts.
+_new_status: Final = tuple.__new__
 
 
 def _status(fd: int, name: str = "") -> Status:
@@ -179,7 +173,9 @@ def _status(fd: int, name: str = "") -> Status:
     (Linux 6.18), reading the target and the staged file with ``lstat`` and
     ``fstat`` made a durable or consistent write 4 to 12 % slower; statx
     without timestamps cost nothing extra. (No effect measured on ext4.)
-    Where statx is missing, and for the first two reads of a process (see
+    Where statx is missing or refused (EPERM from a seccomp filter, ENOSYS
+    where the C library does not emulate it on a kernel before 4.11: then
+    it is not tried again), and for the first two reads of a process (see
     ``_reads_before_statx``), :func:`os.stat` does the same job.
     """
     global _statx, _reads_before_statx  # noqa: PLW0603 - loaded once, on the third read
@@ -188,12 +184,22 @@ def _status(fd: int, name: str = "") -> Status:
             _statx = _load_statx()
         _reads_before_statx -= 1
     if _statx is not None:
+        call, new_buffer, fields, get_errno = _statx
+        result = new_buffer()  # one per call: threads read concurrently
         if name:
-            st = _statx(fd, name.encode(_FS_ENCODING, _FS_ERRORS), _AT_SYMLINK_NOFOLLOW)
+            rc = call(fd, name.encode(_FS_ENCODING, _FS_ERRORS), _AT_SYMLINK_NOFOLLOW,
+                      _STATX_WANTED, result)  # fmt: skip
         else:
-            st = _statx(fd, b"", _AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH)
-        if st is not None:
-            return st
+            rc = call(fd, b"", _AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH, _STATX_WANTED, result)
+        if rc == 0:
+            mask, uid, gid, mode = fields(result)
+            if mask & _STATX_WANTED == _STATX_WANTED:
+                return _new_status(Status, (mode, uid, gid))
+        else:
+            err = get_errno()
+            if err not in (errno.ENOSYS, errno.EPERM):
+                raise OSError(err, os.strerror(err))
+            _statx = None  # a refusal holds for the process
     full = os.stat(name, dir_fd=fd, follow_symlinks=False) if name else os.fstat(fd)
     return Status(full.st_mode, full.st_uid, full.st_gid)
 
@@ -282,37 +288,38 @@ class Directory:
         On failure nothing is left. Errors name the directory.
         """
         try:
-            return self._create_temp(name, mode, owner)
+            if use_tmpfile:
+                # Nobody can open an anonymous file before it is linked, so it
+                # may be created with its final permission bits; when the umask
+                # leaves them as they are (the common case), no chmod is needed.
+                try:
+                    fd = os.open(
+                        ".",
+                        _O_TMPFILE | os.O_RDWR | _O_CLOEXEC,
+                        0o666 if mode is None else mode & 0o777,
+                        dir_fd=self.fd,
+                    )
+                except OSError as e:
+                    if e.errno not in _NO_TMPFILE:
+                        raise
+                else:
+                    try:
+                        st = _status(fd)
+                        if mode is None:
+                            mode = stat.S_IMODE(st.st_mode)
+                        if owner is not None or stat.S_IMODE(st.st_mode) != mode:
+                            _set_metadata(fd, mode, owner, st)
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    return fd, None, mode
+            return self._create_named_temp(name, mode, owner)
         except OSError as e:
             raise _name_error(e, self.path) from None
 
-    def _create_temp(
+    def _create_named_temp(
         self, name: str, mode: int | None, owner: tuple[int, int] | None
-    ) -> tuple[int, str | None, int]:
-        if use_tmpfile:
-            # Nobody can open an anonymous file before it is linked, so it may
-            # be created with its final permission bits; when the umask leaves
-            # them as they are (the common case), no chmod is needed at all.
-            try:
-                fd = os.open(
-                    ".",
-                    _O_TMPFILE | os.O_RDWR | _O_CLOEXEC,
-                    0o666 if mode is None else mode & 0o777,
-                    dir_fd=self.fd,
-                )
-            except OSError as e:
-                if e.errno not in _NO_TMPFILE:
-                    raise
-            else:
-                try:
-                    st = _status(fd)
-                    if mode is None:
-                        mode = stat.S_IMODE(st.st_mode)
-                    _set_metadata(fd, mode, owner, st)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                return fd, None, mode
+    ) -> tuple[int, str, int]:
         if mode is None:
             mode = self._new_file_mode(name)
         fds: list[int] = []
@@ -372,10 +379,8 @@ class Directory:
             return
         # link() cannot replace, so the file gets a temporary name first; a
         # crash in the two syscalls between leaves a name that sweep() removes.
-        temp = _fresh_name(
-            name,
-            lambda c: os.link(source, c, dst_dir_fd=self.fd, follow_symlinks=True),
-        )
+        # A partial, not a lambda: one Python frame less on every write.
+        temp = _fresh_name(name, partial(os.link, source, dst_dir_fd=self.fd, follow_symlinks=True))
         try:
             os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except BaseException:
