@@ -295,7 +295,7 @@ TIME_NOTES = [
     "then leaves a file behind); holding signals back around the create and the publish, so "
     "that Ctrl-C cannot leak a name or report a published file as unpublished (3 "
     "`rt_sigprocmask` each, see the next note). The `crashsafe's syscalls as raw os calls / "
-    "floor` rows price these steps: in the run of 2026-11-21 07:16 UTC they added 23-24 % "
+    "floor` rows price these steps: in the run of 2026-11-21 07:19 UTC they added 23-24 % "
     "(intervals 1.20-1.30) to the `none` floor on ext4 and 69-74 % (1.60-1.82) on xfs, whose "
     "floor is 37 µs, and 7 % (1.03-1.13) to the durable floor on xfs. So `none` cannot meet "
     "its 1.25x target on xfs with these steps, whatever the Python costs, and on ext4 the "
@@ -309,7 +309,7 @@ TIME_NOTES = [
     "`rt_sigprocmask` a write, 1.1 µs on tmpfs (crashsafe minus its raw syscalls, 7.3 to 8.4 "
     "µs, one interleaved run).",
     "- **Left: the Python on top** (`crashsafe / its syscalls as raw os calls`): 6-9 % of a "
-    "durable write, 18-29 % of a `none` one in the run of 07:16 UTC. 953 Python bytecodes a "
+    "durable write, 18-29 % of a `none` one in the run of 07:19 UTC. 953 Python bytecodes a "
     "write (counted with `sys.settrace`), 7-8 µs on tmpfs, but 19-59 µs on ext4 and xfs. "
     "A scratch prototype that does the same write in one function (not committed: it would "
     "be a second copy of the protocol outside `AtomicFile` and the platform seam), measured "
@@ -323,7 +323,7 @@ TIME_NOTES = [
     "What makes the prototype faster is not found yet; it is not the count of calls alone.",
     "- **The method's resolution**: every ratio now has a 95 % bootstrap interval, and the "
     "control rows (the floor against an identical copy in another directory) read 0.99x to "
-    "1.04x with intervals from 0.94 to 1.17 in the run of 07:16 UTC; the durable controls "
+    "1.04x with intervals from 0.94 to 1.17 in the run of 07:19 UTC; the durable controls "
     "stay within 0.98-1.07. A target inside a ratio's interval is within the run's "
     "resolution. The 1 GiB `atomic_copy` ratio, 0.88x in an earlier run, has an interval of "
     "0.70-1.28 with 11 repetitions on the shared VM disk: that miss was noise.",
