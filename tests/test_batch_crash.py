@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +70,6 @@ import pytest
 import crashsafe
 from tests.harness import crash, mounts
 from tests.harness.checks import leftovers
-from tests.harness.mounts import loop_mount
 from tests.harness.summary import module_summary
 
 OLD, NEW = 1, 2
@@ -522,19 +521,6 @@ def _counts(counts: dict[str, dict[str, int]]) -> str:
 
 
 # --------------------------------------------------------------------------- tests
-
-
-@pytest.fixture(params=["xfs", "ext4"])
-def cut_fs(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
-    """A fresh loop filesystem, background writeback off while the test runs.
-
-    ext4 is mounted ``noauto_da_alloc``: its default hides the missing-fsync bug.
-    """
-    crash.require_power_cut()
-    fstype = request.param
-    options = "noauto_da_alloc" if fstype == "ext4" else ""
-    with loop_mount(fstype, options=options) as mnt, crash.writeback_off():
-        yield f"{fstype}{'-' + options if options else ''}", mnt
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import pytest
 
 from tests.harness import crash
 from tests.harness.checks import leftovers
-from tests.harness.mounts import loop_mount, tmpfs
+from tests.harness.mounts import tmpfs
 from tests.harness.summary import module_summary
 
 OLD, NEW = 1, 2
@@ -105,19 +105,6 @@ def test_kill9_torture_never_tears_and_sweep_cleans(
 
 
 # --------------------------------------------------------------------------- power cut
-
-
-@pytest.fixture(params=["xfs", "ext4"])
-def cut_fs(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
-    """A fresh loop filesystem, background writeback off while the test runs.
-
-    ext4 is mounted ``noauto_da_alloc``: its default hides the missing-fsync bug.
-    """
-    crash.require_power_cut()
-    fstype = request.param
-    options = "noauto_da_alloc" if fstype == "ext4" else ""
-    with loop_mount(fstype, options=options) as mnt, crash.writeback_off():
-        yield f"{fstype}{'-' + options if options else ''}", mnt
 
 
 def _run(
