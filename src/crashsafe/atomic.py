@@ -99,11 +99,11 @@ def _locate(
         raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
     directory = _platform.Directory(head)
     try:
+        st = directory.lstat(name)
+        if st is None or not follow_symlinks or not stat.S_ISLNK(st.st_mode):
+            return directory, name, st
         # Linux follows at most 40 links in a row; so does this, then says ELOOP.
-        for _ in range(_MAX_SYMLINKS + 1):
-            st = directory.lstat(name)
-            if st is None or not stat.S_ISLNK(st.st_mode) or not follow_symlinks:
-                return directory, name, st
+        for _ in range(_MAX_SYMLINKS):
             link_head, name = os.path.split(os.path.join(head, directory.readlink(name)))
             if link_head != head:
                 # Open the next directory before closing this one, so that a
@@ -113,6 +113,9 @@ def _locate(
                 directory, head = next_directory, link_head
             if name in ("", ".", ".."):
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            st = directory.lstat(name)
+            if st is None or not stat.S_ISLNK(st.st_mode):
+                return directory, name, st
         raise OSError(errno.ELOOP, "Too many levels of symbolic links", path)
     except BaseException:
         directory.close()
@@ -196,6 +199,12 @@ class AtomicFile:
     when *path* exists; the
     :class:`OSError` of any failed step (a missing directory, no permission).
     """
+
+    # No per-instance dict: a write's object is made and dropped on every call.
+    __slots__ = (
+        "__weakref__", "_dir", "_durability", "_fd", "_file", "_mode", "_name",
+        "_open_args", "_replace", "_state", "_temp", "_validators", "path",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -501,7 +510,10 @@ def atomic_write(
     errors are those of :class:`AtomicFile`; a wrong type of *data* raises
     :class:`TypeError`.
     """
-    data = data.encode(encoding) if isinstance(data, str) else _as_bytes(data, "bytes or str")
+    if isinstance(data, str):
+        data = data.encode(encoding)
+    elif not isinstance(data, bytes):
+        data = _as_bytes(data, "bytes or str")
     with AtomicFile(
         path,
         "wb" if overwrite else "xb",

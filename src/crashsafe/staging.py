@@ -100,7 +100,7 @@ def _owner_part() -> str:
 
 def temp_name(target_name: str) -> str:
     """A fresh, unguessable temporary name for *target_name* in the same directory."""
-    tail = f".{os.urandom(8).hex()}.{_owner_part()}{MARKER}"
+    tail = f".{os.urandom(8).hex()}.{_owner or _owner_part()}{MARKER}"
     room = _NAME_MAX - 1 - len(tail)  # the tail is ASCII: one byte per character
     if len(target_name) * 4 > room:  # it may not fit (a character is up to 4 bytes)
         target_name = target_name.encode(errors="surrogateescape")[:room].decode(errors="ignore")

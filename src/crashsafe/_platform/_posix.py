@@ -143,7 +143,9 @@ def _load_statx() -> _Statx | None:
         call = ctypes.CDLL(None, use_errno=True).statx
     except (OSError, AttributeError):
         return None
-    call.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
+    # No argtypes: ctypes's own conversions (int to int, bytes and a buffer to
+    # pointers) are what statx takes, and skip a from_param call per argument
+    # (0.6 us a call here, timeit).
     call.restype = ctypes.c_int
     # struct statx is 256 bytes: stx_mask at offset 0, stx_uid, stx_gid and
     # stx_mode at 20, 24 and 28.
@@ -360,7 +362,16 @@ class Directory:
         """
         try:
             if temp is None:
-                self._publish_anonymous(fd, name, replace=replace)
+                source = f"/proc/self/fd/{fd}"
+                if not replace:
+                    os.link(source, name, dst_dir_fd=self.fd, follow_symlinks=True)
+                else:
+                    # link() cannot replace, so the file gets a temporary name
+                    # first, removed below if the rename fails; a crash between
+                    # the two syscalls leaves a name that sweep() removes.
+                    link = partial(os.link, source, dst_dir_fd=self.fd, follow_symlinks=True)
+                    temp = _fresh_name(name, link)
+                    os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
             elif replace:
                 os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
             else:
@@ -371,21 +382,6 @@ class Directory:
                 raise _name_error(e, self._join(name)) from None
             raise
         os.close(fd)
-
-    def _publish_anonymous(self, fd: int, name: str, *, replace: bool) -> None:
-        source = f"/proc/self/fd/{fd}"
-        if not replace:
-            os.link(source, name, dst_dir_fd=self.fd, follow_symlinks=True)
-            return
-        # link() cannot replace, so the file gets a temporary name first; a
-        # crash in the two syscalls between leaves a name that sweep() removes.
-        # A partial, not a lambda: one Python frame less on every write.
-        temp = _fresh_name(name, partial(os.link, source, dst_dir_fd=self.fd, follow_symlinks=True))
-        try:
-            os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
-            self._unlink_quietly(temp)
-            raise
 
     def _rename_noreplace(self, temp: str, name: str) -> None:
         try:
