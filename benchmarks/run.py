@@ -44,10 +44,11 @@ class Plan:
     import_runs: int
     xfs_small: bool  # small writes on the loop xfs too
     xfs_image: int  # bytes
+    wait_reps: int  # repetitions of the Python-after-a-wait benchmark
 
 
-FULL = Plan(20, 61, 1000, 7, 1 << 30, 11, 21, True, 4 << 30)
-QUICK = Plan(10, 9, 200, 2, 64 << 20, 2, 5, False, 512 << 20)
+FULL = Plan(20, 61, 1000, 7, 1 << 30, 11, 21, True, 4 << 30, 1000)
+QUICK = Plan(10, 9, 200, 2, 64 << 20, 2, 5, False, 512 << 20, 100)
 
 
 def main() -> int:
@@ -73,6 +74,7 @@ def main() -> int:
         step("small writes on", fs)
         for size in (100, 4096):
             sections.append(small.small_writes(work, fs, size, plan.small_n, plan.small_reps))
+        sections.append(after_a_wait(plan, filesystems))
         step("syscall traces")
         sections.append(misc.syscalls(work))
         step("many files")
@@ -116,6 +118,18 @@ def xfs_sections(work: str, plan: Plan, filesystems: dict[str, str]) -> list[Sec
         step(f"reflink copy ({plan.large >> 20} MiB) on xfs (loop)")
         sections.append(large.reflink(mnt, plan.large, plan.large_reps))
     return sections
+
+
+def after_a_wait(plan: Plan, filesystems: dict[str, str]) -> Section:
+    """The Python-after-a-wait benchmark, on the tmpfs at /dev/shm if there is one."""
+    shm = "/dev/shm"
+    filesystems[shm] = filesystem(shm)
+    if not filesystems[shm].startswith("tmpfs "):
+        skipped = Section("Python after a wait", ("", "", ""))
+        skipped.notes.append(f"Skipped: {shm} is not a tmpfs.")
+        return skipped
+    step("Python after a wait, on tmpfs")
+    return small.after_a_wait(shm, "tmpfs", plan.wait_reps)
 
 
 def step(*what: str) -> None:

@@ -8,13 +8,16 @@ process; see :func:`floor` and the notes each section prints.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
+import random
 import shutil
 import signal
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -414,6 +417,80 @@ def many_files(parent: str, count: int, reps: int) -> Section:
         "directory (created and removed outside the timing).",
         "Batch floor: every temporary file written and fsynced, then all renamed, then one "
         "directory fsync; the reference for a batch API.",
+    ]
+    return section
+
+
+def after_a_wait(directory: str, label: str, reps: int, pause: float = 0.002) -> Section:
+    """The same `none` write timed back to back and right after a sleep, on a tmpfs.
+
+    A durable write sleeps in each fsync; whatever runs after the wait runs on
+    a CPU that has been idle. Each repetition times one write of each contender
+    right after another (warm) and one right after a *pause* sleep, in a fresh
+    order; a tmpfs, so that the filesystem adds no wait of its own. crashsafe
+    against its own syscalls as raw ``os`` calls (:func:`_steps`) shows what
+    its Python costs in either state.
+    """
+    data = os.urandom(4096)
+    run = tempfile.mkdtemp(prefix="wait-", dir=directory)
+    ops: dict[str, Op] = {}
+    for name in ("cs", "steps"):
+        os.mkdir(home := os.path.join(run, name))
+        with open(path := os.path.join(home, "target"), "wb") as f:
+            f.write(data)
+        ops[name] = _crashsafe(path, data, "none") if name == "cs" else _steps(path, data, "none")
+        ops[name]()
+    times: dict[str, list[float]] = {f"{n} {state}": [] for n in ops for state in ("warm", "cold")}
+    clock = time.perf_counter
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for rep in range(reps):
+            for name in random.Random(rep).sample(list(ops), len(ops)):  # noqa: S311 - an order
+                op = ops[name]
+                time.sleep(pause)
+                start = clock()
+                op()
+                middle = clock()
+                op()
+                times[f"{name} cold"].append(middle - start)
+                times[f"{name} warm"].append(clock() - middle)
+    finally:
+        if enabled:
+            gc.enable()
+        shutil.rmtree(run)
+    section = Section(
+        f"Python after a wait: 4096-byte `none` writes, {label}",
+        ("first, median per write", "second, median per write", "time ratio (95 % interval)"),
+    )
+
+    def row(name: str, ours: str, ref: str) -> Row:
+        a, b = times[ours], times[ref]
+        ratio = paired_ratio(a, b)
+        medians = fmt_time(statistics.median(a)), fmt_time(statistics.median(b))
+        return Row(name, *medians, ratio, "", None, ratio_interval(a, b))
+
+    section.rows += [
+        row(f"crashsafe: after a {pause * 1e3:g} ms sleep / back to back", "cs cold", "cs warm"),
+        row(f"raw syscalls: after a {pause * 1e3:g} ms sleep / back to back", "steps cold",
+            "steps warm"),
+        row("back to back: crashsafe / its syscalls as raw os calls", "cs warm", "steps warm"),
+        row(f"after a {pause * 1e3:g} ms sleep: crashsafe / its syscalls as raw os calls",
+            "cs cold", "steps cold"),
+    ]  # fmt: skip
+    python = {
+        state: statistics.median(
+            c - s for c, s in zip(times[f"cs {state}"], times[f"steps {state}"], strict=True)
+        )
+        for state in ("warm", "cold")
+    }
+    section.notes += [
+        f"{reps} repetitions; in each, every contender in a fresh order: a {pause * 1e3:g} ms "
+        "sleep, one write (first), and at once another (second).",
+        f"The Python on top (crashsafe minus its raw syscalls, median of the paired "
+        f"differences): {fmt_time(python['warm'])} back to back, {fmt_time(python['cold'])} "
+        "after the sleep. A durable write waits twice (the file and the directory fsync), so "
+        "its Python runs in the second state.",
     ]
     return section
 
