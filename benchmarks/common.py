@@ -132,9 +132,11 @@ def filesystem(path: str) -> str:
     """Say "ext4 on /dev/vda (rw,relatime,...)" for the filesystem holding *path*."""
     try:
         # A path under two stacked mounts gets a line for each; the last is the visible one.
-        fstype, source, options = run(
-            ["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T", path]
-        ).splitlines()[-1].split()
+        fstype, source, options = (
+            run(["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T", path])
+            .splitlines()[-1]
+            .split()
+        )
     except (OSError, subprocess.CalledProcessError, ValueError):
         return "unknown"
     return f"{fstype} on {source} ({options})"
