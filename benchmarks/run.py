@@ -334,9 +334,9 @@ TIME_NOTES = [
     "tmpfs back to back and right after a 2 ms sleep: in the run of 08:12 UTC crashsafe took "
     "1.89x (1.86-1.92) as long after the sleep, its raw syscalls 1.76x, and its Python on top"
     " of them went from 13 µs to 35 µs. A durable write sleeps in both fsyncs, so its Python "
-    "always runs in the slow state. In scratch runs, spinning for 200-1000 µs after the "
-    "sleep won back about half of the loss: the virtual CPU runs slowly for a while after it "
-    "idles (cpuidle driver `haltpoll`) besides the cold caches.",
+    "always runs in the slow state. In two of three scratch runs, spinning 200-1000 µs after the "
+    "sleep won back about half of the loss, which suggests that the virtual CPU runs slowly "
+    "for a while after it idles (cpuidle driver `haltpoll`), besides cold caches.",
     "- **Bisected** against the prototype, rebuilt with the same 18 syscalls (strace: the "
     "same sequence), timestamps around the two fsyncs, 100 x 20 durable 4 KiB writes on a "
     "loop xfs: crashsafe spent 78, 69 and 7 µs before the file fsync, between the fsyncs and "
