@@ -490,7 +490,7 @@ def after_a_wait(directory: str, label: str, reps: int, pause: float = 0.002) ->
         f"The Python on top (crashsafe minus its raw syscalls, median of the paired "
         f"differences): {fmt_time(python['warm'])} back to back, {fmt_time(python['cold'])} "
         "after the sleep. A durable write waits twice (the file and the directory fsync), so "
-        "its Python runs in the second state.",
+        "its Python runs after a wait too.",
     ]
     return section
 
