@@ -230,6 +230,24 @@ def test_path_that_is_a_directory_raises_is_a_directory_error(
 
 
 @pytest.mark.parametrize("api", ["atomic_write", "atomic_open", "AtomicFile"])
+@pytest.mark.parametrize("before_nul", ["dir", "file", "link"])
+def test_name_with_a_nul_raises_value_error_every_time_and_creates_nothing(
+    workdir: Path, staging: str, api: str, before_nul: str
+) -> None:
+    # The target's status is read with statx through ctypes from a process's
+    # third read on, and C cuts a name at its NUL: "dir\0x" must not be read
+    # as "dir" (a directory, a file to replace, a link to follow).
+    (workdir / "dir").mkdir()
+    (workdir / "file").write_bytes(b"keep")
+    (workdir / "link").symlink_to("file")
+    for _ in range(4):
+        with pytest.raises(ValueError, match="null"):
+            call(api, workdir / f"{before_nul}\0x")
+    assert entries(workdir) == ["dir", "file", "link"]
+    assert (workdir / "file").read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("api", ["atomic_write", "atomic_open", "AtomicFile"])
 def test_missing_parent_directory_raises_file_not_found_and_creates_nothing(
     workdir: Path, staging: str, api: str
 ) -> None:

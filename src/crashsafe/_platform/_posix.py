@@ -189,6 +189,8 @@ def _status(fd: int, name: str = "") -> Status:
         call, new_buffer, fields, get_errno = _statx
         result = new_buffer()  # one per call: threads read concurrently
         if name:
+            if "\0" in name:  # C would read up to the NUL: refuse as os.stat does
+                raise ValueError("embedded null byte")
             rc = call(fd, name.encode(_FS_ENCODING, _FS_ERRORS), _AT_SYMLINK_NOFOLLOW,
                       _STATX_WANTED, result)  # fmt: skip
         else:
