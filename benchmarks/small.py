@@ -40,11 +40,6 @@ from common import (
 import crashsafe
 import crashsafe._platform._posix as posix
 
-try:
-    from _signal import pthread_sigmask as _sigmask  # what crashsafe calls, see _posix.py
-except ImportError:
-    _sigmask = signal.pthread_sigmask
-
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -92,9 +87,6 @@ def _crashsafe_named(path: str, data: bytes, durability: crashsafe.atomic.Durabi
     return write
 
 
-_ALL_SIGNALS = signal.valid_signals()
-
-
 def _raw_statx() -> Callable[[int, bytes, int], int]:
     """statx(2) asking for type, mode and owner, as crashsafe does, with no Python around it."""
     import ctypes
@@ -105,14 +97,25 @@ def _raw_statx() -> Callable[[int, bytes, int], int]:
     return lambda fd, name, flags: call(fd, name, flags, 0x1 | 0x2 | 0x8 | 0x10, result)
 
 
+def _raw_sigmask() -> tuple[Callable[..., int], Callable[[], object], object]:
+    """pthread_sigmask(3), a new-set maker and a full set, as crashsafe loads them."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sigset = ctypes.c_char * 128
+    every_signal = sigset()
+    libc.sigfillset(every_signal)
+    return libc.pthread_sigmask, sigset, every_signal
+
+
 def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op:
     """crashsafe's syscalls for one ``atomic_write`` of an existing file, as raw ``os`` calls.
 
     The same sequence, in the same order, as the strace table shows for
     crashsafe (directory, the target's statx, O_TMPFILE created with its final
     mode, its statx, write, fsync, a linkat to an unguessable name, rename,
-    directory fsync, signals held back around the create and the publish, the mask
-    read before each block),
+    directory fsync, signals held back around the create and the publish, each
+    block returning the old mask in the same syscall; one getrandom per 32 names),
     with no checks, no error paths and no Python layers: ``steps / floor`` is
     what the contract's extra steps cost, ``crashsafe / steps`` what the
     library's Python costs on top. With *statx* False, ``lstat`` and
@@ -121,7 +124,9 @@ def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op
     head, name = os.path.split(path)
     owner = f"{os.getpid()}-{os.getpid()}-00000000"  # the length of crashsafe's owner tag
     raw_statx = _raw_statx()
+    sigmask, new_set, every_signal = _raw_sigmask()
     encoded = os.fsencode(name)
+    pool: list[str] = []
 
     def write() -> None:
         dir_fd = os.open(head, _DIR)
@@ -129,24 +134,27 @@ def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op
             raw_statx(dir_fd, encoded, 0x100)  # AT_SYMLINK_NOFOLLOW
         else:
             os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        old = _sigmask(signal.SIG_BLOCK, ())  # crashsafe reads the mask, then blocks
-        _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+        old = new_set()
+        sigmask(signal.SIG_BLOCK, every_signal, old)
         fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
         if statx:
             raw_statx(fd, b"", 0x1100)  # AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
         else:
             os.fstat(fd)
-        _sigmask(signal.SIG_SETMASK, old)
+        sigmask(signal.SIG_SETMASK, old, None)
         os.write(fd, data)
         if durability != "none":
             os.fsync(fd)
-        old = _sigmask(signal.SIG_BLOCK, ())  # crashsafe reads the mask, then blocks
-        _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
-        temp = f".{name}.{os.urandom(8).hex()}.{owner}.crashsafe-tmp"
+        old = new_set()
+        sigmask(signal.SIG_BLOCK, every_signal, old)
+        if not pool:
+            random_bits = os.urandom(8 * 32).hex()
+            pool.extend(random_bits[i : i + 16] for i in range(0, len(random_bits), 16))
+        temp = f".{name}.{pool.pop()}.{owner}.crashsafe-tmp"
         os.link(f"/proc/self/fd/{fd}", temp, dst_dir_fd=dir_fd, follow_symlinks=True)
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         os.close(fd)
-        _sigmask(signal.SIG_SETMASK, old)
+        sigmask(signal.SIG_SETMASK, old, None)
         if durability == "durable":
             os.fsync(dir_fd)
         os.close(dir_fd)

@@ -722,8 +722,12 @@ def handler(signum, frame):
 
 signal.signal(signal.SIGUSR1, handler)
 target = os.path.join(sys.argv[1], "target")
-for _ in range(3):  # everything imported, statx loaded: the storm hits the writes only
+import crashsafe._platform._posix as posix
+if sys.argv[3] == "signal-module":  # never load ctypes: blocks use signal.pthread_sigmask
+    posix._reads_before_ctypes = -1
+for _ in range(3):  # everything imported (ctypes too, for "libc"): the storm hits writes only
     crashsafe.atomic_write(target, b"warm-up", durability="none")
+assert (posix._libc_sigmask is not None) == (sys.argv[3] == "libc")
 print("ready", flush=True)
 hits = left_blocked = 0
 deadline = time.monotonic() + 60
@@ -743,21 +747,25 @@ print(hits, left_blocked, flush=True)
 """
 
 
-def test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked() -> None:
+@pytest.mark.parametrize("blocker", ["libc", "signal-module"])
+def test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked(blocker: str) -> None:
     """Thousands of signals at random moments of writes, each handler raising:
     after every interrupted write the thread's signal mask is as it was, and
     nothing is left behind.
 
-    CPython runs pending handlers inside ``pthread_sigmask``, right after its
-    syscall. A handler that raised there, after the block, once took the old
-    mask with it: about one interrupted write in a thousand left every signal
-    blocked for the rest of the process (Ctrl-C ignored, children born with
-    it). The window is a few bytecodes wide, so only numbers find it: 20,000
-    interrupted writes on a tmpfs, where writes are fastest.
+    CPython runs pending handlers right after the call that blocks signals
+    (inside ``signal.pthread_sigmask``, or at the end of a ctypes call). A
+    handler that raised there, after the block, once took the old mask with
+    it: about one interrupted write in a thousand left every signal blocked
+    for the rest of the process (Ctrl-C ignored, children born with it). The
+    window is a few bytecodes wide, so only numbers find it: 20,000
+    interrupted writes on a tmpfs, where writes are fastest; with the C
+    library's pthread_sigmask (a process's writes from its second on) and
+    with the signal module's (its first).
     """
     with tmpfs(size_kb=1024) as mnt:
         child = subprocess.Popen(
-            [sys.executable, "-c", SIGNAL_STORM, str(mnt), "20000"],
+            [sys.executable, "-c", SIGNAL_STORM, str(mnt), "20000", blocker],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -779,6 +787,48 @@ def test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked() -> Non
         assert hits == 20000, f"only {hits} writes were interrupted in 60 s; too few to tell"
         assert left_blocked == 0, f"{left_blocked} of {hits} interrupted writes left all blocked"
         assert entries(mnt) == ["target"]
+
+
+def test_a_write_blocks_signals_in_two_syscalls_and_draws_names_from_a_pool(
+    workdir: Path,
+) -> None:
+    """Once ctypes is loaded, each of a write's two signal blocks is two syscalls: the
+    block, which returns the old mask in the same call, and the restore. The random
+    part of 32 temporary names comes from one getrandom(). The mask after the writes
+    is the one before them, with a signal the caller had blocked still blocked."""
+    target = workdir / "target"
+    target.write_bytes(b"old")
+    child = run_traced(
+        "import signal\n"
+        "for data in (b'warm', b'warmer'):  # the third status read loads ctypes\n"
+        "    atomic_write(sys.argv[1], data)\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])\n"
+        "os.access('/.crashsafe-test-start', os.F_OK)\n"
+        "for n in range(64):\n"
+        "    atomic_write(sys.argv[1], b'new %d' % n)\n"
+        "os.access('/.crashsafe-test-end', os.F_OK)\n"
+        "report(mask=sorted(signal.pthread_sigmask(signal.SIG_BLOCK, ())),\n"
+        "       libc=_posix._libc_sigmask is not None)",
+        str(target),
+        trace=["rt_sigprocmask", "getrandom", "access", "renameat"],
+    )
+    assert child.result == {"mask": [signal.SIGUSR2], "libc": True}, child.stderr
+    start = next(i for i, line in enumerate(child.log) if "crashsafe-test-start" in line)
+    end = next(i for i, line in enumerate(child.log) if "crashsafe-test-end" in line)
+    calls = [line.split(None, 1)[1] for line in child.log[start + 1 : end]]
+    assert sum(call.startswith("renameat(") for call in calls) == 64, calls
+    masks = [call for call in calls if call.startswith("rt_sigprocmask(")]
+    assert len(masks) == 64 * 4, masks
+    blocks = masks[0::2]
+    restores = masks[1::2]
+    # Every block returns the old mask (SIGUSR2 alone); every restore puts it back.
+    assert all(b.startswith("rt_sigprocmask(SIG_BLOCK, ~[") and "[USR2]" in b for b in blocks)
+    assert all(r.startswith("rt_sigprocmask(SIG_SETMASK, [USR2], NULL") for r in restores)
+    # 64 names from a pool of 32 a draw: two draws, or three if the warm-up's draw
+    # left some over.
+    assert sum(call.startswith("getrandom(") for call in calls) in (2, 3), calls
+    assert target.read_bytes() == b"new 63"
+    assert_only(workdir, "target")
 
 
 # ---------------------------------------------------------------------------

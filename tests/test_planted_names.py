@@ -320,3 +320,31 @@ def test_write_to_a_255_byte_name_succeeds(workdir: Path, staging: str, label: s
     assert target.read_bytes() == b"third"
     assert stat.S_IMODE(os.lstat(target).st_mode) == 0o600
     assert entries(workdir) == [LONG_NAMES[label]]
+
+
+def test_a_forked_child_does_not_draw_its_parents_random_parts() -> None:
+    """The random parts of temporary names come from a pool filled 32 names at a
+    time; a forked child starts a pool of its own, so neither process can tell the
+    other's next names from its own."""
+    temp_name(NAME)  # the pool now holds 31 unused parts
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            parts = [_random_part_of(temp_name(NAME)) for _ in range(8)]
+            os.write(write_end, " ".join(parts).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read().decode().split()
+    os.waitpid(pid, 0)
+    parent = [_random_part_of(temp_name(NAME)) for _ in range(8)]
+    assert len(child) == 8
+    assert not set(child) & set(parent), (child, parent)
+
+
+def _random_part_of(name: str) -> str:
+    match = _TEMP_RE.match(name)
+    assert match is not None
+    return name[len(match["stem"]) + 2 :].split(".", maxsplit=1)[0]

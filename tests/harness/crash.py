@@ -366,7 +366,8 @@ def end(): os.access("/.crashsafe-harness-end", os.F_OK)
 # statx now, not at the writer's second write: loading it imports ctypes, dozens
 # of syscalls on the root filesystem, where a cut of the test mount changes nothing.
 import crashsafe._platform._posix as _posix
-_posix._statx, _posix._reads_before_statx = _posix._load_statx(), -1
+_posix._load_ctypes()
+_posix._reads_before_ctypes = -1
 """
 _START, _END = "/.crashsafe-harness-start", "/.crashsafe-harness-end"
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(.*)$")

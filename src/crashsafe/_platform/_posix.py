@@ -104,23 +104,70 @@ class signals_deferred:
 
     # A class, not a @contextmanager generator: this runs twice per write,
     # and the generator machinery costs more than the syscalls.
-    __slots__ = ("_old",)
+    __slots__ = ("_call", "_old")
 
     def __enter__(self) -> None:
-        # pthread_sigmask runs the Python handlers of signals that arrived
-        # before its syscall right after it (CPython checks for them there).
-        # A handler that raised after the block would take the old mask with
-        # it, leaving this thread with every signal blocked for good (seen 31
-        # times in 31,093 interrupted writes), so the mask is read first.
-        self._old = _sigmask(signal.SIG_BLOCK, ())
+        # CPython runs the Python handlers of signals that arrived before the
+        # block right after the call that blocks (at the call's end, or inside
+        # signal.pthread_sigmask). A handler that raised there would take the
+        # old mask with it, leaving this thread with every signal blocked for
+        # good (seen 31 times in 31,093 interrupted writes), so the old mask
+        # is in hand first: in a buffer that the C call fills in the same
+        # syscall as it blocks, or, before ctypes is loaded, read by a call
+        # of its own.
+        if _libc_sigmask is None:
+            self._call = None
+            self._old: object = _sigmask(signal.SIG_BLOCK, ())
+            try:
+                _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+            except BaseException:
+                _sigmask(signal.SIG_SETMASK, self._old)
+                raise
+            return
+        # pthread_sigmask returns an error only for a bad first argument.
+        self._call, new_set, every_signal = _libc_sigmask
+        self._old = old = new_set()
         try:
-            _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+            self._call(signal.SIG_BLOCK, every_signal, old)
         except BaseException:
-            _sigmask(signal.SIG_SETMASK, self._old)
+            self._call(signal.SIG_SETMASK, old, None)
             raise
 
     def __exit__(self, *exc_info: object) -> None:
-        _sigmask(signal.SIG_SETMASK, self._old)
+        if self._call is None:
+            _sigmask(signal.SIG_SETMASK, self._old)
+        else:
+            self._call(signal.SIG_SETMASK, self._old, None)
+
+
+_Sigmask = tuple[
+    Callable[..., int],  # pthread_sigmask(how, set, oldset)
+    Callable[[], object],  # a new, empty sigset_t
+    object,  # a sigset_t with every signal in it
+]
+
+
+def _load_sigmask() -> _Sigmask | None:
+    """pthread_sigmask(3) through ctypes, with the sets it takes; None where the
+    C library cannot be loaded.
+
+    It writes the old mask to a buffer in the same syscall as it blocks: one
+    syscall fewer per block than :func:`signal.pthread_sigmask` (see
+    :class:`signals_deferred`), and no Python sets built or read.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        call, fill = libc.pthread_sigmask, libc.sigfillset
+    except (OSError, AttributeError):
+        return None
+    call.restype = fill.restype = ctypes.c_int
+    sigset = ctypes.c_char * 128  # glibc's and musl's sigset_t; the BSDs' is smaller
+    every_signal = sigset()
+    if fill(every_signal) != 0:
+        return None
+    return call, sigset, every_signal
 
 
 _Statx = tuple[
@@ -154,11 +201,22 @@ def _load_statx() -> _Statx | None:
 
 
 _statx: _Statx | None = None
+_libc_sigmask: _Sigmask | None = None
 # ctypes takes 1 to 3 ms to import (more after the page cache was dropped),
-# longer than a whole small write: the first two reads of a process (one
-# write's) use stat, and statx is loaded for the rest, where its saving
-# repeats. -1: loading was tried.
-_reads_before_statx = 2
+# longer than a whole small write: the first two status reads of a process
+# (one write's) use stat, and its signal blocks signal.pthread_sigmask; the
+# C library's functions are loaded for the rest, where their saving repeats.
+# -1: loading was tried.
+_reads_before_ctypes = 2
+
+
+def _load_ctypes() -> None:
+    """Load statx and pthread_sigmask from the C library (see _reads_before_ctypes)."""
+    global _statx, _libc_sigmask  # noqa: PLW0603 - loaded once per process
+    _statx = _load_statx()
+    _libc_sigmask = _load_sigmask()
+
+
 # Status(mode, uid, gid) without the Python-level __new__ of a named tuple:
 # two reads a write, on the path where every frame counts.
 _new_status: Final = tuple.__new__
@@ -178,13 +236,13 @@ def _status(fd: int, name: str = "") -> Status:
     Where statx is missing or refused (EPERM from a seccomp filter, ENOSYS
     where the C library does not emulate it on a kernel before 4.11: then
     it is not tried again), and for the first two reads of a process (see
-    ``_reads_before_statx``), :func:`os.stat` does the same job.
+    ``_reads_before_ctypes``), :func:`os.stat` does the same job.
     """
-    global _statx, _reads_before_statx  # noqa: PLW0603 - loaded once, on the third read
-    if _statx is None and _reads_before_statx >= 0:
-        if _reads_before_statx == 0:
-            _statx = _load_statx()
-        _reads_before_statx -= 1
+    global _statx, _reads_before_ctypes  # noqa: PLW0603 - loaded once, on the third read
+    if _statx is None and _reads_before_ctypes >= 0:
+        if _reads_before_ctypes == 0:
+            _load_ctypes()
+        _reads_before_ctypes -= 1
     if _statx is not None:
         call, new_buffer, fields, get_errno = _statx
         result = new_buffer()  # one per call: threads read concurrently
