@@ -148,13 +148,16 @@ _Sigmask = tuple[
 
 
 def _load_sigmask() -> _Sigmask | None:
-    """pthread_sigmask(3) through ctypes, with the sets it takes; None where the
-    C library cannot be loaded.
+    """pthread_sigmask(3) through ctypes, with the sets it takes; None where it
+    is not used.
 
     It writes the old mask to a buffer in the same syscall as it blocks: one
     syscall fewer per block than :func:`signal.pthread_sigmask` (see
-    :class:`signals_deferred`), and no Python sets built or read.
+    :class:`signals_deferred`), and no Python sets built or read. Linux only,
+    where it is verified; elsewhere :func:`signal.pthread_sigmask` serves.
     """
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
 
     try:
@@ -163,7 +166,7 @@ def _load_sigmask() -> _Sigmask | None:
     except (OSError, AttributeError):
         return None
     call.restype = fill.restype = ctypes.c_int
-    sigset = ctypes.c_char * 128  # glibc's and musl's sigset_t; the BSDs' is smaller
+    sigset = ctypes.c_char * 128  # the size of glibc's and musl's sigset_t
     every_signal = sigset()
     if fill(every_signal) != 0:
         return None
