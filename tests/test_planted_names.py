@@ -21,6 +21,7 @@ import pytest
 
 import crashsafe
 import crashsafe._platform._posix as posix
+from crashsafe import staging
 from crashsafe.staging import _TEMP_RE, MARKER, is_temp_name, sweep, temp_name
 from tests.harness.checks import entries, leftovers
 from tests.harness.require import require
@@ -326,7 +327,8 @@ def test_a_forked_child_does_not_draw_its_parents_random_parts() -> None:
     """The random parts of temporary names come from a pool filled 32 names at a
     time; a forked child starts a pool of its own, so neither process can tell the
     other's next names from its own."""
-    temp_name(NAME)  # the pool now holds 31 unused parts
+    staging._random_parts = iter(())  # a pool with one part left could hide a reuse
+    temp_name(NAME)  # a fresh pool: 31 unused parts stay for the fork
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
