@@ -97,17 +97,6 @@ def _raw_statx() -> Callable[[int, bytes, int], int]:
     return lambda fd, name, flags: call(fd, name, flags, 0x1 | 0x2 | 0x8 | 0x10, result)
 
 
-def _raw_sigmask() -> tuple[Callable[..., int], Callable[[], object], object]:
-    """pthread_sigmask(3), a new-set maker and a full set, as crashsafe loads them."""
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    sigset = ctypes.c_char * 128
-    every_signal = sigset()
-    libc.sigfillset(every_signal)
-    return libc.pthread_sigmask, sigset, every_signal
-
-
 def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op:
     """crashsafe's syscalls for one ``atomic_write`` of an existing file, as raw ``os`` calls.
 
@@ -124,7 +113,9 @@ def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op
     head, name = os.path.split(path)
     owner = f"{os.getpid()}-{os.getpid()}-00000000"  # the length of crashsafe's owner tag
     raw_statx = _raw_statx()
-    sigmask, new_set, every_signal = _raw_sigmask()
+    loaded = posix._load_sigmask()  # the C function and sets crashsafe calls, no wrapper
+    assert loaded is not None
+    sigmask, new_set, every_signal = loaded
     encoded = os.fsencode(name)
     pool: list[str] = []
 

@@ -358,7 +358,8 @@ def test_temporary_file_is_created_no_more_permissive_than_final(
 
 
 # A process's first write reads with stat, so that one that writes once never loads
-# ctypes for statx (see _posix._reads_before_ctypes); this one goes elsewhere.
+# ctypes for statx and pthread_sigmask (see _posix._reads_before_ctypes); this one
+# goes elsewhere.
 WARM_UP = (
     "import tempfile\n"
     "with tempfile.TemporaryDirectory() as warm:\n"

@@ -363,8 +363,9 @@ PRELUDE = """\
 import os, sys
 def start(): os.access("/.crashsafe-harness-start", os.F_OK)
 def end(): os.access("/.crashsafe-harness-end", os.F_OK)
-# statx now, not at the writer's second write: loading it imports ctypes, dozens
-# of syscalls on the root filesystem, where a cut of the test mount changes nothing.
+# statx and pthread_sigmask now, not at the writer's second write: loading them
+# imports ctypes, dozens of syscalls on the root filesystem, where a cut of the
+# test mount changes nothing.
 import crashsafe._platform._posix as _posix
 _posix._load_ctypes()
 _posix._reads_before_ctypes = -1
