@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import array
 import errno
+import inspect
+import mimetypes
 import os
 import pickle
 import re
@@ -290,6 +292,95 @@ def test_atomicfile_enter_returns_itself_with_a_file_and_a_path(
         af.file.write(b"x")
     assert af.file.closed
     assert (workdir / "f").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("mode", VALID_MODES)
+def test_staged_file_is_named_after_the_target(mode: str, workdir: Path, staging: str) -> None:
+    """Libraries that read the format from the name's extension (Pillow's
+    Image.save(f)) see the target's path, not a descriptor number."""
+    for target in (str(workdir / "image.png"), workdir / "other.png"):
+        staged = crashsafe.AtomicFile(target, mode)
+        try:
+            assert staged.file.name == staged.path == str(target)
+        finally:
+            staged.discard()
+        with crashsafe.atomic_open(target, mode) as f:
+            assert f.name == str(target)
+            assert os.path.splitext(f.name)[1] == ".png"
+            assert mimetypes.guess_type(f.name)[0] == "image/png"
+            assert repr(str(target)) in repr(f)
+            f.write("x" if "b" not in mode else b"x")
+        assert Path(target).read_bytes() == b"x"
+        os.unlink(target)
+    assert entries(workdir) == []
+
+
+# ---------------------------------------------------------------- the platform backends
+
+
+def _interface(module: types.ModuleType) -> dict[str, object]:
+    """The names crashsafe._platform takes from a backend, and Directory's methods,
+    with their signatures."""
+    shape: dict[str, object] = {}
+    for name in crashsafe._platform.__all__:
+        value = getattr(module, name)
+        shape[name] = str(inspect.signature(value)) if inspect.isfunction(value) else "-"
+    for name, member in vars(module.Directory).items():
+        if not name.startswith("_") or name == "__init__":
+            shape[f"Directory.{name}"] = str(inspect.signature(member))
+    return shape
+
+
+def test_windows_backend_imports_here_and_has_the_posix_interface(workdir: Path) -> None:
+    """The Windows backend cannot run its moves here, but it imports, and its
+    interface cannot drift from the one the protocol uses without failing CI."""
+    import crashsafe._platform._posix as posix
+    import crashsafe._platform._windows as windows
+
+    assert _interface(windows) == _interface(posix)
+    # Its pure parts work on any OS: names, status, create and discard.
+    directory = windows.Directory(str(workdir))
+    fd, temp, mode = directory.create_temp("target", None)
+    assert temp is not None and (mode, directory.names()) == (0o666, [temp])
+    st = directory.lstat(temp)
+    assert st is not None and stat.S_ISREG(st.st_mode)
+    assert directory.lstat("missing") is None
+    directory.discard(fd, temp)
+    assert entries(workdir) == []
+    with pytest.raises(FileNotFoundError) as info:
+        windows.Directory(str(workdir / "missing"))
+    assert info.value.filename == str(workdir / "missing")
+
+
+# Runs the macOS branch of the POSIX backend on Linux: fcntl(F_FULLFSYNC) is
+# made a known number here (Linux answers EINVAL, and the fsync fallback
+# follows), and an audit hook sees every fcntl call with it.
+ON_DARWIN = """
+import fcntl, os, stat, sys
+sys.platform = "darwin"
+fcntl.F_FULLFSYNC = 51  # its value on macOS
+seen = []
+def hook(event, args):
+    if event == "fcntl.fcntl" and args[1] == fcntl.F_FULLFSYNC:
+        seen.append("directory" if stat.S_ISDIR(os.fstat(args[0]).st_mode) else "file")
+sys.addaudithook(hook)
+import crashsafe
+crashsafe.atomic_write(sys.argv[1], b"data")
+print(" ".join(seen))
+"""
+
+
+def test_macos_syncs_the_directory_with_f_fullfsync_as_it_does_the_file(workdir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", ON_DARWIN, str(workdir / "f")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["file", "directory"]
+    assert (workdir / "f").read_bytes() == b"data"
 
 
 def test_atomic_open_default_mode_is_binary_write(workdir: Path, staging: str) -> None:

@@ -38,6 +38,8 @@ import io
 import json as jsonlib
 import os
 import random
+import shutil
+import sqlite3
 import stat
 import struct
 import subprocess
@@ -639,6 +641,112 @@ def test_wrong_source_objects_raise_and_change_nothing(
     assert_only(workdir, "dst")
 
 
+@pytest.mark.parametrize("how", ["ab", "wb-on-O_WRONLY"])
+def test_write_only_source_is_refused_naming_the_source(
+    how: str, workdir: Path, staging: str
+) -> None:
+    """Not an EBADF from the copy's first read, which named the destination."""
+    src = fill(workdir / "src", MiB + TAIL, seed=30)
+    dst = make_dst(workdir)
+    fds = open_fds()
+    if how == "ab":
+        f: Any = open(src, "ab")  # noqa: SIM115 - closed below
+    else:
+        f = os.fdopen(os.open(src, os.O_WRONLY), "wb")
+    name = repr(str(src)) if how == "ab" else f"<file descriptor {f.fileno()}>"
+    with f, pytest.raises(io.UnsupportedOperation) as info:
+        atomic_copy(f, dst)
+    message = str(info.value)
+    assert message == f"src {name} is not open for reading (mode {f.mode!r}): open it with 'rb'"
+    assert str(dst) not in message
+    assert "Errno" not in message
+    assert isinstance(info.value, OSError) and isinstance(info.value, ValueError)
+    assert open_fds() == fds
+    assert_intact(dst)
+    assert os.path.getsize(src) == MiB + TAIL
+    assert_only(workdir, "dst", "src")
+
+
+def test_source_read_error_names_the_source_not_the_destination(
+    workdir: Path, staging: str
+) -> None:
+    """A real read() of the source failing (EIO injected into that syscall only)."""
+    src = fill(workdir / "src", 2 * MiB + TAIL, seed=31)
+    dst = make_dst(workdir)
+    child = run_traced(
+        CHILD_COPY,
+        str(src),
+        str(dst),
+        jsonlib.dumps({"digest": "sha256"}),  # the read/write loop: one read per MiB
+        trace=["read"],
+        inject=[fault("read", error="EIO", when=2)],
+        paths=[src],
+        staging=staging,
+    )
+    result = child.result
+    assert len(child.injected()) == 1, child.log
+    assert (result["raised"], result["errno"]) == ("OSError", errno.EIO), (result, child.stderr)
+    assert result["filename"] == str(src), f"the error names {result['filename']!r}"
+    assert_intact(dst)
+    assert_only(workdir, "dst", "src")
+
+
+def _hard_link(src: Path, workdir: Path) -> Path:
+    os.link(src, workdir / "hard")
+    return workdir / "hard"
+
+
+def _symlink(src: Path, workdir: Path) -> Path:
+    (workdir / "soft").symlink_to("src")
+    return workdir / "soft"
+
+
+SAME_FILE: dict[str, Callable[[Path, Path], Path]] = {
+    "same path": lambda src, workdir: src,
+    "other spelling": lambda src, workdir: Path(f"{workdir}/./src"),
+    "hard link": _hard_link,
+    "symlink": _symlink,
+}
+
+
+@pytest.mark.parametrize("as_object", [False, True])
+@pytest.mark.parametrize("case", list(SAME_FILE))
+def test_copy_onto_itself_is_refused(
+    case: str, as_object: bool, workdir: Path, staging: str
+) -> None:
+    src = fill(workdir / "src", MiB + TAIL, seed=32)
+    dst = SAME_FILE[case](src, workdir)
+    names = entries(workdir)
+    before = os.stat(src)
+    with contextlib.ExitStack() as stack:
+        source: Any = stack.enter_context(open(src, "rb")) if as_object else src
+        with pytest.raises(shutil.SameFileError) as info:
+            atomic_copy(source, dst)
+    assert isinstance(info.value, OSError)
+    assert str(info.value) == (
+        f"{str(src)!r} and {str(dst)!r} are the same file: a file cannot be copied onto itself"
+    )
+    after = os.stat(src)
+    assert (after.st_ino, after.st_nlink, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_nlink,
+        before.st_mtime_ns,
+    )
+    assert entries(workdir) == names
+    assert leftovers(workdir) == []
+
+
+def test_copy_over_a_symlink_to_the_source_itself_replaces_the_link_when_not_following(
+    workdir: Path, staging: str
+) -> None:
+    src = fill(workdir / "src", MiB + TAIL, seed=33)
+    link = _symlink(src, workdir)
+    atomic_copy(src, link, follow_symlinks=False)  # the link is the file replaced
+    assert not link.is_symlink()
+    assert_same(link, src)
+    assert_only(workdir, "soft", "src")
+
+
 def test_directory_source_raises_is_a_directory(workdir: Path) -> None:
     (workdir / "dir").mkdir()
     dst = make_dst(workdir)
@@ -811,6 +919,78 @@ def test_validator_rejects_a_truncated_copy_and_accepts_a_complete_one(
     assert result.bytes == len(content)
     assert dst.read_bytes() == content
     assert_only(workdir, "dst", "src")
+
+
+def _wal_database(path: Path) -> sqlite3.Connection:
+    """A WAL database whose last commit lives only in its -wal (no checkpoint ran)."""
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA wal_autocheckpoint = 0")
+    con.execute("CREATE TABLE t (x)")
+    con.execute("INSERT INTO t VALUES (0)")
+    con.commit()
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # so far, all in the file itself
+    return con
+
+
+def rows(db: Path) -> int:
+    uri = f"file:{db}?mode=ro&immutable=1"  # the file alone, no -wal read or made
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as con:
+        count: int = con.execute("SELECT count(*) FROM t").fetchone()[0]
+        return count
+
+
+def test_sqlite_copy_of_a_database_with_commits_in_its_wal_is_refused(
+    workdir: Path, staging: str
+) -> None:
+    src, dst = workdir / "app.db", make_dst(workdir)
+    with contextlib.closing(_wal_database(src)) as con:
+        con.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(1, 2000)])
+        con.commit()
+        assert (workdir / "app.db-wal").stat().st_size > 0
+        # The file alone is a valid database, without the last commit: what
+        # the copy would hold, and what validators.sqlite alone accepts.
+        atomic_copy(src, workdir / "file-alone")
+        assert rows(workdir / "file-alone") == 1
+        with open(workdir / "file-alone", "rb") as f:
+            validators.sqlite(f)
+        expected = (
+            f"{src}: {src}-wal holds committed transactions that are not in the database "
+            "file itself, so a copy of the file alone would lack them: checkpoint first "
+            "(PRAGMA wal_checkpoint(TRUNCATE)), or copy with SQLite's backup API or VACUUM INTO"
+        )
+        for validate in (
+            validators.sqlite,
+            [validators.size(src.stat().st_size), validators.sqlite],
+        ):
+            with pytest.raises(VerificationError) as info:
+                atomic_copy(src, dst, validate=validate)
+            assert (str(info.value), info.value.filename) == (expected, str(src))
+            assert_intact(dst)
+        with open(src, "rb") as f, pytest.raises(VerificationError, match="checkpoint first"):
+            atomic_copy(f, dst, validate=validators.sqlite)
+        assert_intact(dst)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        atomic_copy(src, dst, validate=validators.sqlite)
+        assert rows(dst) == 2000
+    assert_only(workdir, "app.db", "dst", "file-alone")
+
+
+def test_sqlite_copy_refuses_a_commit_made_during_the_copy(workdir: Path, staging: str) -> None:
+    src, dst = workdir / "app.db", make_dst(workdir)
+    with contextlib.closing(_wal_database(src)) as con:
+
+        def commit_meanwhile(done: int, total: int | None) -> None:
+            # The main file does not change: only the -wal tells.
+            con.execute("INSERT INTO t VALUES (1)")
+            con.commit()
+
+        mtime = src.stat().st_mtime_ns
+        with pytest.raises(VerificationError, match="checkpoint first"):
+            atomic_copy(src, dst, validate=validators.sqlite, progress=commit_meanwhile)
+        assert src.stat().st_mtime_ns == mtime
+        assert_intact(dst)
+    assert_only(workdir, "app.db", "dst")
 
 
 def test_custom_validators_run_in_order_and_the_second_can_reject(

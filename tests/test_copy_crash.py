@@ -53,11 +53,12 @@ Sizes and counts, chosen for CI (the whole file takes about 2 minutes on the
   the kill -9 runs cover it.
 
 Also shown: a kill -9 while ``validators.c1z`` runs leaves no decoded
-database in ``tempfile.gettempdir()``. The scratch file is anonymous while it
-is decoded; it has a (sweepable) crashsafe temporary name only for the
-instant SQLite opens it. The test aims its kill at exactly that instant (it
-waits for a visible file) and shows that the next validation removes what
-such a kill left.
+database in ``tempfile.gettempdir()`` but in one private directory, and
+touches nothing else there. The scratch file is anonymous while it is
+decoded; it has a name, in a private ``crashsafe-validation-*`` directory,
+only for the instant SQLite opens it. The test aims its kill at exactly that
+instant (it waits for a visible file) and shows that a kill leaves at most
+that one directory, and that the next validation neither needs nor touches it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ import random
 import shutil
 import signal
 import sqlite3
+import stat
 import tempfile
 import time
 from collections import Counter
@@ -88,7 +90,8 @@ from tests.harness.summary import module_summary
 KILLS = 200
 VERSIONS = 3  # pre-built c1z files the writer cycles through
 MAGIC = b"C1ZF\x00"
-SCRATCH_PREFIX = "crashsafe-c1z-"  # validators.c1z's scratch file in tempfile.gettempdir()
+# validators.c1z's private directory for its scratch file in tempfile.gettempdir()
+SCRATCH_PREFIX = "crashsafe-validation-"
 # By filesystem type; cut_fs labels ext4 "ext4-noauto_da_alloc", hence the partition below.
 # mkfs.xfs makes reflink-capable filesystems by default (xfsprogs >= 5.1).
 METHOD = {"xfs": "reflink", "ext4": "copy_file_range"}
@@ -151,8 +154,8 @@ class Judge:
         for path in self.scratch.iterdir():
             if path.name.startswith(SCRATCH_PREFIX):
                 self.scratch_files += 1
-                self.scratch_bytes += path.stat().st_size
-                path.unlink()
+                self.scratch_bytes += sum(p.stat().st_size for p in path.iterdir())
+                shutil.rmtree(path)
 
     def _validate(self) -> str | None:
         try:
@@ -310,15 +313,17 @@ def test_kill9_harness_catches_in_place_copy(kill_fs: tuple[str, Path]) -> None:
 
 
 def _largest(directory: Path) -> int:
-    """The size of the largest file in *directory*, whose files may vanish meanwhile."""
+    """The size of the largest file in *directory* or a directory in it, whose
+    files may vanish meanwhile."""
     largest = 0
-    for path in directory.iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            largest = max(largest, path.stat().st_size)
+    with contextlib.suppress(FileNotFoundError):
+        for path in directory.iterdir():
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                largest = max(largest, _largest(path) if path.is_dir() else path.stat().st_size)
     return largest
 
 
-def test_kill9_during_c1z_validation_leaves_no_scratch_file(
+def test_kill9_during_c1z_validation_leaves_at_most_its_private_directory(
     tmp_path: Path, validator_tmp: Path
 ) -> None:
     source = tmp_path / "big.c1z"
@@ -326,6 +331,11 @@ def test_kill9_during_c1z_validation_leaves_no_scratch_file(
     directory = tmp_path / "d"
     directory.mkdir()
     target = directory / "target"
+    # Someone else's file, shaped like what sweep() removes: never touched.
+    stranger = validator_tmp / ".big.0123456789abcdef.4242-1-00000000.crashsafe-tmp"
+    stranger.write_bytes(b"not the validator's")
+    os.utime(stranger, (time.time() - 7200,) * 2)
+    before = stranger.stat()
     leaked: list[str] = []
     for _ in range(5):
         pid = os.fork()
@@ -345,16 +355,26 @@ def test_kill9_during_c1z_validation_leaves_no_scratch_file(
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         crashsafe.sweep(directory, min_age=0)
-        named = [f"{p.name} ({p.stat().st_size} bytes)" for p in validator_tmp.iterdir()]
-        leaked.extend(named)
-        # The next validation sweeps the scratch directory of dead validators' names.
+        left = sorted(p for p in validator_tmp.iterdir() if p != stranger)
+        # At most the one private directory of the killed validation, and in
+        # it at most the database it was naming.
+        assert len(left) <= 1, left
+        for private in left:
+            assert private.name.startswith(SCRATCH_PREFIX), private
+            assert stat.S_IMODE(private.stat().st_mode) == 0o700
+            assert [p.name for p in private.iterdir()] in ([], ["database.sqlite"])
+            leaked.append(f"{private.name} ({_largest(private)} bytes)")
+        # The next validation touches nothing of it, nor the stranger's file.
         with open(source, "rb") as f:
             validators.c1z(f)
-        left = list(validator_tmp.iterdir())
-        assert left == [], f"a killed validation left {left} in {validator_tmp}"
+        assert sorted(p for p in validator_tmp.iterdir() if p != stranger) == left
+        for private in left:
+            shutil.rmtree(private)  # the system's cleaning of its temporary directory
+        after = stranger.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     _note(
         f"kill -9   during validators.c1z, aimed at the instant the scratch file is named: "
-        f"{len(leaked)} of 5 kills left a name there; the next validation removed all"
+        f"{len(leaked)} of 5 kills left its private directory there; nothing else"
     )
 
 

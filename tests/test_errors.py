@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import itertools
 import os
 import shutil
@@ -390,6 +391,79 @@ def test_missing_directory_raises_file_not_found_and_creates_nothing(
     assert info.value.errno == errno.ENOENT
     assert info.value.filename == str(workdir / "missing")
     assert_only(workdir)
+
+
+PROC_APIS = [*APIS, "atomic_copy"]
+
+
+@pytest.mark.parametrize("api", PROC_APIS)
+def test_a_filesystem_that_allows_no_new_files_is_named_with_the_users_path(
+    api: str, staging: str, workdir: Path
+) -> None:
+    """procfs answers ENOENT to creating a file in /proc, which exists: the error
+    names the user's path and says why, not "/proc: No such file or directory"."""
+    target = Path("/proc/crashsafe-no-such-entry")
+    with pytest.raises(FileNotFoundError) as info:
+        if api == "atomic_copy":
+            (workdir / "src").write_bytes(NEW)
+            crashsafe.atomic_copy(workdir / "src", target)
+        else:
+            write_with(api, target, NEW)
+    assert info.value.errno == errno.ENOENT
+    assert info.value.filename == str(target)
+    assert str(info.value) == (
+        f"[Errno 2] cannot create a file in '/proc': its filesystem allows no new files: '{target}'"
+    )
+    assert not target.exists()
+
+
+def test_cli_copy_into_proc_names_the_users_path(workdir: Path) -> None:
+    (workdir / "src").write_bytes(NEW)
+    done = _cli("copy", str(workdir / "src"), "/proc/x")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (
+        "crashsafe: /proc/x: cannot create a file in '/proc': its filesystem allows no new "
+        "files; nothing was changed\n"
+    )
+
+
+@pytest.mark.parametrize("mode", ["wb", "w", "ab", "a"])
+def test_an_error_that_is_no_syscalls_keeps_its_own_message(
+    mode: str, staging: str, workdir: Path
+) -> None:
+    """io.UnsupportedOperation is an OSError without an errno: given a filename it
+    would print "[Errno None] None: 'path'"."""
+    target = make_target(workdir)
+    with pytest.raises(io.UnsupportedOperation) as info, atomic_open(target, mode) as f:
+        f.read()
+    message = str(info.value)
+    assert "Errno" not in message and "None" not in message, message
+    assert message in ("read", "not readable", "File not open for reading")
+    assert info.value.filename is None
+    assert read(target) == OLD
+    assert_only(workdir, "target")
+
+
+def test_a_validators_error_without_errno_keeps_its_message_and_a_real_one_is_named(
+    staging: str, workdir: Path
+) -> None:
+    target = make_target(workdir)
+
+    def message_only(f: object) -> None:
+        raise OSError("the staged content is not what the caller expected")
+
+    def real(f: object) -> None:
+        os.read(-1, 1)  # EBADF, from the kernel
+
+    with pytest.raises(OSError) as info:
+        atomic_write(target, NEW, validate=message_only)
+    assert str(info.value) == "the staged content is not what the caller expected"
+    assert info.value.filename is None
+    with pytest.raises(OSError) as info:
+        atomic_write(target, NEW, validate=real)
+    assert (info.value.errno, info.value.filename) == (errno.EBADF, str(target))
+    assert read(target) == OLD
+    assert_only(workdir, "target")
 
 
 # ---------------------------------------------------------------------------

@@ -16,19 +16,30 @@ import io
 import json as jsonlib
 import os
 import random
+import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
+import crashsafe
 import crashsafe.validators as v
 from crashsafe.errors import VerificationError
+from crashsafe.staging import is_temp_name
 from crashsafe.validators._sqlite import sqlite_path
+from tests.harness.inject import run_python as run_child
+from tests.harness.require import require_root, require_tools
+
+NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+# crashsafe's source directory, for a child of another user to import it from.
+SRC = str(Path(crashsafe.__file__).resolve().parent.parent)
 
 zstandard = pytest.importorskip("zstandard")
 
@@ -866,6 +877,121 @@ def test_sqlite_wal_mode(tmp_path: Path) -> None:
         before = sorted(os.listdir(tmp_path))
         assert verdict_file(v.sqlite, path) is None
         assert sorted(os.listdir(tmp_path)) == before
+
+
+def live_wal(tmp_path: Path) -> bytes:
+    """The -wal of a database with three commits, none checkpointed."""
+    path = tmp_path / "live.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        con.execute("PRAGMA journal_mode = WAL")
+        con.execute("PRAGMA wal_autocheckpoint = 0")
+        con.execute("CREATE TABLE t (x)")
+        con.commit()
+        for i in range(2):
+            con.executemany("INSERT INTO t VALUES (?)", [(i * 1000 + j,) for j in range(500)])
+            con.commit()
+        return (tmp_path / "live.sqlite-wal").read_bytes()
+
+
+def test_wal_commits_are_found_by_sqlites_own_rule(tmp_path: Path) -> None:
+    """A commit frame counts only when reached by salts that match and checksums that chain."""
+    from crashsafe.validators._sqlite import wal_has_commits
+
+    wal = live_wal(tmp_path)
+    page_size = int.from_bytes(wal[8:12], "big")
+    frame = 24 + page_size
+    commits = [
+        k
+        for k in range((len(wal) - 32) // frame)
+        if wal[32 + k * frame + 4 : 32 + k * frame + 8] != bytes(4)
+    ]
+    assert len(commits) == 3
+    first_end = 32 + (commits[0] + 1) * frame
+
+    def has(data: bytes) -> bool:
+        return wal_has_commits(io.BytesIO(data))
+
+    assert has(wal)
+    assert has(wal[:first_end])  # the first transaction whole
+    for cut in (0, 31, 32, first_end - 1, 32 + frame):  # ... or not
+        assert not has(wal[:cut]), cut
+    assert not has(flip(wal, 40))  # a frame's page number: its checksum fails
+    assert not has(flip(wal, 32 + 24 + page_size // 2))  # inside the first page
+    assert not has(flip(wal, 12))  # the header's checksum fails
+    # A restarted log's stale frames: the header's salts changed, the frames' did not.
+    restarted = bytearray(wal)
+    restarted[16:24] = bytes(8)
+    s0 = s1 = 0
+    big = wal[3] & 1
+    words = struct.unpack((">" if big else "<") + "6I", bytes(restarted[:24]))
+    for i in range(0, 6, 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    restarted[24:32] = s0.to_bytes(4, "big") + s1.to_bytes(4, "big")
+    assert not has(bytes(restarted))
+    assert has(bytes(restarted[:16]) + wal[16:])  # the same, with its own salts: found
+    assert not has(b"not a write-ahead log at all, but long enough to have a header")
+
+
+ORPHAN_IN_TMPDIR = """
+import io, os, sys
+from crashsafe import atomic_copy, validators
+
+src, dst, c1z_path = sys.argv[1:4]
+atomic_copy(src, dst, validate=validators.sqlite)  # an O_TMPFILE staged copy: a scratch file
+validators.sqlite(io.BytesIO(open(src, "rb").read()))  # no descriptor: a scratch file
+with open(c1z_path, "rb") as f:
+    validators.c1z(f)  # the database inside: a scratch file
+with open(dst, "rb") as f:
+    validators.sqlite(f)  # a named file: no scratch file
+report(raised=None)
+"""
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_sqlite_validation_touches_nothing_else_in_the_temporary_directory(
+    user: str, db_bytes: bytes, c1z_bytes: bytes
+) -> None:
+    """A stranger's file that looks like an orphan in a sticky TMPDIR is neither in
+    the way nor touched: a validator only reads the file it is given."""
+    require_root()
+    require_tools("setpriv")
+    base = Path(tempfile.mkdtemp(prefix="crashsafe-tmpdir-"))
+    try:
+        base.chmod(0o755)
+        tmpdir = base / "tmp"
+        tmpdir.mkdir()
+        tmpdir.chmod(0o1777)  # as /tmp: anyone creates, only owners remove
+        # Shaped like a crashsafe temporary name whose writer cannot be proven
+        # alive (unknown host) and that is two hours old: what sweep removes.
+        orphan = tmpdir / ".validation.sqlite.0123456789abcdef.4242-1-00000000.crashsafe-tmp"
+        assert is_temp_name(orphan.name)
+        orphan.write_bytes(b"someone else's")
+        os.chown(orphan, 12345, 12345)
+        os.utime(orphan, (time.time() - 7200,) * 2)
+        before = orphan.stat()
+        work = base / "work"
+        work.mkdir()
+        (work / "src.sqlite").write_bytes(db_bytes)
+        (work / "f.c1z").write_bytes(c1z_bytes)
+        if user == "nobody":
+            for path in (work, work / "src.sqlite", work / "f.c1z"):
+                os.chown(path, 65534, 65534)
+        child = run_child(
+            ORPHAN_IN_TMPDIR,
+            str(work / "src.sqlite"),
+            str(work / "dst.sqlite"),
+            str(work / "f.c1z"),
+            wrapper=NOBODY if user == "nobody" else (),
+            env={"TMPDIR": str(tmpdir), "PYTHONPATH": SRC},
+        )
+        assert child.result == {"raised": None}, child.stderr
+        after = orphan.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        assert os.listdir(tmpdir) == [orphan.name]  # and nothing of its own left
+        assert (work / "dst.sqlite").read_bytes() == db_bytes
+    finally:
+        shutil.rmtree(base)
 
 
 # -- c1z --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import stat
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, Any, BinaryIO, Final, Literal
+from typing import IO, Any, BinaryIO, Final, Literal, TypeGuard
 
 from crashsafe import _platform
 from crashsafe.errors import NotDurableError, VerificationError
@@ -57,6 +57,17 @@ _MODES: Final[dict[str, tuple[str, bool, bool]]] = {
 }
 _MAX_SYMLINKS: Final = 40  # as Linux's MAXSYMLINKS
 _SETID: Final = stat.S_ISUID | stat.S_ISGID
+
+
+def unnamed_os_error(error: object) -> TypeGuard[OSError]:
+    """Whether *error* is a failed syscall's :class:`OSError` that names no file.
+
+    Only those may be given the caller's path. An ``OSError`` without an
+    errno (``io.UnsupportedOperation`` from reading a write-only file,
+    :class:`shutil.SameFileError`) is a message, not a syscall's failure: a
+    filename would turn ``str()`` of it into ``[Errno None] None: 'path'``.
+    """
+    return isinstance(error, OSError) and error.errno is not None and error.filename is None
 
 
 def _check_options(mode: str, perm: int | None, durability: str) -> None:
@@ -280,7 +291,10 @@ class AtomicFile:
         """The staged file object, to write the new content to.
 
         A real file object (it has ``fileno()``, ``seek()`` and ``tell()``),
-        binary or text as *mode* says. Closing it does not commit.
+        binary or text as *mode* says. Closing it does not commit. Its
+        ``name`` is the target path (:attr:`path`), for libraries that take
+        the format from the extension; the content is there only after
+        :meth:`commit`.
         """
         if self._file is None:
             if self._state != "open":
@@ -291,7 +305,7 @@ class AtomicFile:
     def _open_file(self) -> IO[Any]:
         assert self._fd is not None
         file_mode, encoding, errors, newline = self._open_args
-        return open(
+        f = open(  # noqa: SIM115 - closed by commit or discard
             self._fd,
             file_mode,
             encoding=None if "b" in file_mode else io.text_encoding(encoding),
@@ -299,6 +313,12 @@ class AtomicFile:
             newline=newline,
             closefd=False,
         )
+        # open(fd) names the file by its descriptor, an int; libraries that
+        # take the format from the name's extension (Pillow's Image.save)
+        # need the path. The raw FileIO holds the name for every layer above it.
+        layer: Any = f.buffer if isinstance(f, io.TextIOWrapper) else f
+        layer.raw.name = self.path
+        return f
 
     def _write(self, data: BytesLike) -> None:
         # atomic_write's path: all of data straight to the descriptor, looping
@@ -319,7 +339,7 @@ class AtomicFile:
         if exc_type is None and self._state == "open":
             self.commit()
             return
-        if isinstance(exc, OSError) and exc.filename is None and self._state == "open":
+        if self._state == "open" and unnamed_os_error(exc):
             # A failed write to the staged file (ENOSPC, EIO) names nothing;
             # the target is the name the caller knows.
             exc.filename = self.path
@@ -418,7 +438,9 @@ class AtomicFile:
         self._discard()
         # Errors from the file object, fsync or a validator carry no name; the
         # target's is the one the caller knows.
-        if isinstance(error, OSError | VerificationError) and error.filename is None:
+        if unnamed_os_error(error) or (
+            isinstance(error, VerificationError) and error.filename is None
+        ):
             error.filename = self.path
 
     def _discard(self) -> None:

@@ -17,11 +17,11 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
 
 from crashsafe import _platform
-from crashsafe.atomic import AtomicFile, Durability, Validate
+from crashsafe.atomic import AtomicFile, Durability, Validate, unnamed_os_error
 from crashsafe.errors import VerificationError
 
 if TYPE_CHECKING:
@@ -32,6 +32,15 @@ __all__ = ["CopyResult", "atomic_copy"]
 Progress = Callable[[int, int | None], object]
 _CHUNK: Final = 1 << 20
 _DIGESTS: Final = ("sha256", "blake2b", "sha512", "sha1", "md5")
+# O_NONBLOCK: opening a FIFO for reading would wait for a writer; it changes
+# nothing for the regular files that are copied. Windows has no O_NONBLOCK,
+# and without O_BINARY its reads would translate line ends.
+_O_SOURCE: Final = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 
 
 class CopyResult(NamedTuple):
@@ -51,6 +60,9 @@ class _Source:
 
     def __init__(self, src: object) -> None:
         self.path: str | None = None
+        # What to call the source in errors: its path, or a file object's own name.
+        self.label = "src"
+        self.name: str | None = None  # a file object's name, if it is a path
         self.fd: int | None = None
         self.obj: IO[bytes] | None = None
         self.owned = False
@@ -62,10 +74,8 @@ class _Source:
             self._adopt(src)
 
     def _open_path(self, path: str) -> None:
-        self.path = path
-        # O_NONBLOCK: opening a FIFO for reading would wait for a writer; it
-        # changes nothing for the regular files that are copied.
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        self.path = self.label = path
+        self.fd = os.open(path, _O_SOURCE)
         self.owned = True
         try:
             st = os.fstat(self.fd)
@@ -92,6 +102,22 @@ class _Source:
             raise ValueError("src is a closed file")
         if isinstance(f, io.TextIOBase):
             raise TypeError("src must be opened in binary mode ('rb'), not text mode")
+        name = getattr(f, "name", None)
+        # A file object's name, if it has one; a pipe's is its descriptor.
+        if isinstance(name, str):
+            self.label = self.name = name
+        elif isinstance(name, int):
+            self.label = f"<file descriptor {name}>"
+        else:
+            self.label = f"<{type(f).__name__} object>"
+        if callable(getattr(f, "readable", None)) and not f.readable():
+            # Found here, not by the copy's first read: that would fail with
+            # EBADF, and look like the destination's error.
+            mode = getattr(f, "mode", None)
+            raise io.UnsupportedOperation(
+                f"src {self.label if self.name is None else repr(self.name)} is not open "
+                f"for reading{'' if mode is None else f' (mode {mode!r})'}: open it with 'rb'"
+            )
         self.obj = f
         if callable(getattr(f, "writable", None)) and f.writable():
             f.flush()  # a finished temporary file may still hold its last writes
@@ -104,21 +130,51 @@ class _Source:
             f.seek(0)
 
     def copy_to(
-        self, dst_fd: int, hasher: hashlib._Hash | None, report: Callable[[int], object] | None
+        self,
+        dst_fd: int,
+        dst: str,
+        hasher: hashlib._Hash | None,
+        report: Callable[[int], object] | None,
     ) -> tuple[int, str]:
-        """Copy everything from the source's start into *dst_fd*; return (bytes, method)."""
+        """Copy everything from the source's start into *dst_fd* (the staged file of
+        *dst*); return (bytes, method). An OSError that names no file is given the
+        name of the side it came from, where that is known, else *dst*'s."""
         if self.fd is not None and hasher is None:
-            return _platform.copy_data(self.fd, dst_fd, self.size or 0, report)
+            try:
+                return _platform.copy_data(self.fd, dst_fd, self.size or 0, report)
+            except OSError as e:
+                # One syscall both reads and writes (copy_file_range, sendfile),
+                # so its error does not say which side failed; most of what it
+                # can say (ENOSPC, EDQUOT, EFBIG) is the destination's.
+                if unnamed_os_error(e):
+                    e.filename = dst
+                raise
         if self.obj is not None:
             reader: IO[bytes] = self.obj
         else:
             assert self.fd is not None
             reader = open(self.fd, "rb", buffering=0, closefd=False)  # noqa: SIM115 - below
         try:
-            return _copy_buffered(reader, dst_fd, hasher, report), "read/write"
+            return (
+                _copy_buffered(reader, dst_fd, hasher, report, src=self.label, dst=dst),
+                "read/write",
+            )
         finally:
             if reader is not self.obj:
                 reader.close()
+
+    def file_path(self) -> str | None:
+        """The path of the source file: the path given, or a file object's name
+        when that names the very file it reads; None for anything else."""
+        if self.path is not None:
+            return self.path
+        if self.name is None or self.before is None:
+            return None
+        try:
+            st = os.stat(self.name)
+        except (OSError, ValueError):
+            return None
+        return self.name if _same_file(st, self.before) else None
 
     def check_unchanged(self, copied: int) -> None:
         """Raise VerificationError if the copy is not exactly the source as it was."""
@@ -156,6 +212,40 @@ class _Source:
             self.fd = None
 
 
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _refuse_same_file(source: _Source, dst: str, follow_symlinks: bool) -> None:
+    """Raise :class:`shutil.SameFileError` if *dst* is the source file itself."""
+    if source.before is None:
+        return
+    try:
+        st = os.stat(dst, follow_symlinks=follow_symlinks)
+    except (OSError, ValueError):
+        return  # no such file (or no such name): the staging says what is wrong
+    if _same_file(st, source.before):
+        import shutil
+
+        # Copied onto itself, the file would come out unchanged but for its
+        # inode: hard links to it would silently become copies.
+        raise shutil.SameFileError(
+            f"{source.label!r} and {dst!r} are the same file: a file cannot be copied onto itself"
+        )
+
+
+def _sqlite_source(source: _Source, validate: Validate) -> str | None:
+    """The source's path if the copy is to be checked as a SQLite database."""
+    if validate is None:
+        return None
+    from crashsafe.validators import sqlite
+
+    checks = (validate,) if callable(validate) else validate
+    if not isinstance(checks, Sequence) or not any(c is sqlite for c in checks):
+        return None  # not a sequence: AtomicFile raises the TypeError
+    return source.file_path()
+
+
 # File objects whose bytes are exactly their descriptor's: only these may be
 # copied by descriptor. A GzipFile's fileno() is the compressed file underneath,
 # a tar member's buffer has no descriptor of its own.
@@ -183,26 +273,40 @@ def _seekable(f: Any) -> bool:
         return False
 
 
+def _read_chunk(reader: IO[bytes], view: memoryview, src: str) -> memoryview | None:
+    """The next chunk of *reader* (into *view* where it can), empty at its end,
+    None if a non-blocking stream has nothing yet."""
+    try:
+        readinto = getattr(reader, "readinto", None)
+        if readinto is not None:
+            n = readinto(view)
+            return view[:n] if n is not None else None
+        data = reader.read(_CHUNK)
+    except OSError as e:
+        # The source's failure (EIO of a bad disk, a stream's own error):
+        # named after the source, never after the destination.
+        if unnamed_os_error(e):
+            e.filename = src
+        raise
+    if data is not None and not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"src.read() returned {type(data).__name__}, not bytes")
+    return None if data is None else memoryview(data)
+
+
 def _copy_buffered(
     reader: IO[bytes],
     dst_fd: int,
     hasher: hashlib._Hash | None,
     report: Callable[[int], object] | None,
+    *,
+    src: str,
+    dst: str,
 ) -> int:
     # One 1 MiB buffer, reused: memory stays flat whatever the file's size.
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    readinto = getattr(reader, "readinto", None)
+    view = memoryview(bytearray(_CHUNK))
     done = 0
     while True:
-        if readinto is not None:
-            n = readinto(view)
-            chunk = view[:n] if n is not None else None
-        else:
-            data = reader.read(_CHUNK)
-            if data is not None and not isinstance(data, bytes | bytearray | memoryview):
-                raise TypeError(f"src.read() returned {type(data).__name__}, not bytes")
-            chunk = None if data is None else memoryview(data)
+        chunk = _read_chunk(reader, view, src)
         if chunk is None:
             # A non-blocking stream with nothing to read yet: not its end.
             _wait_readable(reader)
@@ -212,8 +316,13 @@ def _copy_buffered(
         if hasher is not None:
             hasher.update(chunk)
         rest = memoryview(chunk)
-        while rest:
-            rest = rest[os.write(dst_fd, rest) :]
+        try:
+            while rest:
+                rest = rest[os.write(dst_fd, rest) :]
+        except OSError as e:
+            if unnamed_os_error(e):
+                e.filename = dst
+            raise
         done += len(chunk)
         if report is not None:
             report(done)
@@ -298,46 +407,63 @@ def atomic_copy(
     16 MiB, and once at the end); *total* is the source's size, or None for a
     stream of unknown length. An exception from it aborts the copy.
 
+    With :func:`crashsafe.validators.sqlite` among the validators, a source
+    whose ``-wal`` file holds committed transactions (a WAL-mode database
+    that was not checkpointed) is refused before and after the copy: the file
+    alone lacks them.
+
     Returns a :class:`CopyResult` ``(bytes, method, digest)``.
 
     Raises, with *dst* untouched and nothing left behind:
-    :class:`~crashsafe.VerificationError` if the size check or a validator
-    rejects the copy (``filename`` is *src* for a source that changed, *dst*
-    for a validator); the errors of :class:`~crashsafe.AtomicFile` for *dst*;
+    :class:`~crashsafe.VerificationError` if the size check, a validator or
+    the ``-wal`` check rejects the copy (``filename`` is *src* for a source
+    that changed or a ``-wal`` with commits, *dst* for a validator);
+    :class:`shutil.SameFileError` (an :class:`OSError`) if *src* and *dst* are
+    the same file (one path, two spellings, a hard link, or a symlink that is
+    followed); the errors of :class:`~crashsafe.AtomicFile` for *dst*;
     :class:`IsADirectoryError`, :class:`FileNotFoundError` or :class:`OSError`
     (``EINVAL``: not a regular file) for a *src* path; :class:`TypeError` for a
     *src* that is neither a path nor a binary file; :class:`ValueError` for a
     closed *src*, an unknown *digest* or a bad option;
-    :class:`NotDurableError` if *dst* was replaced but the directory fsync failed.
+    :class:`io.UnsupportedOperation` (a :class:`ValueError` and an
+    :class:`OSError`) for a *src* file object that is not open for reading;
+    :class:`NotDurableError` if *dst* was replaced but the directory fsync
+    failed. An :class:`OSError` of the copy itself names the side it came
+    from: a failed read in the read/write loop names *src* (its path, or a
+    file object's ``name``), a failed write or kernel copy (which reads and
+    writes in one call) names *dst*.
     """
     hasher = _hasher(digest)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, not {type(progress).__name__}")
+    dst_path = dst if isinstance(dst, str) else os.fsdecode(os.fspath(dst))
     source = _Source(src)
     try:
+        _refuse_same_file(source, dst_path, follow_symlinks)
+        database = _sqlite_source(source, validate)
+        if database is not None:
+            from crashsafe.validators._sqlite import check_no_wal_commits
+
+            check_no_wal_commits(database)  # before, not to copy gigabytes for nothing
         new_file_perm = None
         if source.path is not None and source.before is not None:
             new_file_perm = stat.S_IMODE(source.before.st_mode) & 0o777
         total = source.size
         report = None if progress is None else (lambda done: progress(done, total))
         with _Staged(
-            dst,
+            dst_path,
             new_file_perm,
             perm=perm,
             durability=durability,
             follow_symlinks=follow_symlinks,
             validate=validate,
         ) as staged:
-            try:
-                # The descriptor itself: a file object would only cost syscalls.
-                assert staged._fd is not None
-                copied, method = source.copy_to(staged._fd, hasher, report)
-            except OSError as e:
-                # The copy's syscalls name no file; the target is the one to report.
-                if e.filename is None:
-                    e.filename = staged.path
-                raise
+            # The descriptor itself: a file object would only cost syscalls.
+            assert staged._fd is not None
+            copied, method = source.copy_to(staged._fd, staged.path, hasher, report)
             source.check_unchanged(copied)
+            if database is not None:
+                check_no_wal_commits(database)  # and after: a commit during the copy
             if report is not None and copied == 0:
                 report(0)  # an empty file: still one call, so a progress bar can finish
     finally:

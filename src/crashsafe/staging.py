@@ -162,7 +162,9 @@ def sweep(directory: str | os.PathLike[str], *, min_age: float = 60.0) -> list[P
     now = time.time()
     removed: list[Path] = []
     use_fd = os.scandir in os.supports_fd and os.unlink in os.supports_dir_fd
-    dir_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if use_fd else None
+    # getattr: Windows has neither flag (nor use_fd), and must still type-check.
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+    dir_fd = os.open(base, flags) if use_fd else None
     try:
         with os.scandir(dir_fd if dir_fd is not None else base) as entries:
             names = [e.name for e in entries if MARKER in e.name]

@@ -19,6 +19,11 @@ from typing import Final
 from crashsafe._platform._status import Status
 from crashsafe.staging import temp_name
 
+# Chosen by crashsafe._platform; on Windows its backend is _windows. Written as
+# an assert, so that type checkers skip the rest of this module for Windows
+# (``mypy --platform win32``) instead of reporting every POSIX call in it.
+assert sys.platform != "win32", "crashsafe._platform._posix is not for Windows"
+
 __all__ = [
     "Directory",
     "Status",
@@ -380,6 +385,16 @@ class Directory:
                     return fd, None, mode
             return self._create_named_temp(name, mode, owner)
         except OSError as e:
+            if e.errno == errno.ENOENT and os.fstat(self.fd).st_nlink > 0:
+                # The directory is open and still there, so this ENOENT is its
+                # filesystem refusing new files (procfs does): "No such file or
+                # directory" naming the directory would send the reader
+                # looking for one that exists.
+                raise FileNotFoundError(
+                    errno.ENOENT,
+                    f"cannot create a file in {self.path!r}: its filesystem allows no new files",
+                    self._join(name),
+                ) from None
             raise _name_error(e, self.path) from None
 
     def _create_named_temp(
@@ -471,14 +486,17 @@ class Directory:
             os.unlink(name, dir_fd=self.fd)
 
     def sync(self) -> None:
-        """fsync the directory, making renames and links in it durable.
+        """fsync the directory (as :func:`fsync_file` does a file), making renames
+        and links in it durable.
 
         A filesystem that cannot sync directories at all (see
         :func:`directory_sync_unsupported`) is not an error: there is nothing
         more this write could do.
         """
         try:
-            os.fsync(self.fd)
+            # The file's flush, F_FULLFSYNC on macOS: a plain fsync there
+            # leaves the rename in the drive's cache.
+            fsync_file(self.fd)
         except OSError as e:
             if not directory_sync_unsupported(e):
                 raise
@@ -719,8 +737,15 @@ def _reserve(fd: int, size: int) -> None:
             raise OSError(err, os.strerror(err))
 
 
+# Linux's; macOS has none.
+_os_copy_file_range: Callable[[int, int, int, int, int], int] | None = getattr(
+    os, "copy_file_range", None
+)
+
+
 def _copy_file_range(src_fd: int, dst_fd: int, offset: int) -> int:
-    return os.copy_file_range(src_fd, dst_fd, _STEP, offset, offset)
+    assert _os_copy_file_range is not None  # else not one of the _COPY_STEPS
+    return _os_copy_file_range(src_fd, dst_fd, _STEP, offset, offset)
 
 
 def _sendfile(src_fd: int, dst_fd: int, offset: int) -> int:
@@ -738,7 +763,7 @@ def _read_write(src_fd: int, dst_fd: int, offset: int) -> int:
 
 
 _COPY_STEPS: Final[tuple[tuple[str, Callable[[int, int, int], int] | None], ...]] = (
-    ("copy_file_range", _copy_file_range if hasattr(os, "copy_file_range") else None),
+    ("copy_file_range", _copy_file_range if _os_copy_file_range is not None else None),
     ("sendfile", _sendfile if sys.platform.startswith("linux") else None),
     ("read/write", _read_write),
 )

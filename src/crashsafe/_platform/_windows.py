@@ -51,15 +51,16 @@ fsync_file = os.fsync  # _commit(): FlushFileBuffers
 
 def _move(src: str, dst: str, *, replace: bool) -> None:
     flags = _MOVEFILE_WRITE_THROUGH | (_MOVEFILE_REPLACE_EXISTING if replace else 0)
-    move = ctypes.windll.kernel32.MoveFileExW  # type: ignore[attr-defined]
+    move = ctypes.windll.kernel32.MoveFileExW  # type: ignore[attr-defined,unused-ignore]
     for delay in (*_RETRY_DELAYS, None):
         if move(src, dst, flags):
             return
-        code = ctypes.GetLastError()  # type: ignore[attr-defined]
+        code = ctypes.GetLastError()  # type: ignore[attr-defined,unused-ignore]
         if code not in _RETRY_WINERRORS or delay is None:
             # OSError maps the Windows error to errno and to the right
             # subclass (183 -> FileExistsError).
-            raise OSError(None, ctypes.FormatError(code), dst, code)  # type: ignore[attr-defined]
+            message = ctypes.FormatError(code)  # type: ignore[attr-defined,unused-ignore]
+            raise OSError(None, message, dst, code)
         time.sleep(delay)
 
 
@@ -165,7 +166,7 @@ def lock(fd: int, *, shared: bool = False, blocking: bool = True) -> bool:
     while True:
         os.lseek(fd, 0, os.SEEK_SET)  # msvcrt locks from the current position
         try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined,unused-ignore]
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EDEADLK):
                 raise
@@ -180,7 +181,7 @@ def unlock(fd: int) -> None:
     import msvcrt
 
     os.lseek(fd, 0, os.SEEK_SET)
-    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined,unused-ignore]
 
 
 def set_metadata(fd: int, mode: int, owner: tuple[int, int] | None) -> None:

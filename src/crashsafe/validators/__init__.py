@@ -305,9 +305,10 @@ def c1z(f: BinaryIO) -> None:
     3. the decompressed content passes :func:`sqlite`. It is decoded into a
        scratch file in :func:`tempfile.gettempdir` (bounded memory, but free
        space there equal to the database size). The scratch file has no name
-       but for the instant SQLite opens it, so a validation killed at any point
-       leaves nothing there (a name left by a kill in that instant is a
-       crashsafe temporary name, removed by the next validation's sweep).
+       but for the instant SQLite opens it, in a private directory of its
+       own, so a validation killed at any other point leaves nothing there
+       (a kill in that instant leaves that one ``crashsafe-validation-*``
+       directory). Nothing else in the temporary directory is touched.
 
     Raises:
         VerificationError: the file is not a complete c1z file.

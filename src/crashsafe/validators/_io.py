@@ -6,6 +6,7 @@ Nothing here imports a decoder; :class:`ScratchDatabase` imports
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -64,65 +65,112 @@ def chunks(f: IO[bytes]) -> Iterator[bytes]:
 
 class ScratchDatabase:
     """A scratch file for a database that SQLite must open by path, named only
-    for the instant SQLite takes it.
+    for the instant SQLite takes it, in a directory of its own.
 
     Use as a context manager: write the database to :attr:`file`, then call
     :meth:`open_checked` with a function that opens and checks it by path.
     The file lives in :func:`tempfile.gettempdir`, where a killed validator
-    must not leave gigabytes behind: it is an anonymous ``O_TMPFILE`` while it
-    is written, gets a crashsafe temporary name (which :func:`crashsafe.sweep`
-    recognises) just before SQLite opens it, and loses that name as soon as
-    SQLite has it open. Where anonymous files are not supported it has the
-    temporary name from the start. Either way the name is removed on exit,
-    and entering sweeps the directory of names left by killed validators.
+    must not leave gigabytes behind. On Linux it is an anonymous
+    ``O_TMPFILE`` while it is written; just before SQLite opens it, it gets a
+    name in a new private directory (:func:`tempfile.mkdtemp`: mode 0700, an
+    unguessable ``crashsafe-validation-*`` name), and the name and the
+    directory are removed as soon as SQLite has the file open. Where
+    anonymous files are not supported, it is named in its private directory
+    from the start. Either way both are gone on exit.
+
+    Nothing else in the temporary directory is read or touched: it holds
+    other users' files too. A validator killed in the instant the file has a
+    name leaves that one private directory, for the system's cleaning of its
+    temporary directory.
     """
 
     def __init__(self) -> None:
         import tempfile
 
-        from crashsafe import _platform
-        from crashsafe.staging import sweep
+        self._parent = tempfile.gettempdir()
+        self._dir: str | None = None  # the private directory, while it exists
+        self._path: str | None = None  # the file's name in it, while it has one
+        fd = self._anonymous()
+        if fd is None:
+            fd = self._named()
+        self.file: IO[bytes] = open(fd, "w+b")  # noqa: SIM115 - __exit__
 
-        self._dir = _platform.Directory(tempfile.gettempdir())
+    def _anonymous(self) -> int | None:
+        if not (_O_TMPFILE and os.path.isdir("/proc/self/fd")):
+            return None
         try:
-            sweep(self._dir.path)
-            self._fd, self._temp, _ = self._dir.create_temp(_SCRATCH, 0o600)
+            return os.open(self._parent, _O_TMPFILE | os.O_RDWR | _O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno not in _NO_TMPFILE:
+                raise
+            return None
+
+    def _named(self, fd: int | None = None) -> int:
+        """Make the private directory and the name in it: a link to *fd*, or a new file."""
+        import tempfile
+
+        self._dir = tempfile.mkdtemp(prefix="crashsafe-validation-", dir=self._parent)
+        path = os.path.join(self._dir, _SCRATCH)
+        try:
+            if fd is not None:
+                # linkat(AT_SYMLINK_FOLLOW) names the file the descriptor
+                # holds; Python calls it only with a dir_fd (else link(2),
+                # which would link the /proc symlink itself).
+                dir_fd = os.open(self._dir, os.O_RDONLY | _O_CLOEXEC)
+                try:
+                    os.link(f"/proc/self/fd/{fd}", _SCRATCH, dst_dir_fd=dir_fd)
+                finally:
+                    os.close(dir_fd)
+            else:
+                fd = os.open(
+                    path, os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_CLOEXEC | _O_BINARY, 0o600
+                )
         except BaseException:
-            self._dir.close()
+            self._remove()
             raise
-        self.file: IO[bytes] = open(self._fd, "w+b", closefd=False)  # noqa: SIM115 - __exit__
+        self._path = path
+        return fd
 
     def __enter__(self) -> ScratchDatabase:
         return self
 
     def open_checked(self, check: Callable[[str, Callable[[], None]], None]) -> None:
         """Call ``check(path, opened)``: *check* opens the database at *path* and calls
-        *opened()* as soon as it has, which removes the name."""
-        from crashsafe.staging import temp_name
-
+        *opened()* as soon as it has, which removes the name and its directory."""
         self.file.flush()
-        if self._temp is None:
-            # Named with a sweepable name: a kill before opened() leaves
-            # debris that sweep() (or the next validation) removes.
-            self._temp = temp_name(_SCRATCH)
-            os.link(f"/proc/self/fd/{self._fd}", self._temp, dst_dir_fd=self._dir.fd)
-        path = os.path.join(self._dir.path, self._temp)
-        check(path, self._unname)
+        if self._path is None:
+            self._named(self.file.fileno())
+        assert self._path is not None
+        check(self._path, self._remove)
 
-    def _unname(self) -> None:
-        if self._temp is not None:
-            self._dir.remove(self._temp)
-            self._temp = None
+    def _remove(self) -> None:
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            except PermissionError:
+                if not self.file.closed:
+                    return  # Windows removes no open file: __exit__ tries again
+                raise
+            self._path = None
+        if self._dir is not None:
+            os.rmdir(self._dir)
+            self._dir = None
 
     def __exit__(self, *exc: object) -> None:
         try:
             self.file.close()
         finally:
-            self._dir.discard(self._fd, self._temp)
-            self._dir.close()
+            self._remove()
 
 
-_SCRATCH: Final = "validation.sqlite"
+_SCRATCH: Final = "database.sqlite"
+_O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
+_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_O_BINARY: Final = getattr(os, "O_BINARY", 0)
+# Errors by which a filesystem says "no O_TMPFILE here"; a named file follows.
+_NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 
 
 class Input:

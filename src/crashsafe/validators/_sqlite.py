@@ -24,6 +24,13 @@ from crashsafe.validators._io import (
 )
 
 _MAGIC: Final = b"SQLite format 3\x00"
+# Read-only, never waiting for a FIFO's writer, binary on Windows.
+_O_READ: Final = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 HEADER_SIZE: Final = 100
 """The size of the database header at the start of a SQLite file."""
 
@@ -106,6 +113,92 @@ def quick_check(path: str, opened: Callable[[], object] | None = None) -> None:
         )
 
 
+# The write-ahead log (https://www.sqlite.org/fileformat2.html#walformat): a
+# 32-byte header, then frames of a 24-byte header and one page. All integers
+# are big-endian; the checksums' own words are big-endian when the magic's low
+# bit is set, else little-endian.
+_WAL_MAGICS: Final = (0x377F0682, 0x377F0683)
+_WAL_VERSION: Final = 3007000
+_WAL_HEADER: Final = 32
+_FRAME_HEADER: Final = 24
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    import struct
+
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def wal_has_commits(wal: IO[bytes]) -> bool:
+    """Whether the write-ahead log *wal* holds a committed transaction that SQLite
+    would replay into its database: a commit frame reached through frames whose
+    salts match the log's header and whose checksums chain from it.
+
+    That is SQLite's own rule for recovering a log. A log that is empty, cut
+    inside its header, or holds only frames of an earlier generation (stale
+    salts) or of a transaction that never committed has none. Frames that a
+    checkpoint has already copied into the database still count: only the
+    ``-shm`` index, which is not read, could tell them apart.
+    """
+    header = read_upto(wal, _WAL_HEADER)
+    if len(header) < _WAL_HEADER:
+        return False
+    magic, version, page_size = (int.from_bytes(header[i : i + 4], "big") for i in (0, 4, 8))
+    big_endian = bool(magic & 1)
+    sums = _wal_checksum(header[:24], 0, 0, big_endian)
+    if (
+        magic not in _WAL_MAGICS
+        or version != _WAL_VERSION
+        or not 512 <= page_size <= 65536
+        or page_size & (page_size - 1)
+        or header[24:32] != _sums_bytes(sums)
+    ):
+        return False
+    while len(frame := read_upto(wal, _FRAME_HEADER + page_size)) == _FRAME_HEADER + page_size:
+        if frame[8:16] != header[16:24] or frame[:4] == bytes(4):  # salts, page number
+            return False
+        sums = _wal_checksum(frame[:8], *sums, big_endian)
+        sums = _wal_checksum(frame[_FRAME_HEADER:], *sums, big_endian)
+        if frame[16:24] != _sums_bytes(sums):
+            return False
+        if frame[4:8] != bytes(4):  # the database's size after a commit
+            return True
+    return False
+
+
+def _sums_bytes(sums: tuple[int, int]) -> bytes:
+    return sums[0].to_bytes(4, "big") + sums[1].to_bytes(4, "big")
+
+
+def check_no_wal_commits(path: str) -> None:
+    """Raise :class:`~crashsafe.VerificationError` if the database file *path* is
+    not the whole database: its ``-wal`` file holds committed transactions.
+
+    SQLite replays those into what every connection sees, so a copy of *path*
+    alone lacks them, and passes every check of the file itself. Nothing is
+    opened but the ``-wal`` file, read-only; no lock is taken.
+    """
+    wal_path = path + "-wal"
+    try:
+        fd = os.open(wal_path, _O_READ)
+    except FileNotFoundError:
+        return
+    with open(fd, "rb") as wal:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not wal_has_commits(wal):
+            return
+    raise VerificationError(
+        f"{wal_path} holds committed transactions that are not in the database file "
+        "itself, so a copy of the file alone would lack them: checkpoint first "
+        "(PRAGMA wal_checkpoint(TRUNCATE)), or copy with SQLite's backup API or "
+        "VACUUM INTO",
+        path,
+    )
+
+
 def sqlite_path(f: IO[bytes]) -> str | None:
     """Return a path SQLite can open for the file behind *f*, or None if there is none.
 
@@ -163,9 +256,12 @@ def sqlite(f: BinaryIO) -> None:
     inside a row's content is not seen. Nor does quick_check compare indexes
     with their tables (``PRAGMA integrity_check`` does, at a far higher cost).
 
-    A database in WAL mode: only the staged file itself is checked. Changes
-    still in a ``-wal`` file are not part of it; checkpoint (or ``VACUUM INTO``)
-    before copying a live database.
+    A database in WAL mode: only the file itself is checked. Transactions
+    still in its ``-wal`` file are not part of it, so a file whose ``-wal``
+    holds commits passes, though it lacks them. :func:`crashsafe.atomic_copy`
+    with this validator therefore also reads the *source's* ``-wal`` (see
+    :func:`check_no_wal_commits`), before and after the copy, and refuses
+    with "checkpoint first" if it holds a committed transaction.
 
     SQLite opens the file by path: ``/proc/self/fd/N`` when the file object has
     a descriptor on Linux and that link leads to the file. Otherwise (no
@@ -173,8 +269,9 @@ def sqlite(f: BinaryIO) -> None:
     file, whose link SQLite cannot follow) the content is first copied, in
     1 MiB chunks, to a scratch file in :func:`tempfile.gettempdir` (see
     :class:`~crashsafe.validators._io.ScratchDatabase`: anonymous but for the
-    instant SQLite opens it, so a killed validation leaves nothing), which
-    needs free space there equal to the file size.
+    instant SQLite opens it, then in a private directory of its own), which
+    needs free space there equal to the file size. Nothing else there is
+    read or touched.
 
     Raises:
         VerificationError: the file is not a complete, consistent database.
