@@ -81,6 +81,8 @@ def main() -> int:
         sections.append(small.many_files(work, plan.many, plan.many_reps))
         step("update_json")
         sections.append(misc.update_json(work, plan.small_n, plan.small_reps))
+        step("append to a large file")
+        sections.append(misc.append_large(work, plan.large >> 2, plan.large_reps))
         step("import time")
         sections.append(misc.import_time(plan.import_runs))
         step(f"large files ({plan.large >> 20} MiB) on", fs)

@@ -322,6 +322,292 @@ def test_check_complete_and_incomplete(workdir: Path) -> None:
     missing = crashsafe("check", str(workdir / "nope"), "--as", "json")
     assert missing.returncode == 1
     assert b"cannot check" in missing.stderr
-    assert crashsafe("check", str(good)).returncode == 2  # --as is required
+    assert crashsafe("check").returncode == 2  # a FILE is required
     assert crashsafe("check", str(good), "--as", "xz").returncode == 2
     assert cut.read_bytes() == good.read_bytes()[:-3]  # check never writes
+
+
+# -- version, empty input, checks on write ------------------------------------------
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    result = crashsafe("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == f"crashsafe {version('crashsafe')}\n"
+
+
+def test_write_refuses_empty_input_unless_allowed(workdir: Path) -> None:
+    # `sort missing | crashsafe write conf` must not publish an empty config.
+    conf = workdir / "conf"
+    conf.write_bytes(b"key = 1\n")
+    result = crashsafe("write", str(conf), stdin=b"")
+    assert result.returncode == 1
+    assert b"standard input is empty" in result.stderr
+    assert b"--allow-empty" in result.stderr
+    assert f"{conf}: ".encode() in result.stderr
+    assert conf.read_bytes() == b"key = 1\n"
+    for how in ([], ["--append"], ["--create-only"]):
+        fresh = workdir / f"fresh{len(how)}{''.join(how)}"
+        assert crashsafe("write", *how, str(fresh), stdin=b"").returncode == 1
+        assert not fresh.exists()
+    assert crashsafe("write", "--append", str(conf), stdin=b"").returncode == 1
+    allowed = crashsafe("write", "--allow-empty", str(conf), stdin=b"")
+    assert allowed.returncode == 0, allowed.stderr
+    assert conf.read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("args", "data", "why"),
+    [
+        (["--validate", "json"], b'{"a": 1', b"not valid JSON"),
+        (["--sha256", "0" * 64], b"content", b"SHA-256 mismatch"),
+        (["--min-size", "100"], b"short", b"5 bytes, fewer than --min-size 100"),
+        (["--validate", "json", "--min-size", "1"], b"[1] trailing", b"not valid JSON"),
+    ],
+)
+def test_write_checks_reject_and_keep_the_old_file(
+    workdir: Path, args: list[str], data: bytes, why: bytes
+) -> None:
+    target = workdir / "doc.json"
+    target.write_bytes(b'{"old": true}')
+    result = crashsafe("write", *args, str(target), stdin=data)
+    assert result.returncode == 1
+    assert why in result.stderr, result.stderr
+    assert b"rejected" in result.stderr
+    assert target.read_bytes() == b'{"old": true}'
+
+
+def test_write_checks_pass_and_publish(workdir: Path) -> None:
+    import hashlib
+
+    target = workdir / "doc.json"
+    data = b'{"new": [1, 2, 3]}\n'
+    digest = hashlib.sha256(data).hexdigest().upper()  # either case
+    args = ["--validate", "json", "--sha256", digest, "--min-size", str(len(data))]
+    result = crashsafe("write", *args, str(target), stdin=data)
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == data
+    # With --append the checks see what is published: the old content and the input.
+    log = workdir / "log"
+    log.write_bytes(b"0123456789")
+    assert crashsafe("write", "--append", "--min-size", "12", str(log), stdin=b"ab").returncode == 0
+    assert log.read_bytes() == b"0123456789ab"
+
+
+# -- one Ctrl-D ends a terminal's input ------------------------------------------------
+
+
+def _run_on_terminal(args: list[str], typed: list[bytes]) -> tuple[int, bytes]:
+    """Run the command with a terminal as standard input and type *typed* into it; return
+    its exit status and standard error. Fails if it is still waiting for input."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*CLI, *args], stdin=follower, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    os.close(follower)
+    try:
+        # A terminal hands over one line per read, and a Ctrl-D at the start of a line
+        # as a 0-byte read, however early it was typed.
+        for chunk in typed:
+            os.write(leader, chunk)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("still waiting for input after one Ctrl-D") from None
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"reading standard input" in err, err
+    assert b"Ctrl-D" in err
+    return proc.returncode, err
+
+
+def test_write_from_a_terminal_says_it_waits_and_one_ctrl_d_ends_input(workdir: Path) -> None:
+    target = workdir / "typed.txt"
+    status, err = _run_on_terminal(["write", str(target)], [b"first line\n", b"second\n", b"\x04"])
+    assert status == 0, err
+    assert target.read_bytes() == b"first line\nsecond\n"
+
+
+def test_copy_from_a_terminal_ends_at_one_ctrl_d(workdir: Path) -> None:
+    target = workdir / "typed.txt"
+    status, err = _run_on_terminal(["copy", "-q", "-", str(target)], [b"typed\n", b"\x04"])
+    assert status == 0, err
+    assert target.read_bytes() == b"typed\n"
+
+
+# -- copy from standard input, --json --------------------------------------------------
+
+
+def test_copy_dash_copies_standard_input(workdir: Path) -> None:
+    import gzip
+
+    data = gzip.compress(os.urandom(50_000))
+    target = workdir / "x.gz"
+    result = crashsafe("copy", "--validate", "gzip", "-", str(target), stdin=data)
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == data
+    assert result.stdout.startswith(b"copied standard input to ")
+    cut = crashsafe("copy", "--validate", "gzip", "-", str(target), stdin=data[:-5])
+    assert cut.returncode == 1
+    assert target.read_bytes() == data
+    # A file redirected to standard input is copied whole.
+    source = workdir / "source"
+    source.write_bytes(b"from a file\n")
+    with open(source, "rb") as f:
+        done = subprocess.run(
+            [*CLI, "copy", "-q", "-", str(workdir / "copy")],
+            stdin=f,
+            capture_output=True,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert (workdir / "copy").read_bytes() == b"from a file\n"
+
+
+def test_copy_json_reports_the_result_and_errors(workdir: Path) -> None:
+    import json
+
+    source = workdir / "src"
+    source.write_bytes(b"x" * 1000)
+    result = crashsafe("copy", "--json", str(source), str(workdir / "dst"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["bytes"] == 1000
+    assert report["src"] == str(source)
+    assert report["dst"] == str(workdir / "dst")
+    assert report["method"] in ("reflink", "copy_file_range", "sendfile", "read/write")
+    assert report["seconds"] >= 0
+    failed = crashsafe("copy", "--json", str(workdir / "nope"), str(workdir / "dst2"))
+    assert failed.returncode == 1
+    error = json.loads(failed.stdout)
+    assert error["ok"] is False
+    assert error["exit_status"] == 1
+    assert "No such file or directory" in error["error"]
+    assert not (workdir / "dst2").exists()
+
+
+# -- sweep --dry-run, --json ------------------------------------------------------------
+
+
+def test_sweep_dry_run_lists_and_removes_nothing(workdir: Path) -> None:
+    import json
+
+    from tests.test_sweep import dead_name
+
+    orphan = workdir / dead_name("data")
+    orphan.write_bytes(b"left by a killed writer")
+    keep = workdir / "data"
+    keep.write_bytes(b"mine")
+    dry = crashsafe("sweep", "--dry-run", str(workdir))
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.decode().splitlines() == [str(orphan)]
+    assert orphan.exists()
+    dry_json = json.loads(crashsafe("sweep", "--dry-run", "--json", str(workdir)).stdout)
+    assert dry_json == {
+        "ok": True,
+        "directory": str(workdir),
+        "dry_run": True,
+        "orphans": [str(orphan)],
+    }
+    assert orphan.exists()
+    done = json.loads(crashsafe("sweep", "--json", str(workdir)).stdout)
+    assert done["orphans"] == [str(orphan)]
+    assert done["dry_run"] is False
+    assert not orphan.exists()
+    assert keep.read_bytes() == b"mine"
+
+
+# -- check: several files, format from the magic, --json --------------------------------
+
+
+def test_check_several_files_tells_formats_from_their_first_bytes(workdir: Path) -> None:
+    import gzip
+    import json
+    import sqlite3
+
+    good = {
+        "a.zst": _zstd(b"payload" * 1000),
+        "b.gz": gzip.compress(b"payload"),
+        "c.json": b'\xef\xbb\xbf \n {"a": [1, 2]}\n',
+        "d.list": b"[1, 2, 3]",
+        "f.c1z": b"C1ZF\0",  # filled in below
+        "g.skip.zst": b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"meta" + _zstd(b"x"),
+    }
+    db = workdir / "e.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE t (x)")
+        con.execute("INSERT INTO t VALUES (1)")
+    con.close()
+    good["f.c1z"] += _zstd(db.read_bytes())
+    for name, data in good.items():
+        (workdir / name).write_bytes(data)
+    names = [str(workdir / n) for n in [*good, "e.sqlite"]]
+    ok = crashsafe("check", *names)
+    assert ok.returncode == 0, ok.stderr
+    formats = {"zst": "zstd", "gz": "gzip", "json": "json", "list": "json", "sqlite": "sqlite",
+               "c1z": "c1z"}  # fmt: skip
+    for name in names:
+        assert f"{name}: complete {formats[name.rsplit('.', 1)[1]]} file".encode() in ok.stdout
+
+    cut = workdir / "cut.zst"
+    cut.write_bytes(good["a.zst"][:-3])
+    text = workdir / "notes.txt"
+    text.write_bytes(b"just words\n")
+    empty = workdir / "empty"
+    empty.write_bytes(b"")
+    mixed = crashsafe("check", names[0], str(cut), str(text), str(empty))
+    assert mixed.returncode == 1
+    assert f"{cut}: not a complete zstd file".encode() in mixed.stderr
+    assert f"{text}: cannot tell its format".encode() in mixed.stderr
+    assert b"give --as FORMAT" in mixed.stderr
+    assert f"{empty}: cannot tell its format".encode() in mixed.stderr
+    assert f"{names[0]}: complete zstd file".encode() in mixed.stdout
+
+    report = json.loads(crashsafe("check", "--json", names[0], str(cut), str(text)).stdout)
+    assert report["ok"] is False
+    assert [(f["file"], f["format"], f["complete"]) for f in report["files"]] == [
+        (names[0], "zstd", True),
+        (str(cut), "zstd", False),
+        (str(text), None, False),
+    ]
+    assert "truncated" in report["files"][1]["error"]
+    # --as still decides, for every file.
+    forced = crashsafe("check", "--as", "json", str(text), names[2])
+    assert forced.returncode == 1
+    assert f"{text}: not a complete json file".encode() in forced.stderr
+
+
+# -- messages name the user's words ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["copy", "a", "b", "--sha256", "zz"], "argument --sha256: 'zz' is not a SHA-256 digest"),
+        (["write", "--sha256", "abc", "f"], "argument --sha256: 'abc' is not a SHA-256 digest"),
+        (["sweep", ".", "--min-age", "-5"], "argument --min-age: '-5' is not a number of seconds"),
+        (["sweep", ".", "--min-age", "soon"], "argument --min-age: 'soon' is not a number"),
+        (["sweep", ".", "--min-age", "nan"], "argument --min-age: 'nan' is not a number"),
+        (["write", "--min-size", "1k", "f"], "argument --min-size: '1k' is not a number of bytes"),
+        (["copy", "a", "b", "--min-size", "-1"], "argument --min-size: '-1' is not a number"),
+        (["write", "--perm", "9", "f"], "argument --perm: '9' is not an octal mode"),
+        (["write", "--durability", "fast", "f"], "argument --durability: invalid choice: 'fast'"),
+        (["copy", "a", "b", "--validate", "xz"], "argument --validate: invalid choice: 'xz'"),
+        (["check", "f", "--as", "xz"], "argument --as: invalid choice: 'xz'"),
+    ],
+)
+def test_usage_messages_name_the_users_words(args: list[str], said: str) -> None:
+    result = crashsafe(*args)
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert said in err, err
+    # Never Python's own names: a function, a keyword, a type.
+    for python in ("sha256()", "min_age", "float", "int(", "_seconds", "_byte_count", "value:"):
+        assert python not in err, err

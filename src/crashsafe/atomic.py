@@ -27,15 +27,47 @@ import os
 import stat
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import IO, Any, BinaryIO, Final, Literal, TypeGuard
+from contextlib import AbstractContextManager, contextmanager
+from typing import (
+    IO,
+    Any,
+    BinaryIO,
+    Final,
+    Generic,
+    Literal,
+    Self,
+    TextIO,
+    TypeGuard,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from crashsafe import _platform
 from crashsafe.errors import NotDurableError, VerificationError
 
-__all__ = ["AtomicFile", "Durability", "atomic_open", "atomic_write", "write_file_atomic"]
+__all__ = [
+    "DEFAULT_ENCODING",
+    "AtomicFile",
+    "BinaryMode",
+    "Durability",
+    "TextMode",
+    "atomic_open",
+    "atomic_write",
+    "write_file_atomic",
+]
 
 Durability = Literal["durable", "consistent", "none"]
+# The modes, as types: a mode held in a variable needs one of these (or a
+# Literal of its own) for atomic_open and AtomicFile to be typed by it; a plain
+# str is refused by the type checker, as "r" is.
+TextMode = Literal["w", "wt", "x", "xt", "a", "at"]
+BinaryMode = Literal["wb", "xb", "ab"]
+# The encoding of text modes and of str data when none is given: UTF-8, as
+# Python's own default from 3.15 (PEP 686), never the locale's.
+DEFAULT_ENCODING: Final = "utf-8"
+# The staged file object's type: TextIO for a text mode, BinaryIO for a binary one.
+_F_co = TypeVar("_F_co", bound=IO[Any], covariant=True)
 # Any object with the buffer protocol works at run time (numpy arrays too);
 # collections.abc.Buffer, the exact type, needs Python 3.12.
 BytesLike = bytes | bytearray | memoryview
@@ -74,13 +106,41 @@ def _check_options(mode: str, perm: int | None, durability: str) -> None:
     if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"invalid mode {mode!r}: expected one of {', '.join(_MODES)}")
     if perm is not None and (
-        not isinstance(perm, int) or isinstance(perm, bool) or not 0 <= perm <= 0o7777
+        not isinstance(perm, int)
+        or isinstance(perm, bool)
+        or not 0 <= perm <= 0o7777
+        # 644 for 0o644? Real modes up to 0o777 (511) fail this at its first compare.
+        or 512 <= perm <= 777
     ):
-        raise ValueError(f"perm must be an int from 0 to 0o7777, not {perm!r}")
+        _check_perm(perm)
     if durability not in _DURABILITIES:
         raise ValueError(
             f"invalid durability {durability!r}: expected one of {', '.join(_DURABILITIES)}"
         )
+
+
+def _check_perm(perm: object) -> None:
+    """Raise ValueError for a *perm* that is no mode or is an octal mode written in decimal.
+
+    ``perm=644`` is 0o1204: the sticky bit, meaningless on a file, with an
+    owner who cannot read. Every int from 512 to 777 whose digits are all 0-7
+    is such a slip (its octal reading is 0o1000 to 0o1411: sticky, owner
+    without both read and write, nothing a file is meant to have), so it is
+    refused. Four digits (1777, 2755) cannot be told from a real setuid or
+    setgid mode below 0o7777 and are taken as given; above it (4755) they are
+    refused with the same hint.
+    """
+    if not isinstance(perm, int) or isinstance(perm, bool) or perm < 0:
+        raise ValueError(f"perm must be an int from 0 to 0o7777, not {perm!r}")
+    digits = str(perm)
+    octal_slip = perm > 0o777 and digits.isdigit() and set(digits) <= set("01234567")
+    if octal_slip and (perm <= 777 or perm > 0o7777) and int(digits, 8) <= 0o7777:
+        raise ValueError(
+            f"perm={perm} looks like an octal mode written in decimal ({perm} is 0o{perm:o}); "
+            f"did you mean 0o{digits}?"
+        )
+    if perm > 0o7777:
+        raise ValueError(f"perm must be an int from 0 to 0o7777, not {perm!r}")
 
 
 def _validators(validate: Validator | Sequence[Validator]) -> tuple[Validator, ...]:
@@ -157,7 +217,7 @@ def _replaced_file(
     raise OSError(errno.EINVAL, "Not a regular file; only those are replaced", path)
 
 
-class AtomicFile:
+class AtomicFile(Generic[_F_co]):
     """A staged file that replaces *path* all at once, or not at all.
 
     The new content is written to :attr:`file`, a real file object (it has
@@ -173,7 +233,17 @@ class AtomicFile:
     :class:`FileExistsError` if *path* exists then, atomically, even against
     racing writers) and ``a``, ``ab`` (the old content, then what is written,
     published at once; concurrent appenders need a lock to not lose each
-    other's appends). ``t`` may be added to a text mode.
+    other's appends). ``t`` may be added to a text mode. A text mode's
+    *encoding* is UTF-8 unless given (:data:`DEFAULT_ENCODING`), whatever
+    the locale.
+
+    For a type checker, :attr:`file` is :class:`~typing.TextIO` for a text
+    mode and :class:`~typing.BinaryIO` for a binary one (``AtomicFile[TextIO]``,
+    ``AtomicFile[BinaryIO]``), so writing bytes to a text file is caught
+    before it runs. The mode must be a literal: one held in a variable needs
+    a :data:`TextMode` or :data:`BinaryMode` type (or a ``Literal`` of its
+    own); a plain ``str``, like an invalid mode such as ``"r"``, is a type
+    error.
 
     *durability* says what a returned :meth:`commit` survives:
 
@@ -189,7 +259,10 @@ class AtomicFile:
     umask. Not given, a replaced file keeps its mode and, where permitted,
     its owner and group; a new file gets the mode ``open()`` would give it
     (0o666 less the umask, or the directory's default ACL). The temporary
-    file is never more permissive than the final one.
+    file is never more permissive than the final one. *perm* is an int
+    written in octal (``0o644``): an int from 512 to 777 made of the digits
+    0-7 (``perm=644``, which is 0o1204: sticky, and the owner cannot read)
+    is taken for octal written in decimal and raises :class:`ValueError`.
 
     *follow_symlinks*: a symlink at *path* is followed and the file it points
     to replaced, keeping the link (a dangling link creates its target). With
@@ -219,6 +292,34 @@ class AtomicFile:
         "_open_args", "_replace", "_state", "_temp", "_validators", "path",
     )  # fmt: skip
 
+    @overload
+    def __init__(
+        self: AtomicFile[BinaryIO],
+        path: str | os.PathLike[str],
+        mode: BinaryMode = "wb",
+        *,
+        perm: int | None = None,
+        durability: Durability = "durable",
+        follow_symlinks: bool = True,
+        validate: Validate = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: AtomicFile[TextIO],
+        path: str | os.PathLike[str],
+        mode: TextMode,
+        *,
+        perm: int | None = None,
+        durability: Durability = "durable",
+        follow_symlinks: bool = True,
+        validate: Validate = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> None: ...
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -275,6 +376,8 @@ class AtomicFile:
             # the batch and transaction writers need none, and it costs three
             # syscalls. A text one is made now, so a bad encoding fails here.
             self._file: IO[Any] | None = None
+            if encoding is None and not binary:
+                encoding = DEFAULT_ENCODING
             self._open_args = (file_mode, encoding, errors, newline)
             if not binary:
                 self._file = self._open_file()
@@ -287,7 +390,7 @@ class AtomicFile:
     _new_file_perm: int | None = None
 
     @property
-    def file(self) -> IO[Any]:
+    def file(self) -> _F_co:
         """The staged file object, to write the new content to.
 
         A real file object (it has ``fileno()``, ``seek()`` and ``tell()``),
@@ -300,7 +403,7 @@ class AtomicFile:
             if self._state != "open":
                 raise ValueError(f"the staged file for {self.path!r} was already {self._state}")
             self._file = self._open_file()
-        return self._file
+        return cast("_F_co", self._file)
 
     def _open_file(self) -> IO[Any]:
         assert self._fd is not None
@@ -331,7 +434,7 @@ class AtomicFile:
         while view:
             view = view[os.write(self._fd, view) :]
 
-    def __enter__(self) -> AtomicFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -474,10 +577,10 @@ class AtomicFile:
         return f"<crashsafe.AtomicFile {self.path!r} {self._state}>"
 
 
-@contextmanager
+@overload
 def atomic_open(
     path: str | os.PathLike[str],
-    mode: str = "wb",
+    mode: TextMode,
     *,
     perm: int | None = None,
     durability: Durability = "durable",
@@ -486,14 +589,43 @@ def atomic_open(
     encoding: str | None = None,
     errors: str | None = None,
     newline: str | None = None,
-) -> Iterator[IO[Any]]:
+) -> AbstractContextManager[TextIO]: ...
+@overload
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: BinaryMode = "wb",
+    *,
+    perm: int | None = None,
+    durability: Durability = "durable",
+    follow_symlinks: bool = True,
+    validate: Validate = None,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+) -> AbstractContextManager[BinaryIO]: ...
+@contextmanager
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: TextMode | BinaryMode = "wb",
+    *,
+    perm: int | None = None,
+    durability: Durability = "durable",
+    follow_symlinks: bool = True,
+    validate: Validate = None,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+) -> Iterator[Any]:  # typed by the overloads above
     """Open *path* for an all-or-nothing write; use it in a ``with`` statement.
 
     Yields a real file object. Leaving the block normally publishes what was
     written, atomically and (by default) durably; leaving it by any exception,
     ``KeyboardInterrupt`` included, leaves *path* exactly as it was and no
     temporary file behind. Modes and keywords are those of
-    :class:`AtomicFile`, as are the errors.
+    :class:`AtomicFile`, as are the errors. The file object is typed
+    :class:`~typing.TextIO` for a text mode (UTF-8 unless *encoding* says
+    otherwise) and :class:`~typing.BinaryIO` for a binary one; the mode must
+    be a literal or have a :data:`TextMode` or :data:`BinaryMode` type.
 
     Example::
 
@@ -524,12 +656,13 @@ def atomic_write(
     overwrite: bool = True,
     follow_symlinks: bool = True,
     validate: Validate = None,
-    encoding: str = "utf-8",
+    encoding: str = DEFAULT_ENCODING,
 ) -> None:
     """Replace *path* with *data*, all or nothing.
 
     *data* is bytes (or any buffer) or str, which is encoded with *encoding*
-    before anything is created. With *overwrite* False, an existing *path*
+    (UTF-8 unless given, as text modes of :func:`atomic_open`) before
+    anything is created. With *overwrite* False, an existing *path*
     raises :class:`FileExistsError`, atomically. The other keywords and the
     errors are those of :class:`AtomicFile`; a wrong type of *data* raises
     :class:`TypeError`.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Final
+from typing import BinaryIO, Final
 
 from crashsafe import _platform
 from crashsafe.atomic import AtomicFile, BytesLike, Durability, _as_bytes, _check_options
@@ -74,7 +74,7 @@ def _write_batch(
     perm: int | None,
     directories: dict[str, _platform.Directory],
 ) -> None:
-    staged: list[AtomicFile] = []
+    staged: list[AtomicFile[BinaryIO]] = []
     try:
         for path, data in batch:
             pending = AtomicFile(path, "wb", perm=perm, durability=durability)
@@ -94,8 +94,8 @@ def _write_batch(
                 pending.discard()
 
 
-def _publish_all(staged: list[AtomicFile], durability: Durability) -> None:
-    def publish(pending: AtomicFile) -> None:
+def _publish_all(staged: list[AtomicFile[BinaryIO]], durability: Durability) -> None:
+    def publish(pending: AtomicFile[BinaryIO]) -> None:
         pending._publish(pending._name, replace=True, sync=False, keep_dir=True)
 
     if durability == "none" or len(staged) == 1:

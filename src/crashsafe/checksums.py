@@ -33,7 +33,7 @@ import stat
 from collections.abc import Callable
 from typing import Any, Final
 
-from crashsafe.atomic import Durability
+from crashsafe.atomic import Durability, _check_options
 from crashsafe.documents import JSONDocumentError, read_json, write_json
 from crashsafe.locking import FileLock
 
@@ -89,7 +89,8 @@ class ChecksumStore:
     ``.NAME.lock`` beside it). They wait at most *timeout* seconds for the
     lock (None: as long as it takes), then raise
     :class:`~crashsafe.locking.LockTimeoutError`. A missing store is an
-    empty one; it is created by the first :meth:`record`.
+    empty one; it is created by the first :meth:`record`. A bad *perm* or
+    *durability* raises :class:`ValueError` here, at construction.
 
     Every method raises :class:`~crashsafe.documents.JSONDocumentError` if the
     store file is damaged or is not a checksum store; a damaged store is never
@@ -104,6 +105,7 @@ class ChecksumStore:
         durability: Durability = "durable",
         timeout: float | None = None,
     ) -> None:
+        _check_options("wb", perm, durability)  # perm=644 fails here, not at the first record
         self.path = _key(path)
         self.perm = perm
         self.durability: Durability = durability

@@ -18,7 +18,7 @@ import io
 import os
 import stat
 from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, NamedTuple
 
 from crashsafe import _platform
 from crashsafe.atomic import AtomicFile, Durability, Validate, unnamed_os_error
@@ -350,7 +350,7 @@ def _hasher(digest: str | None) -> hashlib._Hash | None:
     return hashlib.new(digest)
 
 
-class _Staged(AtomicFile):
+class _Staged(AtomicFile[BinaryIO]):
     """The copy's staged file: a new target takes the source's permission bits."""
 
     def __init__(self, path: str | os.PathLike[str], new_file_perm: int | None, **kw: Any) -> None:

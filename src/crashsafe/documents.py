@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
-from crashsafe.atomic import BytesLike, Durability, Validate, atomic_write
+from crashsafe.atomic import BytesLike, Durability, Validate, _check_options, atomic_write
 from crashsafe.locking import FileLock
 
 if TYPE_CHECKING:
@@ -129,6 +129,8 @@ def update(
     :func:`crashsafe.atomic_write`. :class:`~crashsafe.NotDurableError` means
     the new content is in place but its durability is unconfirmed.
     """
+    # Bad options (perm=644) fail before the lock file is made or fn runs.
+    _check_options("wb", write_keywords.get("perm"), write_keywords.get("durability", "durable"))
     follow = write_keywords.get("follow_symlinks", True)
     with FileLock(path, timeout=timeout, follow_symlinks=follow):
         try:
@@ -195,6 +197,7 @@ def write_json(
     *durability*. *indent*: as for :func:`json.dumps`; None writes one line.
     """
     data = _dumps(obj, indent)
+    _check_options("wb", perm, durability)  # before the lock file is made
     with FileLock(path, timeout=timeout):
         atomic_write(path, data, perm=perm, durability=durability)
 
@@ -222,6 +225,7 @@ def update_json(
     replaced); the serialisation errors of :func:`write_json`; the errors of
     :class:`~crashsafe.locking.FileLock` and :func:`crashsafe.atomic_write`.
     """
+    _check_options("wb", perm, durability)  # before the lock file is made or fn runs
     with FileLock(path, timeout=timeout):
         try:
             old = read_json(path)

@@ -133,7 +133,9 @@ def _writer_alive(match: re.Match[str]) -> bool | None:
     return _process_start(int(match["pid"])) == int(match["start"])
 
 
-def sweep(directory: str | os.PathLike[str], *, min_age: float = 60.0) -> list[Path]:
+def sweep(
+    directory: str | os.PathLike[str], *, min_age: float = 60.0, dry_run: bool = False
+) -> list[Path]:
     """Remove crashsafe temporary files in *directory* whose writer is gone.
 
     Only entries that carry crashsafe's temporary-name marker and are regular
@@ -147,7 +149,8 @@ def sweep(directory: str | os.PathLike[str], *, min_age: float = 60.0) -> list[P
     *min_age* seconds ago.
 
     Returns the paths removed. Entries that vanish during the sweep (a writer
-    committing, a concurrent sweep) are skipped silently.
+    committing, a concurrent sweep) are skipped silently. With *dry_run*,
+    nothing is removed and the paths that would have been are returned.
 
     Raises :class:`ValueError` for a negative *min_age*, and the underlying
     :class:`OSError` if *directory* cannot be opened or listed (for example
@@ -181,6 +184,9 @@ def sweep(directory: str | os.PathLike[str], *, min_age: float = 60.0) -> list[P
                 continue
             alive = _writer_alive(match)
             if alive or (alive is None and now - st.st_mtime < min_age):
+                continue
+            if dry_run:
+                removed.append(base / name)
                 continue
             try:
                 os.unlink(where, dir_fd=dir_fd)

@@ -41,7 +41,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import BinaryIO, Final
 
 from crashsafe import _platform
 from crashsafe.atomic import AtomicFile, BytesLike, Durability, _as_bytes, single_name
@@ -186,7 +186,7 @@ class Transaction:
             )
         self.directory = os.fsdecode(os.fspath(directory))
         self._durability: Durability = durability
-        self._ops: dict[str, AtomicFile | None] = {}
+        self._ops: dict[str, AtomicFile[BinaryIO] | None] = {}
         self._state = "open"
 
     def write(self, name: str, data: BytesLike | str, *, perm: int | None = None) -> None:
@@ -224,7 +224,7 @@ class Transaction:
         self._check_open()
         self._replace_op(_check_name(name), None)
 
-    def _replace_op(self, name: str, staged: AtomicFile | None) -> None:
+    def _replace_op(self, name: str, staged: AtomicFile[BinaryIO] | None) -> None:
         old = self._ops.pop(name, None)
         if old is not None:
             old.discard()
@@ -327,7 +327,7 @@ def _unstage(directory: _platform.Directory, ops: list[tuple[str, str, str | Non
             directory.remove(staging)
 
 
-def _journal_file(directory: str, durability: Durability) -> AtomicFile:
+def _journal_file(directory: str, durability: Durability) -> AtomicFile[BinaryIO]:
     return AtomicFile(
         os.path.join(directory, JOURNAL),
         "xb",
