@@ -10,6 +10,7 @@ import array
 import errno
 import os
 import pickle
+import pkgutil
 import re
 import stat
 import subprocess
@@ -76,6 +77,67 @@ def test_import_leaves_copying_and_validators_for_first_use() -> None:
     assert "crashsafe.validators" not in out[0]
     assert "'crashsafe.copying'" in out[1]
     assert "'crashsafe.validators'" in out[1]
+
+
+def _submodules() -> list[str]:
+    # __main__ runs the command line when imported.
+    found = pkgutil.walk_packages(crashsafe.__path__, "crashsafe.")
+    return sorted(info.name for info in found if info.name != "crashsafe.__main__")
+
+
+def test_no_module_of_the_package_is_named_like_an_exported_name() -> None:
+    # Importing crashsafe.X binds X on the package, over an exported X.
+    clashes = {m.split(".")[1] for m in _submodules()} & set(crashsafe.__all__)
+    assert clashes == {"validators"}  # the one export that is meant to be a module
+
+
+# Each runs first in a fresh interpreter; then every exported name must still be
+# what its defining module exports, and a transaction must run (the README's flow:
+# recover at start-up, then transact).
+FIRST_STEPS = [
+    *(f"import {module}" for module in _submodules()),
+    *(f"crashsafe.{name}" for name in ("transaction", "recover", "snapshot", "write_json")),
+    "crashsafe.recover(d)",
+    "with crashsafe.snapshot(d): pass",
+    "from crashsafe import *",
+]
+
+
+@pytest.mark.parametrize("first", FIRST_STEPS)
+def test_no_import_order_shadows_a_public_name_with_a_module(first: str, tmp_path: Path) -> None:
+    code = f"""
+import sys, types, importlib, crashsafe
+d = sys.argv[1]
+{first}
+bad = []
+for name in crashsafe.__all__:
+    value = getattr(crashsafe, name)
+    if name == "validators":
+        ok = value is importlib.import_module("crashsafe.validators")
+    else:
+        ok = not isinstance(value, types.ModuleType) and value is getattr(
+            importlib.import_module(value.__module__), name)
+    if not ok:
+        bad.append(name)
+crashsafe.recover(d)
+with crashsafe.transaction(d) as tx:
+    tx.write("a", b"1")
+print(bad)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"
+    assert (tmp_path / "a").read_bytes() == b"1"
+
+
+def test_dir_lists_every_public_name_before_first_use() -> None:
+    code = "import crashsafe; print(sorted(set(crashsafe.__all__) - set(dir(crashsafe))))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "[]\n"
+    assert set(crashsafe.__all__) <= set(dir(crashsafe))
+    assert "__version__" in dir(crashsafe)
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:

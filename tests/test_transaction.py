@@ -2,7 +2,7 @@
 
 What is proven here, on real filesystems, without mocking the os:
 
-* Writes and removes inside one ``with crashsafe.transaction.transaction(d)``
+* Writes and removes inside one ``with crashsafe.transactions.transaction(d)``
   block appear together when the block ends, with exact modes (``perm``), the
   mode of the replaced file, or the umask default for a new file; a symlink at
   a name is replaced, never followed. An exception in the block
@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from crashsafe.transaction import (
+from crashsafe.transactions import (
     JOURNAL,
     LOCK,
     STAGED,
@@ -400,7 +400,7 @@ def test_durability_levels_publish_and_fsync_as_documented(
     (workdir / "gone").write_bytes(b"old")
     child = run_traced(
         f"""
-        from crashsafe.transaction import transaction
+        from crashsafe.transactions import transaction
         with transaction({str(workdir)!r}, durability={durability!r}) as tx:
             tx.write("a", b"1")
             tx.write("b", b"2")
@@ -490,7 +490,7 @@ def test_a_transaction_inside_a_snapshot_of_the_same_directory_does_not_hang(
     tmp_path: Path,
 ) -> None:
     code = f"""
-from crashsafe.transaction import snapshot, transaction
+from crashsafe.transactions import snapshot, transaction
 try:
     with snapshot({str(tmp_path)!r}):
         with transaction({str(tmp_path)!r}) as tx:
@@ -548,7 +548,7 @@ def test_a_commit_waits_for_an_open_snapshot(tmp_path: Path) -> None:
     code = f"""
 import sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from crashsafe.transaction import transaction
+from crashsafe.transactions import transaction
 from tests.harness import crash
 print("ready", flush=True)
 started = time.monotonic()
@@ -784,7 +784,7 @@ def test_an_error_at_any_step_leaves_all_old_or_all_new(
     signal_or_error = {"signal": what} if what == "INT" else {"error": what}
     child = run_traced(
         f"""
-        from crashsafe.transaction import transaction
+        from crashsafe.transactions import transaction
         tx = None
         try:
             with transaction({str(workdir)!r}) as t:
@@ -889,7 +889,7 @@ def test_every_staged_file_is_created_private(workdir: Path, staging: str, exist
             tx.write("c", b"group", perm=0o640)
         """
     child = run_traced(
-        f"from crashsafe.transaction import transaction\ndirectory = {str(workdir)!r}\n"
+        f"from crashsafe.transactions import transaction\ndirectory = {str(workdir)!r}\n"
         + code.strip().replace("\n        ", "\n")
         + "\nreport(ok=True)\n",
         trace=["openat", "fchmod", "fchmodat", "chmod"],
