@@ -374,6 +374,9 @@ def test_eacces_unprivileged_writer_gets_permission_error_and_creates_nothing(
             result = child.result
             assert result["raised"] == "PermissionError", (name, result, child.stderr)
             assert result["errno"] == errno.EACCES
+            # The directory it may not write, and no "-> None" for a second name.
+            assert result["filename"] == str(locked)
+            assert result["message"] == f"[Errno 13] Permission denied: {str(locked)!r}"
             assert read(target) == OLD
             assert_only(locked, "target")
     finally:
@@ -418,6 +421,9 @@ def test_rename_over_immutable_target_raises_eperm_and_leaves_it(
         with pytest.raises(PermissionError) as info:
             write_with(api, target, NEW)
         assert info.value.errno == errno.EPERM
+        # The rename names two files; the error names the target alone.
+        assert str(info.value) == f"[Errno 1] Operation not permitted: {str(target)!r}"
+        assert info.value.filename2 is None
         assert_unchanged(target)
         assert_only(loopdir, "target")
     assert_unchanged(target)
