@@ -34,6 +34,7 @@ import pytest
 
 import crashsafe
 from crashsafe import NotDurableError, atomic_open, atomic_write, write_file_atomic
+from tests.children import NOBODY, unprivileged_python
 from tests.harness.checks import entries, read
 from tests.harness.inject import fault, run_python, run_traced
 from tests.harness.mounts import loop_mount, remount, run, tmpfs
@@ -326,23 +327,6 @@ def test_rename_onto_bind_mounted_file_raises_and_leaves_it(workdir: Path, stagi
 # EACCES, ENOENT: no permission, no directory
 
 
-@cache
-def _unprivileged_python() -> tuple[str, str] | None:
-    """(interpreter, PYTHONPATH) that user nobody can run with crashsafe importable."""
-    src = str(Path(crashsafe.__file__).resolve().parent.parent)
-    for python in (sys.executable, "/usr/bin/python3"):
-        done = subprocess.run(
-            [*NOBODY, python, "-c", "import crashsafe"],
-            capture_output=True,
-            env={**os.environ, "PYTHONPATH": src},
-            check=False,
-        )
-        if done.returncode == 0:
-            return python, src
-    return None
-
-
-NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -351,7 +335,7 @@ def test_eacces_unprivileged_writer_gets_permission_error_and_creates_nothing(
 ) -> None:
     require_root()
     require_tools("setpriv")
-    found = _unprivileged_python()
+    found = unprivileged_python()
     require(found is not None, "no Python that user nobody can run with crashsafe")
     assert found is not None
     python, src = found
