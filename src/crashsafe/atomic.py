@@ -93,6 +93,8 @@ def _locate(
     With *follow_symlinks*, a symlink at the last component is followed (link
     by link, each relative to the directory that holds it) so that the file it
     points to is the one replaced, and a dangling link creates its target.
+    Create-only writes never pass it: they publish at the path's own name, and
+    any entry there, a symlink included, makes them fail.
     """
     head, name = os.path.split(path)
     if name in ("", ".", ".."):
@@ -130,15 +132,17 @@ def _replaced_file(
     """The status of the regular file that the write will replace, or None if it
     creates one (no entry, or a symlink that is replaced, not followed).
 
-    Raises for an entry that must not be replaced: a directory, any entry in a
-    create-only mode, a FIFO or device.
+    Raises for an entry that must not be replaced: in a create-only mode any
+    entry at all (``FileExistsError``, as ``open(path, "x")`` and ``O_EXCL``
+    say, for a directory or a symlink too, dangling or not); otherwise a
+    directory, a FIFO or a device.
     """
     if old is None:
         return None
-    if stat.S_ISDIR(old.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
     if not replace:
         raise FileExistsError(errno.EEXIST, "File exists", path)
+    if stat.S_ISDIR(old.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
     if stat.S_ISREG(old.st_mode):
         return old
     if stat.S_ISLNK(old.st_mode):
@@ -158,11 +162,14 @@ class AtomicFile:
     garbage-collected while still open is discarded with a
     :class:`ResourceWarning`.
 
-    *mode* is one of ``w``, ``wb``, ``x``, ``xb`` (create-only: commit raises
-    :class:`FileExistsError` if *path* exists then, atomically, even against
-    racing writers) and ``a``, ``ab`` (the old content, then what is written,
-    published at once; concurrent appenders need a lock to not lose each
-    other's appends). ``t`` may be added to a text mode.
+    *mode* is one of ``w``, ``wb``, ``x``, ``xb`` (create-only: like
+    ``open(path, "x")``, any entry at *path* raises :class:`FileExistsError`:
+    a file, a directory, or a symlink, dangling or not, whatever
+    *follow_symlinks* says; one that appears before the commit makes commit
+    raise it, atomically, even against racing writers) and ``a``, ``ab`` (the
+    old content, then what is written, published at once; concurrent
+    appenders need a lock to not lose each other's appends). ``t`` may be
+    added to a text mode.
 
     *durability* says what a returned :meth:`commit` survives:
 
@@ -182,7 +189,8 @@ class AtomicFile:
 
     *follow_symlinks*: a symlink at *path* is followed and the file it points
     to replaced, keeping the link (a dangling link creates its target). With
-    False, the link itself is replaced by a regular file.
+    False, the link itself is replaced by a regular file. Create-only modes
+    follow no link: a link at *path* is an existing entry.
 
     *validate*: a callable, or a sequence of them, each called by
     :meth:`commit` with the complete staged content as a read-only binary
@@ -198,7 +206,7 @@ class AtomicFile:
     :class:`IsADirectoryError` if *path* is a directory; :class:`OSError`
     (``EINVAL``) if it is another kind of non-regular file (a FIFO, a device),
     which crashsafe never replaces; :class:`FileExistsError` for ``x`` modes
-    when *path* exists; the
+    when any entry is at *path*; the
     :class:`OSError` of any failed step (a missing directory, no permission).
     """
 
@@ -232,8 +240,9 @@ class AtomicFile:
         self.path = path if isinstance(path, str) else os.fsdecode(os.fspath(path))
         self._durability = durability
 
-        # Step 1: the directory, once; symlinks at the last component resolved.
-        self._dir, self._name, old = _locate(self.path, follow_symlinks)
+        # Step 1: the directory, once; symlinks at the last component resolved,
+        # except for create-only: a link there is an entry, which it refuses.
+        self._dir, self._name, old = _locate(self.path, follow_symlinks and self._replace)
         self._fd: int | None = None
         self._temp: str | None = None
         try:
@@ -507,8 +516,9 @@ def atomic_write(
     """Replace *path* with *data*, all or nothing.
 
     *data* is bytes (or any buffer) or str, which is encoded with *encoding*
-    before anything is created. With *overwrite* False, an existing *path*
-    raises :class:`FileExistsError`, atomically. The other keywords and the
+    before anything is created. With *overwrite* False, any entry at *path*
+    (a symlink too, dangling or not) raises :class:`FileExistsError`,
+    atomically, as mode ``xb`` of :class:`AtomicFile` does. The other keywords and the
     errors are those of :class:`AtomicFile`; a wrong type of *data* raises
     :class:`TypeError`.
     """
