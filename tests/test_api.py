@@ -184,6 +184,41 @@ def call(api: str, path: Path, **kw: object) -> None:
             af.file.write(b"data")
 
 
+# Every keyword of the public API that takes True or False, called on an existing target.
+FLAG_CALLS = {
+    "atomic_write overwrite": lambda p, v: crashsafe.atomic_write(p, b"new", overwrite=v),
+    "atomic_write follow_symlinks": lambda p, v: crashsafe.atomic_write(
+        p, b"new", follow_symlinks=v
+    ),
+    "atomic_open follow_symlinks": lambda p, v: crashsafe.atomic_open(
+        p, follow_symlinks=v
+    ).__enter__(),
+    "AtomicFile follow_symlinks": lambda p, v: crashsafe.AtomicFile(p, follow_symlinks=v),
+    "atomic_copy follow_symlinks": lambda p, v: crashsafe.atomic_copy(
+        p.with_name("src"), p, follow_symlinks=v
+    ),
+    "update overwrite": lambda p, v: crashsafe.update(p, lambda b: b"new", overwrite=v),
+    "update follow_symlinks": lambda p, v: crashsafe.update(p, lambda b: b"new", follow_symlinks=v),
+    "FileLock follow_symlinks": lambda p, v: crashsafe.FileLock(p, follow_symlinks=v),
+}
+
+
+@pytest.mark.parametrize("value", ["no", "", None, 0, 1, "False"], ids=repr)
+@pytest.mark.parametrize("api", FLAG_CALLS)
+def test_a_flag_that_is_not_a_bool_raises_type_error_before_anything_is_created(
+    workdir: Path, api: str, value: object
+) -> None:
+    # overwrite="no" is truthy: taken as True, it overwrote.
+    (workdir / "f").write_bytes(b"old")
+    (workdir / "src").write_bytes(b"new")
+    keyword = api.split()[1]
+    with pytest.raises(TypeError) as info:
+        FLAG_CALLS[api](workdir / "f", value)
+    assert str(info.value) == f"{keyword} must be True or False, not {value!r}"
+    assert (workdir / "f").read_bytes() == b"old"
+    assert entries(workdir) == ["f", "src"]
+
+
 @pytest.mark.parametrize("mode", ["r", "rb", "r+", "w+", "wb+", "", "bw", "wx", "U", "wbt"])
 @pytest.mark.parametrize("api", ["atomic_open", "AtomicFile"])
 def test_bad_mode_raises_value_error_naming_the_valid_modes(
@@ -385,7 +420,9 @@ def test_write_file_atomic_gives_exactly_the_data_and_perm(
     assert entries(workdir) == ["key"]
 
 
-@pytest.mark.parametrize("name", ["a/b", "", ".", "..", "a\0b", "/abs", "dir/", b"key"])
+@pytest.mark.parametrize(
+    "name", ["a/b", "", ".", "..", "a\0b", "/abs", "dir/", b"a/b", Path("a/b")]
+)
 def test_write_file_atomic_name_must_be_one_component(
     workdir: Path, staging: str, name: object
 ) -> None:
@@ -394,6 +431,23 @@ def test_write_file_atomic_name_must_be_one_component(
         crashsafe.write_file_atomic(workdir, name, b"data", 0o600)  # type: ignore[arg-type]
     assert entries(workdir) == ["a"]
     assert entries(workdir / "a") == []
+
+
+@pytest.mark.parametrize("name", [None, 42, ["key"]], ids=repr)
+def test_write_file_atomic_name_of_the_wrong_type_raises_type_error(
+    workdir: Path, staging: str, name: object
+) -> None:
+    with pytest.raises(TypeError, match=f"name must be a file name .*not {type(name).__name__}"):
+        crashsafe.write_file_atomic(workdir, name, b"data", 0o600)  # type: ignore[arg-type]
+    assert entries(workdir) == []
+
+
+def test_write_file_atomic_takes_path_like_and_bytes_as_paths_are(
+    workdir: Path, staging: str
+) -> None:
+    crashsafe.write_file_atomic(workdir, Path("a"), b"1", 0o600)
+    crashsafe.write_file_atomic(os.fsencode(workdir), b"b", b"2", 0o600)  # type: ignore[arg-type]
+    assert [(workdir / n).read_bytes() for n in ("a", "b")] == [b"1", b"2"]
 
 
 @pytest.mark.parametrize("data", ["text", None, 42, ["a"]])

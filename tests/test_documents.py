@@ -296,6 +296,19 @@ def test_a_write_into_a_readonly_directory_raises_permission_error(call: str) ->
         assert entries(readonly) == []
 
 
+@pytest.mark.parametrize("call", WRITES)
+@pytest.mark.parametrize(("keyword", "value"), [("perm", 0o10000), ("durability", "fast")])
+def test_bad_write_options_are_refused_before_the_lock_file_is_made(
+    workdir: Path, call: str, keyword: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=keyword):
+        eval(  # noqa: S307
+            WRITES[call][:-1] + f", {keyword}={value!r})",
+            {**globals(), "PATH": workdir / "doc.json"},
+        )
+    assert entries(workdir) == []
+
+
 # --------------------------------------------------------------------------- update_json
 
 
@@ -333,7 +346,7 @@ def test_update_json_fn_returning_none_raises_and_writes_nothing(
     path = workdir / "state.json"
     if existing:
         write_json(path, {"a": 1})
-    with pytest.raises(TypeError, match="fn returned None.*nothing was written"):
+    with pytest.raises(TypeError, match=r"fn returned None.*nothing was written"):
         update_json(path, lambda d: d.update(b=2), default={})
     if existing:
         assert read_json(path) == {"a": 1}

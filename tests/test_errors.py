@@ -27,12 +27,10 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 
 import pytest
 
-import crashsafe
 from crashsafe import NotDurableError, atomic_open, atomic_write, write_file_atomic
 from tests.children import NOBODY, unprivileged_python
 from tests.harness.checks import entries, read
@@ -325,8 +323,6 @@ def test_rename_onto_bind_mounted_file_raises_and_leaves_it(workdir: Path, stagi
 
 # ---------------------------------------------------------------------------
 # EACCES, ENOENT: no permission, no directory
-
-
 
 
 @pytest.mark.parametrize("api", APIS)

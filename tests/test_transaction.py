@@ -296,7 +296,7 @@ def test_writing_over_a_directory_or_a_fifo_raises_at_once(workdir: Path, stagin
     assert listing(workdir) == [LOCK, "fifo", "ok", "sub"]
 
 
-BAD_NAMES = ["", ".", "..", "a/b", "/abs", "sub/", "a\0b", None, b"a", 3]
+BAD_NAMES = ["", ".", "..", "a/b", "/abs", "sub/", "a\0b", Path("a/b"), b"a/b", b""]
 RESERVED = [JOURNAL, LOCK, f"{STAGED}0", f"{STAGED}17", f"{STAGED}x", STAGED]
 
 
@@ -315,6 +315,38 @@ def test_bad_and_reserved_names_raise_value_error(workdir: Path, staging: str, n
             snap.read(name)
         with pytest.raises(ValueError, match=r"name|reserved"):
             snap.exists(name)
+
+
+@pytest.mark.parametrize("name", [None, 3, 1.5, ["a"], object()], ids=repr)
+def test_a_name_of_the_wrong_type_raises_type_error_naming_the_type(
+    workdir: Path, staging: str, name: Any
+) -> None:
+    # A wrong type, not "not a single file name".
+    with transaction(workdir) as tx:
+        for op in (lambda: tx.write(name, b"x"), lambda: tx.remove(name)):
+            with pytest.raises(TypeError) as raised:
+                op()
+            assert str(raised.value) == (
+                f"name must be a file name (str, bytes or os.PathLike), not {type(name).__name__}"
+            )
+        tx.write("ok", b"ok")
+    assert listing(workdir) == [LOCK, "ok"]
+    with snapshot(workdir) as snap, pytest.raises(TypeError, match=r"os\.PathLike"):
+        snap.read(name)
+
+
+def test_names_may_be_path_like_or_bytes_as_paths_are(workdir: Path, staging: str) -> None:
+    (workdir / "old").write_bytes(b"old")
+    with transaction(workdir) as tx:
+        tx.write(Path("a"), b"1")
+        tx.write(b"b", b"2")
+        tx.write("c", b"first")
+        tx.write(Path("c"), b"second")  # one name, however spelled: the last wins
+        tx.remove(Path("old"))
+    assert listing(workdir) == [LOCK, "a", "b", "c"]
+    with snapshot(workdir) as snap:
+        assert [snap.read(Path("a")), snap.read(b"b"), snap.read("c")] == [b"1", b"2", b"second"]
+        assert snap.exists(Path("a")) and not snap.exists(Path("old"))
 
 
 @pytest.mark.parametrize("data", [5, None, 1.5, ["x"], {"a": 1}, object()], ids=repr)

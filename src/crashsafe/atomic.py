@@ -72,6 +72,16 @@ def _check_options(mode: str, perm: int | None, durability: str) -> None:
         )
 
 
+def check_flag(keyword: str, value: object) -> None:
+    """Raise :class:`TypeError` unless *value* is True or False.
+
+    Every truthy object would pass for True: ``overwrite="no"`` must not
+    overwrite.
+    """
+    if value is not True and value is not False:
+        raise TypeError(f"{keyword} must be True or False, not {value!r}")
+
+
 def _validators(validate: Validator | Sequence[Validator]) -> tuple[Validator, ...]:
     checks = (validate,) if callable(validate) else validate
     if isinstance(checks, str | bytes) or not isinstance(checks, Sequence):
@@ -202,7 +212,8 @@ class AtomicFile:
 
     Raises, before anything is created: :class:`ValueError` for a bad *mode*,
     *perm* or *durability*, or an *encoding* with a binary mode;
-    :class:`TypeError` for a *validate* that is not callable;
+    :class:`TypeError` for a *validate* that is not callable or a
+    *follow_symlinks* that is not a bool;
     :class:`IsADirectoryError` if *path* is a directory; :class:`OSError`
     (``EINVAL``) if it is another kind of non-regular file (a FIFO, a device),
     which crashsafe never replaces; :class:`FileExistsError` for ``x`` modes
@@ -231,6 +242,7 @@ class AtomicFile:
     ) -> None:
         self._state = "new"  # so that __del__ is quiet if __init__ fails early
         _check_options(mode, perm, durability)
+        check_flag("follow_symlinks", follow_symlinks)
         self._validators = () if validate is None else _validators(validate)
         file_mode, self._replace, keep_old = _MODES[mode]
         binary = "b" in file_mode
@@ -519,9 +531,10 @@ def atomic_write(
     before anything is created. With *overwrite* False, any entry at *path*
     (a symlink too, dangling or not) raises :class:`FileExistsError`,
     atomically, as mode ``xb`` of :class:`AtomicFile` does. The other keywords and the
-    errors are those of :class:`AtomicFile`; a wrong type of *data* raises
-    :class:`TypeError`.
+    errors are those of :class:`AtomicFile`; a wrong type of *data*, or an
+    *overwrite* that is not a bool, raises :class:`TypeError`.
     """
+    check_flag("overwrite", overwrite)
     if isinstance(data, str):
         data = data.encode(encoding)
     elif not isinstance(data, bytes):
@@ -544,7 +557,9 @@ def _as_bytes(data: object, expected: str) -> memoryview:
         raise TypeError(f"data must be {expected}, not {type(data).__name__}") from None
 
 
-def write_file_atomic(dir: str | os.PathLike[str], name: str, data: BytesLike, perm: int) -> None:
+def write_file_atomic(
+    dir: str | os.PathLike[str], name: str | os.PathLike[str], data: BytesLike, perm: int
+) -> None:
     """Write *data* to ``dir/name`` with exactly the mode *perm*, all or nothing, durably.
 
     The entry ``dir/name`` itself becomes a regular file: a symlink there is
@@ -554,11 +569,12 @@ def write_file_atomic(dir: str | os.PathLike[str], name: str, data: BytesLike, p
     missing or unwritable *dir* creates nothing. :class:`NotDurableError`
     means the file was replaced but the directory fsync failed.
 
-    Raises :class:`ValueError` if *name* is not a single path component and
-    :class:`TypeError` if *data* is not bytes-like.
+    *dir* and *name* may be str, bytes or path-like. Raises
+    :class:`ValueError` if *name* is not a single path component and
+    :class:`TypeError` if *data* is not bytes-like or *name* not a name.
     """
     atomic_write(
-        os.path.join(dir, single_name(name)),
+        os.path.join(os.fsdecode(os.fspath(dir)), single_name(name)),
         _as_bytes(data, "bytes"),
         perm=perm,
         follow_symlinks=False,
@@ -566,14 +582,18 @@ def write_file_atomic(dir: str | os.PathLike[str], name: str, data: BytesLike, p
 
 
 def single_name(name: object) -> str:
-    """Return *name* if it is one file name (no separator, not ``.`` or ``..``),
-    else raise :class:`ValueError`."""
-    if (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
-        or "/" in name
-        or "\0" in name
-        or os.sep in name
-    ):
+    """Return *name* as a str if it is one file name (no separator, not ``.`` or
+    ``..``), else raise :class:`ValueError`.
+
+    A path-like object or bytes is taken as its text, as paths are everywhere;
+    anything else raises :class:`TypeError`.
+    """
+    if isinstance(name, bytes | os.PathLike):
+        name = os.fsdecode(os.fspath(name))
+    elif not isinstance(name, str):
+        raise TypeError(
+            f"name must be a file name (str, bytes or os.PathLike), not {type(name).__name__}"
+        )
+    if name in ("", ".", "..") or "/" in name or "\0" in name or os.sep in name:
         raise ValueError(f"name must be a single file name, not {name!r}")
     return name

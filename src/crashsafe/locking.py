@@ -64,6 +64,7 @@ import time
 from typing import Final
 
 from crashsafe import _platform
+from crashsafe.atomic import check_flag
 
 __all__ = ["FileLock", "LockTimeoutError"]
 
@@ -116,8 +117,10 @@ def lock_file_for(path: str | os.PathLike[str], *, follow_symlinks: bool = True)
     long for a lock name is cut and completed with a hash of the whole name.
 
     Raises :class:`ValueError` for a *path* that names no file: empty, or
-    ending in a separator, ``.`` or ``..``.
+    ending in a separator, ``.`` or ``..``; :class:`TypeError` for a
+    *follow_symlinks* that is not a bool.
     """
+    check_flag("follow_symlinks", follow_symlinks)
     path = os.fsdecode(os.fspath(path))
     # Judged as given: realpath("") and realpath(".") are the current directory,
     # whose own name would then be locked in its parent.
@@ -255,7 +258,8 @@ class FileLock:
     from each other, so never hold it across an ``await``.
 
     Raises :class:`ValueError` for a bad *timeout* or a *path* that names no
-    file (empty, or ending in a separator, ``.`` or ``..``); :meth:`acquire`
+    file (empty, or ending in a separator, ``.`` or ``..``), :class:`TypeError`
+    for a *follow_symlinks* that is not a bool; :meth:`acquire`
     raises :class:`LockTimeoutError` and the :class:`OSError` of opening or
     locking the lock file, its errno intact, with ``filename`` the *path* as
     given and ``filename2`` the lock file: for example
