@@ -89,6 +89,17 @@ def test_bad_options_fail_before_anything_is_written(workdir: Path) -> None:
         write_many({workdir / "a": b"x"}, durability="fast")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="perm"):
         write_many({workdir / "a": b"x"}, perm=0o10000)
+    with pytest.raises(TypeError, match="items must be a mapping of paths to data, not list"):
+        write_many([(workdir / "a", b"x")])  # type: ignore[arg-type]
+    assert entries(workdir) == []
+
+
+def test_a_key_that_is_no_path_fails_before_anything_is_written(workdir: Path) -> None:
+    # Checked with the rest, not when its batch of 128 is reached.
+    items: dict[object, bytes] = {workdir / f"f{i}": b"x" for i in range(200)}
+    items[None] = b"x"
+    with pytest.raises(TypeError):
+        write_many(items)  # type: ignore[arg-type]
     assert entries(workdir) == []
 
 

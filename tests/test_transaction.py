@@ -465,6 +465,7 @@ def test_an_invalid_durability_raises(workdir: Path) -> None:
     with pytest.raises(ValueError, match="durability"), transaction(workdir, durability="fast"):  # type: ignore[arg-type]
         pass
     assert crash.protocol_leftovers(workdir) == []
+    assert listing(workdir) == []  # refused before recovery made the lock file
 
 
 def test_two_open_transactions_the_last_commit_wins(workdir: Path, staging: str) -> None:

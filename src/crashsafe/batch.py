@@ -53,7 +53,8 @@ def write_many(
     followed; *perm* and the permission rules are those of
     :class:`~crashsafe.AtomicFile`.
 
-    Raises :class:`TypeError` for data of another type and :class:`ValueError`
+    Raises :class:`TypeError` for *items* that is not a mapping, a path or
+    data of another type, and :class:`ValueError`
     for a bad *durability* or *perm*, or for two keys that name one file
     (``"d.txt"`` and ``"./d.txt"``, a relative and an absolute spelling, a
     symlink and the file it points to: which content won would be chance),
@@ -64,6 +65,8 @@ def write_many(
     whose fsync failed: its files were replaced but may not survive a power cut.
     """
     _check_options("wb", perm, durability)
+    if not isinstance(items, Mapping):
+        raise TypeError(f"items must be a mapping of paths to data, not {type(items).__name__}")
     batch = [(path, _as_data(data)) for path, data in items.items()]
     _check_distinct([path for path, _ in batch])
     directories: dict[str, _platform.Directory] = {}

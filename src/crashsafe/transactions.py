@@ -377,8 +377,8 @@ def transaction(
     one that commits last wins for a file both wrote. Each staged file holds
     two descriptors until the commit.
     """
+    tx = Transaction(directory, durability)  # checks durability before recovery locks
     recover(directory)
-    tx = Transaction(directory, durability)
     try:
         yield tx
     except BaseException:
