@@ -242,7 +242,8 @@ class AtomicFile:
     ) -> None:
         self._state = "new"  # so that __del__ is quiet if __init__ fails early
         _check_options(mode, perm, durability)
-        check_flag("follow_symlinks", follow_symlinks)
+        if follow_symlinks is not True and follow_symlinks is not False:  # no frame per write
+            check_flag("follow_symlinks", follow_symlinks)
         self._validators = () if validate is None else _validators(validate)
         file_mode, self._replace, keep_old = _MODES[mode]
         binary = "b" in file_mode
@@ -534,7 +535,8 @@ def atomic_write(
     errors are those of :class:`AtomicFile`; a wrong type of *data*, or an
     *overwrite* that is not a bool, raises :class:`TypeError`.
     """
-    check_flag("overwrite", overwrite)
+    if overwrite is not True and overwrite is not False:  # no frame per write
+        check_flag("overwrite", overwrite)
     if isinstance(data, str):
         data = data.encode(encoding)
     elif not isinstance(data, bytes):
