@@ -10,12 +10,23 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import crashsafe
+from tests.harness.inject import run_python
+from tests.harness.require import require, require_root, require_tools
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 class Child:
@@ -102,3 +113,50 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {condition}")
         time.sleep(0.005)
+
+
+@cache
+def unprivileged_python() -> tuple[str, str] | None:
+    """(interpreter, PYTHONPATH) that user nobody can run with crashsafe importable."""
+    src = str(Path(crashsafe.__file__).resolve().parent.parent)
+    for python in (sys.executable, "/usr/bin/python3"):
+        done = subprocess.run(
+            [*NOBODY, python, "-c", "import crashsafe"],
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": src},
+            check=False,
+        )
+        if done.returncode == 0:
+            return python, src
+    return None
+
+
+def run_as_nobody(code: str, *args: str, staging: str = "tmpfile") -> dict[str, Any]:
+    """Run ``tests.harness.inject.PRELUDE`` + *code* as user nobody (no capabilities);
+    return the JSON object it reported with ``report(...)``.
+
+    Needs root and setpriv: skips without them (fails under CI).
+    """
+    require_root()
+    require_tools("setpriv")
+    found = unprivileged_python()
+    require(found is not None, "no Python that user nobody can run with crashsafe")
+    assert found is not None
+    python, src = found
+    child = run_python(
+        code, *args, staging=staging, wrapper=NOBODY, python=python, env={"PYTHONPATH": src}
+    )
+    assert child.returncode == 0, child.stderr
+    return child.result
+
+
+@contextlib.contextmanager
+def root_owned_directory() -> Iterator[Path]:
+    """A directory that user nobody may enter and read but not write (0o755, owned
+    by root, outside pytest's private base), removed at the end."""
+    base = Path(tempfile.mkdtemp(prefix="crashsafe-readonly-"))
+    try:
+        base.chmod(0o755)
+        yield base
+    finally:
+        shutil.rmtree(base)

@@ -12,6 +12,7 @@ import inspect
 import mimetypes
 import os
 import pickle
+import pkgutil
 import re
 import stat
 import subprocess
@@ -80,6 +81,67 @@ def test_import_leaves_copying_and_validators_for_first_use() -> None:
     assert "'crashsafe.validators'" in out[1]
 
 
+def _submodules() -> list[str]:
+    # __main__ runs the command line when imported.
+    found = pkgutil.walk_packages(crashsafe.__path__, "crashsafe.")
+    return sorted(info.name for info in found if info.name != "crashsafe.__main__")
+
+
+def test_no_module_of_the_package_is_named_like_an_exported_name() -> None:
+    # Importing crashsafe.X binds X on the package, over an exported X.
+    clashes = {m.split(".")[1] for m in _submodules()} & set(crashsafe.__all__)
+    assert clashes == {"validators"}  # the one export that is meant to be a module
+
+
+# Each runs first in a fresh interpreter; then every exported name must still be
+# what its defining module exports, and a transaction must run (the README's flow:
+# recover at start-up, then transact).
+FIRST_STEPS = [
+    *(f"import {module}" for module in _submodules()),
+    *(f"crashsafe.{name}" for name in ("transaction", "recover", "snapshot", "write_json")),
+    "crashsafe.recover(d)",
+    "with crashsafe.snapshot(d): pass",
+    "from crashsafe import *",
+]
+
+
+@pytest.mark.parametrize("first", FIRST_STEPS)
+def test_no_import_order_shadows_a_public_name_with_a_module(first: str, tmp_path: Path) -> None:
+    code = f"""
+import sys, types, importlib, crashsafe
+d = sys.argv[1]
+{first}
+bad = []
+for name in crashsafe.__all__:
+    value = getattr(crashsafe, name)
+    if name == "validators":
+        ok = value is importlib.import_module("crashsafe.validators")
+    else:
+        ok = not isinstance(value, types.ModuleType) and value is getattr(
+            importlib.import_module(value.__module__), name)
+    if not ok:
+        bad.append(name)
+crashsafe.recover(d)
+with crashsafe.transaction(d) as tx:
+    tx.write("a", b"1")
+print(bad)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"
+    assert (tmp_path / "a").read_bytes() == b"1"
+
+
+def test_dir_lists_every_public_name_before_first_use() -> None:
+    code = "import crashsafe; print(sorted(set(crashsafe.__all__) - set(dir(crashsafe))))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "[]\n"
+    assert set(crashsafe.__all__) <= set(dir(crashsafe))
+    assert "__version__" in dir(crashsafe)
+
+
 def test_unknown_attribute_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_thing"):
         crashsafe.no_such_thing  # type: ignore[attr-defined]  # noqa: B018
@@ -122,6 +184,41 @@ def call(api: str, path: Path, **kw: object) -> None:
     else:
         with crashsafe.AtomicFile(path, **kw) as af:  # type: ignore[arg-type]
             af.file.write(b"data")
+
+
+# Every keyword of the public API that takes True or False, called on an existing target.
+FLAG_CALLS = {
+    "atomic_write overwrite": lambda p, v: crashsafe.atomic_write(p, b"new", overwrite=v),
+    "atomic_write follow_symlinks": lambda p, v: crashsafe.atomic_write(
+        p, b"new", follow_symlinks=v
+    ),
+    "atomic_open follow_symlinks": lambda p, v: crashsafe.atomic_open(
+        p, follow_symlinks=v
+    ).__enter__(),
+    "AtomicFile follow_symlinks": lambda p, v: crashsafe.AtomicFile(p, follow_symlinks=v),
+    "atomic_copy follow_symlinks": lambda p, v: crashsafe.atomic_copy(
+        p.with_name("src"), p, follow_symlinks=v
+    ),
+    "update overwrite": lambda p, v: crashsafe.update(p, lambda b: b"new", overwrite=v),
+    "update follow_symlinks": lambda p, v: crashsafe.update(p, lambda b: b"new", follow_symlinks=v),
+    "FileLock follow_symlinks": lambda p, v: crashsafe.FileLock(p, follow_symlinks=v),
+}
+
+
+@pytest.mark.parametrize("value", ["no", "", None, 0, 1, "False"], ids=repr)
+@pytest.mark.parametrize("api", FLAG_CALLS)
+def test_a_flag_that_is_not_a_bool_raises_type_error_before_anything_is_created(
+    workdir: Path, api: str, value: object
+) -> None:
+    # overwrite="no" is truthy: taken as True, it overwrote.
+    (workdir / "f").write_bytes(b"old")
+    (workdir / "src").write_bytes(b"new")
+    keyword = api.split()[1]
+    with pytest.raises(TypeError) as info:
+        FLAG_CALLS[api](workdir / "f", value)
+    assert str(info.value) == f"{keyword} must be True or False, not {value!r}"
+    assert (workdir / "f").read_bytes() == b"old"
+    assert entries(workdir) == ["f", "src"]
 
 
 @pytest.mark.parametrize("mode", ["r", "rb", "r+", "w+", "wb+", "", "bw", "wx", "U", "wbt"])
@@ -414,7 +511,9 @@ def test_write_file_atomic_gives_exactly_the_data_and_perm(
     assert entries(workdir) == ["key"]
 
 
-@pytest.mark.parametrize("name", ["a/b", "", ".", "..", "a\0b", "/abs", "dir/", b"key"])
+@pytest.mark.parametrize(
+    "name", ["a/b", "", ".", "..", "a\0b", "/abs", "dir/", b"a/b", Path("a/b")]
+)
 def test_write_file_atomic_name_must_be_one_component(
     workdir: Path, staging: str, name: object
 ) -> None:
@@ -423,6 +522,23 @@ def test_write_file_atomic_name_must_be_one_component(
         crashsafe.write_file_atomic(workdir, name, b"data", 0o600)  # type: ignore[arg-type]
     assert entries(workdir) == ["a"]
     assert entries(workdir / "a") == []
+
+
+@pytest.mark.parametrize("name", [None, 42, ["key"]], ids=repr)
+def test_write_file_atomic_name_of_the_wrong_type_raises_type_error(
+    workdir: Path, staging: str, name: object
+) -> None:
+    with pytest.raises(TypeError, match=f"name must be a file name .*not {type(name).__name__}"):
+        crashsafe.write_file_atomic(workdir, name, b"data", 0o600)  # type: ignore[arg-type]
+    assert entries(workdir) == []
+
+
+def test_write_file_atomic_takes_path_like_and_bytes_as_paths_are(
+    workdir: Path, staging: str
+) -> None:
+    crashsafe.write_file_atomic(workdir, Path("a"), b"1", 0o600)
+    crashsafe.write_file_atomic(os.fsencode(workdir), b"b", b"2", 0o600)  # type: ignore[arg-type]
+    assert [(workdir / n).read_bytes() for n in ("a", "b")] == [b"1", b"2"]
 
 
 @pytest.mark.parametrize("data", ["text", None, 42, ["a"]])

@@ -89,7 +89,80 @@ def test_bad_options_fail_before_anything_is_written(workdir: Path) -> None:
         write_many({workdir / "a": b"x"}, durability="fast")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="perm"):
         write_many({workdir / "a": b"x"}, perm=0o10000)
+    with pytest.raises(TypeError, match="items must be a mapping of paths to data, not list"):
+        write_many([(workdir / "a", b"x")])  # type: ignore[arg-type]
     assert entries(workdir) == []
+
+
+def test_a_key_that_is_no_path_fails_before_anything_is_written(workdir: Path) -> None:
+    # Checked with the rest, not when its batch of 128 is reached.
+    items: dict[object, bytes] = {workdir / f"f{i}": b"x" for i in range(200)}
+    items[None] = b"x"
+    with pytest.raises(TypeError):
+        write_many(items)  # type: ignore[arg-type]
+    assert entries(workdir) == []
+
+
+# The second spelling of workdir/d.txt (or of where a link there leads); d.txt exists
+# unless marked, and the cwd is workdir.
+SPELLINGS = {
+    "./d.txt": "./d.txt",
+    "absolute": "{workdir}/d.txt",
+    "through a parent": "sub/../d.txt",
+    "a Path": Path("d.txt"),
+    "bytes": b"d.txt",
+    "a symlink to it": "link-to-d",
+    "a symlinked directory": "dirlink/d.txt",
+    "a chain of links": "link-to-link",
+    "missing, and a dangling link to it": "link-to-new",
+}
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["adjacent", "200 files apart"])
+@pytest.mark.parametrize("spelling", SPELLINGS.values(), ids=SPELLINGS.keys())
+def test_two_spellings_of_one_file_are_refused_before_anything_is_written(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, spelling: object, late: bool
+) -> None:
+    # Both would be staged and renamed over one name: which content won was chance.
+    monkeypatch.chdir(workdir)
+    (workdir / "sub").mkdir()
+    (workdir / "d.txt").write_bytes(b"old")
+    (workdir / "link-to-d").symlink_to("d.txt")
+    (workdir / "link-to-link").symlink_to("link-to-d")
+    (workdir / "link-to-new").symlink_to("new.txt")
+    os.symlink(".", workdir / "dirlink")
+    first = "new.txt" if spelling == "link-to-new" else "d.txt"
+    if isinstance(spelling, str):
+        spelling = spelling.format(workdir=workdir)
+    others = {f"other{i}": b"other" for i in range(200 if late else 0)}
+    items = {first: b"one", **others, spelling: b"two"}
+    before = entries(workdir)
+    with pytest.raises(ValueError, match="name the same file") as caught:
+        write_many(items)  # type: ignore[arg-type]
+    text = os.fsdecode(os.fspath(spelling))  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"write_many: {first!r} and {text!r} name the same file; "
+        "give each file once (nothing was written)"
+    )
+    assert entries(workdir) == before
+    assert (workdir / "d.txt").read_bytes() == b"old"
+
+
+def test_distinct_files_with_alike_names_are_written(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hard links are two names: each is replaced on its own, as atomic_write would.
+    monkeypatch.chdir(workdir)
+    (workdir / "sub").mkdir()
+    (workdir / "a").write_bytes(b"old")
+    os.link(workdir / "a", workdir / "hard")
+    write_many({"a": b"1", "hard": b"2", "sub/a": b"3", "A": b"4"})
+    assert [(workdir / n).read_bytes() for n in ("a", "hard", "sub/a", "A")] == [
+        b"1",
+        b"2",
+        b"3",
+        b"4",
+    ]
 
 
 def test_a_failing_file_is_untouched_and_leaves_nothing(workdir: Path) -> None:

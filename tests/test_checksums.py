@@ -11,8 +11,10 @@ leaves a store that parses and equals one of its states.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import pickle
 import random
 import signal
 import stat
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from crashsafe.checksums import ChecksumStore, sha256_file
+from crashsafe.checksums import ChecksumStore, NotRecordedError, sha256_file
 from crashsafe.documents import JSONDocumentError, read_json
 from crashsafe.staging import sweep
 from tests.children import Child, spawned
@@ -144,12 +146,24 @@ def test_a_recorded_file_that_is_gone_or_not_a_file_fails_verification(
     assert store.verify(hook) is False
 
 
-def test_a_file_never_recorded_raises_key_error(workdir: Path) -> None:
-    store = ChecksumStore(workdir / "sums.json")
+def test_a_file_never_recorded_raises_not_recorded_error_naming_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(workdir)
+    store = ChecksumStore("sums.json")
     (workdir / "f").write_bytes(b"x")
-    with pytest.raises(KeyError) as caught:
-        store.verify(workdir / "f")
-    assert caught.value.args == (str(workdir / "f"),)
+    with pytest.raises(NotRecordedError) as caught:
+        store.verify("f")
+    e = caught.value
+    assert isinstance(e, KeyError)  # "except KeyError" still catches it
+    assert e.args == (str(workdir / "f"),)
+    assert (e.filename, e.key, e.store) == ("f", str(workdir / "f"), str(workdir / "sums.json"))
+    assert str(e) == (
+        f"'f' has no recorded checksum in {str(workdir / 'sums.json')!r} "
+        "(never recorded, or forgotten)"
+    )
+    copy = pickle.loads(pickle.dumps(e))  # noqa: S301 - our own error, round-tripped
+    assert type(copy) is NotRecordedError and str(copy) == str(e)
     assert not (workdir / "sums.json").exists()  # reading created nothing
 
 
@@ -167,6 +181,43 @@ def test_forget_removes_the_entry_and_is_quiet_when_there_is_none(workdir: Path)
     store.forget(workdir / "f")
     store.forget(workdir / "never")
     assert (workdir / "sums.json").stat().st_ino == inode  # nothing was rewritten
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "missing"])
+def test_recording_what_is_no_regular_file_raises_a_builtin_error_naming_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # Never a private class: a caller's "except OSError" subclasses are the builtins.
+    monkeypatch.chdir(workdir)
+    if kind == "directory":
+        os.mkdir("it")
+    elif kind == "fifo":
+        os.mkfifo("it")
+    expected, code, strerror = {
+        "directory": (IsADirectoryError, errno.EISDIR, "Is a directory"),
+        "fifo": (OSError, errno.EINVAL, "Not a regular file"),
+        "missing": (FileNotFoundError, errno.ENOENT, "No such file or directory"),
+    }[kind]
+    store = ChecksumStore("sums.json")
+    for call in (store.record, sha256_file):
+        with pytest.raises(OSError) as caught:
+            call("it")
+        assert type(caught.value) is expected
+        assert caught.value.errno == code
+        assert caught.value.filename == "it"
+        assert str(caught.value) == f"[Errno {code}] {strerror}: 'it'"
+    assert not (workdir / "sums.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("perm", 0o10000), ("durability", "fast"), ("timeout", -1), ("timeout", "1")],
+)
+def test_bad_store_options_are_refused_when_the_store_is_made(
+    workdir: Path, keyword: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=keyword):
+        ChecksumStore(workdir / "sums.json", **{keyword: value})  # type: ignore[arg-type]
 
 
 def test_recording_a_file_that_cannot_be_read_changes_nothing(workdir: Path) -> None:

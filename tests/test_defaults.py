@@ -17,7 +17,7 @@ import crashsafe
 from crashsafe import documents
 from crashsafe.batch import write_many
 from crashsafe.checksums import ChecksumStore
-from crashsafe.transaction import transaction
+from crashsafe.transactions import transaction
 
 # -- encoding ---------------------------------------------------------------------------
 

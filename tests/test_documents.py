@@ -9,6 +9,7 @@ returned or overwritten, and the written bytes are exactly what is promised.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -23,7 +24,7 @@ import pytest
 from crashsafe.documents import JSONDocumentError, read_json, update, update_json, write_json
 from crashsafe.locking import FileLock, LockTimeoutError
 from crashsafe.staging import sweep
-from tests.children import Child, spawned
+from tests.children import Child, root_owned_directory, run_as_nobody, spawned
 from tests.harness.checks import entries, leftovers
 
 # --------------------------------------------------------------------------- update (bytes)
@@ -256,6 +257,58 @@ def test_a_circular_object_raises_value_error(workdir: Path) -> None:
     assert not (workdir / "doc.json").exists()
 
 
+# --------------------------------------------------------------------------- errors name the path
+
+WRITES = {
+    "write_json": "write_json(PATH, {'a': 1})",
+    "update_json": "update_json(PATH, lambda d: {**d, 'a': 1}, default={})",
+    "update": "update(PATH, lambda b: b + b'x')",
+}
+
+
+@pytest.mark.parametrize("call", WRITES)
+def test_a_write_into_a_missing_directory_names_the_path_given(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    # Not the lock file beside it, which is where the error arises.
+    monkeypatch.chdir(workdir)
+    with pytest.raises(FileNotFoundError) as caught:
+        eval(WRITES[call], {**globals(), "PATH": "missing/doc.json"})  # noqa: S307
+    assert caught.value.errno == errno.ENOENT
+    assert caught.value.filename == "missing/doc.json"
+    assert str(caught.value).startswith("[Errno 2] No such file or directory: 'missing/doc.json'")
+    assert entries(workdir) == []
+
+
+@pytest.mark.parametrize("call", WRITES)
+def test_a_write_into_a_readonly_directory_raises_permission_error(call: str) -> None:
+    # The lock file cannot be created: EACCES, not the ENOENT of a retry.
+    code = f"""
+    from crashsafe.documents import update, update_json, write_json
+    PATH = sys.argv[1]
+    report(**attempt(lambda: {WRITES[call]}))
+    """
+    with root_owned_directory() as readonly:
+        result = run_as_nobody(code, str(readonly / "doc.json"))
+        assert result["raised"] == "PermissionError", result
+        assert result["errno"] == errno.EACCES
+        assert result["filename"] == str(readonly / "doc.json")
+        assert entries(readonly) == []
+
+
+@pytest.mark.parametrize("call", WRITES)
+@pytest.mark.parametrize(("keyword", "value"), [("perm", 0o10000), ("durability", "fast")])
+def test_bad_write_options_are_refused_before_the_lock_file_is_made(
+    workdir: Path, call: str, keyword: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=keyword):
+        eval(  # noqa: S307
+            WRITES[call][:-1] + f", {keyword}={value!r})",
+            {**globals(), "PATH": workdir / "doc.json"},
+        )
+    assert entries(workdir) == []
+
+
 # --------------------------------------------------------------------------- update_json
 
 
@@ -283,6 +336,28 @@ def test_update_json_never_changes_the_callers_default(workdir: Path) -> None:
     assert update_json(workdir / "a.json", add, default=default) == {"seen": [1]}
     assert update_json(workdir / "b.json", add, default=default) == {"seen": [1]}
     assert default == {"seen": []}
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_update_json_fn_returning_none_raises_and_writes_nothing(
+    workdir: Path, existing: bool
+) -> None:
+    # dict.update() returns None: the document must not become null.
+    path = workdir / "state.json"
+    if existing:
+        write_json(path, {"a": 1})
+    with pytest.raises(TypeError, match=r"fn returned None.*nothing was written"):
+        update_json(path, lambda d: d.update(b=2), default={})
+    if existing:
+        assert read_json(path) == {"a": 1}
+    assert entries(workdir) == (
+        [".state.json.lock", "state.json"] if existing else [".state.json.lock"]
+    )
+
+
+def test_update_json_may_write_null_through_write_json(workdir: Path) -> None:
+    write_json(workdir / "n.json", None)
+    assert (workdir / "n.json").read_bytes() == b"null\n"
 
 
 def test_update_json_without_a_default_needs_the_file(workdir: Path) -> None:

@@ -28,13 +28,13 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 
 import pytest
 
 import crashsafe
 from crashsafe import NotDurableError, atomic_open, atomic_write, write_file_atomic
+from tests.children import NOBODY, unprivileged_python
 from tests.harness.checks import entries, read
 from tests.harness.inject import fault, run_python, run_traced
 from tests.harness.mounts import loop_mount, remount, run, tmpfs
@@ -327,32 +327,13 @@ def test_rename_onto_bind_mounted_file_raises_and_leaves_it(workdir: Path, stagi
 # EACCES, ENOENT: no permission, no directory
 
 
-@cache
-def _unprivileged_python() -> tuple[str, str] | None:
-    """(interpreter, PYTHONPATH) that user nobody can run with crashsafe importable."""
-    src = str(Path(crashsafe.__file__).resolve().parent.parent)
-    for python in (sys.executable, "/usr/bin/python3"):
-        done = subprocess.run(
-            [*NOBODY, python, "-c", "import crashsafe"],
-            capture_output=True,
-            env={**os.environ, "PYTHONPATH": src},
-            check=False,
-        )
-        if done.returncode == 0:
-            return python, src
-    return None
-
-
-NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-
-
 @pytest.mark.parametrize("api", APIS)
 def test_eacces_unprivileged_writer_gets_permission_error_and_creates_nothing(
     api: str, staging: str
 ) -> None:
     require_root()
     require_tools("setpriv")
-    found = _unprivileged_python()
+    found = unprivileged_python()
     require(found is not None, "no Python that user nobody can run with crashsafe")
     assert found is not None
     python, src = found
@@ -375,6 +356,9 @@ def test_eacces_unprivileged_writer_gets_permission_error_and_creates_nothing(
             result = child.result
             assert result["raised"] == "PermissionError", (name, result, child.stderr)
             assert result["errno"] == errno.EACCES
+            # The directory it may not write, and no "-> None" for a second name.
+            assert result["filename"] == str(locked)
+            assert result["message"] == f"[Errno 13] Permission denied: {str(locked)!r}"
             assert read(target) == OLD
             assert_only(locked, "target")
     finally:
@@ -492,6 +476,9 @@ def test_rename_over_immutable_target_raises_eperm_and_leaves_it(
         with pytest.raises(PermissionError) as info:
             write_with(api, target, NEW)
         assert info.value.errno == errno.EPERM
+        # The rename names two files; the error names the target alone.
+        assert str(info.value) == f"[Errno 1] Operation not permitted: {str(target)!r}"
+        assert info.value.filename2 is None
         assert_unchanged(target)
         assert_only(loopdir, "target")
     assert_unchanged(target)

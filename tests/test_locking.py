@@ -24,7 +24,14 @@ import pytest
 
 from crashsafe.locking import FileLock, LockTimeoutError, lock_file_for
 from crashsafe.staging import is_temp_name, sweep
-from tests.children import Child, blocked_in_flock, spawned, wait_until
+from tests.children import (
+    Child,
+    blocked_in_flock,
+    root_owned_directory,
+    run_as_nobody,
+    spawned,
+    wait_until,
+)
 from tests.harness.checks import entries
 
 HOLD = """
@@ -142,7 +149,8 @@ def test_a_planted_symlink_at_the_lock_name_is_refused_not_followed(workdir: Pat
     with pytest.raises(OSError) as caught:
         FileLock(workdir / "state").acquire()
     assert caught.value.errno == errno.ELOOP
-    assert caught.value.filename == str(workdir / ".state.lock")
+    assert caught.value.filename == str(workdir / "state")
+    assert caught.value.filename2 == str(workdir / ".state.lock")
     assert not victim.exists()
     assert not held_elsewhere(workdir / "other")  # nothing stays held in this process
 
@@ -161,10 +169,50 @@ def test_a_non_regular_file_at_the_lock_name_fails_at_once(workdir: Path, kind: 
     assert caught.value.errno in (errno.EINVAL, errno.EISDIR)
 
 
-def test_a_missing_directory_raises_file_not_found(workdir: Path) -> None:
+def test_a_missing_directory_raises_file_not_found_naming_the_path_given(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(workdir)
     with pytest.raises(FileNotFoundError) as caught:
-        FileLock(workdir / "missing" / "state").acquire()
-    assert caught.value.filename == str(workdir / "missing" / ".state.lock")
+        FileLock("missing/state").acquire()
+    assert caught.value.errno == errno.ENOENT
+    assert caught.value.filename == "missing/state"
+    assert caught.value.filename2 == str(workdir / "missing" / ".state.lock")
+    assert str(caught.value) == (
+        f"[Errno 2] No such file or directory: 'missing/state' -> "
+        f"{str(workdir / 'missing' / '.state.lock')!r}"
+    )
+
+
+LOCK_AS_NOBODY = """
+from crashsafe.locking import FileLock
+report(**attempt(lambda: FileLock(sys.argv[1]).acquire()))
+"""
+
+
+def test_a_lock_file_that_cannot_be_created_raises_permission_error() -> None:
+    # Not FileNotFoundError: the retry without O_CREAT (for another user's lock
+    # file in a sticky directory) must not replace the directory's refusal.
+    with root_owned_directory() as readonly:
+        result = run_as_nobody(LOCK_AS_NOBODY, str(readonly / "state"))
+        assert result["raised"] == "PermissionError", result
+        assert result["errno"] == errno.EACCES
+        assert result["filename"] == str(readonly / "state")
+        assert result["message"] == (
+            f"[Errno 13] Permission denied: {str(readonly / 'state')!r} -> "
+            f"{str(readonly / '.state.lock')!r}"
+        )
+        assert entries(readonly) == []
+
+
+def test_another_users_lock_file_in_a_readonly_directory_is_locked() -> None:
+    # O_CREAT is allowed on an existing file without write access to the
+    # directory: a lock file made by its owner serves every reader.
+    with root_owned_directory() as readonly:
+        (readonly / ".state.lock").touch(mode=0o644)
+        (readonly / ".state.lock").chmod(0o644)
+        result = run_as_nobody(LOCK_AS_NOBODY, str(readonly / "state"))
+        assert result == {"raised": None}
 
 
 # --------------------------------------------------------------------------- threads
@@ -483,9 +531,19 @@ def test_a_bad_timeout_is_refused(workdir: Path, timeout: object) -> None:
         FileLock(workdir / "state").acquire(timeout=timeout)  # type: ignore[arg-type]
 
 
-def test_a_path_that_names_no_file_is_refused() -> None:
+@pytest.mark.parametrize("path", ["", ".", "..", "/", "dir/", "dir/.", "dir/..", b"", b"."])
+def test_a_path_that_names_no_file_is_refused(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, path: str | bytes
+) -> None:
+    # realpath("") is the current directory: "" locked its name in the parent.
+    (workdir / "dir").mkdir()
+    monkeypatch.chdir(workdir / "dir")
     with pytest.raises(ValueError, match="names no file"):
-        FileLock("/")
+        FileLock(path)
+    with pytest.raises(ValueError, match="names no file"):
+        lock_file_for(path)
+    assert entries(workdir) == ["dir"]
+    assert entries(workdir / "dir") == []
 
 
 def test_repr_says_what_is_locked_and_where(workdir: Path) -> None:

@@ -334,6 +334,25 @@ def test_sweep_never_touches_symlinks_directories_other_names_or_subdirectories(
 # --------------------------------------------------------------------------- bad input
 
 
+def test_sweep_takes_bytes_and_answers_in_the_type_it_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As os.listdir: bytes in, bytes out; str and path-like in, Path objects out.
+    monkeypatch.chdir(tmp_path)
+    for given, expected in [
+        (b".", lambda name: os.path.join(b".", os.fsencode(name))),
+        (os.fsencode(tmp_path), lambda name: os.fsencode(tmp_path / name)),
+        (".", lambda name: Path(".") / name),
+        (tmp_path, lambda name: tmp_path / name),
+    ]:
+        name = dead_name()
+        make(tmp_path / name)
+        removed = sweep(given, min_age=0)  # type: ignore[call-overload]
+        assert removed == [expected(name)]
+        assert type(removed[0]) is type(expected(name))
+        assert entries(tmp_path) == []
+
+
 def test_sweep_of_a_missing_directory_raises_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as info:
         sweep(tmp_path / "missing")
@@ -347,8 +366,8 @@ def test_sweep_of_a_file_raises_not_a_directory(tmp_path: Path) -> None:
     assert target.read_bytes() == b"staged"
 
 
-@pytest.mark.parametrize("min_age", [-1, -0.001, -math.inf])
-def test_sweep_rejects_a_negative_min_age_before_touching_anything(
+@pytest.mark.parametrize("min_age", [-1, -0.001, -math.inf, "60", True, None])
+def test_sweep_rejects_a_min_age_that_is_no_non_negative_number_before_touching_anything(
     tmp_path: Path, min_age: float
 ) -> None:
     orphan = make(tmp_path / dead_name())

@@ -230,6 +230,83 @@ def test_create_only_through_a_link_to_an_existing_file_raises(workdir: Path, st
     assert (workdir / "link").is_symlink()
 
 
+CREATE_ONLY = ["atomic_write overwrite=False", "atomic_open x", "atomic_open xb", "AtomicFile xb"]
+
+
+def create_only(how: str, path: Path, follow_symlinks: bool) -> None:
+    if how.startswith("atomic_write"):
+        crashsafe.atomic_write(path, b"new", overwrite=False, follow_symlinks=follow_symlinks)
+    elif how.startswith("atomic_open"):
+        mode = how.split()[1]
+        with crashsafe.atomic_open(path, mode, follow_symlinks=follow_symlinks) as f:
+            f.write("new" if mode == "x" else b"new")
+    else:
+        with crashsafe.AtomicFile(path, "xb", follow_symlinks=follow_symlinks) as af:
+            af.file.write(b"new")
+
+
+# Where each link points; the entry at the path exists in every case.
+LINKS = {
+    "dangling": "new",
+    "dangling into another directory": "sub/new",
+    "to a file": "real",
+    "to a directory": "sub",
+    "to itself": "link",
+}
+
+
+@pytest.mark.parametrize("follow_symlinks", [True, False])
+@pytest.mark.parametrize("how", CREATE_ONLY)
+@pytest.mark.parametrize("points_to", LINKS.values(), ids=LINKS.keys())
+def test_create_only_refuses_any_link_at_the_path_and_creates_nothing(
+    workdir: Path, staging: str, how: str, points_to: str, follow_symlinks: bool
+) -> None:
+    # As open(path, "x") and O_EXCL: create-only exists to refuse a planted
+    # link, not to create the file it points to.
+    (workdir / "sub").mkdir()
+    (workdir / "real").write_bytes(b"old")
+    link = workdir / "link"
+    link.symlink_to(points_to)
+    with pytest.raises(FileExistsError) as caught:
+        create_only(how, link, follow_symlinks)
+    assert caught.value.errno == errno.EEXIST
+    assert caught.value.filename == str(link)
+    assert sorted(os.listdir(workdir)) == ["link", "real", "sub"]
+    assert os.listdir(workdir / "sub") == []
+    assert os.readlink(link) == points_to
+    assert (workdir / "real").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("how", CREATE_ONLY)
+def test_create_only_refuses_a_directory_at_the_path(workdir: Path, staging: str, how: str) -> None:
+    (workdir / "dir").mkdir()
+    with pytest.raises(FileExistsError):
+        create_only(how, workdir / "dir", True)
+    assert os.listdir(workdir) == ["dir"]
+    assert os.listdir(workdir / "dir") == []
+
+
+def test_a_dangling_link_planted_before_a_create_only_commit_makes_it_fail(
+    workdir: Path, staging: str
+) -> None:
+    # The commit publishes at the path's own name, atomically refusing any entry
+    # that appeared there after the file was staged; it never follows the link.
+    link = workdir / "link"
+    staged = crashsafe.AtomicFile(link, "xb")
+    staged.file.write(b"new")
+    link.symlink_to("planted")
+    with pytest.raises(FileExistsError):
+        staged.commit()
+    assert os.listdir(workdir) == ["link"]
+    assert os.readlink(link) == "planted"
+
+
+def test_create_only_with_nothing_at_the_path_creates_it(workdir: Path, staging: str) -> None:
+    crashsafe.atomic_write(workdir / "new", b"data", overwrite=False)
+    assert (workdir / "new").read_bytes() == b"data"
+    assert stat.S_ISREG((workdir / "new").lstat().st_mode)
+
+
 def test_write_file_atomic_replaces_a_link_instead_of_following_it(
     workdir: Path, staging: str
 ) -> None:

@@ -2,7 +2,7 @@
 
 What is proven here, on real filesystems, without mocking the os:
 
-* Writes and removes inside one ``with crashsafe.transaction.transaction(d)``
+* Writes and removes inside one ``with crashsafe.transactions.transaction(d)``
   block appear together when the block ends, with exact modes (``perm``), the
   mode of the replaced file, or the umask default for a new file; a symlink at
   a name is replaced, never followed. An exception in the block
@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from crashsafe.transaction import (
+from crashsafe.transactions import (
     JOURNAL,
     LOCK,
     STAGED,
@@ -296,7 +296,7 @@ def test_writing_over_a_directory_or_a_fifo_raises_at_once(workdir: Path, stagin
     assert listing(workdir) == [LOCK, "fifo", "ok", "sub"]
 
 
-BAD_NAMES = ["", ".", "..", "a/b", "/abs", "sub/", "a\0b", None, b"a", 3]
+BAD_NAMES = ["", ".", "..", "a/b", "/abs", "sub/", "a\0b", Path("a/b"), b"a/b", b""]
 RESERVED = [JOURNAL, LOCK, f"{STAGED}0", f"{STAGED}17", f"{STAGED}x", STAGED]
 
 
@@ -315,6 +315,38 @@ def test_bad_and_reserved_names_raise_value_error(workdir: Path, staging: str, n
             snap.read(name)
         with pytest.raises(ValueError, match=r"name|reserved"):
             snap.exists(name)
+
+
+@pytest.mark.parametrize("name", [None, 3, 1.5, ["a"], object()], ids=repr)
+def test_a_name_of_the_wrong_type_raises_type_error_naming_the_type(
+    workdir: Path, staging: str, name: Any
+) -> None:
+    # A wrong type, not "not a single file name".
+    with transaction(workdir) as tx:
+        for op in (lambda: tx.write(name, b"x"), lambda: tx.remove(name)):
+            with pytest.raises(TypeError) as raised:
+                op()
+            assert str(raised.value) == (
+                f"name must be a file name (str, bytes or os.PathLike), not {type(name).__name__}"
+            )
+        tx.write("ok", b"ok")
+    assert listing(workdir) == [LOCK, "ok"]
+    with snapshot(workdir) as snap, pytest.raises(TypeError, match=r"os\.PathLike"):
+        snap.read(name)
+
+
+def test_names_may_be_path_like_or_bytes_as_paths_are(workdir: Path, staging: str) -> None:
+    (workdir / "old").write_bytes(b"old")
+    with transaction(workdir) as tx:
+        tx.write(Path("a"), b"1")
+        tx.write(b"b", b"2")
+        tx.write("c", b"first")
+        tx.write(Path("c"), b"second")  # one name, however spelled: the last wins
+        tx.remove(Path("old"))
+    assert listing(workdir) == [LOCK, "a", "b", "c"]
+    with snapshot(workdir) as snap:
+        assert [snap.read(Path("a")), snap.read(b"b"), snap.read("c")] == [b"1", b"2", b"second"]
+        assert snap.exists(Path("a")) and not snap.exists(Path("old"))
 
 
 @pytest.mark.parametrize("data", [5, None, 1.5, ["x"], {"a": 1}, object()], ids=repr)
@@ -400,7 +432,7 @@ def test_durability_levels_publish_and_fsync_as_documented(
     (workdir / "gone").write_bytes(b"old")
     child = run_traced(
         f"""
-        from crashsafe.transaction import transaction
+        from crashsafe.transactions import transaction
         with transaction({str(workdir)!r}, durability={durability!r}) as tx:
             tx.write("a", b"1")
             tx.write("b", b"2")
@@ -433,6 +465,7 @@ def test_an_invalid_durability_raises(workdir: Path) -> None:
     with pytest.raises(ValueError, match="durability"), transaction(workdir, durability="fast"):  # type: ignore[arg-type]
         pass
     assert crash.protocol_leftovers(workdir) == []
+    assert listing(workdir) == []  # refused before recovery made the lock file
 
 
 def test_two_open_transactions_the_last_commit_wins(workdir: Path, staging: str) -> None:
@@ -490,7 +523,7 @@ def test_a_transaction_inside_a_snapshot_of_the_same_directory_does_not_hang(
     tmp_path: Path,
 ) -> None:
     code = f"""
-from crashsafe.transaction import snapshot, transaction
+from crashsafe.transactions import snapshot, transaction
 try:
     with snapshot({str(tmp_path)!r}):
         with transaction({str(tmp_path)!r}) as tx:
@@ -548,7 +581,7 @@ def test_a_commit_waits_for_an_open_snapshot(tmp_path: Path) -> None:
     code = f"""
 import sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from crashsafe.transaction import transaction
+from crashsafe.transactions import transaction
 from tests.harness import crash
 print("ready", flush=True)
 started = time.monotonic()
@@ -784,7 +817,7 @@ def test_an_error_at_any_step_leaves_all_old_or_all_new(
     signal_or_error = {"signal": what} if what == "INT" else {"error": what}
     child = run_traced(
         f"""
-        from crashsafe.transaction import transaction
+        from crashsafe.transactions import transaction
         tx = None
         try:
             with transaction({str(workdir)!r}) as t:
@@ -889,7 +922,7 @@ def test_every_staged_file_is_created_private(workdir: Path, staging: str, exist
             tx.write("c", b"group", perm=0o640)
         """
     child = run_traced(
-        f"from crashsafe.transaction import transaction\ndirectory = {str(workdir)!r}\n"
+        f"from crashsafe.transactions import transaction\ndirectory = {str(workdir)!r}\n"
         + code.strip().replace("\n        ", "\n")
         + "\nreport(ok=True)\n",
         trace=["openat", "fchmod", "fchmodat", "chmod"],

@@ -1,6 +1,6 @@
 """transaction(): kill -9 at random points and a power cut after every syscall of a commit.
 
-Issue 4's promise for ``crashsafe.transaction.transaction(directory)``: after a
+Issue 4's promise for ``crashsafe.transactions.transaction(directory)``: after a
 crash at any point, once recovery has run, the files of a transaction are all
 old or all new, never a mix; a concurrent reader through ``snapshot()`` never
 sees a mix either. Proven here with four files (one of them a 0o600 key) and a
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from crashsafe.transaction import JOURNAL, LOCK, recover, snapshot, transaction
+from crashsafe.transactions import JOURNAL, LOCK, recover, snapshot, transaction
 from tests.harness import crash
 from tests.harness.checks import leftovers
 from tests.harness.mounts import loop_mount, tmpfs
@@ -161,7 +161,7 @@ def test_kill9_at_random_points_then_recovery_is_never_a_mix(
 READER = """
 import json, os, sys
 sys.path.insert(0, {root!r})
-from crashsafe.transaction import snapshot
+from crashsafe.transactions import snapshot
 from tests.harness import crash
 directory, stop = sys.argv[1:3]
 reads, bad, seen = 0, {{}}, set()

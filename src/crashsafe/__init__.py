@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from crashsafe.copying import CopyResult, atomic_copy
     from crashsafe.documents import JSONDocumentError, read_json, update, update_json, write_json
     from crashsafe.locking import FileLock, LockTimeoutError
-    from crashsafe.transaction import recover, snapshot, transaction
+    from crashsafe.transactions import recover, snapshot, transaction
 
 __all__ = [
     "AtomicFile",
@@ -50,7 +50,9 @@ __all__ = [
 __version__ = "0.1.0"
 
 # Imported on first use, so that a program that only writes small files does
-# not pay for them at start-up.
+# not pay for them at start-up. No module of the package may share a name with
+# anything exported here: importing a submodule binds its name on the package,
+# over whatever the name held (tests/test_api.py checks every import order).
 _LAZY = {
     "CopyResult": "crashsafe.copying",
     "atomic_copy": "crashsafe.copying",
@@ -63,9 +65,9 @@ _LAZY = {
     "write_json": "crashsafe.documents",
     "FileLock": "crashsafe.locking",
     "LockTimeoutError": "crashsafe.locking",
-    "recover": "crashsafe.transaction",
-    "snapshot": "crashsafe.transaction",
-    "transaction": "crashsafe.transaction",
+    "recover": "crashsafe.transactions",
+    "snapshot": "crashsafe.transactions",
+    "transaction": "crashsafe.transactions",
 }
 
 
@@ -79,3 +81,8 @@ def __getattr__(name: str) -> object:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'crashsafe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazily imported names too, so that completion offers them before first use.
+    return sorted(set(globals()) | set(__all__))

@@ -143,6 +143,16 @@ def _check_perm(perm: object) -> None:
         raise ValueError(f"perm must be an int from 0 to 0o7777, not {perm!r}")
 
 
+def check_flag(keyword: str, value: object) -> None:
+    """Raise :class:`TypeError` unless *value* is True or False.
+
+    Every truthy object would pass for True: ``overwrite="no"`` must not
+    overwrite.
+    """
+    if value is not True and value is not False:
+        raise TypeError(f"{keyword} must be True or False, not {value!r}")
+
+
 def _validators(validate: Validator | Sequence[Validator]) -> tuple[Validator, ...]:
     checks = (validate,) if callable(validate) else validate
     if isinstance(checks, str | bytes) or not isinstance(checks, Sequence):
@@ -164,6 +174,8 @@ def _locate(
     With *follow_symlinks*, a symlink at the last component is followed (link
     by link, each relative to the directory that holds it) so that the file it
     points to is the one replaced, and a dangling link creates its target.
+    Create-only writes never pass it: they publish at the path's own name, and
+    any entry there, a symlink included, makes them fail.
     """
     head, name = os.path.split(path)
     if name in ("", ".", ".."):
@@ -201,15 +213,17 @@ def _replaced_file(
     """The status of the regular file that the write will replace, or None if it
     creates one (no entry, or a symlink that is replaced, not followed).
 
-    Raises for an entry that must not be replaced: a directory, any entry in a
-    create-only mode, a FIFO or device.
+    Raises for an entry that must not be replaced: in a create-only mode any
+    entry at all (``FileExistsError``, as ``open(path, "x")`` and ``O_EXCL``
+    say, for a directory or a symlink too, dangling or not); otherwise a
+    directory, a FIFO or a device.
     """
     if old is None:
         return None
-    if stat.S_ISDIR(old.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
     if not replace:
         raise FileExistsError(errno.EEXIST, "File exists", path)
+    if stat.S_ISDIR(old.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
     if stat.S_ISREG(old.st_mode):
         return old
     if stat.S_ISLNK(old.st_mode):
@@ -229,11 +243,14 @@ class AtomicFile(Generic[_F_co]):
     garbage-collected while still open is discarded with a
     :class:`ResourceWarning`.
 
-    *mode* is one of ``w``, ``wb``, ``x``, ``xb`` (create-only: commit raises
-    :class:`FileExistsError` if *path* exists then, atomically, even against
-    racing writers) and ``a``, ``ab`` (the old content, then what is written,
-    published at once; concurrent appenders need a lock to not lose each
-    other's appends). ``t`` may be added to a text mode. A text mode's
+    *mode* is one of ``w``, ``wb``, ``x``, ``xb`` (create-only: like
+    ``open(path, "x")``, any entry at *path* raises :class:`FileExistsError`:
+    a file, a directory, or a symlink, dangling or not, whatever
+    *follow_symlinks* says; one that appears before the commit makes commit
+    raise it, atomically, even against racing writers) and ``a``, ``ab`` (the
+    old content, then what is written, published at once; concurrent
+    appenders need a lock to not lose each other's appends). ``t`` may be
+    added to a text mode. A text mode's
     *encoding* is UTF-8 unless given (:data:`DEFAULT_ENCODING`), whatever
     the locale.
 
@@ -266,7 +283,8 @@ class AtomicFile(Generic[_F_co]):
 
     *follow_symlinks*: a symlink at *path* is followed and the file it points
     to replaced, keeping the link (a dangling link creates its target). With
-    False, the link itself is replaced by a regular file.
+    False, the link itself is replaced by a regular file. Create-only modes
+    follow no link: a link at *path* is an existing entry.
 
     *validate*: a callable, or a sequence of them, each called by
     :meth:`commit` with the complete staged content as a read-only binary
@@ -278,11 +296,12 @@ class AtomicFile(Generic[_F_co]):
 
     Raises, before anything is created: :class:`ValueError` for a bad *mode*,
     *perm* or *durability*, or an *encoding* with a binary mode;
-    :class:`TypeError` for a *validate* that is not callable;
+    :class:`TypeError` for a *validate* that is not callable or a
+    *follow_symlinks* that is not a bool;
     :class:`IsADirectoryError` if *path* is a directory; :class:`OSError`
     (``EINVAL``) if it is another kind of non-regular file (a FIFO, a device),
     which crashsafe never replaces; :class:`FileExistsError` for ``x`` modes
-    when *path* exists; the
+    when any entry is at *path*; the
     :class:`OSError` of any failed step (a missing directory, no permission).
     """
 
@@ -335,6 +354,8 @@ class AtomicFile(Generic[_F_co]):
     ) -> None:
         self._state = "new"  # so that __del__ is quiet if __init__ fails early
         _check_options(mode, perm, durability)
+        if follow_symlinks is not True and follow_symlinks is not False:  # no frame per write
+            check_flag("follow_symlinks", follow_symlinks)
         self._validators = () if validate is None else _validators(validate)
         file_mode, self._replace, keep_old = _MODES[mode]
         binary = "b" in file_mode
@@ -344,8 +365,9 @@ class AtomicFile(Generic[_F_co]):
         self.path = path if isinstance(path, str) else os.fsdecode(os.fspath(path))
         self._durability = durability
 
-        # Step 1: the directory, once; symlinks at the last component resolved.
-        self._dir, self._name, old = _locate(self.path, follow_symlinks)
+        # Step 1: the directory, once; symlinks at the last component resolved,
+        # except for create-only: a link there is an entry, which it refuses.
+        self._dir, self._name, old = _locate(self.path, follow_symlinks and self._replace)
         self._fd: int | None = None
         self._temp: str | None = None
         try:
@@ -662,11 +684,14 @@ def atomic_write(
 
     *data* is bytes (or any buffer) or str, which is encoded with *encoding*
     (UTF-8 unless given, as text modes of :func:`atomic_open`) before
-    anything is created. With *overwrite* False, an existing *path*
-    raises :class:`FileExistsError`, atomically. The other keywords and the
-    errors are those of :class:`AtomicFile`; a wrong type of *data* raises
-    :class:`TypeError`.
+    anything is created. With *overwrite* False, any entry at *path*
+    (a symlink too, dangling or not) raises :class:`FileExistsError`,
+    atomically, as mode ``xb`` of :class:`AtomicFile` does. The other keywords and the
+    errors are those of :class:`AtomicFile`; a wrong type of *data*, or an
+    *overwrite* that is not a bool, raises :class:`TypeError`.
     """
+    if overwrite is not True and overwrite is not False:  # no frame per write
+        check_flag("overwrite", overwrite)
     if isinstance(data, str):
         data = data.encode(encoding)
     elif not isinstance(data, bytes):
@@ -689,7 +714,9 @@ def _as_bytes(data: object, expected: str) -> memoryview:
         raise TypeError(f"data must be {expected}, not {type(data).__name__}") from None
 
 
-def write_file_atomic(dir: str | os.PathLike[str], name: str, data: BytesLike, perm: int) -> None:
+def write_file_atomic(
+    dir: str | os.PathLike[str], name: str | os.PathLike[str], data: BytesLike, perm: int
+) -> None:
     """Write *data* to ``dir/name`` with exactly the mode *perm*, all or nothing, durably.
 
     The entry ``dir/name`` itself becomes a regular file: a symlink there is
@@ -699,11 +726,12 @@ def write_file_atomic(dir: str | os.PathLike[str], name: str, data: BytesLike, p
     missing or unwritable *dir* creates nothing. :class:`NotDurableError`
     means the file was replaced but the directory fsync failed.
 
-    Raises :class:`ValueError` if *name* is not a single path component and
-    :class:`TypeError` if *data* is not bytes-like.
+    *dir* and *name* may be str, bytes or path-like. Raises
+    :class:`ValueError` if *name* is not a single path component and
+    :class:`TypeError` if *data* is not bytes-like or *name* not a name.
     """
     atomic_write(
-        os.path.join(dir, single_name(name)),
+        os.path.join(os.fsdecode(os.fspath(dir)), single_name(name)),
         _as_bytes(data, "bytes"),
         perm=perm,
         follow_symlinks=False,
@@ -711,14 +739,18 @@ def write_file_atomic(dir: str | os.PathLike[str], name: str, data: BytesLike, p
 
 
 def single_name(name: object) -> str:
-    """Return *name* if it is one file name (no separator, not ``.`` or ``..``),
-    else raise :class:`ValueError`."""
-    if (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
-        or "/" in name
-        or "\0" in name
-        or os.sep in name
-    ):
+    """Return *name* as a str if it is one file name (no separator, not ``.`` or
+    ``..``), else raise :class:`ValueError`.
+
+    A path-like object or bytes is taken as its text, as paths are everywhere;
+    anything else raises :class:`TypeError`.
+    """
+    if isinstance(name, bytes | os.PathLike):
+        name = os.fsdecode(os.fspath(name))
+    elif not isinstance(name, str):
+        raise TypeError(
+            f"name must be a file name (str, bytes or os.PathLike), not {type(name).__name__}"
+        )
+    if name in ("", ".", "..") or "/" in name or "\0" in name or os.sep in name:
         raise ValueError(f"name must be a single file name, not {name!r}")
     return name

@@ -35,9 +35,9 @@ from typing import Any, Final
 
 from crashsafe.atomic import Durability, _check_options
 from crashsafe.documents import JSONDocumentError, read_json, write_json
-from crashsafe.locking import FileLock
+from crashsafe.locking import FileLock, _check_timeout
 
-__all__ = ["ChecksumStore", "sha256_file"]
+__all__ = ["ChecksumStore", "NotRecordedError", "sha256_file"]
 
 _CHUNK: Final = 1 << 20
 _FORMAT: Final = "crashsafe-checksums"
@@ -48,36 +48,77 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """The SHA-256 of the regular file *path*, as 64 hex digits.
 
     Reads 1 MiB at a time into one reused buffer: memory stays flat whatever
-    the file's size. Raises the :class:`OSError` of opening or reading it, and
-    ``OSError(EINVAL)`` if *path* is not a regular file (a FIFO planted at a
-    recorded path would otherwise make the reader wait forever).
+    the file's size. Raises the :class:`OSError` of opening or reading it,
+    :class:`IsADirectoryError` for a directory, and ``OSError(EINVAL)`` for
+    any other file that is not a regular one (a FIFO planted at a recorded
+    path would otherwise make the reader wait forever); each names *path*.
     """
+    name = os.fsdecode(os.fspath(path))
+    digest, mode = _sha256_regular(name)
+    if digest is None:
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", name)
+        raise OSError(errno.EINVAL, "Not a regular file", name)
+    return digest
+
+
+def _sha256_regular(path: str) -> tuple[str | None, int]:
+    """(hex digest, st_mode) of *path*; the digest is None if it is not a regular file."""
     import hashlib
 
     # O_NONBLOCK: opening a FIFO must not wait for a writer; no effect on files.
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _NotRegularFile(errno.EINVAL, "Not a regular file", os.fsdecode(path))
+        mode = os.fstat(fd).st_mode
     except BaseException:
         os.close(fd)
         raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        return None, mode
     with open(fd, "rb", buffering=0) as f:
         digest = hashlib.sha256()
         buffer = bytearray(_CHUNK)
         view = memoryview(buffer)
         while n := f.readinto(buffer):
             digest.update(view[:n])
-    return digest.hexdigest()
+    return digest.hexdigest(), mode
 
 
-class _NotRegularFile(OSError):
-    """A recorded path that now holds no regular file: for verify(), a changed file."""
+class NotRecordedError(KeyError):
+    """:meth:`ChecksumStore.verify` of a file the store holds no digest for.
+
+    A :class:`KeyError` (``args`` is the store's key for the file, its
+    absolute path), so ``except KeyError`` catches it too. ``filename`` is the
+    path as the caller gave it, ``store`` the store's path. Picklable.
+    """
+
+    def __init__(self, key: str, filename: str, store: str) -> None:
+        super().__init__(key)
+        self.key = key
+        self.filename = filename
+        self.store = store
+
+    def __reduce__(self) -> tuple[type[NotRecordedError], tuple[str, str, str]]:
+        return type(self), (self.key, self.filename, self.store)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.filename!r} has no recorded checksum in {self.store!r} "
+            "(never recorded, or forgotten)"
+        )
 
 
 def _key(file: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fsdecode(os.fspath(file)))
+
+
+def _name(error: OSError, key: str, file: str | os.PathLike[str]) -> None:
+    # The file is read at its key (see the module documentation); the caller
+    # knows it by the name it gave.
+    if error.filename == key:
+        error.filename = os.fsdecode(os.fspath(file))
 
 
 class ChecksumStore:
@@ -94,7 +135,8 @@ class ChecksumStore:
 
     Every method raises :class:`~crashsafe.documents.JSONDocumentError` if the
     store file is damaged or is not a checksum store; a damaged store is never
-    overwritten.
+    overwritten. A bad *perm*, *durability* or *timeout* raises
+    :class:`ValueError` here, not at the first write.
     """
 
     def __init__(
@@ -105,23 +147,29 @@ class ChecksumStore:
         durability: Durability = "durable",
         timeout: float | None = None,
     ) -> None:
-        _check_options("wb", perm, durability)  # perm=644 fails here, not at the first record
+        # Checked now, not at the first record() that would write with them.
+        _check_options("wb", perm, durability)
         self.path = _key(path)
         self.perm = perm
         self.durability: Durability = durability
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
 
     def record(self, file: str | os.PathLike[str]) -> str:
         """Compute the SHA-256 of *file* and store it; return it as 64 hex digits.
 
         The file is read as :func:`sha256_file` reads it, before the store is
         locked (a large file does not hold other writers up); the digest is
-        that of the content read then. Raises the
-        :class:`OSError` of reading *file* (``FileNotFoundError``...), with
-        the store untouched.
+        that of the content read then. Raises the :class:`OSError` of reading
+        *file* (``FileNotFoundError``, :class:`IsADirectoryError`,
+        ``OSError(EINVAL)`` for another file that is not a regular one...),
+        naming *file* as given, with the store untouched.
         """
         key = _key(file)
-        digest = sha256_file(key)
+        try:
+            digest = sha256_file(key)
+        except OSError as e:
+            _name(e, key, file)
+            raise
 
         def put(files: dict[str, str]) -> bool:
             files[key] = digest
@@ -135,17 +183,24 @@ class ChecksumStore:
 
         False if its content differs, or if it is gone or is no longer a
         regular file (it is then not the file that was recorded). Raises
-        :class:`KeyError` if *file* was never recorded (or was forgotten):
-        "unknown" is neither "intact" nor "changed", and a caller that checks
-        a list of files should decide what an unknown one means. Other
-        :class:`OSError` of reading it (``PermissionError``) propagate.
+        :class:`NotRecordedError` (a :class:`KeyError`) if *file* was never
+        recorded (or was forgotten): "unknown" is neither "intact" nor
+        "changed", and a caller that checks a list of files should decide what
+        an unknown one means. Other :class:`OSError` of reading it
+        (``PermissionError``) propagate, naming *file* as given.
         """
         key = _key(file)
-        expected = self._files()[key]
+        expected = self._files().get(key)
+        if expected is None:
+            raise NotRecordedError(key, os.fsdecode(os.fspath(file)), self.path)
         try:
-            return sha256_file(key) == expected
-        except (FileNotFoundError, _NotRegularFile):
+            digest, _ = _sha256_regular(key)
+        except FileNotFoundError:
             return False
+        except OSError as e:
+            _name(e, key, file)
+            raise
+        return digest == expected
 
     def forget(self, file: str | os.PathLike[str]) -> None:
         """Remove *file*'s entry; nothing happens (and nothing is written) if there is none."""

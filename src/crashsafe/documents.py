@@ -29,7 +29,14 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
-from crashsafe.atomic import BytesLike, Durability, Validate, _check_options, atomic_write
+from crashsafe.atomic import (
+    BytesLike,
+    Durability,
+    Validate,
+    _check_options,
+    atomic_write,
+    check_flag,
+)
 from crashsafe.locking import FileLock
 
 if TYPE_CHECKING:
@@ -124,13 +131,17 @@ def update(
 
     Raises, with *path* untouched and nothing left behind: whatever *fn*
     raises; :class:`TypeError` if *fn* returns anything but bytes, bytearray
-    or memoryview (a ``str`` included: encode it yourself); the errors of
-    :class:`~crashsafe.locking.FileLock`, of reading *path* and of
+    or memoryview (a ``str`` included: encode it yourself), or if *default*
+    is not bytes; the errors of :class:`~crashsafe.locking.FileLock` (which
+    name *path*, and the lock file as ``filename2``), of reading *path* and of
     :func:`crashsafe.atomic_write`. :class:`~crashsafe.NotDurableError` means
     the new content is in place but its durability is unconfirmed.
     """
-    # Bad options (perm=644) fail before the lock file is made or fn runs.
+    if not isinstance(default, bytes | bytearray | memoryview):
+        raise TypeError(f"update: default must be bytes, not {type(default).__name__}")
+    # Checked before the lock, whose file the first lock of a path creates.
     _check_options("wb", write_keywords.get("perm"), write_keywords.get("durability", "durable"))
+    check_flag("overwrite", write_keywords.get("overwrite", True))
     follow = write_keywords.get("follow_symlinks", True)
     with FileLock(path, timeout=timeout, follow_symlinks=follow):
         try:
@@ -195,9 +206,14 @@ def write_json(
     :class:`~crashsafe.locking.FileLock` (waiting at most *timeout* seconds),
     it is written with :func:`crashsafe.atomic_write` with *perm* and
     *durability*. *indent*: as for :func:`json.dumps`; None writes one line.
+
+    Raises, besides those, the errors of
+    :class:`~crashsafe.locking.FileLock` (which name *path*, and the lock
+    file as ``filename2``; a directory that does not exist or that the
+    caller may not write raises here) and of :func:`crashsafe.atomic_write`.
     """
-    data = _dumps(obj, indent)
     _check_options("wb", perm, durability)  # before the lock file is made
+    data = _dumps(obj, indent)
     with FileLock(path, timeout=timeout):
         atomic_write(path, data, perm=perm, durability=durability)
 
@@ -218,14 +234,17 @@ def update_json(
     :func:`read_json` (a deep copy of *default* if the file does not exist;
     without a default, :class:`FileNotFoundError`), *fn* may return a new
     object or the old one changed in place, and the result is written as
-    :func:`write_json` writes. Returns the new object.
+    :func:`write_json` writes. Returns the new object. *fn* must return the
+    document: ``None`` is refused (a document of JSON ``null`` is written
+    with :func:`write_json`).
 
-    Raises, with *path* untouched: whatever *fn* raises;
+    Raises, with *path* untouched: whatever *fn* raises; :class:`TypeError`
+    if *fn* returns None;
     :class:`JSONDocumentError` if the file is damaged (it is never silently
     replaced); the serialisation errors of :func:`write_json`; the errors of
     :class:`~crashsafe.locking.FileLock` and :func:`crashsafe.atomic_write`.
     """
-    _check_options("wb", perm, durability)  # before the lock file is made or fn runs
+    _check_options("wb", perm, durability)
     with FileLock(path, timeout=timeout):
         try:
             old = read_json(path)
@@ -237,6 +256,14 @@ def update_json(
             # fn may change what it gets in place; the caller's default must not change.
             old = copy.deepcopy(default)
         new = fn(old)
+        if new is None:
+            # An fn that edits in place and forgets to return the document
+            # (d.update(...) returns None) would otherwise replace it with null.
+            raise TypeError(
+                f"update_json: fn returned None for {os.fsdecode(os.fspath(path))!r}; "
+                "return the new document (the old one changed in place is fine); "
+                "nothing was written"
+            )
         atomic_write(path, _dumps(new, indent), perm=perm, durability=durability)
     return new
 

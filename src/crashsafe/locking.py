@@ -64,6 +64,7 @@ import time
 from typing import Final
 
 from crashsafe import _platform
+from crashsafe.atomic import check_flag
 
 __all__ = ["FileLock", "LockTimeoutError"]
 
@@ -114,8 +115,17 @@ def lock_file_for(path: str | os.PathLike[str], *, follow_symlinks: bool = True)
     last component is resolved too, so the lock guards the file that
     :func:`crashsafe.atomic_write` would replace through the link. A name too
     long for a lock name is cut and completed with a hash of the whole name.
+
+    Raises :class:`ValueError` for a *path* that names no file: empty, or
+    ending in a separator, ``.`` or ``..``; :class:`TypeError` for a
+    *follow_symlinks* that is not a bool.
     """
+    check_flag("follow_symlinks", follow_symlinks)
     path = os.fsdecode(os.fspath(path))
+    # Judged as given: realpath("") and realpath(".") are the current directory,
+    # whose own name would then be locked in its parent.
+    if os.path.split(path)[1] in ("", ".", ".."):
+        raise ValueError(f"cannot lock {path!r}: it names no file")
     if follow_symlinks:
         head, name = os.path.split(os.path.realpath(path))
     else:
@@ -248,9 +258,13 @@ class FileLock:
     from each other, so never hold it across an ``await``.
 
     Raises :class:`ValueError` for a bad *timeout* or a *path* that names no
-    file; :meth:`acquire` raises :class:`LockTimeoutError` and the
-    :class:`OSError` of opening the lock file (``filename`` set to it), for
-    example :class:`FileNotFoundError` when the directory is missing, or
+    file (empty, or ending in a separator, ``.`` or ``..``), :class:`TypeError`
+    for a *follow_symlinks* that is not a bool; :meth:`acquire`
+    raises :class:`LockTimeoutError` and the :class:`OSError` of opening or
+    locking the lock file, its errno intact, with ``filename`` the *path* as
+    given and ``filename2`` the lock file: for example
+    :class:`PermissionError` when the lock file is missing and the directory
+    is not writable, :class:`FileNotFoundError` when the directory is missing,
     ``ELOOP``/``EINVAL`` when a symlink or a non-regular file sits at its name.
     """
 
@@ -300,9 +314,14 @@ class FileLock:
         try:
             self._lock(slot, deadline, wait)
             slot.count = 1
-        except BaseException:
+        except BaseException as e:
             with _guard:
                 _disown(key, slot)
+            if isinstance(e, OSError) and not isinstance(e, LockTimeoutError):
+                # The caller knows the path, not the lock file beside it (which
+                # may be in another directory, through a symlink): both are named,
+                # as LockTimeoutError names them.
+                e.filename, e.filename2 = self.path, self.lock_file
             raise
         return self
 
@@ -334,10 +353,14 @@ class FileLock:
     def _open(self) -> int:
         try:
             fd = os.open(self.lock_file, _OPEN_FLAGS | os.O_CREAT, 0o666)
-        except PermissionError:
+        except PermissionError as e:
             # An existing lock file of another user in a sticky directory
             # (protected_regular) refuses O_CREAT, but may still be opened.
-            fd = os.open(self.lock_file, _OPEN_FLAGS)
+            # Without one, the directory refused the creation: that is the error.
+            try:
+                fd = os.open(self.lock_file, _OPEN_FLAGS)
+            except FileNotFoundError:
+                raise e from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EINVAL, "Lock file is not a regular file", self.lock_file)

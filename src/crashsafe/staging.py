@@ -23,7 +23,7 @@ import os
 import re
 import stat
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -133,9 +133,20 @@ def _writer_alive(match: re.Match[str]) -> bool | None:
     return _process_start(int(match["pid"])) == int(match["start"])
 
 
+@overload
+def sweep(
+    directory: bytes | os.PathLike[bytes], *, min_age: float = 60.0, dry_run: bool = False
+) -> list[bytes]: ...
+@overload
 def sweep(
     directory: str | os.PathLike[str], *, min_age: float = 60.0, dry_run: bool = False
-) -> list[Path]:
+) -> list[Path]: ...
+def sweep(
+    directory: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+    *,
+    min_age: float = 60.0,
+    dry_run: bool = False,
+) -> list[Path] | list[bytes]:
     """Remove crashsafe temporary files in *directory* whose writer is gone.
 
     Only entries that carry crashsafe's temporary-name marker and are regular
@@ -148,8 +159,10 @@ def sweep(
     ``/proc``), the file is removed only when it was last modified at least
     *min_age* seconds ago.
 
-    Returns the paths removed. Entries that vanish during the sweep (a writer
-    committing, a concurrent sweep) are skipped silently. With *dry_run*,
+    Returns the paths removed: :class:`~pathlib.Path` objects, or bytes when
+    *directory* is bytes (as :func:`os.listdir` answers in the type it is
+    given). Entries that vanish during the sweep (a writer committing, a
+    concurrent sweep) are skipped silently. With *dry_run*,
     nothing is removed and the paths that would have been are returned.
 
     Raises :class:`ValueError` for a negative *min_age*, and the underlying
@@ -157,11 +170,12 @@ def sweep(
     :class:`FileNotFoundError`, :class:`NotADirectoryError`).
     """
     # "not >= 0" also refuses NaN, which every comparison would let through.
-    if not isinstance(min_age, int | float) or not min_age >= 0:
+    if isinstance(min_age, bool) or not isinstance(min_age, int | float) or not min_age >= 0:
         raise ValueError(f"min_age must be a non-negative number of seconds, not {min_age!r}")
     from pathlib import Path
 
-    base = Path(directory)
+    given = os.fspath(directory)
+    base = Path(os.fsdecode(given))
     now = time.time()
     removed: list[Path] = []
     use_fd = os.scandir in os.supports_fd and os.unlink in os.supports_dir_fd
@@ -196,6 +210,8 @@ def sweep(
     finally:
         if dir_fd is not None:
             os.close(dir_fd)
+    if isinstance(given, bytes):
+        return [os.path.join(given, os.fsencode(path.name)) for path in removed]
     return removed
 
 

@@ -721,7 +721,7 @@ def generation_data(generation: int, name: str, size: int = TX_SIZE) -> bytes:
 
 
 def write_generation(tx: Any, generation: int, size: int = TX_SIZE) -> None:
-    """Stage generation *generation* in the open :class:`crashsafe.transaction.Transaction`."""
+    """Stage generation *generation* in the open :class:`crashsafe.transactions.Transaction`."""
     for name, perm in TX_FILES.items():
         tx.write(name, generation_data(generation, name, size), perm=perm)
     if generation % 2:
@@ -858,7 +858,7 @@ def exposed_entries(directory: str | os.PathLike[str]) -> list[str]:
     and anything unknown, must be 0o600 or less. The lock file holds no data."""
     import stat
 
-    from crashsafe.transaction import JOURNAL, LOCK
+    from crashsafe.transactions import JOURNAL, LOCK
 
     directory = Path(directory)
     perms = {**TX_FILES, TX_TOGGLE: 0o644, JOURNAL: 0o600}
@@ -927,7 +927,7 @@ def _staged_generation(data: bytes | None) -> int | str:
 
 def inspect_transaction(directory: str | os.PathLike[str]) -> TxState:
     """Look at *directory* as a crash left it, run :func:`recover` on it, look again."""
-    from crashsafe.transaction import JOURNAL, recover
+    from crashsafe.transactions import JOURNAL, recover
 
     directory = Path(directory)
     staged = tuple(n for n in protocol_leftovers(directory) if n != JOURNAL)
@@ -955,7 +955,7 @@ def inspect_transaction(directory: str | os.PathLike[str]) -> TxState:
 TX_WRITER = """
 import fcntl, json
 import crashsafe._platform._posix as posix
-from crashsafe.transaction import transaction
+from crashsafe.transactions import transaction
 directory, source, staging, durability, plan = sys.argv[1:6]
 posix.use_tmpfile = staging == "tmpfile"
 plan = json.loads(plan)

@@ -279,10 +279,12 @@ def _name_error(error: OSError, path: str) -> OSError:
 
     The steps use names relative to the open directory (``"."`` for
     ``O_TMPFILE``, a private temporary name); those would point the reader of
-    the error at the wrong place. The errno and the error itself stay.
+    the error at the wrong place. The errno and the error itself stay. A
+    second name (a rename's or link's) is deleted, not set to None: OSError
+    prints any second name that was set, None as ``-> None``.
     """
     error.filename = path
-    error.filename2 = None
+    del error.filename2
     return error
 
 

@@ -103,7 +103,8 @@ class Directory:
             except FileExistsError:
                 continue
             except OSError as e:
-                e.filename, e.filename2 = self.path, None  # not the private name
+                e.filename = self.path  # not the private name
+                del e.filename2  # set to None, it would print as "-> None"
                 raise
             return fd, temp, 0o666 if mode is None else mode
         raise FileExistsError(errno.EEXIST, "no free temporary name after 100 tries", name)

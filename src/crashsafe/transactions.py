@@ -55,6 +55,7 @@ _FORMAT: Final = 1
 
 
 def _check_name(name: object) -> str:
+    # Journal entries and the ops of a transaction are keyed by this str.
     name = single_name(name)
     if name in (JOURNAL, LOCK) or name.startswith(STAGED):
         raise ValueError(f"{name!r} is reserved for crashsafe's transaction protocol")
@@ -189,24 +190,29 @@ class Transaction:
         self._ops: dict[str, AtomicFile[BinaryIO] | None] = {}
         self._state = "open"
 
-    def write(self, name: str, data: BytesLike | str, *, perm: int | None = None) -> None:
+    def write(
+        self, name: str | os.PathLike[str], data: BytesLike | str, *, perm: int | None = None
+    ) -> None:
         """Stage *data* (bytes, or str encoded as UTF-8) as the new content of *name*.
 
-        *name* is a file name in the transaction's directory (no ``/``). A
+        *name* is a file name in the transaction's directory (no ``/``; a
+        path-like object or bytes is taken as its text). A
         symlink there is replaced, not followed. *perm* and the permission rules
         are those of :class:`~crashsafe.AtomicFile`: without it, an existing file
         keeps its mode and owner. A later write or remove of the same name in
         this transaction replaces this one.
 
         Raises :class:`ValueError` for a bad name or a transaction that is no
-        longer open, :class:`TypeError` for *data* of another type,
+        longer open, :class:`TypeError` for a *name* that is no str, bytes or
+        path-like object or for *data* of another type,
         :class:`IsADirectoryError` if *name* is a directory, and the
         :class:`OSError` of creating the staged file.
         """
         self._check_open()
+        name = _check_name(name)
         data = data.encode() if isinstance(data, str) else _as_bytes(data, "bytes or str")
         staged = AtomicFile(
-            os.path.join(self.directory, _check_name(name)),
+            os.path.join(self.directory, name),
             "wb",
             perm=perm,
             durability=self._durability,
@@ -219,8 +225,11 @@ class Transaction:
             raise
         self._replace_op(name, staged)
 
-    def remove(self, name: str) -> None:
-        """Remove *name* when the transaction commits; a missing file is no error."""
+    def remove(self, name: str | os.PathLike[str]) -> None:
+        """Remove *name* when the transaction commits; a missing file is no error.
+
+        *name* and its errors are those of :meth:`write`.
+        """
         self._check_open()
         self._replace_op(_check_name(name), None)
 
@@ -368,8 +377,8 @@ def transaction(
     one that commits last wins for a file both wrote. Each staged file holds
     two descriptors until the commit.
     """
+    tx = Transaction(directory, durability)  # checks durability before recovery locks
     recover(directory)
-    tx = Transaction(directory, durability)
     try:
         yield tx
     except BaseException:
@@ -403,7 +412,7 @@ class Snapshot:
             raise ValueError("snapshot used after its with block ended")
         return self._directory
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str | os.PathLike[str]) -> bytes:
         """The content of *name* in this generation.
 
         Raises :class:`FileNotFoundError` if it does not exist,
@@ -413,7 +422,7 @@ class Snapshot:
         """
         return self._opened().read(_check_name(name))
 
-    def exists(self, name: str) -> bool:
+    def exists(self, name: str | os.PathLike[str]) -> bool:
         """Whether *name* exists in this generation."""
         return self._opened().lstat(_check_name(name)) is not None
 
