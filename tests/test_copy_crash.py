@@ -55,22 +55,19 @@ Sizes and counts, chosen for CI (the whole file takes about 2 minutes on the
 Also shown: a kill -9 while ``validators.c1z`` runs leaves no decoded
 database in ``tempfile.gettempdir()``. The scratch file is anonymous while it
 is decoded; it has a (sweepable) crashsafe temporary name only for the
-instant SQLite opens it. The test aims its kill at exactly that instant (it
-waits for a visible file) and shows that the next validation removes what
-such a kill left.
+instant SQLite opens it. The kills land right after each call of the
+validation that touches the scratch directory, so some land in that instant,
+and exactly those leave a name, which ``sweep()`` removes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +77,7 @@ import pytest
 import crashsafe
 from crashsafe import validators
 from crashsafe.errors import VerificationError
+from crashsafe.staging import is_temp_name
 from tests.harness import crash
 from tests.harness.checks import leftovers
 from tests.harness.mounts import loop_mount
@@ -250,7 +248,7 @@ def test_kill9_copy_of_c1z_never_tears_and_sweep_cleans(
         return crashsafe.atomic_copy(sources[n % VERSIONS], target, validate=validators.c1z)
 
     result = crash.kill9_loop(
-        directory, kills=KILLS, write=write, check=judge, staging=staging, seed=KILLS, ordered=False
+        directory, kills=KILLS, write=write, check=judge, staging=staging, ordered=False
     )
     method = result.returned.method
     _note(
@@ -259,15 +257,15 @@ def test_kill9_copy_of_c1z_never_tears_and_sweep_cleans(
         f"orphans {result.orphans_before_sweep} -> swept {result.swept} -> left "
         f"{len(result.left_after_sweep)}; c1z scratch files left in TMPDIR "
         f"{judge.scratch_files} ({judge.scratch_bytes / (1 << 20):.0f} MiB); "
-        f"{len(versions[0]) / (1 << 20):.1f} MiB c1z, one copy "
-        f"{result.write_seconds * 1e3:.1f} ms, delays 0-{result.max_delay * 1e3:.1f} ms, "
-        f"{result.seconds:.1f} s"
+        f"{len(versions[0]) / (1 << 20):.1f} MiB c1z; at {result.plan()}, {result.seconds:.1f} s"
     )
     assert method == METHOD[fs]
     assert result.kills == KILLS
     # After every kill: accepted by validators.c1z AND one complete version.
     assert result.outcomes == Counter(complete=KILLS), (result.outcomes, judge.examples)
-    # The kills landed in every phase: some before a commit, some after one.
+    # The kills landed in every phase (by construction: right after each call of
+    # two copies that touches the directory, in turn): some before a commit,
+    # some after one.
     assert 0 < result.changed < KILLS
     if staging == "named":
         assert result.orphans_before_sweep > 0  # ...and some while a temp file existed
@@ -294,13 +292,13 @@ def test_kill9_harness_catches_in_place_copy(kill_fs: tuple[str, Path]) -> None:
         _in_place_copy(sources[n % VERSIONS], target)
 
     result = crash.kill9_loop(
-        directory, kills=KILLS, write=write, check=judge, staging="named", seed=KILLS, ordered=False
+        directory, kills=KILLS, write=write, check=judge, staging="named", ordered=False
     )
     cut = result.outcomes["valid magic, zstd stream cut short"]
     _note(
         f"kill -9   BROKEN in place  {fs:<4}         {result.kills} kills: caught {result.torn} "
-        f"{dict(result.outcomes)}; one copy {result.write_seconds * 1e3:.1f} ms, "
-        f"{result.seconds:.1f} s; e.g. " + "; ".join(f"{k}: {v}" for k, v in judge.examples.items())
+        f"{dict(result.outcomes)}; at {result.plan()}, {result.seconds:.1f} s; e.g. "
+        + "; ".join(f"{k}: {v}" for k, v in judge.examples.items())
     )
     # The story's bug: the magic is there, the zstd stream is cut short, and
     # validators.c1z rejects it. No broken target is ever accepted.
@@ -309,53 +307,69 @@ def test_kill9_harness_catches_in_place_copy(kill_fs: tuple[str, Path]) -> None:
     assert "a complete version REJECTED by c1z" not in result.outcomes
 
 
-def _largest(directory: Path) -> int:
-    """The size of the largest file in *directory*, whose files may vanish meanwhile."""
-    largest = 0
-    for path in directory.iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            largest = max(largest, path.stat().st_size)
-    return largest
-
-
 def test_kill9_during_c1z_validation_leaves_no_scratch_file(
     tmp_path: Path, validator_tmp: Path
 ) -> None:
+    """The scratch database is anonymous while it is decoded and named only from
+    its link until SQLite has it open: a writer killed right after each syscall
+    of the validation that touches the scratch directory, in turn, leaves a
+    (sweepable) name there exactly when the kill lands in that window, and
+    never any other file."""
     source = tmp_path / "big.c1z"
-    source.write_bytes(c1z_version(100, db_mib=24))
+    data = c1z_version(100)
+    source.write_bytes(data)
     directory = tmp_path / "d"
     directory.mkdir()
     target = directory / "target"
-    leaked: list[str] = []
-    for _ in range(5):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - killed
-            try:
-                while True:
-                    crashsafe.atomic_copy(source, target, validate=validators.c1z)
-            finally:
-                os._exit(4)
-        try:
-            # Kill once the validator has decoded a good part of the database
-            # (or after 5 s: a validator that keeps no visible file is fixed).
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and _largest(validator_tmp) < 4 << 20:
-                time.sleep(0.0005)
-        finally:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        crashsafe.sweep(directory, min_age=0)
-        named = [f"{p.name} ({p.stat().st_size} bytes)" for p in validator_tmp.iterdir()]
-        leaked.extend(named)
-        # The next validation sweeps the scratch directory of dead validators' names.
-        with open(source, "rb") as f:
-            validators.c1z(f)
-        left = list(validator_tmp.iterdir())
-        assert left == [], f"a killed validation left {left} in {validator_tmp}"
-    _note(
-        f"kill -9   during validators.c1z, aimed at the instant the scratch file is named: "
-        f"{len(leaked)} of 5 kills left a name there; the next validation removed all"
+    crash.durable_put(target, data)
+    left: list[list[str]] = []  # after each kill: the names left in the scratch directory
+
+    def write(n: int) -> None:
+        crashsafe.atomic_copy(source, target, validate=validators.c1z)
+
+    def check() -> int | str:
+        names = sorted(p.name for p in validator_tmp.iterdir())
+        left.append(names)
+        if any(not is_temp_name(n) for n in names):
+            return f"not a sweepable name: {names}"
+        removed = crashsafe.sweep(validator_tmp, min_age=0)
+        if len(removed) != len(names) or list(validator_tmp.iterdir()):
+            return "sweep left a scratch file"
+        return 0 if crash.read_or_none(target) == data else "target is not the source"
+
+    result = crash.kill9_loop(
+        directory,
+        kills=24,
+        write=write,
+        check=check,
+        staging="tmpfile",
+        ordered=False,
+        min_age=0,
+        watch=validator_tmp,
     )
+    left = left[-result.kills :]  # kill9_loop checks three times before the kills
+    # The window of every recorded write: from the link that names the
+    # scratch file (included) to the unlink that removes the name (excluded).
+    window: set[crash.KillPoint] = set()
+    for w in {p.write for p in result.points}:
+        calls = [p for p in result.points if p.write == w]
+        link = next(i for i, p in enumerate(calls) if p.name in ("link", "linkat"))
+        unlink = next(
+            i for i, p in enumerate(calls) if p.name in ("unlink", "unlinkat") and i > link
+        )
+        window |= set(calls[link:unlink])
+    named = [p for p, names in zip(result.aimed, left, strict=True) if names]
+    _note(
+        f"kill -9   during validators.c1z, right after each call touching the scratch "
+        f"directory: {result.kills} kills at {result.plan()}; {len(named)} left a name "
+        f"(all aimed inside the named window), sweep removed every one; {result.seconds:.1f} s"
+    )
+    assert result.outcomes == Counter(complete=result.kills), result.outcomes
+    assert all(len(names) <= 1 for names in left), left
+    # A name is left exactly by the kills that landed while the file had one,
+    # and some did (by construction: the link is a crash point).
+    assert set(named) == {p for p in result.aimed if p in window}
+    assert named
 
 
 # --------------------------------------------------------------------------- power cut
