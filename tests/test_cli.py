@@ -163,11 +163,13 @@ def test_interrupt_while_reading_leaves_target_unchanged(workdir: Path) -> None:
         assert proc.stdin is not None
         proc.stdin.write(b"partial input that must never be published")
         proc.stdin.flush()
-        # Wait until the staging file exists, so the interrupt lands mid-write.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if _writing(proc.pid, workdir):
-                break
+        # Wait until the staging file exists, so the interrupt lands mid-write
+        # (never at an instant chosen by a clock: the bound only turns a hang
+        # into a failure).
+        deadline = time.monotonic() + 120
+        while not _writing(proc.pid, workdir):
+            assert time.monotonic() < deadline, "the CLI never opened a staging file"
+            assert proc.poll() is None, "the CLI ended before the interrupt"
             time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)

@@ -93,6 +93,8 @@ def test_kill9_torture_never_tears_and_sweep_cleans(
     )
     assert result.kills == kills
     assert result.outcomes == Counter(complete=kills), result.outcomes
+    # A write that returned before the kill is in place.
+    assert result.returned_then_lost() == []
     # The kills landed in every phase (by construction: right after each call
     # of two writes in turn): some before a commit, some after one.
     assert 0 < result.changed < kills

@@ -189,12 +189,26 @@ class TortureResult:
     left_after_sweep: list[str] = field(default_factory=list)
     points: list[KillPoint] = field(default_factory=list)  # the recorded crash points
     aimed: list[KillPoint] = field(default_factory=list)  # the point of every kill, in order
+    firsts: list[int] = field(default_factory=list)  # the version each killed writer began with
+    found: list[int | str] = field(default_factory=list)  # what check() said after each kill
     seconds: float = 0.0
     returned: Any = None  # kill9_loop: what the last warm-up write returned
 
     @property
     def torn(self) -> int:
         return self.kills - self.outcomes["complete"]
+
+    def returned_then_lost(self) -> list[str]:
+        """Kills aimed at a later write whose check found an older version than the
+        writer's first: that write had returned before the kill, so it must be
+        there (for writers whose versions only grow and that make the recorded
+        calls in every write: a kill aimed at write w >= 2 lands after write w-1
+        returned)."""
+        return [
+            f"after {p}: {f}, but v{first} had returned"
+            for p, first, f in zip(self.aimed, self.firsts, self.found, strict=True)
+            if p.write > 1 and not (isinstance(f, int) and f >= first)
+        ]
 
     def plan(self) -> str:
         """The kills per syscall name, and how many distinct points they covered."""
@@ -526,7 +540,9 @@ def kill9_loop(
         _kill_at(write, point, first=last + 1, staging=staging, marker=marker)
         result.kills += 1
         result.aimed.append(point)
+        result.firsts.append(last + 1)
         found = check()
+        result.found.append(found)
         if not isinstance(found, int):
             result.outcomes[found] += 1
         elif ordered and found < last:
