@@ -146,7 +146,10 @@ def test_help_explains_commands_and_exit_status() -> None:
 
 
 def test_console_script_is_installed() -> None:
-    result = subprocess.run(["crashsafe", "--help"], capture_output=True, check=False)
+    # Installed into the environment that runs the tests: its script directory is
+    # beside the interpreter (a venv's bin/), whether or not it is on PATH.
+    script = Path(sys.executable).parent / "crashsafe"
+    result = subprocess.run([script, "--help"], capture_output=True, check=False)
     assert result.returncode == 0
     assert b"crash" in result.stdout.lower()
 

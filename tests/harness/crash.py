@@ -3,11 +3,13 @@
 Two runners, reusable by every write path (atomic_write, atomic_copy,
 transactions):
 
-* :func:`kill9_torture` forks a writer that overwrites one target with ever
-  newer complete versions and SIGKILLs it after a random delay, over and over,
-  checking the target after every kill. :func:`kill9_loop` is the same loop
-  for any writer function and any check of the target (atomic_copy, a
-  deliberately broken writer).
+* :func:`kill9_loop` forks a writer (any function: atomic_write, atomic_copy,
+  a transaction, a deliberately broken writer) that writes ever newer
+  versions, and SIGKILLs it right after one of its syscalls, over and over,
+  checking the target after every kill: the kills cycle through every call of
+  two recorded writes that touches the directory, so where they land (before,
+  on and after the commit) does not depend on timing or on the machine's
+  load. :func:`kill9_torture` is that loop for atomic_write of 1 MiB payloads.
 
 * :func:`power_cut_every_syscall` runs a writer program under strace and
   freezes it right after its K-th syscall, for every syscall it makes between
