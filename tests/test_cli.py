@@ -146,7 +146,10 @@ def test_help_explains_commands_and_exit_status() -> None:
 
 
 def test_console_script_is_installed() -> None:
-    result = subprocess.run(["crashsafe", "--help"], capture_output=True, check=False)
+    # Installed into the environment that runs the tests: its script directory is
+    # beside the interpreter (a venv's bin/), whether or not it is on PATH.
+    script = Path(sys.executable).parent / "crashsafe"
+    result = subprocess.run([script, "--help"], capture_output=True, check=False)
     assert result.returncode == 0
     assert b"crash" in result.stdout.lower()
 
@@ -163,11 +166,13 @@ def test_interrupt_while_reading_leaves_target_unchanged(workdir: Path) -> None:
         assert proc.stdin is not None
         proc.stdin.write(b"partial input that must never be published")
         proc.stdin.flush()
-        # Wait until the staging file exists, so the interrupt lands mid-write.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if _writing(proc.pid, workdir):
-                break
+        # Wait until the staging file exists, so the interrupt lands mid-write
+        # (never at an instant chosen by a clock: the bound only turns a hang
+        # into a failure).
+        deadline = time.monotonic() + 120
+        while not _writing(proc.pid, workdir):
+            assert time.monotonic() < deadline, "the CLI never opened a staging file"
+            assert proc.poll() is None, "the CLI ended before the interrupt"
             time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from crashsafe import AtomicFile, atomic_open, atomic_write
+from tests.children import blocked_in_flock, wait_until
 from tests.harness.checks import entries, leftovers
 
 # --- child code: from here to its end marker also runs in child processes, which
@@ -107,14 +108,15 @@ WRITERS = {"crashsafe": crashsafe_write, "broken": broken_write}
 
 
 def write_loop(
-    path: str, writer: int, seconds: float, kind: str, durability: str
+    path: str, writer: int, *, enough: str, min_writes: int, kind: str, durability: str
 ) -> dict[str, int]:
-    """Write distinct payloads to *path* for *seconds*; count writes and errors."""
+    """Write distinct payloads to *path* until *enough* exists (the reader's word that
+    it has seen what it needs) and at least *min_writes* were tried; count writes
+    and errors. Progress ends the loop, not a clock: the same on a busy machine."""
     write = WRITERS[kind]
     counts = {"writes": 0, "missing": 0, "errors": 0}
-    deadline = time.monotonic() + seconds
     seq = 0
-    while time.monotonic() < deadline:
+    while seq < min_writes or not os.path.exists(enough):
         seq += 1
         try:
             write(path, make_payload(writer, seq, payload_size(writer, seq)), durability)
@@ -127,19 +129,30 @@ def write_loop(
     return counts
 
 
-def _writer_main(path: str, writer: int, seconds: float, kind: str, durability: str) -> None:
+def _writer_main(
+    path: str, writer: int, *, enough: str, min_writes: int, kind: str, durability: str
+) -> None:
     """Entry point of a writer process: waits for "go" on stdin, prints its counts."""
     print("ready", flush=True)
     assert sys.stdin.readline().strip() == "go"
-    print(json.dumps(write_loop(path, writer, seconds, kind, durability)), flush=True)
+    counts = write_loop(
+        path, writer, enough=enough, min_writes=min_writes, kind=kind, durability=durability
+    )
+    print(json.dumps(counts), flush=True)
 
 
-def _reader_main(path: str, stop_file: str) -> None:
-    """Entry point of the reader process: reads *path* until *stop_file* exists."""
+def _reader_main(path: str, enough: str, min_reads: int, min_versions: int, damage: int) -> None:
+    """Entry point of the reader process: reads *path* until it has read *min_reads*
+    times, seen *min_versions* distinct versions and caught *damage* damaged
+    reads, then creates *enough* (the writers stop) and prints its counts."""
     counts = {"reads": 0, "missing": 0, "empty": 0, "torn": 0, "mixed": 0}
     versions: set[tuple[int, int]] = set()
     print("ready", flush=True)
-    while not os.path.exists(stop_file):
+    while (
+        counts["reads"] < min_reads
+        or len(versions) < min_versions
+        or sum(counts.values()) - counts["reads"] < damage
+    ):
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -152,6 +165,7 @@ def _reader_main(path: str, stop_file: str) -> None:
             versions.add(HEADER.unpack_from(data)[1:3])
         else:
             counts[problem] += 1
+    open(enough, "wb").close()
     counts["versions"] = len(versions)
     print(json.dumps(counts), flush=True)
 
@@ -267,21 +281,29 @@ def race_one_name(
     kind: str,
     how: str,
     writers: int,
-    seconds: float,
     durability: str,
     staging: str | None,
+    min_reads: int,
+    min_versions: int = 20,
+    min_writes: int = 5,
+    damage: int = 0,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Run *writers* writers of one name and a reader process; return their counts.
 
-    The file exists before the reader starts, so a missing file is always an error.
+    The writers write until the reader has read *min_reads* times, seen
+    *min_versions* versions and caught *damage* damaged reads (and each tried
+    *min_writes* writes): the race runs until it has shown what it must, not
+    for a time, so a busy machine makes it slower, never different. The file
+    exists before the reader starts, so a missing file is always an error.
     """
     path = directory / "data.bin"
     control = tempfile.TemporaryDirectory(prefix="crashsafe-race-")
-    stop = Path(control.name) / "stop"
+    enough = str(Path(control.name) / "enough")
     atomic_write(path, make_payload(0, 0, MIN_SIZE))
     totals = {"writes": 0, "missing": 0, "errors": 0}
     with children() as procs:
-        reader = _child(f"_reader_main({str(path)!r}, {str(stop)!r})")
+        call = f"_reader_main({str(path)!r}, {enough!r}, {min_reads}, {min_versions}, {damage})"
+        reader = _child(call)
         procs.append(reader)
         reader_out = Lines(reader)
         assert reader_out.readline() == "ready"
@@ -290,7 +312,15 @@ def race_one_name(
                 results: list[dict[str, int]] = []
 
                 def run(w: int) -> None:
-                    results.append(write_loop(str(path), w, seconds, kind, durability))
+                    counts = write_loop(
+                        str(path),
+                        w,
+                        enough=enough,
+                        min_writes=min_writes,
+                        kind=kind,
+                        durability=durability,
+                    )
+                    results.append(counts)
 
                 threads = [threading.Thread(target=run, args=(w,)) for w in range(1, writers + 1)]
                 for t in threads:
@@ -300,7 +330,10 @@ def race_one_name(
             else:
                 outs = []
                 for w in range(1, writers + 1):
-                    call = f"_writer_main({str(path)!r}, {w}, {seconds}, {kind!r}, {durability!r})"
+                    call = (
+                        f"_writer_main({str(path)!r}, {w}, enough={enough!r}, "
+                        f"min_writes={min_writes}, kind={kind!r}, durability={durability!r})"
+                    )
                     procs.append(_child(call, staging))
                     outs.append(Lines(procs[-1]))
                 for out in outs:
@@ -309,9 +342,10 @@ def race_one_name(
                     assert proc.stdin is not None
                     proc.stdin.write(b"go\n")
                     proc.stdin.flush()
-                results = [json.loads(out.readline(timeout=seconds + 30)) for out in outs]
+                # The bound only turns a hang into a failure.
+                results = [json.loads(out.readline(timeout=200)) for out in outs]
         finally:
-            stop.touch()
+            Path(enough).touch()  # a failed writer must not leave the others running
         seen = json.loads(reader_out.readline())
     for result in results:
         for key in totals:
@@ -334,14 +368,17 @@ def test_reader_check_rejects_empty_prefix_zeros_and_mixed_payloads() -> None:
     assert check_payload(bytes(len(a))) == "mixed"
 
 
-def assert_never_torn(seen: dict[str, int], totals: dict[str, int], *, min_reads: int) -> None:
+def assert_never_torn(
+    seen: dict[str, int], totals: dict[str, int], *, min_reads: int, writers: int
+) -> None:
     problems = {k: seen[k] for k in ("missing", "empty", "torn", "mixed")}
     assert problems == {"missing": 0, "empty": 0, "torn": 0, "mixed": 0}, (seen, totals)
     assert totals["missing"] == totals["errors"] == 0, totals
+    # The race ran until the reader had read enough and, interleaved with the
+    # writes, seen many versions (see race_one_name): checked, not assumed.
     assert seen["reads"] >= min_reads, f"too few reads to prove anything: {seen}"
-    # The reads really interleaved with the writes: many versions were seen.
-    assert seen["versions"] >= 5, seen
-    assert totals["writes"] >= 20, totals
+    assert seen["versions"] >= 20, seen
+    assert totals["writes"] >= 5 * writers, totals
 
 
 @pytest.mark.parametrize("how", ["threads", "processes"])
@@ -349,11 +386,11 @@ def test_racing_writers_never_show_readers_a_torn_file(
     workdir: Path, staging: str, how: str
 ) -> None:
     seen, totals = race_one_name(
-        workdir, kind="crashsafe", how=how, writers=4, seconds=1.5, durability="none",
-        staging=staging,
+        workdir, kind="crashsafe", how=how, writers=4, durability="none", staging=staging,
+        min_reads=2000,
     )  # fmt: skip
     print(f"crashsafe {how} {staging} none: reader {seen}, writers {totals}")
-    assert_never_torn(seen, totals, min_reads=200)
+    assert_never_torn(seen, totals, min_reads=2000, writers=4)
     assert check_payload((workdir / "data.bin").read_bytes()) is None
     assert entries(workdir) == ["data.bin"]
 
@@ -363,21 +400,27 @@ def test_racing_durable_writers_never_show_readers_a_torn_file(
     workdir: Path, staging: str, how: str
 ) -> None:
     seen, totals = race_one_name(
-        workdir, kind="crashsafe", how=how, writers=3, seconds=1.0, durability="durable",
-        staging=staging,
+        workdir, kind="crashsafe", how=how, writers=3, durability="durable", staging=staging,
+        min_reads=500,
     )  # fmt: skip
     print(f"crashsafe {how} {staging} durable: reader {seen}, writers {totals}")
-    assert_never_torn(seen, totals, min_reads=50)
+    assert_never_torn(seen, totals, min_reads=500, writers=3)
     assert check_payload((workdir / "data.bin").read_bytes()) is None
     assert entries(workdir) == ["data.bin"]
 
 
 @pytest.mark.parametrize("how", ["threads", "processes"])
 def test_control_fixed_temp_name_is_caught_by_the_reader_check(tmp_path: Path, how: str) -> None:
-    """The same check against the classic fixed-name writer must find torn content."""
+    """The same check against the classic fixed-name writer must find torn content.
+
+    The race runs until the reader has caught a damaged read (after at least 200
+    reads): it ends once it has happened, whatever the machine's load; a
+    reader check that cannot catch the damage would hang here until the
+    bound of race_one_name fails the test."""
     seen, totals = race_one_name(
         tmp_path,
-        kind="broken", how=how, writers=4, seconds=1.5, durability="none", staging=None,
+        kind="broken", how=how, writers=4, durability="none", staging=None, min_reads=200,
+        damage=1,
     )  # fmt: skip
     print(f"broken control {how}: reader {seen}, writers {totals}")
     assert seen["reads"] >= 200, seen
@@ -473,7 +516,9 @@ def test_create_only_race_between_processes_has_exactly_one_winner(
             for r in range(rounds):
                 for out in outs:
                     assert out.readline() == f"ready {r}"
-                time.sleep(0.05)  # let every racer block on the gate
+                # Every racer waits on the gate (queued in flock), then all go at once.
+                for proc in procs:
+                    wait_until(lambda pid=proc.pid: blocked_in_flock(pid), timeout=120)
                 fcntl.flock(held[r], fcntl.LOCK_UN)
                 results = {w: out.readline().split()[1] for w, out in enumerate(outs)}
                 winners = [w for w, res in results.items() if res == "won"]

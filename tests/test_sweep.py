@@ -461,16 +461,33 @@ def test_cli_sweep_rejects_a_negative_min_age_as_usage_error(tmp_path: Path) -> 
 
 # --------------------------------------------------------------------------- sweeping while writing
 
-SWEEPER = """\
-import os, sys, time
+# Sweeps in a loop. Between two rounds it looks at its standard input: "round"
+# asks for one round right now, whose verdict (did it see a temporary file) it
+# prints at once, so that the test knows, without any timing, that a sweep ran
+# while a write was staged; anything else ends the loop and prints the tally.
+SWEEPER = """\\
+import os, select, sys
 from crashsafe import sweep
 from crashsafe.staging import is_temp_name
-removed, rounds, saw, deadline = [], 0, 0, time.monotonic() + float(sys.argv[2])
-print("ready", flush=True)
-while time.monotonic() < deadline:
-    saw += any(is_temp_name(n) for n in os.listdir(sys.argv[1]))
-    removed += sweep(sys.argv[1], min_age=0)
+directory = sys.argv[1]
+removed, rounds, saw = [], 0, 0
+
+def one_round():
+    global rounds, saw
+    live = any(is_temp_name(n) for n in os.listdir(directory))
+    saw += live
+    removed.extend(sweep(directory, min_age=0))
     rounds += 1
+    return live
+
+print("ready", flush=True)
+while True:
+    if select.select([0], [], [], 0)[0]:
+        if sys.stdin.readline().strip() != "round":
+            break
+        print(int(one_round()), flush=True)
+    else:
+        one_round()
 print(rounds, saw, len(removed), flush=True)
 """
 
@@ -478,35 +495,46 @@ print(rounds, saw, len(removed), flush=True)
 def test_sweep_running_alongside_live_writers_removes_nothing_and_breaks_no_write(
     workdir: Path,
 ) -> None:
-    """A sweeper with min_age=0 in a loop: the writers' temp files are all provably live."""
+    """A sweeper with min_age=0 in a loop: the writers' temp files are all provably live.
+
+    400 writes; during every tenth, while its named temporary file exists, the
+    sweeper is asked for a round and must see that file (and leave it)."""
     saved, posix.use_tmpfile = posix.use_tmpfile, False
     sweeper = subprocess.Popen(
-        [sys.executable, "-c", SWEEPER, str(workdir), "1.5"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SWEEPER, str(workdir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     failures: list[BaseException] = []
+    verdicts: list[str] = []
     writes = 0
     try:
-        assert sweeper.stdout is not None
+        assert sweeper.stdout is not None and sweeper.stdin is not None
         assert sweeper.stdout.readline() == "ready\n"
-        while sweeper.poll() is None:
-            for n in range(4):
-                try:
-                    with crashsafe.atomic_open(workdir / f"f{n}", "wb", durability="none") as f:
-                        f.write(b"%d" % writes * 1000)
-                except BaseException as e:
-                    failures.append(e)
-                writes += 1
-        rounds, saw, removed = map(int, sweeper.stdout.readline().split())
+        for writes in range(1, 401):
+            try:
+                with crashsafe.atomic_open(
+                    workdir / f"f{writes % 4}", "wb", durability="none"
+                ) as f:
+                    f.write(b"%d" % writes * 1000)
+                    if writes % 10 == 0:
+                        sweeper.stdin.write("round\n")
+                        sweeper.stdin.flush()
+                        verdicts.append(sweeper.stdout.readline().strip())
+            except BaseException as e:
+                failures.append(e)
+        out, _ = sweeper.communicate("stop\n", timeout=60)
+        rounds, saw, removed = map(int, out.split())
     finally:
         posix.use_tmpfile = saved
         if sweeper.poll() is None:
             sweeper.kill()
         sweeper.wait()
-        if sweeper.stdout is not None:
-            sweeper.stdout.close()
     print(f"{writes} writes; {rounds} sweeps alongside, {saw} saw a temp file, {removed} removed")
     assert failures == []
     assert removed == 0
-    assert writes >= 100 and rounds >= 100
-    assert saw > 0, "the sweeper never had a live temporary file to judge"
+    # Every asked round ran while a write was staged, and saw its temporary file.
+    assert verdicts == ["1"] * 40, verdicts
+    assert rounds >= 40 and saw >= 40
     assert entries(workdir) == [f"f{n}" for n in range(4)]

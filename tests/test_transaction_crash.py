@@ -1,4 +1,4 @@
-"""transaction(): kill -9 at random points and a power cut after every syscall of a commit.
+"""transaction(): kill -9 and a power cut right after every syscall of a commit.
 
 Issue 4's promise for ``crashsafe.transactions.transaction(directory)``: after a
 crash at any point, once recovery has run, the files of a transaction are all
@@ -6,9 +6,10 @@ old or all new, never a mix; a concurrent reader through ``snapshot()`` never
 sees a mix either. Proven here with four files (one of them a 0o600 key) and a
 fifth name that each commit writes or removes in turn:
 
-* kill -9 of a writer that commits generation after generation, at random
-  points (200 kills per staging path and filesystem, delays from zero to three
-  times one commit): after each kill, ``recover()`` (or ``snapshot()``, which
+* kill -9 of a writer that commits generation after generation, right after
+  each syscall of two commits that touches the directory, in turn (200 kills
+  per staging path and filesystem, :func:`tests.harness.crash.kill9_loop`):
+  after each kill, ``recover()`` (or ``snapshot()``, which
   recovers by itself, leaving staged debris to the next writer's own recovery)
   finds one complete generation, never an older one than before; recovery
   rolls forward exactly when the journal exists and back otherwise; no
@@ -116,7 +117,7 @@ def torture_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
 
 @pytest.mark.slow
 @pytest.mark.parametrize("staging", ["tmpfile", "named"])
-def test_kill9_at_random_points_then_recovery_is_never_a_mix(
+def test_kill9_at_every_syscall_then_recovery_is_never_a_mix(
     torture_dir: tuple[str, Path], staging: str
 ) -> None:
     where, directory = torture_dir
@@ -130,7 +131,6 @@ def test_kill9_at_random_points_then_recovery_is_never_a_mix(
         write=_writer(directory),
         check=check,
         staging=staging,
-        seed=kills,
         min_age=0,
     )
     # The last kill may have left staged files to the next writer: recover them.
@@ -141,15 +141,15 @@ def test_kill9_at_random_points_then_recovery_is_never_a_mix(
         f"generation advanced after {result.changed}, final generation {final}; "
         f"recoveries {dict(sorted(check.recoveries.items()))}; mixed before recovery "
         f"{check.mixed_before}; temp files {result.orphans_before_sweep} -> swept "
-        f"{result.swept} -> left {len(result.left_after_sweep)}; one commit "
-        f"{result.write_seconds * 1e3:.1f} ms, delays 0-{result.max_delay * 1e3:.1f} ms, "
+        f"{result.swept} -> left {len(result.left_after_sweep)}; at {result.plan()}, "
         f"{result.seconds:.1f} s"
     )
     assert check.problems == []
     assert result.kills == kills
     assert result.outcomes == Counter(complete=kills), result.outcomes
-    assert 0 < result.changed < kills  # kills landed before and after commits
-    # Kills landed on both sides of the commit point.
+    # Kills landed before and after commits, and on both sides of the commit
+    # point (by construction: right after each call of two commits, in turn).
+    assert 0 < result.changed < kills
     assert check.recoveries["recover(): forward"] + check.recoveries["snapshot(): forward"] > 0
     assert check.recoveries["recover(): back"] + check.recoveries["left to the writer: back"] > 0
     assert result.left_after_sweep == []
@@ -158,15 +158,20 @@ def test_kill9_at_random_points_then_recovery_is_never_a_mix(
     assert set(os.listdir(directory)) <= {LOCK, *crash.TX_NAMES}
 
 
+# Loops on snapshot() until told to stop. Between two snapshots it looks at
+# its standard input: "read" asks for one more snapshot whose generation it
+# prints at once (so the test knows, without any timing, that the reader read
+# at that moment, while the writer is being killed), "stop" for its tally.
 READER = """
-import json, os, sys
+import json, os, select, sys
 sys.path.insert(0, {root!r})
 from crashsafe.transactions import snapshot
 from tests.harness import crash
-directory, stop = sys.argv[1:3]
+directory = sys.argv[1]
 reads, bad, seen = 0, {{}}, set()
-print("ready", flush=True)
-while not os.path.exists(stop):
+
+def read():
+    global reads
     with snapshot(directory) as snap:
         found = crash.classify_generation(lambda n: snap.read(n) if snap.exists(n) else None)
     reads += 1
@@ -174,6 +179,17 @@ while not os.path.exists(stop):
         seen.add(found)
     else:
         bad[found] = bad.get(found, 0) + 1
+    return found
+
+print("ready", flush=True)
+while True:
+    if select.select([0], [], [], 0)[0]:
+        command = sys.stdin.readline().strip()
+        if command != "read":
+            break
+        print(json.dumps(read()), flush=True)
+    else:
+        read()
 print(json.dumps({{"reads": reads, "bad": bad, "generations": len(seen)}}), flush=True)
 """
 
@@ -181,32 +197,46 @@ print(json.dumps({{"reads": reads, "bad": bad, "generations": len(seen)}}), flus
 @pytest.mark.slow
 def test_kill9_with_a_concurrent_snapshot_reader(tmp_path: Path) -> None:
     """A reader loops on snapshot() while the writer is killed 100 times; it recovers
-    interrupted commits by itself and never sees a mix."""
+    interrupted commits by itself and never sees a mix. Every tenth kill, the test
+    asks it for a snapshot and waits for the answer: it read during the kills,
+    and saw the generations advance, whatever the machine's load."""
     directory = tmp_path / "d"
     directory.mkdir()
-    stop = tmp_path / "stop"
     with transaction(directory) as tx:
         crash.write_generation(tx, 1)
     root = str(Path(__file__).resolve().parents[1])
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER.format(root=root), str(directory), str(stop)],
+        [sys.executable, "-c", READER.format(root=root), str(directory)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    asked: list[int | str] = []
+    kills = 0
+
+    def check() -> int | str:
+        nonlocal kills
+        kills += 1
+        found = _snapshot_generation(directory)
+        if kills % 10 == 0:
+            assert reader.stdin is not None and reader.stdout is not None
+            reader.stdin.write("read\n")
+            reader.stdin.flush()
+            asked.append(json.loads(reader.stdout.readline()))
+        return found
+
     try:
-        assert reader.stdout is not None
+        assert reader.stdout is not None and reader.stdin is not None
         assert reader.stdout.readline() == "ready\n"
         result = crash.kill9_loop(
             directory,
             kills=100,
             write=_writer(directory),
-            check=lambda: _snapshot_generation(directory),
+            check=check,
             staging="tmpfile",
-            seed=7,
             min_age=0,
         )
-        stop.touch()
-        out, _ = reader.communicate(timeout=60)
+        out, _ = reader.communicate("stop\n", timeout=60)
     finally:
         if reader.poll() is None:
             reader.kill()
@@ -215,11 +245,16 @@ def test_kill9_with_a_concurrent_snapshot_reader(tmp_path: Path) -> None:
     _note(
         f"kill -9 with a snapshot() reader: {result.kills} kills, {dict(result.outcomes)}, "
         f"advanced after {result.changed}; reader: {seen['reads']} reads, "
-        f"{seen['generations']} generations, bad {seen['bad']}; {result.seconds:.1f} s"
+        f"{seen['generations']} generations, bad {seen['bad']}; asked after every tenth "
+        f"kill, it read {asked}; {result.seconds:.1f} s"
     )
     assert reader.returncode == 0
     assert seen["bad"] == {}
-    assert seen["reads"] > 0 and seen["generations"] > 1
+    assert all(isinstance(g, int) for g in asked), asked
+    # Asked 10 times during the kills (the first check ran before them), it saw
+    # the generations advance.
+    assert len(asked) == 10 and len(set(asked)) > 1, asked
+    assert seen["reads"] >= len(asked) and seen["generations"] > 1
     assert result.outcomes == Counter(complete=100), result.outcomes
     assert result.left_after_sweep == []
     recover(directory)
