@@ -130,13 +130,17 @@ def durable_put(path: str | os.PathLike[str], data: bytes) -> None:
 
 # How a kill lands at a deterministic point (measured with strace 6.1, kernel
 # 6.x): the writer is forked from the test process (so *write* may be any
-# callable, and the forked writer starts with everything the parent loaded)
-# and first spins in a wait loop of access(WAIT_MARK) and a 1 ms select() on a
-# pipe. strace attaches to it (``-p``) with ``inject=NAME:signal=STOP:when=K``;
-# once strace has printed the wait marker, it traces every syscall of the
-# writer, and only then does the test write the byte that ends the wait. From
-# there the counter of ``when=`` (per syscall name and per tracee, counted
-# from the attach) sees exactly the writer's calls of NAME, so the writer is
+# callable, and the forked writer starts with everything the parent loaded),
+# writes a "ready" byte to a pipe and then spins in a wait loop of
+# access(WAIT_MARK) and a 1 ms select() on another pipe. Only then does strace
+# attach to it (``-p``) with ``inject=NAME:signal=STOP:when=K`` (started
+# earlier, strace could count a call the child makes right after the fork:
+# seen once under load, a close() that moved every later close by one); once
+# strace has printed the wait marker, it traces every syscall of the writer,
+# and only then does the test write the byte that ends the wait; the writer
+# marks that with access(GO_MARK). From there the counter of ``when=`` (per
+# syscall name and per tracee, counted from the attach; the wait loop's names
+# are never aimed at) sees exactly the writer's calls of NAME, so the writer is
 # stopped right after its K-th call of NAME returned (SIGSTOP is delivered on
 # the way back to user space: the call completed, nothing after it ran), and
 # then SIGKILLed. No timing decides where a kill lands, however busy the
