@@ -3,6 +3,7 @@ and the loop filesystems of the power-cut tests."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,15 @@ import crashsafe._platform._posix as posix
 from tests.harness import crash
 from tests.harness.checks import verify_no_leftovers
 from tests.harness.mounts import loop_mount
+
+# A shell without job control starts a background command (`... &`, nohup) with
+# SIGINT ignored, and every child inherits that: Python then installs no
+# KeyboardInterrupt handler, and the tests that interrupt a writer with SIGINT
+# see it ignored (21 failures in one such run). Python's own handler here is
+# inherited by forked children and reset to the default by exec, where each new
+# interpreter installs its own.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
