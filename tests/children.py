@@ -133,9 +133,8 @@ def unprivileged_python() -> tuple[str, str] | None:
     return None
 
 
-def run_as_nobody(code: str, *args: str, staging: str = "tmpfile") -> dict[str, Any]:
-    """Run ``tests.harness.inject.PRELUDE`` + *code* as user nobody (no capabilities);
-    return the JSON object it reported with ``report(...)``.
+def nobody_python() -> tuple[str, str]:
+    """(interpreter, PYTHONPATH) for a child run as user nobody with crashsafe importable.
 
     Needs root and setpriv: skips without them (fails under CI).
     """
@@ -144,7 +143,16 @@ def run_as_nobody(code: str, *args: str, staging: str = "tmpfile") -> dict[str, 
     found = unprivileged_python()
     require(found is not None, "no Python that user nobody can run with crashsafe")
     assert found is not None
-    python, src = found
+    return found
+
+
+def run_as_nobody(code: str, *args: str, staging: str = "tmpfile") -> dict[str, Any]:
+    """Run ``tests.harness.inject.PRELUDE`` + *code* as user nobody (no capabilities);
+    return the JSON object it reported with ``report(...)``.
+
+    Needs root and setpriv: skips without them (fails under CI).
+    """
+    python, src = nobody_python()
     child = run_python(
         code, *args, staging=staging, wrapper=NOBODY, python=python, env={"PYTHONPATH": src}
     )

@@ -34,11 +34,11 @@ import pytest
 
 import crashsafe
 from crashsafe import NotDurableError, atomic_open, atomic_write, write_file_atomic
-from tests.children import NOBODY, unprivileged_python
+from tests.children import NOBODY, nobody_python
 from tests.harness.checks import entries, read
 from tests.harness.inject import fault, run_python, run_traced
 from tests.harness.mounts import loop_mount, remount, run, tmpfs
-from tests.harness.require import require, require_root, require_tools
+from tests.harness.require import require_root, require_tools
 
 OLD = b"old content, complete\n"
 OLD_MODE = 0o640
@@ -331,12 +331,7 @@ def test_rename_onto_bind_mounted_file_raises_and_leaves_it(workdir: Path, stagi
 def test_eacces_unprivileged_writer_gets_permission_error_and_creates_nothing(
     api: str, staging: str
 ) -> None:
-    require_root()
-    require_tools("setpriv")
-    found = unprivileged_python()
-    require(found is not None, "no Python that user nobody can run with crashsafe")
-    assert found is not None
-    python, src = found
+    python, src = nobody_python()
     base = Path(tempfile.mkdtemp(prefix="crashsafe-eacces-"))
     try:
         base.chmod(0o755)
