@@ -1,25 +1,17 @@
 """The one seam between the crash-safety protocol and the operating system.
 
-Both backends expose the same small interface, chosen once here:
+What a backend provides is stated once, as the protocols
+:class:`~crashsafe._platform._interface.Backend` (the module-level steps) and
+:class:`~crashsafe._platform._interface.Directory` (an open directory and the
+steps relative to it). The backend is chosen here, once: ``_windows`` on
+Windows (written with care, not verified on this project's CI), ``_posix``
+everywhere else, with its copy paths in ``_copy`` and its Linux-only calls in
+``_linux``. Type checkers check the chosen backend against the protocol on
+every platform (``mypy``, ``mypy --platform win32``, ``mypy --platform
+darwin``), and the Windows one everywhere.
 
-* ``Directory(path)``: an open directory with ``lstat`` (a :class:`Status`:
-  type, mode and owner, no timestamps), ``readlink``,
-  ``open_read``, ``create_temp``,
-  ``publish``, ``discard``, ``sync``, ``close``, and for transactions
-  ``names``, ``replace``, ``remove``, ``read`` and ``open_lock``;
-* ``copy_data(src_fd, dst_fd, size, progress)``: the fastest copy between two
-  files (reflink, ``copy_file_range``, ``sendfile``, read/write), for
-  :func:`crashsafe.atomic_copy`; ``copy_into(src_fd, dst_fd)``: the same, for
-  append mode;
-* ``fsync_file(fd)``: the strongest flush the platform has;
-* ``set_metadata(fd, mode, owner)``: owner first, then the exact mode;
-* ``lock(fd, shared=)`` and ``unlock(fd)``: a lock on an open lock file that
-  excludes threads and processes and dies with its holder;
-* ``signals_deferred()``: a context in which ``KeyboardInterrupt`` cannot land
-  between a syscall and the bookkeeping of what it did.
-
-``Directory.sync()`` returns quietly on a filesystem that cannot sync
-directories at all (EINVAL or ENOTSUP from a directory fsync).
+No other module of the package makes a system call of its own with platform
+flags or fallbacks: it calls a step from here.
 
 The POSIX backend's module flag ``use_tmpfile`` says whether anonymous
 ``O_TMPFILE`` staging is tried; tests turn it off to prove the named path.
@@ -28,31 +20,12 @@ The POSIX backend's module flag ``use_tmpfile`` says whether anonymous
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 if sys.platform == "win32":  # pragma: no cover - not verified on this project's CI
-    from crashsafe._platform._windows import (
-        Directory,
-        Status,
-        copy_data,
-        copy_into,
-        fsync_file,
-        lock,
-        set_metadata,
-        signals_deferred,
-        unlock,
-    )
+    from crashsafe._platform import _windows as _backend
 else:
-    from crashsafe._platform._posix import (
-        Directory,
-        Status,
-        copy_data,
-        copy_into,
-        fsync_file,
-        lock,
-        set_metadata,
-        signals_deferred,
-        unlock,
-    )
+    from crashsafe._platform import _posix as _backend
 
 __all__ = [
     "Directory",
@@ -61,7 +34,31 @@ __all__ = [
     "copy_into",
     "fsync_file",
     "lock",
+    "lock_file_linked",
+    "open_lock_file",
     "set_metadata",
     "signals_deferred",
     "unlock",
 ]
+
+Directory = _backend.Directory
+Status = _backend.Status
+copy_data = _backend.copy_data
+copy_into = _backend.copy_into
+fsync_file = _backend.fsync_file
+lock = _backend.lock
+lock_file_linked = _backend.lock_file_linked
+open_lock_file = _backend.open_lock_file
+set_metadata = _backend.set_metadata
+signals_deferred = _backend.signals_deferred
+unlock = _backend.unlock
+
+if TYPE_CHECKING:
+    # Where a backend falls short of the interface, these assignments fail
+    # type checking. _posix is checked wherever it can run (its body is
+    # unreachable for Windows); _windows is written to type-check anywhere.
+    from crashsafe._platform import _interface, _windows
+
+    if sys.platform != "win32":
+        _posix_conforms: _interface.Backend = _backend
+    _windows_conforms: _interface.Backend = _windows

@@ -16,39 +16,38 @@ from collections.abc import Callable
 from functools import partial
 from typing import Final
 
+from crashsafe._platform import _linux
+from crashsafe._platform._common import fresh_name, lock_file_linked, open_lock_file
 from crashsafe._platform._status import Status
-from crashsafe.staging import temp_name
 
 # Chosen by crashsafe._platform; on Windows its backend is _windows. Written as
 # an assert, so that type checkers skip the rest of this module for Windows
 # (``mypy --platform win32``) instead of reporting every POSIX call in it.
 assert sys.platform != "win32", "crashsafe._platform._posix is not for Windows"
 
+# Below the assert: _copy is POSIX-only too, so that for Windows its names
+# do not exist.
+from crashsafe._platform._copy import copy_data, copy_into  # noqa: E402
+
 __all__ = [
     "Directory",
     "Status",
     "copy_data",
     "copy_into",
-    "directory_sync_unsupported",
     "fsync_file",
     "lock",
+    "lock_file_linked",
+    "open_lock_file",
     "set_metadata",
     "signals_deferred",
     "unlock",
-    "use_tmpfile",
 ]
 
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
 _O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-_O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
-# Errors by which a filesystem says "no O_TMPFILE here" (ext2 without it,
-# FUSE servers without tmpfile, NFS, older kernels); the named path follows.
-_NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 # Errors by which link() says "no hard links here"; renameat2 is tried next.
 _NO_LINK: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
-_RENAME_NOREPLACE: Final = 1
-_NAME_TRIES: Final = 100
 
 # statx(2): the flags, and the fields asked for: STATX_TYPE | STATX_MODE |
 # STATX_UID | STATX_GID, and no timestamp (see _status).
@@ -59,9 +58,9 @@ _STATX_WANTED: Final = 0x1 | 0x2 | 0x8 | 0x10
 _FS_ENCODING: Final = sys.getfilesystemencoding()
 _FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 
-# O_TMPFILE needs linkat() through /proc to give the file a name (AT_EMPTY_PATH
-# would need CAP_DAC_READ_SEARCH). Tests switch it off to prove the named path.
-use_tmpfile: bool = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
+# Whether create_temp tries an anonymous O_TMPFILE file first, where Linux has
+# one; tests switch it off to prove the named path.
+use_tmpfile: bool = _linux.TMPFILE_USABLE
 
 if sys.platform == "darwin":  # pragma: no cover - not verified on this machine
     import fcntl
@@ -288,18 +287,6 @@ def _name_error(error: OSError, path: str) -> OSError:
     return error
 
 
-def _fresh_name(name: str, make: Callable[[str], object]) -> str:
-    """Call *make(candidate)* with fresh temporary names until one is not taken."""
-    for _ in range(_NAME_TRIES):
-        candidate = temp_name(name)
-        try:
-            make(candidate)
-        except FileExistsError:
-            continue
-        return candidate
-    raise FileExistsError(errno.EEXIST, "no free temporary name after 100 tries", name)
-
-
 class Directory:
     """An open directory; every later step names files relative to it.
 
@@ -335,6 +322,17 @@ class Directory:
         except OSError as e:
             raise _name_error(e, self._join(name)) from None
 
+    def mtime(self, name: str) -> float | None:
+        """When the regular file *name* was last modified; None if absent or not
+        a regular file (a symlink is not followed)."""
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _name_error(e, self._join(name)) from None
+        return st.st_mtime if stat.S_ISREG(st.st_mode) else None
+
     def open_read(self, name: str) -> int:
         """Open the existing file *name* for reading, refusing a symlink."""
         try:
@@ -364,17 +362,8 @@ class Directory:
                 # Nobody can open an anonymous file before it is linked, so it
                 # may be created with its final permission bits; when the umask
                 # leaves them as they are (the common case), no chmod is needed.
-                try:
-                    fd = os.open(
-                        ".",
-                        _O_TMPFILE | os.O_RDWR | _O_CLOEXEC,
-                        0o666 if mode is None else mode & 0o777,
-                        dir_fd=self.fd,
-                    )
-                except OSError as e:
-                    if e.errno not in _NO_TMPFILE:
-                        raise
-                else:
+                fd = _linux.open_tmpfile(self.fd, 0o666 if mode is None else mode & 0o777)
+                if fd is not None:
                     try:
                         st = _status(fd)
                         if mode is None:
@@ -412,7 +401,7 @@ class Directory:
             # starts private, and gets its mode before any data is written.
             fds.append(os.open(candidate, flags, mode & 0o600, dir_fd=self.fd))
 
-        temp = _fresh_name(name, make)
+        temp = fresh_name(name, make)
         try:
             _set_metadata(fds[0], mode, owner, None)
         except BaseException:
@@ -425,12 +414,29 @@ class Directory:
         # data is ever written to it, so exposing it for a moment leaks nothing.
         fds: list[int] = []
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_NOFOLLOW | _O_CLOEXEC
-        probe = _fresh_name(name, lambda c: fds.append(os.open(c, flags, 0o666, dir_fd=self.fd)))
+        probe = fresh_name(name, lambda c: fds.append(os.open(c, flags, 0o666, dir_fd=self.fd)))
         try:
             return stat.S_IMODE(_status(fds[0]).st_mode)
         finally:
             os.close(fds[0])
             os.unlink(probe, dir_fd=self.fd)
+
+    def create_anonymous(self) -> int | None:
+        """An anonymous ``O_TMPFILE`` file, mode 0o600, that :meth:`link_anonymous`
+        can name; None where Linux's /proc or the filesystem has none."""
+        if not _linux.TMPFILE_USABLE:
+            return None
+        try:
+            return _linux.open_tmpfile(self.fd, 0o600)
+        except OSError as e:
+            raise _name_error(e, self.path) from None
+
+    def link_anonymous(self, fd: int, name: str) -> None:
+        """Give the anonymous file open as *fd* the new *name* here."""
+        try:
+            _linux.link_tmpfile(fd, self.fd, name)
+        except OSError as e:
+            raise _name_error(e, self._join(name)) from None
 
     def publish(self, fd: int, temp: str | None, name: str, *, replace: bool) -> None:
         """Atomically make the staged file visible as *name*, then close *fd*.
@@ -442,15 +448,13 @@ class Directory:
         """
         try:
             if temp is None:
-                source = f"/proc/self/fd/{fd}"
                 if not replace:
-                    os.link(source, name, dst_dir_fd=self.fd, follow_symlinks=True)
+                    _linux.link_tmpfile(fd, self.fd, name)
                 else:
                     # link() cannot replace, so the file gets a temporary name
                     # first, removed below if the rename fails; a crash between
                     # the two syscalls leaves a name that sweep() removes.
-                    link = partial(os.link, source, dst_dir_fd=self.fd, follow_symlinks=True)
-                    temp = _fresh_name(name, link)
+                    temp = fresh_name(name, partial(_linux.link_tmpfile, fd, self.fd))
                     os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
             elif replace:
                 os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
@@ -469,7 +473,7 @@ class Directory:
         except OSError as e:
             if e.errno not in _NO_LINK:
                 raise
-            _renameat2_noreplace(self.fd, temp, name)
+            _linux.renameat2_noreplace(self.fd, temp, name)
             return
         # The target is published; a failure to drop the second name only
         # leaves debris for sweep(), so it must not turn success into an error.
@@ -492,7 +496,7 @@ class Directory:
         and links in it durable.
 
         A filesystem that cannot sync directories at all (see
-        :func:`directory_sync_unsupported`) is not an error: there is nothing
+        :func:`_directory_sync_unsupported`) is not an error: there is nothing
         more this write could do.
         """
         try:
@@ -500,7 +504,7 @@ class Directory:
             # leaves the rename in the drive's cache.
             fsync_file(self.fd)
         except OSError as e:
-            if not directory_sync_unsupported(e):
+            if not _directory_sync_unsupported(e):
                 raise
 
     def replace(self, src: str, dst: str) -> bool:
@@ -580,21 +584,7 @@ def unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _renameat2_noreplace(dir_fd: int, src: str, dst: str) -> None:
-    """renameat2(RENAME_NOREPLACE): for filesystems without hard links."""
-    import ctypes  # only here: rare path, and ctypes costs import time
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    func = getattr(libc, "renameat2", None)
-    if func is None:
-        raise OSError(errno.ENOSYS, "no atomic create-only rename on this system", dst)
-    rc = func(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), _RENAME_NOREPLACE)
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), dst)
-
-
-def directory_sync_unsupported(error: OSError) -> bool:
+def _directory_sync_unsupported(error: OSError) -> bool:
     """Whether a directory fsync error means "this filesystem cannot sync directories".
 
     Some FUSE, CIFS and virtual-machine shares answer EINVAL (or ENOTSUP) to
@@ -630,142 +620,3 @@ def _set_metadata(fd: int, mode: int, owner: tuple[int, int] | None, st: Status 
             chowned = True
     if chowned or st is None or stat.S_IMODE(st.st_mode) != mode:
         os.fchmod(fd, mode)
-
-
-def copy_into(src_fd: int, dst_fd: int) -> None:
-    """Copy all of *src_fd* to the empty *dst_fd*, then make *dst_fd* append-only
-    so later writes land after the copy, as with ``open('a')``.
-    """
-    import fcntl
-
-    copy_data(src_fd, dst_fd, os.fstat(src_fd).st_size)
-    os.lseek(dst_fd, 0, os.SEEK_END)
-    fcntl.fcntl(dst_fd, fcntl.F_SETFL, fcntl.fcntl(dst_fd, fcntl.F_GETFL) | os.O_APPEND)
-
-
-def copy_data(
-    src_fd: int,
-    dst_fd: int,
-    size: int,
-    progress: Callable[[int], object] | None = None,
-) -> tuple[int, str]:
-    """Copy *src_fd* from offset 0 to its end into the empty *dst_fd*, the fastest way
-    the two files allow; return ``(bytes copied, method)``.
-
-    The methods, in order: ``"reflink"`` (``FICLONE``: the copy shares the
-    source's blocks, copy-on-write, in O(1); xfs and btrfs), else
-    ``"copy_file_range"`` (in the kernel, server-side on NFS),
-    ``"sendfile"`` (in the kernel, across filesystems on older kernels), else
-    ``"read/write"``. A method the files do not support is skipped; the next
-    one continues from the same offset. Before the copy (unless reflinked),
-    *size* bytes are reserved so that a disk too small fails at once with
-    ``ENOSPC``. The copy runs until the source's end, whatever *size* said;
-    the caller compares. *progress(done)* is called after every step of at
-    most 16 MiB. Neither descriptor's file position is used.
-    """
-    if _clone(src_fd, dst_fd):
-        done = os.fstat(dst_fd).st_size
-        if progress is not None:
-            progress(done)
-        return done, "reflink"
-    _reserve(dst_fd, size)
-    done = 0
-    method = "read/write"
-    for method, step in _COPY_STEPS:
-        if step is None:
-            continue
-        try:
-            while n := step(src_fd, dst_fd, done):
-                done += n
-                if progress is not None:
-                    progress(done)
-            return done, method
-        except OSError as e:
-            if e.errno not in _NO_FAST_COPY or method == "read/write":
-                raise
-    raise AssertionError("unreachable: read/write never falls back")  # pragma: no cover
-
-
-_FICLONE: Final = 0x40049409
-_FALLOC_FL_KEEP_SIZE: Final = 0x01
-_STEP: Final = 1 << 24
-# Errors by which a filesystem (or a pair of them) says "not this way"; the
-# next, slower method follows. Anything else (EIO, ENOSPC) is a real failure.
-_NO_FAST_COPY: Final = frozenset(
-    {
-        errno.EXDEV,
-        errno.EINVAL,
-        errno.EOPNOTSUPP,
-        errno.ENOTTY,
-        errno.ENOSYS,
-        errno.EBADF,
-        errno.ETXTBSY,
-        errno.EPERM,
-    }
-)
-
-
-def _clone(src_fd: int, dst_fd: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False  # pragma: no cover - FICLONE is Linux's
-    import fcntl
-
-    try:
-        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
-    except OSError as e:
-        if e.errno not in _NO_FAST_COPY:
-            raise
-        return False
-    return True
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Reserve *size* bytes for *fd* without changing its size; ENOSPC raises.
-
-    ``fallocate`` with ``FALLOC_FL_KEEP_SIZE``, so a copy that ends short
-    still shows its true size. ``os.posix_fallocate`` is not used: where the
-    filesystem lacks fallocate, glibc emulates it by writing every block.
-    """
-    if size <= 0 or not sys.platform.startswith("linux"):
-        return
-    import ctypes  # only here: copies are rare next to writes, and ctypes costs import time
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    fallocate = getattr(libc, "fallocate64", None) or libc.fallocate
-    fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-    if fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, size) != 0:
-        err = ctypes.get_errno()
-        if err not in _NO_FAST_COPY:  # no fallocate on this filesystem: copy without
-            raise OSError(err, os.strerror(err))
-
-
-# Linux's; macOS has none.
-_os_copy_file_range: Callable[[int, int, int, int, int], int] | None = getattr(
-    os, "copy_file_range", None
-)
-
-
-def _copy_file_range(src_fd: int, dst_fd: int, offset: int) -> int:
-    assert _os_copy_file_range is not None  # else not one of the _COPY_STEPS
-    return _os_copy_file_range(src_fd, dst_fd, _STEP, offset, offset)
-
-
-def _sendfile(src_fd: int, dst_fd: int, offset: int) -> int:
-    # sendfile writes at the destination's file position.
-    os.lseek(dst_fd, offset, os.SEEK_SET)
-    return os.sendfile(dst_fd, src_fd, offset, _STEP)
-
-
-def _read_write(src_fd: int, dst_fd: int, offset: int) -> int:
-    chunk = os.pread(src_fd, 1 << 20, offset)
-    view = memoryview(chunk)
-    while view:
-        view = view[os.pwrite(dst_fd, view, offset + len(chunk) - len(view)) :]
-    return len(chunk)
-
-
-_COPY_STEPS: Final[tuple[tuple[str, Callable[[int, int, int], int] | None], ...]] = (
-    ("copy_file_range", _copy_file_range if _os_copy_file_range is not None else None),
-    ("sendfile", _sendfile if sys.platform.startswith("linux") else None),
-    ("read/write", _read_write),
-)

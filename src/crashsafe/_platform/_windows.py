@@ -14,12 +14,13 @@ import contextlib
 import ctypes
 import errno
 import os
+import stat
 import time
 from collections.abc import Callable
 from typing import Final
 
+from crashsafe._platform._common import fresh_name, lock_file_linked, open_lock_file
 from crashsafe._platform._status import Status
-from crashsafe.staging import temp_name
 
 __all__ = [
     "Directory",
@@ -28,21 +29,20 @@ __all__ = [
     "copy_into",
     "fsync_file",
     "lock",
+    "lock_file_linked",
+    "open_lock_file",
     "set_metadata",
     "signals_deferred",
     "unlock",
-    "use_tmpfile",
 ]
 
 _MOVEFILE_REPLACE_EXISTING: Final = 0x1
 _MOVEFILE_WRITE_THROUGH: Final = 0x8
 _RETRY_WINERRORS: Final = frozenset({5, 32})
 _RETRY_DELAYS: Final = (0.01, 0.02, 0.05, 0.1, 0.1, 0.2, 0.25, 0.25)
-_NAME_TRIES: Final = 100
 _O_BINARY: Final = getattr(os, "O_BINARY", 0)
 _O_NOINHERIT: Final = getattr(os, "O_NOINHERIT", 0)
 
-use_tmpfile: bool = False
 # Windows has no signal mask; Ctrl-C arrives as SIGINT in the main thread
 # between bytecodes, and the few unguarded instructions are a known limit.
 signals_deferred = contextlib.nullcontext
@@ -86,6 +86,13 @@ class Directory:
             return None
         return Status(st.st_mode, st.st_uid, st.st_gid)
 
+    def mtime(self, name: str) -> float | None:
+        try:
+            st = os.lstat(self._join(name))
+        except FileNotFoundError:
+            return None
+        return st.st_mtime if stat.S_ISREG(st.st_mode) else None
+
     def readlink(self, name: str) -> str:
         return os.readlink(self._join(name))
 
@@ -96,18 +103,21 @@ class Directory:
         self, name: str, mode: int | None, owner: tuple[int, int] | None = None
     ) -> tuple[int, str | None, int]:
         flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_BINARY | _O_NOINHERIT
-        for _ in range(_NAME_TRIES):
-            temp = temp_name(name)
-            try:
-                fd = os.open(self._join(temp), flags, 0o666)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                e.filename = self.path  # not the private name
-                del e.filename2  # set to None, it would print as "-> None"
-                raise
-            return fd, temp, 0o666 if mode is None else mode
-        raise FileExistsError(errno.EEXIST, "no free temporary name after 100 tries", name)
+        fds: list[int] = []
+        try:
+            temp = fresh_name(name, lambda c: fds.append(os.open(self._join(c), flags, 0o666)))
+        except OSError as e:
+            e.filename = self.path  # not the private name
+            del e.filename2  # set to None, it would print as "-> None"
+            raise
+        return fds[0], temp, 0o666 if mode is None else mode
+
+    def create_anonymous(self) -> int | None:
+        """None: Windows has no anonymous files that can be named later."""
+        return None
+
+    def link_anonymous(self, fd: int, name: str) -> None:
+        raise OSError(errno.ENOTSUP, "no anonymous files on Windows", self._join(name))
 
     def publish(self, fd: int, temp: str | None, name: str, *, replace: bool) -> None:
         assert temp is not None

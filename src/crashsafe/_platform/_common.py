@@ -1,0 +1,74 @@
+"""Steps that are the same on every platform, written once for both backends.
+
+Only :mod:`os` calls whose flags every platform either has or lacks harmlessly
+(``getattr(os, FLAG, 0)``): a flag a platform lacks is one it does not need.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from typing import Final
+
+from crashsafe.staging import temp_name
+
+_NAME_TRIES: Final = 100
+# A planted symlink is refused, never followed; a planted FIFO is refused, not
+# waited on; the descriptor is not inherited by child processes.
+_LOCK_FILE_FLAGS: Final = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOINHERIT", 0)
+)
+
+
+def fresh_name(name: str, make: Callable[[str], object]) -> str:
+    """Call *make(candidate)* with fresh temporary names until one is not taken."""
+    for _ in range(_NAME_TRIES):
+        candidate = temp_name(name)
+        try:
+            make(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(errno.EEXIST, "no free temporary name after 100 tries", name)
+
+
+def open_lock_file(path: str) -> int:
+    """Open the lock file *path* read-only, creating it (0o666 less the umask)
+    where it is missing; never through a symlink, never waiting on a FIFO.
+
+    Raises the error of the open, and ``EINVAL`` for a file that is not regular.
+    """
+    try:
+        fd = os.open(path, _LOCK_FILE_FLAGS | os.O_CREAT, 0o666)
+    except PermissionError as e:
+        # An existing lock file of another user in a sticky directory
+        # (protected_regular) refuses O_CREAT, but may still be opened.
+        # Without one, the directory refused the creation: that is the error.
+        try:
+            fd = os.open(path, _LOCK_FILE_FLAGS)
+        except FileNotFoundError:
+            raise e from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Lock file is not a regular file", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lock_file_linked(path: str, fd: int) -> bool:
+    """Whether *path* still names the file open as *fd*: a lock on a file that
+    was removed or replaced meanwhile excludes no one who opens *path* now."""
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)

@@ -1,0 +1,68 @@
+"""Linux-only calls of the POSIX backend: anonymous ``O_TMPFILE`` files, named
+later through ``/proc``, and ``renameat2``.
+
+Each says when it does not apply (None, or an errno), so the POSIX steps that
+use it fall back to what every POSIX system has.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from typing import Final
+
+# As in _posix: type checkers skip the rest for Windows instead of reporting
+# every POSIX call in it.
+assert sys.platform != "win32", "crashsafe._platform._linux is not for Windows"
+
+_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
+# Errors by which a filesystem says "no O_TMPFILE here" (ext2 without it,
+# FUSE servers without tmpfile, NFS, older kernels); a named file follows.
+_NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
+_RENAME_NOREPLACE: Final = 1
+
+# O_TMPFILE needs linkat() through /proc to give the file a name (AT_EMPTY_PATH
+# would need CAP_DAC_READ_SEARCH).
+TMPFILE_USABLE: Final = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
+
+
+def open_tmpfile(dir_fd: int, mode: int) -> int | None:
+    """An anonymous file with *mode* (less the umask) in the directory *dir_fd*,
+    open for reading and writing; None where the filesystem has none.
+
+    Only :func:`link_tmpfile` can give it a name; if the process dies first,
+    the kernel frees it and nothing is left.
+    """
+    try:
+        return os.open(".", _O_TMPFILE | os.O_RDWR | _O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno not in _NO_TMPFILE:
+            raise
+        return None
+
+
+def link_tmpfile(fd: int, dir_fd: int, name: str) -> None:
+    """Give the anonymous file open as *fd* the new *name* in the directory *dir_fd*.
+
+    ``linkat(AT_SYMLINK_FOLLOW)`` of ``/proc/self/fd/N`` names the file the
+    descriptor holds; Python calls linkat only with a directory descriptor
+    (else link(2), which would link the /proc symlink itself).
+    """
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+
+def renameat2_noreplace(dir_fd: int, src: str, dst: str) -> None:
+    """renameat2(RENAME_NOREPLACE) within *dir_fd*: for filesystems without hard
+    links. ``ENOSYS`` where the C library has no renameat2."""
+    import ctypes  # only here: rare path, and ctypes costs import time
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    func = getattr(libc, "renameat2", None)
+    if func is None:
+        raise OSError(errno.ENOSYS, "no atomic create-only rename on this system", dst)
+    rc = func(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), _RENAME_NOREPLACE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), dst)
