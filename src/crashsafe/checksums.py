@@ -33,6 +33,7 @@ import stat
 from collections.abc import Callable
 from typing import Any, Final
 
+from crashsafe import _platform
 from crashsafe.atomic import Durability, _check_options
 from crashsafe.documents import JSONDocumentError, read_json, write_json
 from crashsafe.locking import FileLock, _check_timeout
@@ -66,9 +67,7 @@ def _sha256_regular(path: str) -> tuple[str | None, int]:
     """(hex digest, st_mode) of *path*; the digest is None if it is not a regular file."""
     import hashlib
 
-    # O_NONBLOCK: opening a FIFO must not wait for a writer; no effect on files.
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
+    fd = _platform.open_reading(path)  # a FIFO is opened without waiting for a writer
     try:
         mode = os.fstat(fd).st_mode
     except BaseException:

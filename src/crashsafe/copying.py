@@ -32,15 +32,6 @@ __all__ = ["CopyResult", "atomic_copy"]
 Progress = Callable[[int, int | None], object]
 _CHUNK: Final = 1 << 20
 _DIGESTS: Final = ("sha256", "blake2b", "sha512", "sha1", "md5")
-# O_NONBLOCK: opening a FIFO for reading would wait for a writer; it changes
-# nothing for the regular files that are copied. Windows has no O_NONBLOCK,
-# and without O_BINARY its reads would translate line ends.
-_O_SOURCE: Final = (
-    os.O_RDONLY
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
 
 
 class CopyResult(NamedTuple):
@@ -75,7 +66,7 @@ class _Source:
 
     def _open_path(self, path: str) -> None:
         self.path = self.label = path
-        self.fd = os.open(path, _O_SOURCE)
+        self.fd = _platform.open_reading(path)
         self.owned = True
         try:
             st = os.fstat(self.fd)

@@ -56,9 +56,7 @@ byte of the lock file, not verified on this project's CI.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import stat
 import threading
 import time
 from typing import Final
@@ -71,14 +69,6 @@ __all__ = ["FileLock", "LockTimeoutError"]
 _SUFFIX: Final = ".lock"
 _NAME_MAX: Final = 255
 _POLL_FIRST, _POLL_MAX = 0.001, 0.05  # seconds between attempts when a timeout is set
-
-_OPEN_FLAGS: Final = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)  # a planted symlink is refused, never followed
-    | getattr(os, "O_NONBLOCK", 0)  # a planted FIFO is refused, not waited on
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_NOINHERIT", 0)
-)
 
 
 class LockTimeoutError(TimeoutError):
@@ -329,7 +319,7 @@ class FileLock:
         delay = _POLL_FIRST
         while True:
             with _platform.signals_deferred():
-                slot.fd = self._open()
+                slot.fd = _platform.open_lock_file(self.lock_file)
             if deadline is None:
                 _platform.lock(slot.fd)
             else:
@@ -339,7 +329,7 @@ class FileLock:
                         raise LockTimeoutError(self.path, self.lock_file, wait or 0.0)
                     time.sleep(min(delay, left))
                     delay = min(delay * 2, _POLL_MAX)
-            if self._still_linked(slot.fd):
+            if _platform.lock_file_linked(self.lock_file, slot.fd):
                 return
             # Someone removed or replaced the lock file while we waited on it:
             # a lock on that inode excludes no one who opens the name now.
@@ -349,33 +339,6 @@ class FileLock:
                     _platform.unlock(fd)
                 finally:
                     os.close(fd)
-
-    def _open(self) -> int:
-        try:
-            fd = os.open(self.lock_file, _OPEN_FLAGS | os.O_CREAT, 0o666)
-        except PermissionError as e:
-            # An existing lock file of another user in a sticky directory
-            # (protected_regular) refuses O_CREAT, but may still be opened.
-            # Without one, the directory refused the creation: that is the error.
-            try:
-                fd = os.open(self.lock_file, _OPEN_FLAGS)
-            except FileNotFoundError:
-                raise e from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "Lock file is not a regular file", self.lock_file)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _still_linked(self, fd: int) -> bool:
-        try:
-            now = os.stat(self.lock_file, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        held = os.fstat(fd)
-        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
     def release(self) -> None:
         """Undo one :meth:`acquire` of the calling thread; the last one unlocks.

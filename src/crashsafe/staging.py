@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import time
 from typing import TYPE_CHECKING, overload
 
@@ -174,42 +173,30 @@ def sweep(
         raise ValueError(f"min_age must be a non-negative number of seconds, not {min_age!r}")
     from pathlib import Path
 
+    # Here, not at the top: the platform backends take their temporary names
+    # from this module, so it is imported below them.
+    from crashsafe import _platform
+
     given = os.fspath(directory)
     base = Path(os.fsdecode(given))
     now = time.time()
     removed: list[Path] = []
-    use_fd = os.scandir in os.supports_fd and os.unlink in os.supports_dir_fd
-    # getattr: Windows has neither flag (nor use_fd), and must still type-check.
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-    dir_fd = os.open(base, flags) if use_fd else None
+    opened = _platform.Directory(os.fsdecode(given))
     try:
-        with os.scandir(dir_fd if dir_fd is not None else base) as entries:
-            names = [e.name for e in entries if MARKER in e.name]
-        for name in names:
+        for name in opened.names():
             match = _TEMP_RE.match(name)
             if match is None:
                 continue
-            where: str | Path = name if dir_fd is not None else base / name
-            try:
-                st = os.stat(where, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
+            mtime = opened.mtime(name)
+            if mtime is None:  # gone, or not a regular file
                 continue
             alive = _writer_alive(match)
-            if alive or (alive is None and now - st.st_mtime < min_age):
+            if alive or (alive is None and now - mtime < min_age):
                 continue
-            if dry_run:
+            if dry_run or opened.remove(name):
                 removed.append(base / name)
-                continue
-            try:
-                os.unlink(where, dir_fd=dir_fd)
-            except FileNotFoundError:
-                continue
-            removed.append(base / name)
     finally:
-        if dir_fd is not None:
-            os.close(dir_fd)
+        opened.close()
     if isinstance(given, bytes):
         return [os.path.join(given, os.fsencode(path.name)) for path in removed]
     return removed

@@ -32,10 +32,13 @@ __all__ = [
     "Status",
     "copy_data",
     "copy_into",
+    "create_private",
     "fsync_file",
     "lock",
     "lock_file_linked",
     "open_lock_file",
+    "open_reading",
+    "reopen_path",
     "set_metadata",
     "signals_deferred",
     "unlock",
@@ -45,10 +48,13 @@ Directory = _backend.Directory
 Status = _backend.Status
 copy_data = _backend.copy_data
 copy_into = _backend.copy_into
+create_private = _backend.create_private
 fsync_file = _backend.fsync_file
 lock = _backend.lock
 lock_file_linked = _backend.lock_file_linked
 open_lock_file = _backend.open_lock_file
+open_reading = _backend.open_reading
+reopen_path = _backend.reopen_path
 set_metadata = _backend.set_metadata
 signals_deferred = _backend.signals_deferred
 unlock = _backend.unlock

@@ -15,15 +15,27 @@ from typing import Final
 from crashsafe.staging import temp_name
 
 _NAME_TRIES: Final = 100
-# A planted symlink is refused, never followed; a planted FIFO is refused, not
-# waited on; the descriptor is not inherited by child processes.
-_LOCK_FILE_FLAGS: Final = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_NOINHERIT", 0)
+# Not inherited by child processes; binary on Windows (else its reads and
+# writes would translate line ends).
+_EVERY_OPEN: Final = (
+    getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOINHERIT", 0) | getattr(os, "O_BINARY", 0)
 )
+# Opening a FIFO for reading would wait for a writer: O_NONBLOCK makes it
+# return at once, and changes nothing for a regular file. Windows has none.
+_READ: Final = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _EVERY_OPEN
+# A planted symlink is refused, never followed.
+_LOCK_FILE_FLAGS: Final = _READ | getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_reading(path: str) -> int:
+    """Open *path* read-only, following symlinks, never waiting on a FIFO."""
+    return os.open(path, _READ)
+
+
+def create_private(path: str) -> int:
+    """Create the new file *path* (an existing one raises ``FileExistsError``),
+    mode 0o600, open for reading and writing."""
+    return os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | _EVERY_OPEN, 0o600)
 
 
 def fresh_name(name: str, make: Callable[[str], object]) -> str:

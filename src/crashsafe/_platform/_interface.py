@@ -201,3 +201,18 @@ class Backend(Protocol):
         """Whether *path* still names the file open as *fd* (it was not removed or
         replaced since it was opened)."""
         ...
+
+    def open_reading(self, path: str) -> int:
+        """Open *path* read-only (following symlinks), never waiting on a FIFO,
+        not inherited by child processes."""
+        ...
+
+    def create_private(self, path: str) -> int:
+        """Create the new file *path* (an existing one raises ``FileExistsError``),
+        mode 0o600, open for reading and writing."""
+        ...
+
+    def reopen_path(self, fd: int) -> str | None:
+        """A path by which another program can open the regular file open as *fd*
+        (``/proc/self/fd/N`` on Linux), or None where there is none."""
+        ...

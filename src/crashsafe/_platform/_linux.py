@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 from typing import Final
 
@@ -51,6 +52,28 @@ def link_tmpfile(fd: int, dir_fd: int, name: str) -> None:
     (else link(2), which would link the /proc symlink itself).
     """
     os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+
+def proc_path(fd: int) -> str | None:
+    """``/proc/self/fd/N``, when opening it reaches the regular file open as *fd*;
+    None otherwise (not Linux, no /proc, or an anonymous or unlinked file, whose
+    link points to ``/dir/#123 (deleted)``, which a program that resolves
+    symlinks in the path cannot open)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    proc = f"/proc/self/fd/{fd}"
+    try:
+        st = os.fstat(fd)
+        named = os.stat(os.readlink(proc))
+        if not stat.S_ISREG(st.st_mode) or (named.st_dev, named.st_ino) != (
+            st.st_dev,
+            st.st_ino,
+        ):
+            return None
+        os.close(os.open(proc, os.O_RDONLY | _O_CLOEXEC))
+    except OSError:
+        return None
+    return proc
 
 
 def renameat2_noreplace(dir_fd: int, src: str, dst: str) -> None:

@@ -17,7 +17,13 @@ from functools import partial
 from typing import Final
 
 from crashsafe._platform import _linux
-from crashsafe._platform._common import fresh_name, lock_file_linked, open_lock_file
+from crashsafe._platform._common import (
+    create_private,
+    fresh_name,
+    lock_file_linked,
+    open_lock_file,
+    open_reading,
+)
 from crashsafe._platform._status import Status
 
 # Chosen by crashsafe._platform; on Windows its backend is _windows. Written as
@@ -25,19 +31,23 @@ from crashsafe._platform._status import Status
 # (``mypy --platform win32``) instead of reporting every POSIX call in it.
 assert sys.platform != "win32", "crashsafe._platform._posix is not for Windows"
 
-# Below the assert: _copy is POSIX-only too, so that for Windows its names
-# do not exist.
+# Below the assert: _copy and _linux are POSIX-only too, so that for Windows
+# their names do not exist.
 from crashsafe._platform._copy import copy_data, copy_into  # noqa: E402
+from crashsafe._platform._linux import proc_path as reopen_path  # noqa: E402
 
 __all__ = [
     "Directory",
     "Status",
     "copy_data",
     "copy_into",
+    "create_private",
     "fsync_file",
     "lock",
     "lock_file_linked",
     "open_lock_file",
+    "open_reading",
+    "reopen_path",
     "set_metadata",
     "signals_deferred",
     "unlock",

@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from crashsafe._platform._common import fresh_name, lock_file_linked, open_lock_file
+from crashsafe._platform._common import (
+    create_private,
+    fresh_name,
+    lock_file_linked,
+    open_lock_file,
+    open_reading,
+)
 from crashsafe._platform._status import Status
 
 __all__ = [
@@ -27,10 +33,13 @@ __all__ = [
     "Status",
     "copy_data",
     "copy_into",
+    "create_private",
     "fsync_file",
     "lock",
     "lock_file_linked",
     "open_lock_file",
+    "open_reading",
+    "reopen_path",
     "set_metadata",
     "signals_deferred",
     "unlock",
@@ -193,6 +202,11 @@ def unlock(fd: int) -> None:
 
     os.lseek(fd, 0, os.SEEK_SET)
     msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined,unused-ignore]
+
+
+def reopen_path(fd: int) -> str | None:
+    """None: Windows has no path that reopens an open file."""
+    return None
 
 
 def set_metadata(fd: int, mode: int, owner: tuple[int, int] | None) -> None:

@@ -6,12 +6,13 @@ Nothing here imports a decoder; :class:`ScratchDatabase` imports
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import sys
 from collections.abc import Callable, Iterator
 from typing import IO, Final
+
+from crashsafe import _platform
 
 CHUNK: Final = 1 << 20
 """How much is read from the file at a time, and the most output decoded at once."""
@@ -96,14 +97,11 @@ class ScratchDatabase:
         self.file: IO[bytes] = open(fd, "w+b")  # noqa: SIM115 - __exit__
 
     def _anonymous(self) -> int | None:
-        if not (_O_TMPFILE and os.path.isdir("/proc/self/fd")):
-            return None
+        parent = _platform.Directory(self._parent)
         try:
-            return os.open(self._parent, _O_TMPFILE | os.O_RDWR | _O_CLOEXEC, 0o600)
-        except OSError as e:
-            if e.errno not in _NO_TMPFILE:
-                raise
-            return None
+            return parent.create_anonymous()
+        finally:
+            parent.close()
 
     def _named(self, fd: int | None = None) -> int:
         """Make the private directory and the name in it: a link to *fd*, or a new file."""
@@ -113,18 +111,13 @@ class ScratchDatabase:
         path = os.path.join(self._dir, _SCRATCH)
         try:
             if fd is not None:
-                # linkat(AT_SYMLINK_FOLLOW) names the file the descriptor
-                # holds; Python calls it only with a dir_fd (else link(2),
-                # which would link the /proc symlink itself).
-                dir_fd = os.open(self._dir, os.O_RDONLY | _O_CLOEXEC)
+                private = _platform.Directory(self._dir)
                 try:
-                    os.link(f"/proc/self/fd/{fd}", _SCRATCH, dst_dir_fd=dir_fd)
+                    private.link_anonymous(fd, _SCRATCH)
                 finally:
-                    os.close(dir_fd)
+                    private.close()
             else:
-                fd = os.open(
-                    path, os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_CLOEXEC | _O_BINARY, 0o600
-                )
+                fd = _platform.create_private(path)
         except BaseException:
             self._remove()
             raise
@@ -166,11 +159,6 @@ class ScratchDatabase:
 
 
 _SCRATCH: Final = "database.sqlite"
-_O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
-_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
-_O_BINARY: Final = getattr(os, "O_BINARY", 0)
-# Errors by which a filesystem says "no O_TMPFILE here"; a named file follows.
-_NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 
 
 class Input:

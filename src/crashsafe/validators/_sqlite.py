@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from collections.abc import Callable
 from typing import IO, BinaryIO, Final
 
+from crashsafe import _platform
 from crashsafe.errors import VerificationError
 from crashsafe.validators._io import (
     ScratchDatabase,
@@ -24,13 +24,6 @@ from crashsafe.validators._io import (
 )
 
 _MAGIC: Final = b"SQLite format 3\x00"
-# Read-only, never waiting for a FIFO's writer, binary on Windows.
-_O_READ: Final = (
-    os.O_RDONLY
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
 HEADER_SIZE: Final = 100
 """The size of the database header at the start of a SQLite file."""
 
@@ -184,7 +177,7 @@ def check_no_wal_commits(path: str) -> None:
     """
     wal_path = path + "-wal"
     try:
-        fd = os.open(wal_path, _O_READ)
+        fd = _platform.open_reading(wal_path)
     except FileNotFoundError:
         return
     with open(fd, "rb") as wal:
@@ -202,28 +195,15 @@ def check_no_wal_commits(path: str) -> None:
 def sqlite_path(f: IO[bytes]) -> str | None:
     """Return a path SQLite can open for the file behind *f*, or None if there is none.
 
-    On Linux that is ``/proc/self/fd/N``. SQLite resolves symbolic links in the
-    path it is given, and an anonymous file's link (``O_TMPFILE``, or an
-    unlinked file) points to ``/dir/#123 (deleted)``, which it cannot open; so
-    the path is used only when that link leads back to the same file and the
-    file can be opened for reading.
+    On Linux that is ``/proc/self/fd/N`` (see :func:`crashsafe._platform.reopen_path`).
+    SQLite resolves symbolic links in the path it is given, and an anonymous
+    file's link (``O_TMPFILE``, or an unlinked file) points to
+    ``/dir/#123 (deleted)``, which it cannot open; so the path is used only
+    when that link leads back to the same file and the file can be opened for
+    reading.
     """
     fd = fileno(f)
-    if fd is None or not sys.platform.startswith("linux"):
-        return None
-    proc = f"/proc/self/fd/{fd}"
-    try:
-        st = os.fstat(fd)
-        named = os.stat(os.readlink(proc))
-        if not stat.S_ISREG(st.st_mode) or (named.st_dev, named.st_ino) != (
-            st.st_dev,
-            st.st_ino,
-        ):
-            return None
-        os.close(os.open(proc, os.O_RDONLY | os.O_CLOEXEC))
-    except OSError:
-        return None
-    return proc
+    return None if fd is None else _platform.reopen_path(fd)
 
 
 def sqlite(f: BinaryIO) -> None:
