@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import array
 import errno
-import inspect
 import mimetypes
 import os
 import pickle
@@ -413,40 +412,7 @@ def test_staged_file_is_named_after_the_target(mode: str, workdir: Path, staging
 
 
 # ---------------------------------------------------------------- the platform backends
-
-
-def _interface(module: types.ModuleType) -> dict[str, object]:
-    """The names crashsafe._platform takes from a backend, and Directory's methods,
-    with their signatures."""
-    shape: dict[str, object] = {}
-    for name in crashsafe._platform.__all__:
-        value = getattr(module, name)
-        shape[name] = str(inspect.signature(value)) if inspect.isfunction(value) else "-"
-    for name, member in vars(module.Directory).items():
-        if not name.startswith("_") or name == "__init__":
-            shape[f"Directory.{name}"] = str(inspect.signature(member))
-    return shape
-
-
-def test_windows_backend_imports_here_and_has_the_posix_interface(workdir: Path) -> None:
-    """The Windows backend cannot run its moves here, but it imports, and its
-    interface cannot drift from the one the protocol uses without failing CI."""
-    import crashsafe._platform._posix as posix
-    import crashsafe._platform._windows as windows
-
-    assert _interface(windows) == _interface(posix)
-    # Its pure parts work on any OS: names, status, create and discard.
-    directory = windows.Directory(str(workdir))
-    fd, temp, mode = directory.create_temp("target", None)
-    assert temp is not None and (mode, directory.names()) == (0o666, [temp])
-    st = directory.lstat(temp)
-    assert st is not None and stat.S_ISREG(st.st_mode)
-    assert directory.lstat("missing") is None
-    directory.discard(fd, temp)
-    assert entries(workdir) == []
-    with pytest.raises(FileNotFoundError) as info:
-        windows.Directory(str(workdir / "missing"))
-    assert info.value.filename == str(workdir / "missing")
+# (their interface: tests/test_platform.py)
 
 
 # Runs the macOS branch of the POSIX backend on Linux: fcntl(F_FULLFSYNC) is
