@@ -10,6 +10,7 @@ directory, and it returns exactly what it removed.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -27,8 +28,10 @@ import crashsafe
 import crashsafe._platform._posix as posix
 from crashsafe import sweep
 from crashsafe.staging import _TEMP_RE, MARKER, is_temp_name, temp_name
+from tests.harness import mounts
 from tests.harness.checks import entries, leftovers
-from tests.harness.require import require
+from tests.harness.mounts import loop_mount
+from tests.harness.require import require, require_tools
 
 HOUR = 3600.0
 
@@ -383,6 +386,23 @@ def test_sweep_rejects_nan_min_age_before_touching_anything(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="min_age"):
         sweep(tmp_path, min_age=math.nan)
     assert fresh.exists()
+
+
+def test_an_orphan_sweep_cannot_remove_raises_naming_its_full_path() -> None:
+    """An unlink refused by the filesystem (an immutable file: EPERM) is raised
+    with its errno and the orphan's whole path, not its bare name, which would
+    not say which directory the reader should look in."""
+    require_tools("chattr", "mkfs.ext4")
+    with loop_mount("ext4", size_mb=32) as mnt:
+        orphan = make(mnt / dead_name())
+        mounts.run("chattr", "+i", str(orphan))
+        try:
+            with pytest.raises(PermissionError) as info:
+                sweep(mnt, min_age=0)
+        finally:
+            mounts.run("chattr", "-i", str(orphan))
+        assert (info.value.errno, info.value.filename) == (errno.EPERM, str(orphan))
+        assert sweep(mnt, min_age=0) == [orphan]
 
 
 # --------------------------------------------------------------------------- command line
