@@ -6,12 +6,13 @@ What a backend provides is stated once, as the protocols
 steps relative to it). The backend is chosen here, once: ``_windows`` on
 Windows (written with care, not verified on this project's CI), ``_posix``
 everywhere else, with its copy paths in ``_copy`` and its Linux-only calls in
-``_linux``. Type checkers check the chosen backend against the protocol on
-every platform (``mypy``, ``mypy --platform win32``, ``mypy --platform
-darwin``), and the Windows one everywhere.
+``_linux``; what is the same on every platform is in ``_common``, used by
+both. Type checkers check the chosen backend against the protocol on every
+platform (``mypy``, ``mypy --platform win32``, ``mypy --platform darwin``),
+and the Windows one everywhere.
 
-No other module of the package makes a system call of its own with platform
-flags or fallbacks: it calls a step from here.
+The rest of the package opens, lists, links and removes files through these
+steps, never with platform flags or fallbacks of its own.
 
 The POSIX backend's module flag ``use_tmpfile`` says whether anonymous
 ``O_TMPFILE`` staging is tried; tests turn it off to prove the named path.
@@ -22,42 +23,16 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+# As os takes posix or nt: the backend's __all__ is the interface (tested
+# against the protocol, with mypy and tests/test_platform.py).
 if sys.platform == "win32":  # pragma: no cover - not verified on this project's CI
     from crashsafe._platform import _windows as _backend
+    from crashsafe._platform._windows import *  # noqa: F403
 else:
     from crashsafe._platform import _posix as _backend
+    from crashsafe._platform._posix import *  # noqa: F403
 
-__all__ = [
-    "Directory",
-    "Status",
-    "copy_data",
-    "copy_into",
-    "create_private",
-    "fsync_file",
-    "lock",
-    "lock_file_linked",
-    "open_lock_file",
-    "open_reading",
-    "reopen_path",
-    "set_metadata",
-    "signals_deferred",
-    "unlock",
-]
-
-Directory = _backend.Directory
-Status = _backend.Status
-copy_data = _backend.copy_data
-copy_into = _backend.copy_into
-create_private = _backend.create_private
-fsync_file = _backend.fsync_file
-lock = _backend.lock
-lock_file_linked = _backend.lock_file_linked
-open_lock_file = _backend.open_lock_file
-open_reading = _backend.open_reading
-reopen_path = _backend.reopen_path
-set_metadata = _backend.set_metadata
-signals_deferred = _backend.signals_deferred
-unlock = _backend.unlock
+__all__ = _backend.__all__
 
 if TYPE_CHECKING:
     # Where a backend falls short of the interface, these assignments fail
