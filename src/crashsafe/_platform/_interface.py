@@ -34,39 +34,31 @@ class Directory(Protocol):
     @property
     def path(self) -> str:
         """The path it was opened by (``"."`` for an empty one)."""
-        ...
 
     def close(self) -> None:
         """Let the directory go; no step may follow."""
-        ...
 
     # ---------------------------------------------------------------- reading
 
     def lstat(self, name: str) -> Status | None:
         """The type, mode and owner of the entry *name* itself (a symlink is not
         followed), or None if absent."""
-        ...
 
     def mtime(self, name: str) -> float | None:
         """When the regular file *name* was last modified (seconds since the epoch),
         not following a symlink; None if absent or not a regular file."""
-        ...
 
     def readlink(self, name: str) -> str:
         """The target of the symlink *name*."""
-        ...
 
     def open_read(self, name: str) -> int:
         """Open the existing file *name* for reading, refusing a symlink."""
-        ...
 
     def read(self, name: str) -> bytes:
         """The whole content of the regular file *name* (a symlink is refused)."""
-        ...
 
     def names(self) -> list[str]:
         """The names in the directory."""
-        ...
 
     # ---------------------------------------------------------------- staging and publishing
 
@@ -81,7 +73,6 @@ class Directory(Protocol):
         the mode the file has (with *mode* None, the one ``open()`` would give
         a new file here). On failure nothing is left; errors name the directory.
         """
-        ...
 
     def publish(self, fd: int, temp: str | None, name: str, *, replace: bool) -> None:
         """Atomically make the staged file visible as *name*, then close *fd*.
@@ -90,11 +81,9 @@ class Directory(Protocol):
         atomically. On any failure nothing visible has changed, *fd* is closed
         and no temporary name is left. Errors name the target.
         """
-        ...
 
     def discard(self, fd: int, temp: str | None) -> None:
         """Close *fd* and remove the temporary name, if there is one."""
-        ...
 
     def sync(self) -> None:
         """Make the renames and links in the directory durable.
@@ -102,32 +91,26 @@ class Directory(Protocol):
         Returns quietly where the filesystem cannot sync directories at all
         (EINVAL or ENOTSUP from a directory fsync): this write can do no more.
         """
-        ...
 
     def create_anonymous(self) -> int | None:
         """An anonymous file in the directory, private to its creator (mode 0o600),
         open for reading and writing, that :meth:`link_anonymous` can name later;
         None where the platform or the filesystem has no such files."""
-        ...
 
     def link_anonymous(self, fd: int, name: str) -> None:
         """Give the file of :meth:`create_anonymous` (open as *fd*) the new *name*."""
-        ...
 
     # ---------------------------------------------------------------- transactions and sweep
 
     def replace(self, src: str, dst: str) -> bool:
         """Rename *src* over *dst*; False if *src* does not exist."""
-        ...
 
     def remove(self, name: str) -> bool:
         """Unlink *name*; False if it does not exist."""
-        ...
 
     def open_lock(self, name: str) -> int:
         """Open (creating it if needed) the lock file *name*, never through a
         symlink; read-only where the caller may not create or write it."""
-        ...
 
 
 class Backend(Protocol):
@@ -136,19 +119,16 @@ class Backend(Protocol):
     @property
     def Directory(self) -> Callable[[str], Directory]:
         """The backend's :class:`Directory`, constructed from a path."""
-        ...
 
     @property
     def Status(self) -> type[Status]:
         """What :meth:`Directory.lstat` returns: type and mode bits, owner."""
-        ...
 
     @property
     def signals_deferred(self) -> Callable[[], AbstractContextManager[None]]:
         """A context in which ``KeyboardInterrupt`` (or what a signal handler
         raises) cannot land between a syscall and the bookkeeping of what it
         did; signals that arrive meanwhile are handled right after it."""
-        ...
 
     def copy_data(
         self,
@@ -161,22 +141,18 @@ class Backend(Protocol):
         fastest way the two files allow; return ``(bytes copied, method)``.
         *size* is what the caller expects (reserved ahead where possible);
         *progress(done)* is called as the copy goes."""
-        ...
 
     def copy_into(self, src_fd: int, dst_fd: int) -> None:
         """Copy all of *src_fd* into the empty *dst_fd*; later writes to *dst_fd*
         land after the copy (append mode)."""
-        ...
 
     def fsync_file(self, fd: int) -> None:
         """Flush the open file *fd* to stable storage, the strongest way the
         platform has."""
-        ...
 
     def set_metadata(self, fd: int, mode: int, owner: tuple[int, int] | None) -> None:
         """Give the open file *fd* the *owner* (uid, gid), where permitted, then
         exactly *mode*."""
-        ...
 
     def lock(self, fd: int, *, shared: bool = False, blocking: bool = True) -> bool:
         """Lock the open file *fd*, shared or exclusive; return whether it is held.
@@ -185,34 +161,27 @@ class Backend(Protocol):
         dies with its holder. With *blocking*, wait and return True; without,
         return False at once if someone else holds it.
         """
-        ...
 
     def unlock(self, fd: int) -> None:
         """Release the lock on *fd*."""
-        ...
 
     def open_lock_file(self, path: str) -> int:
         """Open the lock file *path* read-only, creating it (mode 0o666 less the
         umask) where it is missing, never through a symlink and never blocking
         on a FIFO. A non-regular file there raises ``EINVAL``."""
-        ...
 
     def lock_file_linked(self, path: str, fd: int) -> bool:
         """Whether *path* still names the file open as *fd* (it was not removed or
         replaced since it was opened)."""
-        ...
 
     def open_reading(self, path: str) -> int:
         """Open *path* read-only (following symlinks), never waiting on a FIFO,
         not inherited by child processes."""
-        ...
 
     def create_private(self, path: str) -> int:
         """Create the new file *path* (an existing one raises ``FileExistsError``),
         mode 0o600, open for reading and writing."""
-        ...
 
     def reopen_path(self, fd: int) -> str | None:
         """A path by which another program can open the regular file open as *fd*
         (``/proc/self/fd/N`` on Linux), or None where there is none."""
-        ...

@@ -60,7 +60,7 @@ def proc_path(fd: int) -> str | None:
     link points to ``/dir/#123 (deleted)``, which a program that resolves
     symlinks in the path cannot open)."""
     if not sys.platform.startswith("linux"):
-        return None
+        return None  # pragma: no cover - /proc/self/fd is Linux's
     proc = f"/proc/self/fd/{fd}"
     try:
         st = os.fstat(fd)

@@ -434,7 +434,7 @@ class Directory:
     def create_anonymous(self) -> int | None:
         """An anonymous ``O_TMPFILE`` file, mode 0o600, that :meth:`link_anonymous`
         can name; None where Linux's /proc or the filesystem has none."""
-        if not _linux.TMPFILE_USABLE:
+        if not _linux.TMPFILE_USABLE:  # pragma: no cover - Linux without /proc, or not Linux
             return None
         try:
             return _linux.open_tmpfile(self.fd, 0o600)
