@@ -38,6 +38,7 @@ from common import (
 )
 
 import crashsafe
+import crashsafe._platform._native as native
 import crashsafe._platform._posix as posix
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -113,7 +114,7 @@ def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op
     head, name = os.path.split(path)
     owner = f"{os.getpid()}-{os.getpid()}-00000000"  # the length of crashsafe's owner tag
     raw_statx = _raw_statx()
-    loaded = posix._load_sigmask()  # the C function and sets crashsafe calls, no wrapper
+    loaded = native._load_sigmask()  # the C function and sets crashsafe calls, no wrapper
     assert loaded is not None
     sigmask, new_set, every_signal = loaded
     encoded = os.fsencode(name)

@@ -778,7 +778,7 @@ def handler(signum, frame):
 
 signal.signal(signal.SIGUSR1, handler)
 target = os.path.join(sys.argv[1], "target")
-import crashsafe._platform._posix as posix
+import crashsafe._platform._native as posix
 if sys.argv[3] == "signal-module":  # never load ctypes: blocks use signal.pthread_sigmask
     posix._reads_before_ctypes = -1
 for _ in range(3):  # everything imported (ctypes too, for "libc"): the storm hits writes only
@@ -857,6 +857,7 @@ def test_a_write_blocks_signals_in_two_syscalls_and_draws_names_from_a_pool(
     target.write_bytes(b"old")
     child = run_traced(
         "import signal\n"
+        "import crashsafe._platform._native as _native\n"
         "for data in (b'warm', b'warmer'):  # the third status read loads ctypes\n"
         "    atomic_write(sys.argv[1], data)\n"
         "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])\n"
@@ -865,7 +866,7 @@ def test_a_write_blocks_signals_in_two_syscalls_and_draws_names_from_a_pool(
         "    atomic_write(sys.argv[1], b'new %d' % n)\n"
         "os.access('/.crashsafe-test-end', os.F_OK)\n"
         "report(mask=sorted(signal.pthread_sigmask(signal.SIG_BLOCK, ())),\n"
-        "       libc=_posix._libc_sigmask is not None)",
+        "       libc=_native._libc_sigmask is not None)",
         str(target),
         trace=["rt_sigprocmask", "getrandom", "access", "renameat"],
     )

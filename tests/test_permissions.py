@@ -358,7 +358,7 @@ def test_temporary_file_is_created_no_more_permissive_than_final(
 
 
 # A process's first write reads with stat, so that one that writes once never loads
-# ctypes for statx and pthread_sigmask (see _posix._reads_before_ctypes); this one
+# ctypes for statx and pthread_sigmask (see _native._reads_before_ctypes); this one
 # goes elsewhere.
 WARM_UP = (
     "import tempfile\n"

@@ -617,9 +617,9 @@ def end(): os.access("/.crashsafe-harness-end", os.F_OK)
 # statx and pthread_sigmask now, not at the writer's second write: loading them
 # imports ctypes, dozens of syscalls on the root filesystem, where a cut of the
 # test mount changes nothing.
-import crashsafe._platform._posix as _posix
-_posix._load_ctypes()
-_posix._reads_before_ctypes = -1
+import crashsafe._platform._native as _native
+_native._load_ctypes()
+_native._reads_before_ctypes = -1
 """
 _START, _END = "/.crashsafe-harness-start", "/.crashsafe-harness-end"
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(.*)$")
