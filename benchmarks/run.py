@@ -8,6 +8,7 @@ See benchmarks/README.md for what each benchmark measures and how to read it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import os
@@ -25,6 +26,7 @@ from types import FrameType
 import large
 import misc
 import small
+import tuning
 from common import Row, Section, filesystem, loop_xfs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,10 +47,13 @@ class Plan:
     xfs_small: bool  # small writes on the loop xfs too
     xfs_image: int  # bytes
     wait_reps: int  # repetitions of the Python-after-a-wait benchmark
+    tuning_n: int  # writes per configuration, level and repetition (what tuning is worth)
+    tuning_reps: int
+    first_reps: int  # fresh processes per configuration and level (a process's first writes)
 
 
-FULL = Plan(20, 61, 1000, 7, 1 << 30, 11, 21, True, 4 << 30, 1000)
-QUICK = Plan(10, 9, 200, 2, 64 << 20, 2, 5, False, 512 << 20, 100)
+FULL = Plan(20, 61, 1000, 7, 1 << 30, 11, 21, True, 4 << 30, 1000, 20, 101, 41)
+QUICK = Plan(10, 9, 200, 2, 64 << 20, 2, 5, False, 512 << 20, 100, 10, 9, 5)
 
 
 def main() -> int:
@@ -56,6 +61,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a small smoke run, < 1 minute")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument("--dir", default="/var/tmp", help="where to write (not a tmpfs)")
+    parser.add_argument(
+        "--only",
+        choices=["tuning"],
+        help="run one section only (tuning: what each piece of native tuning is worth)",
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
 
@@ -71,6 +81,9 @@ def main() -> int:
     try:
         filesystems[work] = filesystem(work)
         fs = filesystems[work].split(" (")[0]
+        if args.only == "tuning":
+            sections += tuning_sections(work, fs, plan, filesystems)
+            return finish(sections, plan, filesystems, started, load_before, args.out)
         step("small writes on", fs)
         for size in (100, 4096):
             sections.append(small.small_writes(work, fs, size, plan.small_n, plan.small_reps))
@@ -88,13 +101,26 @@ def main() -> int:
         step(f"large files ({plan.large >> 20} MiB) on", fs)
         sections.append(large.large_files(work, fs, plan.large, plan.large_reps))
         sections += xfs_sections(work, plan, filesystems)
+        sections += tuning_sections(work, fs, plan, filesystems)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return finish(sections, plan, filesystems, started, load_before, args.out)
+
+
+def finish(
+    sections: list[Section],
+    plan: Plan,
+    filesystems: dict[str, str],
+    started: float,
+    load_before: tuple[float, ...],
+    out: str,
+) -> int:
+    """Write the report to *out* and list the missed targets."""
     elapsed = time.monotonic() - started
     report = render(sections, plan, filesystems, elapsed, (load_before, os.getloadavg()))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(report)
-    step(f"done in {elapsed:.0f} s; wrote {args.out}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(report)
+    step(f"done in {elapsed:.0f} s; wrote {out}")
     for section in sections:
         for row in section.rows:
             if row.ok is False:
@@ -119,6 +145,22 @@ def xfs_sections(work: str, plan: Plan, filesystems: dict[str, str]) -> list[Sec
                 )
         step(f"reflink copy ({plan.large >> 20} MiB) on xfs (loop)")
         sections.append(large.reflink(mnt, plan.large, plan.large_reps))
+    return sections
+
+
+def tuning_sections(work: str, fs: str, plan: Plan, filesystems: dict[str, str]) -> list[Section]:
+    """What each piece of native tuning is worth, on *work* and on a loop xfs."""
+    places = [(work, fs)]
+    with contextlib.ExitStack() as stack:
+        if os.geteuid() == 0 and shutil.which("mkfs.xfs") is not None:
+            mnt = stack.enter_context(loop_xfs(work, 1 << 30))
+            filesystems[mnt] = filesystem(mnt) + f", loop device backed by an image in {work}"
+            places.append((mnt, "xfs (loop)"))
+        sections = []
+        for where, label in places:
+            step("what each piece of tuning is worth, on", label)
+            sections.append(tuning.steady(where, label, plan.tuning_n, plan.tuning_reps))
+            sections.append(tuning.first_writes(where, label, plan.first_reps))
     return sections
 
 

@@ -49,6 +49,7 @@ _owner: str | None = None
 # step under the GIL. (Two threads that refill at once each use their own.)
 _POOL_NAMES = 32
 _random_parts: Iterator[str] = iter(())
+_use_pool = True  # MEASUREMENT ONLY (issue 14): set by _platform._native.probe
 
 
 def _reset_after_fork() -> None:
@@ -63,6 +64,8 @@ if hasattr(os, "register_at_fork"):
 
 def _random_part() -> str:
     global _random_parts  # noqa: PLW0603 - refilled when used up
+    if not _use_pool:
+        return os.urandom(8).hex()
     part = next(_random_parts, None)
     if part is None:
         pool = os.urandom(8 * _POOL_NAMES).hex()

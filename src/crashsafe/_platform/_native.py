@@ -31,9 +31,39 @@ try:
     # signal.pthread_sigmask turns the old mask into a set of Signals enums,
     # which cost about 100 us per call here (measured with cProfile): more
     # than the write itself. The C function returns plain ints.
-    from _signal import pthread_sigmask as _sigmask  # type: ignore[import-not-found]
+    from _signal import pthread_sigmask as _private_sigmask  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - an interpreter without CPython's module
-    _sigmask = signal.pthread_sigmask
+    _private_sigmask = signal.pthread_sigmask
+_sigmask: Callable[..., object] = _private_sigmask
+
+# MEASUREMENT ONLY (issue 14): every piece of tuning can be switched off, so
+# that the benchmark can price each one against the pure-Python way.
+TUNING: Final = ("statx", "libc_sigmask", "private_signal", "tuple_new", "warmup", "pool")
+_pieces: frozenset[str] | None = None
+_use_tuple_new = True
+
+
+def probe() -> frozenset[str]:
+    """Choose the pieces of tuning from ``CRASHSAFE_NATIVE`` (unset: all; else a
+    comma-separated list of :data:`TUNING` names); return them."""
+    global _pieces, _sigmask, _use_tuple_new, _statx, _libc_sigmask, _reads_before_ctypes  # noqa: PLW0603
+    from crashsafe import staging
+
+    value = os.environ.get("CRASHSAFE_NATIVE")
+    wanted = frozenset(TUNING if value is None else [p for p in value.split(",") if p])
+    if not wanted <= set(TUNING):
+        raise ValueError(f"CRASHSAFE_NATIVE: unknown {sorted(wanted - set(TUNING))}")
+    _pieces = wanted
+    _sigmask = _private_sigmask if "private_signal" in wanted else signal.pthread_sigmask
+    _use_tuple_new = "tuple_new" in wanted
+    staging._use_pool = "pool" in wanted
+    _statx = _libc_sigmask = None
+    if "warmup" in wanted:
+        _reads_before_ctypes = 2
+    else:
+        _reads_before_ctypes = -1
+        _load_ctypes()
+    return wanted
 
 
 class signals_deferred:
@@ -65,6 +95,8 @@ class signals_deferred:
         # is in hand first: in a buffer that the C call fills in the same
         # syscall as it blocks, or, before ctypes is loaded, read by a call
         # of its own.
+        if _pieces is None:
+            probe()
         if _libc_sigmask is None:
             self._call = None
             self._old: object = _sigmask(signal.SIG_BLOCK, ())
@@ -166,8 +198,9 @@ _reads_before_ctypes = 2
 def _load_ctypes() -> None:
     """Load statx and pthread_sigmask from the C library (see _reads_before_ctypes)."""
     global _statx, _libc_sigmask  # noqa: PLW0603 - loaded once per process
-    _statx = _load_statx()
-    _libc_sigmask = _load_sigmask()
+    assert _pieces is not None
+    _statx = _load_statx() if "statx" in _pieces else None
+    _libc_sigmask = _load_sigmask() if "libc_sigmask" in _pieces else None
 
 
 # Status(mode, uid, gid) without the Python-level __new__ of a named tuple:
@@ -192,6 +225,8 @@ def _status(fd: int, name: str = "") -> Status:
     ``_reads_before_ctypes``), :func:`os.stat` does the same job.
     """
     global _statx, _reads_before_ctypes  # noqa: PLW0603 - loaded once, on the third read
+    if _pieces is None:
+        probe()
     if _statx is None and _reads_before_ctypes >= 0:
         if _reads_before_ctypes == 0:
             _load_ctypes()
@@ -209,7 +244,9 @@ def _status(fd: int, name: str = "") -> Status:
         if rc == 0:
             mask, uid, gid, mode = fields(result)
             if mask & _STATX_WANTED == _STATX_WANTED:
-                return _new_status(Status, (mode, uid, gid))
+                if _use_tuple_new:
+                    return _new_status(Status, (mode, uid, gid))
+                return Status(mode, uid, gid)
         else:
             err = get_errno()
             if err not in (errno.ENOSYS, errno.EPERM):
