@@ -107,7 +107,7 @@ def main() -> int:
     return finish(sections, plan, filesystems, started, load_before, args.out)
 
 
-def finish(
+def finish(  # noqa: PLR0917 - main's state, handed over once
     sections: list[Section],
     plan: Plan,
     filesystems: dict[str, str],

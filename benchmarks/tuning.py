@@ -24,29 +24,24 @@ from crashsafe._platform import _native
 
 LEVELS = ("durable", "consistent", "none")
 
-# name -> the pieces it switches on (CRASHSAFE_NATIVE); the first is every
-# piece there is, the last none of them: the pure-Python way.
+# name -> the pieces it switches on (CRASHSAFE_NATIVE). Without the warm-up,
+# which only moves the loading of statx to a process's second write (priced
+# by first_writes); "none" is the pure-Python way.
+STEADY = tuple(p for p in _native.PIECES if p != "warmup")
 CONFIGS: dict[str, tuple[str, ...]] = {
-    "all": _native.TUNING,
-    **{f"all but {p}": tuple(q for q in _native.TUNING if q != p) for p in _native.TUNING},
+    "all": STEADY,
+    **{f"all but {p}": tuple(q for q in STEADY if q != p) for p in STEADY},
     "none": (),
+    # Two copies of one configuration: what the method reads when nothing differs.
+    "all, twin": STEADY,
 }
-# What a piece replaces, when it is not simply left out.
-CONFIGS["signal module"] = tuple(
-    q for q in _native.TUNING if q not in ("libc_sigmask", "private_signal")
-)
 
 # (what is priced, the configuration without it, the configuration with it)
 ROWS: list[tuple[str, str, str]] = [
-    (piece, f"all but {piece}", "all")
-    for piece in _native.TUNING
-    if piece not in ("private_signal", "warmup")
+    *((piece, f"all but {piece}", "all") for piece in STEADY),
+    ("every piece (the pure-Python write / all)", "none", "all"),
+    ("control: the same configuration in another directory", "all, twin", "all"),
 ]
-ROWS.insert(2, ("private_signal (with libc_sigmask off)", "signal module", "all but libc_sigmask"))
-ROWS.append(("every piece (the pure-Python write / all)", "none", "all"))
-# Two copies of one configuration: what the method reads when nothing differs.
-CONFIGS["all, twin"] = CONFIGS["all"]
-ROWS.append(("control: the same configuration in another directory", "all, twin", "all"))
 
 
 def _use(pieces: tuple[str, ...]) -> None:
@@ -64,7 +59,11 @@ def steady(directory: str, label: str, n: int, reps: int) -> Section:
     try:
         for config in needed:
             for level in LEVELS:
-                os.mkdir(home := os.path.join(run, f"{config}-{level}".replace(" ", "-").replace(",", "")))
+                os.mkdir(
+                    home := os.path.join(
+                        run, f"{config}-{level}".replace(" ", "-").replace(",", "")
+                    )
+                )
                 path = os.path.join(home, "target")
                 with open(path, "wb") as f:
                     f.write(data)
@@ -129,8 +128,8 @@ print(t1 - t0, t2 - t1, t3 - t2)
 # The first writes of a fresh process: loading ctypes at the first write (the
 # probe), or after two writes that read with stat (the warm-up), or never.
 FIRST_CONFIGS = {
-    "warm-up": _native.TUNING,
-    "probe": CONFIGS["all but warmup"],
+    "warm-up": _native.PIECES,
+    "probe": STEADY,
     "none": (),
 }
 
@@ -180,7 +179,7 @@ def first_writes(directory: str, label: str, reps: int) -> Section:
     }
     pairs = [
         ("warm-up (ctypes after two writes)", "probe", "warm-up"),
-        ("ctypes loaded by the probe at the first write", "none", "probe"),
+        ("statx loaded (ctypes) by the probe at the first write", "none", "probe"),
     ]
     for piece, without, with_ in pairs:
         for level in LEVELS:

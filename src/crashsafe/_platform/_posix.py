@@ -15,7 +15,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Final
 
-from crashsafe._platform._native import _status, signals_deferred
 from crashsafe._platform._status import Status
 from crashsafe.staging import temp_name
 
@@ -23,6 +22,9 @@ from crashsafe.staging import temp_name
 # an assert, so that type checkers skip the rest of this module for Windows
 # (``mypy --platform win32``) instead of reporting every POSIX call in it.
 assert sys.platform != "win32", "crashsafe._platform._posix is not for Windows"
+
+# After the assert, which keeps type checkers for Windows out of _native too.
+from crashsafe._platform._native import _status, signals_deferred  # noqa: E402
 
 __all__ = [
     "Directory",
