@@ -125,12 +125,13 @@ t3 = clock()
 print(t1 - t0, t2 - t1, t3 - t2)
 """
 
-# The first writes of a fresh process: loading ctypes at the first write (the
-# probe), or after two writes that read with stat (the warm-up), or never.
+# The first writes of a fresh process: statx loaded (with ctypes) at the
+# first write, or after a first write that reads with stat (the warm-up), or
+# never (signals still through _signal).
 FIRST_CONFIGS = {
     "warm-up": _native.PIECES,
-    "probe": STEADY,
-    "none": (),
+    "at the first write": STEADY,
+    "no statx": tuple(p for p in STEADY if p != "statx"),
 }
 
 
@@ -142,7 +143,7 @@ def first_writes(directory: str, label: str, reps: int) -> Section:
     try:
         for config, pieces in FIRST_CONFIGS.items():
             for level in LEVELS:
-                os.mkdir(home := os.path.join(run, f"{config}-{level}"))
+                os.mkdir(home := os.path.join(run, f"{config}-{level}".replace(" ", "-")))
                 path = os.path.join(home, "target")
                 with open(path, "wb") as f:
                     f.write(b"old")
@@ -178,9 +179,11 @@ def first_writes(directory: str, label: str, reps: int) -> Section:
         "import + first two writes": lambda r: r[0] + r[1] + r[2],
     }
     pairs = [
-        ("warm-up (ctypes after two writes)", "probe", "warm-up"),
-        ("statx loaded (ctypes) by the probe at the first write", "none", "probe"),
-    ]
+        ("warm-up (statx loaded at the first write / at the second)", "at the first write",
+         "warm-up"),
+        ("statx with the warm-up (no statx / statx loaded at the second write)", "no statx",
+         "warm-up"),
+    ]  # fmt: skip
     for piece, without, with_ in pairs:
         for level in LEVELS:
             for part, pick in parts.items():
@@ -199,8 +202,8 @@ def first_writes(directory: str, label: str, reps: int) -> Section:
                 )
     section.notes.append(
         f"{reps} interleaved repetitions; each is a fresh `python3 -c` process that imports "
-        "crashsafe and overwrites a 100-byte file twice. 'probe': every piece, ctypes loaded "
-        "at the first write; 'warm-up': the same, loaded at the third status read; "
-        "without it: no native piece at all."
+        "crashsafe and overwrites a 100-byte file twice, with every piece: statx (and "
+        "ctypes) loaded at the third status read (the warm-up: the second write) or at the "
+        "first; or without statx. Each process's `import crashsafe` is in the sum."
     )
     return section
