@@ -80,8 +80,10 @@ def probe() -> frozenset[str]:
     """Choose the pieces this process uses, from ``CRASHSAFE_NATIVE``; return them.
 
     A piece the interpreter or the C library lacks (``_signal`` outside
-    CPython, statx off Linux or before glibc 2.28) is left out. Raises
-    :class:`ValueError` for a name that is not one of :data:`PIECES`.
+    CPython, statx off Linux or before glibc 2.28) is left out; with the
+    warm-up, statx is looked up only at the third status read, and where it
+    is missing then, the fallback serves. Raises :class:`ValueError` for a
+    name that is not one of :data:`PIECES`.
     """
     global _pieces, _sigmask, _statx, _reads_to_statx  # noqa: PLW0603 - the process's choice
     value = os.environ.get("CRASHSAFE_NATIVE")
