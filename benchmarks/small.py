@@ -104,7 +104,7 @@ def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op
     crashsafe (directory, the target's statx, O_TMPFILE created with its final
     mode, its statx, write, fsync, a linkat to an unguessable name, rename,
     directory fsync, signals held back around the create and the publish, each
-    block returning the old mask in the same syscall; one getrandom per 32 names),
+    block reading the old mask first; one getrandom per name),
     with no checks, no error paths and no Python layers: ``steps / floor`` is
     what the contract's extra steps cost, ``crashsafe / steps`` what the
     library's Python costs on top. With *statx* False, ``lstat`` and
@@ -113,11 +113,11 @@ def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op
     head, name = os.path.split(path)
     owner = f"{os.getpid()}-{os.getpid()}-00000000"  # the length of crashsafe's owner tag
     raw_statx = _raw_statx()
-    loaded = posix._load_sigmask()  # the C function and sets crashsafe calls, no wrapper
-    assert loaded is not None
-    sigmask, new_set, every_signal = loaded
+    # The C-level function that crashsafe calls, without the enum sets of signal's wrapper.
+    from _signal import pthread_sigmask as sigmask  # type: ignore[import-not-found]
+
+    every_signal = signal.valid_signals()
     encoded = os.fsencode(name)
-    pool: list[str] = []
 
     def write() -> None:
         dir_fd = os.open(head, _DIR)
@@ -125,27 +125,24 @@ def _steps(path: str, data: bytes, durability: str, *, statx: bool = True) -> Op
             raw_statx(dir_fd, encoded, 0x100)  # AT_SYMLINK_NOFOLLOW
         else:
             os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        old = new_set()
-        sigmask(signal.SIG_BLOCK, every_signal, old)
+        old = sigmask(signal.SIG_BLOCK, ())
+        sigmask(signal.SIG_BLOCK, every_signal)
         fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
         if statx:
             raw_statx(fd, b"", 0x1100)  # AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
         else:
             os.fstat(fd)
-        sigmask(signal.SIG_SETMASK, old, None)
+        sigmask(signal.SIG_SETMASK, old)
         os.write(fd, data)
         if durability != "none":
             os.fsync(fd)
-        old = new_set()
-        sigmask(signal.SIG_BLOCK, every_signal, old)
-        if not pool:
-            random_bits = os.urandom(8 * 32).hex()
-            pool.extend(random_bits[i : i + 16] for i in range(0, len(random_bits), 16))
-        temp = f".{name}.{pool.pop()}.{owner}.crashsafe-tmp"
+        old = sigmask(signal.SIG_BLOCK, ())
+        sigmask(signal.SIG_BLOCK, every_signal)
+        temp = f".{name}.{os.urandom(8).hex()}.{owner}.crashsafe-tmp"
         os.link(f"/proc/self/fd/{fd}", temp, dst_dir_fd=dir_fd, follow_symlinks=True)
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         os.close(fd)
-        sigmask(signal.SIG_SETMASK, old, None)
+        sigmask(signal.SIG_SETMASK, old)
         if durability == "durable":
             os.fsync(dir_fd)
         os.close(dir_fd)

@@ -778,12 +778,10 @@ def handler(signum, frame):
 
 signal.signal(signal.SIGUSR1, handler)
 target = os.path.join(sys.argv[1], "target")
-import crashsafe._platform._posix as posix
-if sys.argv[3] == "signal-module":  # never load ctypes: blocks use signal.pthread_sigmask
-    posix._reads_before_ctypes = -1
-for _ in range(3):  # everything imported (ctypes too, for "libc"): the storm hits writes only
+from crashsafe._platform import _native
+for _ in range(3):  # everything imported (ctypes too): the storm hits writes only
     crashsafe.atomic_write(target, b"warm-up", durability="none")
-assert (posix._libc_sigmask is not None) == (sys.argv[3] == "libc")
+assert ("_signal" in _native.probe()) == (sys.argv[3] == "_signal")
 print("ready", flush=True)
 hits = left_blocked = 0
 # Until enough writes were interrupted, however long a busy machine takes: the
@@ -804,7 +802,7 @@ print(hits, left_blocked, flush=True)
 """
 
 
-@pytest.mark.parametrize("blocker", ["libc", "signal-module"])
+@pytest.mark.parametrize("blocker", ["_signal", "none"])
 def test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked(blocker: str) -> None:
     """Thousands of signals at random moments of writes, each handler raising:
     after every interrupted write the thread's signal mask is as it was, and
@@ -816,13 +814,14 @@ def test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked(blocker:
     it: about one interrupted write in a thousand left every signal blocked
     for the rest of the process (Ctrl-C ignored, children born with it). The
     window is a few bytecodes wide, so only numbers find it: 20,000
-    interrupted writes on a tmpfs, where writes are fastest; with the C
-    library's pthread_sigmask (a process's writes from its second on) and
-    with the signal module's (its first).
+    interrupted writes on a tmpfs, where writes are fastest; with CPython's
+    ``_signal.pthread_sigmask`` and with the pure-Python fallback's
+    ``signal.pthread_sigmask`` (``CRASHSAFE_NATIVE``).
     """
     with tmpfs(size_kb=1024) as mnt:
         child = subprocess.Popen(
             [sys.executable, "-c", SIGNAL_STORM, str(mnt), "20000", blocker],
+            env={**os.environ, "CRASHSAFE_NATIVE": blocker},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -846,44 +845,47 @@ def test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked(blocker:
         assert entries(mnt) == ["target"]
 
 
-def test_a_write_blocks_signals_in_two_syscalls_and_draws_names_from_a_pool(
-    workdir: Path,
+@pytest.mark.parametrize("native", ["_signal", "none"])
+def test_a_write_reads_the_mask_before_it_blocks_and_restores_it(
+    workdir: Path, native: str
 ) -> None:
-    """Once ctypes is loaded, each of a write's two signal blocks is two syscalls: the
-    block, which returns the old mask in the same call, and the restore. The random
-    part of 32 temporary names comes from one getrandom(). The mask after the writes
-    is the one before them, with a signal the caller had blocked still blocked."""
+    """Each of a write's two signal blocks reads the old mask with a call of its own,
+    then blocks every signal, then restores the old mask: a handler that raises inside
+    the blocking call cannot take the old mask with it. The mask after the writes is
+    the one before them, with a signal the caller had blocked still blocked; so with
+    CPython's ``_signal`` and with the pure-Python fallback (``CRASHSAFE_NATIVE``).
+    Each temporary name draws its own random bits."""
     target = workdir / "target"
     target.write_bytes(b"old")
     child = run_traced(
         "import signal\n"
-        "for data in (b'warm', b'warmer'):  # the third status read loads ctypes\n"
-        "    atomic_write(sys.argv[1], data)\n"
+        "from crashsafe._platform import _native\n"
         "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])\n"
         "os.access('/.crashsafe-test-start', os.F_OK)\n"
         "for n in range(64):\n"
         "    atomic_write(sys.argv[1], b'new %d' % n)\n"
         "os.access('/.crashsafe-test-end', os.F_OK)\n"
         "report(mask=sorted(signal.pthread_sigmask(signal.SIG_BLOCK, ())),\n"
-        "       libc=_posix._libc_sigmask is not None)",
+        "       pieces=sorted(_native.probe()))",
         str(target),
         trace=["rt_sigprocmask", "getrandom", "access", "renameat"],
+        env={**os.environ, "CRASHSAFE_NATIVE": native},
     )
-    assert child.result == {"mask": [signal.SIGUSR2], "libc": True}, child.stderr
+    pieces = [] if native == "none" else [native]
+    assert child.result == {"mask": [signal.SIGUSR2], "pieces": pieces}, child.stderr
     start = next(i for i, line in enumerate(child.log) if "crashsafe-test-start" in line)
     end = next(i for i, line in enumerate(child.log) if "crashsafe-test-end" in line)
     calls = [line.split(None, 1)[1] for line in child.log[start + 1 : end]]
     assert sum(call.startswith("renameat(") for call in calls) == 64, calls
     masks = [call for call in calls if call.startswith("rt_sigprocmask(")]
-    assert len(masks) == 64 * 4, masks
-    blocks = masks[0::2]
-    restores = masks[1::2]
-    # Every block returns the old mask (SIGUSR2 alone); every restore puts it back.
+    assert len(masks) == 64 * 2 * 3, masks
+    reads, blocks, restores = masks[0::3], masks[1::3], masks[2::3]
+    # Every read and every block returns the old mask (SIGUSR2 alone); every
+    # restore puts it back.
+    assert all(r.startswith("rt_sigprocmask(SIG_BLOCK, [], [USR2]") for r in reads), reads
     assert all(b.startswith("rt_sigprocmask(SIG_BLOCK, ~[") and "[USR2]" in b for b in blocks)
-    assert all(r.startswith("rt_sigprocmask(SIG_SETMASK, [USR2], NULL") for r in restores)
-    # 64 names from a pool of 32 a draw: two draws, or three if the warm-up's draw
-    # left some over.
-    assert sum(call.startswith("getrandom(") for call in calls) in (2, 3), calls
+    assert all(r.startswith("rt_sigprocmask(SIG_SETMASK, [USR2], ") for r in restores)
+    assert sum(call.startswith("getrandom(") for call in calls) == 64, calls
     assert target.read_bytes() == b"new 63"
     assert_only(workdir, "target")
 

@@ -357,14 +357,9 @@ def test_temporary_file_is_created_no_more_permissive_than_final(
     assert stat.S_IMODE(target.stat().st_mode) == final
 
 
-# A process's first write reads with stat, so that one that writes once never loads
-# ctypes for statx and pthread_sigmask (see _posix._reads_before_ctypes); this one
-# goes elsewhere.
-WARM_UP = (
-    "import tempfile\n"
-    "with tempfile.TemporaryDirectory() as warm:\n"
-    "    crashsafe.atomic_write(warm + '/first', b'')\n"
-)
+# A process's first write reads with stat (the warm-up, see
+# crashsafe._platform._native); these children use statx from the first read.
+NO_WARM_UP = {**os.environ, "CRASHSAFE_NATIVE": "statx,_signal"}
 
 
 @pytest.mark.parametrize(("umask", "chmods"), [(0o022, 0), (0o077, 1)], ids=["022", "077"])
@@ -381,11 +376,11 @@ def test_an_anonymous_staged_file_is_chmodded_only_when_the_umask_took_bits(
     target.write_bytes(b"old")
     os.chmod(target, 0o644)
     child = run_traced(
-        f"{WARM_UP}os.umask({umask:#o})\n"
-        "report(**attempt(crashsafe.atomic_write, sys.argv[1], b'new'))",
+        f"os.umask({umask:#o})\nreport(**attempt(crashsafe.atomic_write, sys.argv[1], b'new'))",
         str(target),
         trace=["fchmod", "fchown", "ioctl", "lseek", "newfstatat", "fstat", "statx"],
         staging="tmpfile",
+        env=NO_WARM_UP,
     )
     assert child.result == {"raised": None}, child.stderr
     ours = [line for line in child.log if str(workdir) in line]

@@ -21,7 +21,6 @@ import pytest
 
 import crashsafe
 import crashsafe._platform._posix as posix
-from crashsafe import staging
 from crashsafe.staging import _TEMP_RE, MARKER, is_temp_name, sweep, temp_name
 from tests.harness.checks import entries, leftovers
 from tests.harness.require import require
@@ -324,11 +323,9 @@ def test_write_to_a_255_byte_name_succeeds(workdir: Path, staging: str, label: s
 
 
 def test_a_forked_child_does_not_draw_its_parents_random_parts() -> None:
-    """The random parts of temporary names come from a pool filled 32 names at a
-    time; a forked child starts a pool of its own, so neither process can tell the
-    other's next names from its own."""
-    staging._random_parts = iter(())  # a pool with one part left could hide a reuse
-    temp_name(NAME)  # a fresh pool: 31 unused parts stay for the fork
+    """A forked child draws random parts of its own for its temporary names, so
+    neither process can tell the other's next names from its own."""
+    temp_name(NAME)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe

@@ -9,8 +9,7 @@ A temporary name looks like::
   clean and :func:`sweep` never mistakes another program's file for ours;
 * the target's name comes first (cut short if the whole would exceed
   ``NAME_MAX``), so a person can tell which file it belongs to;
-* 64 bits from ``os.urandom`` (drawn for 32 names at a time, and afresh in
-  a forked child) make it unguessable: nobody can plant a symlink or a file
+* 64 bits from ``os.urandom`` make it unguessable: nobody can plant a symlink or a file
   at the name in advance;
 * the writer's pid, its start time in clock ticks since boot, and a tag of the
   boot and pid namespace prove whether the writer is still alive: a pid alone
@@ -25,7 +24,6 @@ import time
 from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 __all__ = ["sweep", "temp_name"]
@@ -43,31 +41,15 @@ _UNKNOWN_HOST = "00000000"
 # The owner part of the name, computed once per process; a forked child is a
 # different writer, so it starts afresh.
 _owner: str | None = None
-# Random parts not yet used: 32 names' worth of os.urandom is one getrandom()
-# call instead of 32. Each is taken once: next() on a list iterator is one
-# step under the GIL. (Two threads that refill at once each use their own.)
-_POOL_NAMES = 32
-_random_parts: Iterator[str] = iter(())
 
 
 def _reset_after_fork() -> None:
-    global _owner, _random_parts  # noqa: PLW0603 - per-process caches, reset after fork
+    global _owner  # noqa: PLW0603 - a per-process cache, reset after fork
     _owner = None
-    _random_parts = iter(())  # the parent's: the child must not reuse them
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def _random_part() -> str:
-    global _random_parts  # noqa: PLW0603 - refilled when used up
-    part = next(_random_parts, None)
-    if part is None:
-        pool = os.urandom(8 * _POOL_NAMES).hex()
-        _random_parts = iter([pool[i : i + 16] for i in range(16, len(pool), 16)])
-        part = pool[:16]
-    return part
 
 
 def _process_start(pid: int) -> int | None:
@@ -117,7 +99,7 @@ def _owner_part() -> str:
 
 def temp_name(target_name: str) -> str:
     """A fresh, unguessable temporary name for *target_name* in the same directory."""
-    tail = f".{_random_part()}.{_owner or _owner_part()}{MARKER}"
+    tail = f".{os.urandom(8).hex()}.{_owner or _owner_part()}{MARKER}"
     room = _NAME_MAX - 1 - len(tail)  # the tail is ASCII: one byte per character
     if len(target_name) * 4 > room:  # it may not fit (a character is up to 4 bytes)
         target_name = target_name.encode(errors="surrogateescape")[:room].decode(errors="ignore")

@@ -614,12 +614,12 @@ PRELUDE = """\
 import os, sys
 def start(): os.access("/.crashsafe-harness-start", os.F_OK)
 def end(): os.access("/.crashsafe-harness-end", os.F_OK)
-# statx and pthread_sigmask now, not at the writer's second write: loading them
-# imports ctypes, dozens of syscalls on the root filesystem, where a cut of the
-# test mount changes nothing.
-import crashsafe._platform._posix as _posix
-_posix._load_ctypes()
-_posix._reads_before_ctypes = -1
+# statx now, not at the writer's second write (no warm-up): loading it imports
+# ctypes, dozens of syscalls on the root filesystem, where a cut of the test
+# mount changes nothing.
+os.environ.setdefault("CRASHSAFE_NATIVE", "statx,_signal")
+from crashsafe._platform import _native
+_native.probe()
 """
 _START, _END = "/.crashsafe-harness-start", "/.crashsafe-harness-end"
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(.*)$")

@@ -10,7 +10,7 @@ class Status(NamedTuple):
     under the names :func:`os.stat` gives them.
 
     Deliberately without timestamps: on Linux, reading an inode's ctime or
-    mtime has a cost for the next change to it (see ``_posix._status``).
+    mtime has a cost for the next change to it (see ``crashsafe._platform._native``).
     """
 
     st_mode: int

@@ -1,0 +1,219 @@
+"""The native calls that pay for themselves, chosen by one probe, each with a pure-Python fallback.
+
+Each piece stays because the benchmark showed it saves at least 3 % of a
+write on ext4 or xfs (``docs/benchmarks.md``, "What each piece of tuning is
+worth", where the pieces that did not pay and were removed are listed too):
+
+``"statx"``
+    The status reads of a write (the target, the staged file) use statx(2)
+    through ctypes, asking for type, mode and owner only. A ``stat`` that
+    returns an inode's ctime or mtime marks it "queried" (Linux 6.13's
+    multigrain timestamps, fs/stat.c), and the next change to that inode then
+    takes a fine-grained timestamp, which the filesystem must log. Fallback:
+    :func:`os.stat` and :func:`os.fstat`, also used where statx is missing or
+    refused.
+``"warmup"``
+    With ``"statx"``: a process's first two status reads (its first write)
+    use the fallback, and ctypes is loaded at the third. Importing ctypes
+    takes longer than a small write; a process that writes once never pays it.
+``"_signal"``
+    :class:`signals_deferred` calls CPython's C-level
+    ``_signal.pthread_sigmask``, which returns the old mask as a set of
+    ints. Fallback: :func:`signal.pthread_sigmask`, which turns every mask it
+    returns into :class:`signal.Signals` members, and fails a lookup (an
+    exception caught inside) for each real-time signal of the
+    all-signals mask that the restore returns.
+
+The switch, for tests and benchmarks: the environment variable
+``CRASHSAFE_NATIVE``, read by :func:`probe`. Unset: every piece this
+interpreter supports; ``none`` (or empty): the pure-Python fallback
+throughout; else a comma-separated list of :data:`PIECES`. The probe runs by
+itself at the first status read or signal block of the process; calling it
+again re-reads the variable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from crashsafe._platform._status import Status
+
+assert sys.platform != "win32", "crashsafe._platform._native is not for Windows"
+
+__all__ = ["PIECES", "probe", "signals_deferred"]
+
+PIECES: Final = ("statx", "warmup", "_signal")
+
+# statx(2): the flags, and the fields asked for: STATX_TYPE | STATX_MODE |
+# STATX_UID | STATX_GID, and no timestamp (see the module's docstring).
+_AT_SYMLINK_NOFOLLOW: Final = 0x100
+_AT_EMPTY_PATH: Final = 0x1000
+_STATX_WANTED: Final = 0x1 | 0x2 | 0x8 | 0x10
+_FS_ENCODING: Final = sys.getfilesystemencoding()
+_FS_ERRORS: Final = sys.getfilesystemencodeerrors()
+_ALL_SIGNALS: Final = signal.valid_signals()
+# With the warm-up, the status read that loads statx: a process's third.
+_WARM_UP_READS: Final = 3
+
+_Sigmask = Callable[[int, Iterable[int]], Iterable[int]]
+_Statx = tuple[
+    Callable[..., int],  # statx(dirfd, name, flags, mask, buffer)
+    Callable[[], object],  # a new buffer for one struct statx
+    Callable[..., tuple[int, ...]],  # its stx_mask, stx_uid, stx_gid and stx_mode
+    Callable[[], int],  # ctypes.get_errno
+]
+
+# What the probe chose; None until it ran.
+_pieces: frozenset[str] | None = None
+_sigmask: _Sigmask = signal.pthread_sigmask
+_statx: _Statx | None = None
+# Status reads left until statx is loaded (the last of them loads it); 0: none.
+_reads_to_statx = 0
+
+
+def probe() -> frozenset[str]:
+    """Choose the pieces this process uses, from ``CRASHSAFE_NATIVE``; return them.
+
+    A piece the interpreter or the C library lacks (``_signal`` outside
+    CPython, statx off Linux or before glibc 2.28) is left out; with the
+    warm-up, statx is looked up only at the third status read, and where it
+    is missing then, the fallback serves. Raises :class:`ValueError` for a
+    name that is not one of :data:`PIECES`.
+    """
+    global _pieces, _sigmask, _statx, _reads_to_statx  # noqa: PLW0603 - the process's choice
+    value = os.environ.get("CRASHSAFE_NATIVE")
+    if value is None:
+        wanted = set(PIECES)
+    else:
+        wanted = {p.strip() for p in value.split(",")} - {"", "none"}
+        if unknown := wanted - set(PIECES):
+            raise ValueError(
+                f"CRASHSAFE_NATIVE={value!r}: unknown {', '.join(sorted(unknown))}; "
+                f"expected none or some of {', '.join(PIECES)}"
+            )
+    _sigmask = signal.pthread_sigmask
+    if "_signal" in wanted:
+        try:
+            from _signal import pthread_sigmask  # type: ignore[import-not-found]
+        except ImportError:  # pragma: no cover - an interpreter without CPython's module
+            wanted.discard("_signal")
+        else:
+            _sigmask = pthread_sigmask
+    _statx = None
+    _reads_to_statx = 0
+    if "statx" not in wanted or not sys.platform.startswith("linux"):
+        wanted.discard("statx")
+    elif "warmup" in wanted:
+        _reads_to_statx = _WARM_UP_READS
+    elif not _load_statx_now():
+        wanted.discard("statx")
+    if "statx" not in wanted:
+        wanted.discard("warmup")
+    _pieces = frozenset(wanted)
+    return _pieces
+
+
+class signals_deferred:
+    """Hold back signal delivery to this thread for a few syscalls.
+
+    Python raises ``KeyboardInterrupt`` (or whatever a handler raises) between
+    any two bytecodes. Between "the kernel created a name" and "the code
+    recorded it" such an exception would leak the name; between "renamed" and
+    "marked committed" it would make a published file look unpublished.
+    Blocked signals stay pending and are handled right after the block.
+    SIGKILL cannot be blocked, and needs no handling: a killed writer's
+    leftovers are what ``sweep()`` is for.
+
+    Exact in a single-threaded program only: with other threads running, the
+    kernel may hand the signal to one of them, and Python then still runs
+    the handler in the main thread at its next bytecode.
+    """
+
+    # A class, not a @contextmanager generator: this runs twice per write,
+    # and the generator machinery costs more than the syscalls.
+    __slots__ = ("_old",)
+
+    def __enter__(self) -> None:
+        if _pieces is None:
+            probe()
+        # CPython runs the Python handlers of signals that arrived before the
+        # block right after the call that blocks (inside pthread_sigmask). A
+        # handler that raised there would take the old mask with it, leaving
+        # this thread with every signal blocked for good (seen 31 times in
+        # 31,093 interrupted writes), so the old mask is read first, by a
+        # call of its own.
+        self._old = _sigmask(signal.SIG_BLOCK, ())
+        try:
+            _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+        except BaseException:
+            _sigmask(signal.SIG_SETMASK, self._old)
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        _sigmask(signal.SIG_SETMASK, self._old)
+
+
+def _load_statx_now() -> bool:
+    """Load statx(2) through ctypes, and what reading its result takes, into
+    ``_statx``; False where the C library has none (glibc before 2.28)."""
+    global _statx  # noqa: PLW0603 - loaded once per probe
+    import ctypes  # here, not at import: it costs 1 to 3 ms, once
+    import struct
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):
+        return False
+    # No argtypes: ctypes's own conversions (int to int, bytes and a buffer to
+    # pointers) are what statx takes, and skip a from_param call per argument.
+    call.restype = ctypes.c_int
+    # struct statx is 256 bytes: stx_mask at offset 0, stx_uid, stx_gid and
+    # stx_mode at 20, 24 and 28 (include/uapi/linux/stat.h).
+    fields = struct.Struct("=I16xIIH").unpack_from
+    _statx = call, ctypes.c_char * 256, fields, ctypes.get_errno
+    return True
+
+
+def _status(fd: int, name: str = "") -> Status:
+    """The type, mode and owner of *name* relative to the directory *fd*,
+    not following a symlink; of *fd* itself when *name* is empty.
+
+    Read with statx(2) asking for no timestamp where the probe chose it (see
+    the module's docstring), else with :func:`os.stat`. Where statx is
+    refused (EPERM from a seccomp filter, ENOSYS where the C library does not
+    emulate it on a kernel before 4.11) the fallback takes over for the rest
+    of the process. Raises the :class:`OSError` of the read.
+    """
+    global _statx, _reads_to_statx  # noqa: PLW0603 - the warm-up's count; a refusal
+    if _pieces is None:
+        probe()
+    if _reads_to_statx:  # the warm-up: the fallback until the read that loads statx
+        _reads_to_statx -= 1
+        if not _reads_to_statx:
+            _load_statx_now()
+    if _statx is not None:
+        call, new_buffer, fields, get_errno = _statx
+        result = new_buffer()  # one per call: threads read concurrently
+        if name:
+            if "\0" in name:  # C would read up to the NUL: refuse as os.stat does
+                raise ValueError("embedded null byte")
+            rc = call(fd, name.encode(_FS_ENCODING, _FS_ERRORS), _AT_SYMLINK_NOFOLLOW,
+                      _STATX_WANTED, result)  # fmt: skip
+        else:
+            rc = call(fd, b"", _AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH, _STATX_WANTED, result)
+        if rc == 0:
+            mask, uid, gid, mode = fields(result)
+            if mask & _STATX_WANTED == _STATX_WANTED:
+                return Status(mode, uid, gid)
+        else:
+            err = get_errno()
+            if err not in (errno.ENOSYS, errno.EPERM):
+                raise OSError(err, os.strerror(err))
+            _statx = None  # a refusal holds for the process
+    full = os.stat(name, dir_fd=fd, follow_symlinks=False) if name else os.fstat(fd)
+    return Status(full.st_mode, full.st_uid, full.st_gid)
