@@ -62,6 +62,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import coverage
+
 import crashsafe
 import crashsafe._platform._posix as posix
 from tests.harness import mounts
@@ -246,6 +248,8 @@ def _kill_child(
     code = 4
     try:
         posix.use_tmpfile = staging == "tmpfile"
+        if (cov := coverage.Coverage.current()) is not None:
+            cov.stop()  # the tracer the fork inherited: a killed writer saves no data anyway
         os.write(ready, b"r")
         while True:
             os.access(WAIT_MARK, os.F_OK)
