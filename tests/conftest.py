@@ -7,6 +7,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import coverage
 import pytest
 
 import crashsafe._platform._posix as posix
@@ -22,6 +23,13 @@ from tests.harness.mounts import loop_mount
 # interpreter installs its own.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# Children save coverage data beside the suite's (pyproject: patch = subprocess),
+# those run as nobody too: their directory is open to every user, sticky as /tmp.
+_cov = coverage.Coverage.current()
+if _cov is not None and (_data := Path(_cov.config.data_file).parent).name == ".coverage-data":
+    _data.mkdir(exist_ok=True)
+    _data.chmod(0o1777)
 
 
 @pytest.fixture

@@ -572,7 +572,7 @@ def test_harness_catches_batch_without_fsync(cut_fs: tuple[str, Path], tmp_path:
         + f"; damaged files {len(caught)} {dict(kinds)} in "
         + f"{len({(a, m) for a, m, *_ in caught})} trials"
     )
-    # What PROVING.md measured for one file, here in a batch: a rename that
+    # What docs/proving.md measured for one file, here in a batch: a rename that
     # reached the journal without its data leaves an empty (or zero-filled)
     # file, and the same checks that pass for write_many flag it.
     assert caught, "the harness missed the missing fsync: it proves nothing"

@@ -7,7 +7,7 @@ call returned, promise 4 (no debris) through :func:`crashsafe.sweep`.
 The power-cut harness must catch a broken protocol or it proves nothing: two
 deliberately broken writers (no fsync at all; fsync of the file but none of
 the directory) run through the same harness, which must report the damage
-PROVING.md measured for them. The machinery is in :mod:`tests.harness.crash`.
+docs/proving.md measured for them. The machinery is in :mod:`tests.harness.crash`.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def test_harness_catches_rename_without_fsync(cut_fs: tuple[str, Path], tmp_path
         + f"; caught {len(caught)}: "
         + "; ".join(f"{o} ({m}) after {p.split('(')[0]}" for o, m, p in caught)
     )
-    # The harness must see what PROVING.md measured: an empty (or zero-filled,
+    # The harness must see what docs/proving.md measured: an empty (or zero-filled,
     # or partial) target once the rename reached the journal without the data.
     assert caught, "the harness missed the missing fsync: it proves nothing"
     assert crash.violations(run, commit, None) != []

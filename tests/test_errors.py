@@ -1,6 +1,6 @@
 """Errors at every step of the protocol, produced for real.
 
-The promise under test (CONTRACT.md, "Nothing lost on error"): every failure
+The promise under test (docs/contract.md, "Nothing lost on error"): every failure
 before the rename raises the original OSError (errno intact), leaves the target
 exactly as it was (old bytes, old mode) and leaves no temporary file; a failure
 of the directory fsync after the rename raises NotDurableError (an OSError) with

@@ -1,7 +1,7 @@
 """The crash-safety protocol for one file, top to bottom.
 
 Every public write in crashsafe goes through :class:`AtomicFile`. Its steps are
-numbered as in the project's contract (``CONTRACT.md``):
+numbered as in the project's contract (``docs/contract.md``):
 
 1. open the target's directory once; every later step is relative to it;
 2. create a temporary file there, exclusively, without following symlinks,

@@ -33,7 +33,7 @@ with ``-S -B`` and a fixed environment makes the same syscalls before the
 marker in every run; each trial checks that the syscall it froze on is the
 one it aimed at, so a drift fails loudly instead of testing the wrong point.
 
-The worst case is made deterministic as PROVING.md measured it: background
+The worst case is made deterministic as docs/proving.md describes: background
 writeback is turned off for the run (:func:`writeback_off`), and in the
 ``commit`` mode an unrelated file on the same filesystem is fsynced right
 before the cut, which commits the journal (the rename with it) as any other
@@ -61,6 +61,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import coverage
 
 import crashsafe
 import crashsafe._platform._posix as posix
@@ -246,6 +248,8 @@ def _kill_child(
     code = 4
     try:
         posix.use_tmpfile = staging == "tmpfile"
+        if (cov := coverage.Coverage.current()) is not None:
+            cov.stop()  # the tracer the fork inherited: a killed writer saves no data anyway
         os.write(ready, b"r")
         while True:
             os.access(WAIT_MARK, os.F_OK)

@@ -182,7 +182,9 @@ def run_traced(
     require_tools("strace")
     with tempfile.TemporaryDirectory(prefix="crashsafe-strace-") as scratch:
         log = Path(scratch) / "log"
-        wrapper = ["strace", "-f", "-qq", "-y", "-e", "signal=none", "-o", str(log)]
+        # No coverage tracer in a traced child: it would add syscalls to what is counted.
+        wrapper = ["env", "-u", "COVERAGE_PROCESS_CONFIG", "strace", "-f", "-qq", "-y"]
+        wrapper += ["-e", "signal=none", "-o", str(log)]
         wrapper += ["-e", "trace=" + ",".join(trace)]
         for spec in inject:
             wrapper += ["-e", f"inject={spec}"]
