@@ -33,9 +33,9 @@ import stat
 from collections.abc import Callable
 from typing import Any, Final
 
-from crashsafe.atomic import Durability, _check_options
+from crashsafe._checks import Durability, check_options, check_timeout
 from crashsafe.documents import JSONDocumentError, read_json, write_json
-from crashsafe.locking import FileLock, _check_timeout
+from crashsafe.locking import FileLock
 
 __all__ = ["ChecksumStore", "NotRecordedError", "sha256_file"]
 
@@ -148,11 +148,11 @@ class ChecksumStore:
         timeout: float | None = None,
     ) -> None:
         # Checked now, not at the first record() that would write with them.
-        _check_options("wb", perm, durability)
+        check_options("wb", perm, durability)
         self.path = _key(path)
         self.perm = perm
         self.durability: Durability = durability
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
 
     def record(self, file: str | os.PathLike[str]) -> str:
         """Compute the SHA-256 of *file* and store it; return it as 64 hex digits.

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any, BinaryIO, Final
 
-from crashsafe.atomic import AtomicFile, BinaryMode, Validator
+from crashsafe._checks import BinaryMode, Validator
+from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError, VerificationError
 from crashsafe.staging import sweep
 

@@ -29,14 +29,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
-from crashsafe.atomic import (
-    BytesLike,
-    Durability,
-    Validate,
-    _check_options,
-    atomic_write,
-    check_flag,
-)
+from crashsafe._checks import BytesLike, Durability, Validate, check_flag, check_options
+from crashsafe.atomic import atomic_write
 from crashsafe.locking import FileLock
 
 if TYPE_CHECKING:
@@ -140,7 +134,7 @@ def update(
     if not isinstance(default, bytes | bytearray | memoryview):
         raise TypeError(f"update: default must be bytes, not {type(default).__name__}")
     # Checked before the lock, whose file the first lock of a path creates.
-    _check_options("wb", write_keywords.get("perm"), write_keywords.get("durability", "durable"))
+    check_options("wb", write_keywords.get("perm"), write_keywords.get("durability", "durable"))
     check_flag("overwrite", write_keywords.get("overwrite", True))
     follow = write_keywords.get("follow_symlinks", True)
     with FileLock(path, timeout=timeout, follow_symlinks=follow):
@@ -212,7 +206,7 @@ def write_json(
     file as ``filename2``; a directory that does not exist or that the
     caller may not write raises here) and of :func:`crashsafe.atomic_write`.
     """
-    _check_options("wb", perm, durability)  # before the lock file is made
+    check_options("wb", perm, durability)  # before the lock file is made
     data = _dumps(obj, indent)
     with FileLock(path, timeout=timeout):
         atomic_write(path, data, perm=perm, durability=durability)
@@ -244,7 +238,7 @@ def update_json(
     replaced); the serialisation errors of :func:`write_json`; the errors of
     :class:`~crashsafe.locking.FileLock` and :func:`crashsafe.atomic_write`.
     """
-    _check_options("wb", perm, durability)
+    check_options("wb", perm, durability)
     with FileLock(path, timeout=timeout):
         try:
             old = read_json(path)

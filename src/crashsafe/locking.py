@@ -64,7 +64,7 @@ import time
 from typing import Final
 
 from crashsafe import _platform
-from crashsafe.atomic import check_flag
+from crashsafe._checks import check_flag, check_timeout
 
 __all__ = ["FileLock", "LockTimeoutError"]
 
@@ -202,16 +202,6 @@ def _disown(key: str, slot: _Slot) -> None:
             os.close(fd)
 
 
-def _check_timeout(timeout: float | None) -> float | None:
-    # "not >= 0" also refuses NaN.
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
-    ):
-        raise ValueError(f"timeout must be None or a non-negative number, not {timeout!r}")
-    # Condition.wait() refuses an infinite timeout; infinity is "no timeout".
-    return None if timeout == float("inf") else timeout
-
-
 class _Default:
     def __repr__(self) -> str:
         return "<the lock's own timeout>"
@@ -275,7 +265,7 @@ class FileLock:
         timeout: float | None = None,
         follow_symlinks: bool = True,
     ) -> None:
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         #: The path to lock, as given.
         self.path = os.fsdecode(os.fspath(path))
         #: The sidecar file whose ``flock`` is the lock.
@@ -287,7 +277,7 @@ class FileLock:
         Returns the lock itself. Raises :class:`LockTimeoutError` when the
         time is up, and the :class:`OSError` of opening the lock file.
         """
-        wait = self.timeout if isinstance(timeout, _Default) else _check_timeout(timeout)
+        wait = self.timeout if isinstance(timeout, _Default) else check_timeout(timeout)
         deadline = None if wait is None else time.monotonic() + wait
         me = threading.get_ident()
         key = self.lock_file

@@ -44,7 +44,10 @@ from contextlib import contextmanager
 from typing import BinaryIO, Final
 
 from crashsafe import _platform
-from crashsafe.atomic import AtomicFile, BytesLike, Durability, _as_bytes, single_name
+from crashsafe._checks import BytesLike, Durability, as_data, single_name
+from crashsafe._target import Target
+from crashsafe.atomic import AtomicFile
+from crashsafe.errors import NotDurableError
 
 __all__ = ["Snapshot", "Transaction", "recover", "snapshot", "transaction"]
 
@@ -81,8 +84,11 @@ def _held() -> set[tuple[int, int]]:
 
 
 @contextmanager
-def _locked(path: str, *, shared: bool) -> Iterator[_platform.Directory]:
-    directory = _platform.Directory(path)
+def _locked(
+    path: str, *, shared: bool, pinned: _platform.Directory | None = None
+) -> Iterator[_platform.Directory]:
+    # *pinned*: a transaction's own open directory, which it closes itself.
+    directory = _platform.Directory(path) if pinned is None else pinned
     try:
         fd = directory.open_lock(LOCK)
         try:
@@ -104,7 +110,8 @@ def _locked(path: str, *, shared: bool) -> Iterator[_platform.Directory]:
         finally:
             os.close(fd)  # closing the last descriptor releases the lock
     finally:
-        directory.close()
+        if pinned is None:
+            directory.close()
 
 
 def _recover_locked(directory: _platform.Directory, durability: Durability = "durable") -> bool:
@@ -178,6 +185,13 @@ class Transaction:
     Use :func:`transaction` to get one. :meth:`write` stages a file at once
     (its data is written and, unless ``durability="none"``, fsynced when the
     transaction commits); nothing is visible at any path before the commit.
+
+    The directory is opened once, at the first :meth:`write` or
+    :meth:`remove` (or at :meth:`commit`), and everything after goes through
+    that open directory: staged files, the lock, the journal, the renames. A
+    directory renamed away before the commit (and another put at its path)
+    gets the whole transaction, as a single :class:`~crashsafe.AtomicFile`
+    would; the one now at the path is not touched.
     """
 
     def __init__(self, directory: str | os.PathLike[str], durability: Durability) -> None:
@@ -189,6 +203,17 @@ class Transaction:
         self._durability: Durability = durability
         self._ops: dict[str, AtomicFile[BinaryIO] | None] = {}
         self._state = "open"
+        self._pinned: _platform.Directory | None = None
+
+    def _directory(self) -> _platform.Directory:
+        if self._pinned is None:
+            self._pinned = _platform.Directory(self.directory)
+        return self._pinned
+
+    def _unpin(self) -> None:
+        pinned, self._pinned = self._pinned, None
+        if pinned is not None:
+            pinned.close()
 
     def write(
         self, name: str | os.PathLike[str], data: BytesLike | str, *, perm: int | None = None
@@ -210,16 +235,16 @@ class Transaction:
         """
         self._check_open()
         name = _check_name(name)
-        data = data.encode() if isinstance(data, str) else _as_bytes(data, "bytes or str")
-        staged = AtomicFile(
+        data = as_data(data)
+        directory = self._directory()
+        staged = AtomicFile.stage(
             os.path.join(self.directory, name),
-            "wb",
+            target=Target(directory, name, directory.lstat(name)),  # a symlink is replaced
             perm=perm,
             durability=self._durability,
-            follow_symlinks=False,
         )
         try:
-            staged._write(data)
+            staged.write_all(data)
         except BaseException:
             staged.discard()
             raise
@@ -232,6 +257,7 @@ class Transaction:
         """
         self._check_open()
         self._replace_op(_check_name(name), None)
+        self._directory()  # pinned from the first operation on
 
     def _replace_op(self, name: str, staged: AtomicFile[BinaryIO] | None) -> None:
         old = self._ops.pop(name, None)
@@ -264,34 +290,55 @@ class Transaction:
         """
         self._check_open()
         try:
-            with _locked(self.directory, shared=False) as directory:
+            with _locked(self.directory, shared=False, pinned=self._directory()) as directory:
                 _recover_locked(directory, self._durability)
                 ops = self._stage(directory)
                 if not ops:
                     self._state = "committed"
                     return
-                import json
-
-                journal = _journal_file(self.directory, self._durability)
-                try:
-                    journal.file.write(json.dumps({"format": _FORMAT, "ops": ops}).encode())
-                    journal.commit()
-                except BaseException:
-                    if not journal.committed:
-                        _unstage(directory, ops)
-                        raise
-                    # The journal is in place: the commit point is passed, and
-                    # undoing now would leave it pointing at nothing. Recovery
-                    # completes the transaction (NotDurableError: the journal
-                    # may not survive a power cut, which would leave all old).
-                    self._state = "committed"
-                    raise
-                self._state = "committed"
+                self._write_journal(directory, ops)
                 _apply(directory, ops, self._durability)
         except BaseException:
             if self._state != "committed":
                 self.discard()
             raise
+        finally:
+            self._unpin()
+
+    def _write_journal(
+        self, directory: _platform.Directory, ops: list[tuple[str, str, str | None]]
+    ) -> None:
+        import json
+
+        path = os.path.join(self.directory, JOURNAL)
+        # No entry by that name: recovery, under this lock, just removed it
+        # (and the create-only rename would refuse one).
+        journal = AtomicFile.stage(
+            path,
+            target=Target(directory, JOURNAL, None),
+            mode="xb",
+            perm=0o600,
+            durability="durable" if self._durability != "none" else "none",
+        )
+        try:
+            journal.write_all(json.dumps({"format": _FORMAT, "ops": ops}).encode())
+            journal.publish()
+        except BaseException:
+            if not journal.committed:
+                _unstage(directory, ops)
+                raise
+            # A signal held back during the rename: the journal is in place.
+            self._state = "committed"
+            raise
+        # The journal is in place: the commit point is passed, and undoing now
+        # would leave it pointing at nothing. Recovery completes the
+        # transaction (NotDurableError: the journal may not survive a power
+        # cut, which would leave all old).
+        self._state = "committed"
+        try:
+            _sync(directory, self._durability)
+        except OSError as e:
+            raise NotDurableError(e.errno, e.strerror, path) from e
 
     def _stage(self, directory: _platform.Directory) -> list[tuple[str, str, str | None]]:
         ops: list[tuple[str, str, str | None]] = []
@@ -307,7 +354,7 @@ class Transaction:
                     continue
                 # Numbered 0, 1, 2... with no gap, as recovery expects.
                 staging = f"{STAGED}{sum(op == 'write' for op, _, _ in ops)}"
-                staged._publish(staging, replace=False, sync=False)
+                staged.publish(staging, replace=False, sync=False)
                 ops.append(("write", name, staging))
             _sync(directory, self._durability)
         except BaseException:
@@ -320,10 +367,27 @@ class Transaction:
         if self._state != "open":
             return
         self._state = "discarded"
-        for staged in self._ops.values():
-            if staged is not None:
-                staged.discard()
-        self._ops.clear()
+        try:
+            for staged in self._ops.values():
+                if staged is not None:
+                    staged.discard()
+            self._ops.clear()
+        finally:
+            self._unpin()
+
+    def __del__(self) -> None:
+        # Never committed nor discarded, but holding the directory open.
+        if getattr(self, "_pinned", None) is not None and self._state == "open":
+            import warnings
+
+            warnings.warn(
+                f"transaction in {self.directory!r} was never committed or discarded; "
+                "discarding it",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+            self.discard()
 
     def __repr__(self) -> str:
         return f"<crashsafe.Transaction {self.directory!r} {self._state}, {len(self._ops)} files>"
@@ -334,16 +398,6 @@ def _unstage(directory: _platform.Directory, ops: list[tuple[str, str, str | Non
     for op, _, staging in reversed(ops):
         if op == "write" and staging is not None:
             directory.remove(staging)
-
-
-def _journal_file(directory: str, durability: Durability) -> AtomicFile[BinaryIO]:
-    return AtomicFile(
-        os.path.join(directory, JOURNAL),
-        "xb",
-        perm=0o600,
-        durability="durable" if durability != "none" else "none",
-        follow_symlinks=False,
-    )
 
 
 @contextmanager
