@@ -1563,4 +1563,3 @@ def test_the_copys_staged_file_is_a_plain_atomicfile_without_a_dict(workdir: Pat
     assert {type(o) for o in seen} == {AtomicFile}
     assert not any(hasattr(o, "__dict__") for o in seen)
     assert AtomicFile.__subclasses__() == []
-

@@ -575,8 +575,8 @@ try:
     with snapshot({str(tmp_path)!r}):
         with transaction({str(tmp_path)!r}) as tx:
             tx.write("a", b"1")
-except Exception as e:
-    print("raised", type(e).__name__)
+except RuntimeError as e:
+    print("raised RuntimeError", type(e).__name__)
 else:
     print("committed")
 """
@@ -584,7 +584,7 @@ else:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "raised RuntimeError"
+    assert done.stdout.strip() == "raised RuntimeError SnapshotDeadlockError"
     assert crash.protocol_leftovers(tmp_path) == []
 
 

@@ -34,7 +34,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from crashsafe._checks import Durability, check_options, check_timeout
-from crashsafe.documents import JSONDocumentError, read_json, write_json
+from crashsafe.documents import read_json, write_json
+from crashsafe.errors import JSONDocumentError, NotRecordedError
 from crashsafe.locking import FileLock
 
 __all__ = ["ChecksumStore", "NotRecordedError", "sha256_file"]
@@ -84,30 +85,6 @@ def _sha256_regular(path: str) -> tuple[str | None, int]:
         while n := f.readinto(buffer):
             digest.update(view[:n])
     return digest.hexdigest(), mode
-
-
-class NotRecordedError(KeyError):
-    """:meth:`ChecksumStore.verify` of a file the store holds no digest for.
-
-    A :class:`KeyError` (``args`` is the store's key for the file, its
-    absolute path), so ``except KeyError`` catches it too. ``filename`` is the
-    path as the caller gave it, ``store`` the store's path. Picklable.
-    """
-
-    def __init__(self, key: str, filename: str, store: str) -> None:
-        super().__init__(key)
-        self.key = key
-        self.filename = filename
-        self.store = store
-
-    def __reduce__(self) -> tuple[type[NotRecordedError], tuple[str, str, str]]:
-        return type(self), (self.key, self.filename, self.store)
-
-    def __str__(self) -> str:
-        return (
-            f"{self.filename!r} has no recorded checksum in {self.store!r} "
-            "(never recorded, or forgotten)"
-        )
 
 
 def _key(file: str | os.PathLike[str]) -> str:

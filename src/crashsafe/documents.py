@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
 from crashsafe._checks import BytesLike, Durability, Validate, check_flag, check_options
 from crashsafe.atomic import atomic_write
+from crashsafe.errors import JSONDocumentError
 from crashsafe.locking import FileLock
 
 if TYPE_CHECKING:
@@ -56,49 +57,6 @@ class WriteOptions(TypedDict, total=False):
     follow_symlinks: bool
     validate: Validate
     encoding: str
-
-
-class JSONDocumentError(ValueError):
-    """A file meant to hold a JSON document does not hold a whole, valid one.
-
-    Raised by :func:`read_json` and :func:`update_json` instead of returning
-    anything parsed from a damaged file. Attributes: ``filename``; ``cause``,
-    the likely reason in words (empty file, truncated, trailing data, invalid
-    UTF-8, ...); ``detail``, what the parser said; ``lineno`` and ``colno``
-    (from 1) and ``pos`` (characters from the start) of the fault, None when
-    the fault has no position. The parser's own exception is chained as
-    ``__cause__``.
-
-    It is not a :class:`~crashsafe.VerificationError`: that one means new
-    content was rejected before it was published, and the target is intact;
-    this one means the file as it stands is damaged. An ``except`` meant for
-    one should not catch the other.
-    """
-
-    def __init__(
-        self,
-        filename: str,
-        cause: str,
-        *,
-        detail: str | None = None,
-        lineno: int | None = None,
-        colno: int | None = None,
-        pos: int | None = None,
-    ) -> None:
-        super().__init__(filename, cause)
-        self.filename = filename
-        self.cause = cause
-        self.detail = detail
-        self.lineno = lineno
-        self.colno = colno
-        self.pos = pos
-
-    def __str__(self) -> str:
-        where = ""
-        if self.lineno is not None:
-            where = f" at line {self.lineno}, column {self.colno} (char {self.pos})"
-        said = f" [{self.detail}]" if self.detail else ""
-        return f"{self.filename}: not a valid JSON document{where}: {self.cause}{said}"
 
 
 # --------------------------------------------------------------------------- bytes

@@ -65,6 +65,7 @@ from typing import Final
 
 from crashsafe import _platform
 from crashsafe._checks import check_flag, check_timeout
+from crashsafe.errors import LockTimeoutError
 
 __all__ = ["FileLock", "LockTimeoutError"]
 
@@ -79,32 +80,6 @@ _OPEN_FLAGS: Final = (
     | getattr(os, "O_CLOEXEC", 0)
     | getattr(os, "O_NOINHERIT", 0)
 )
-
-
-class LockTimeoutError(TimeoutError):
-    """The lock on a path could not be taken within the timeout.
-
-    ``filename`` is the path that was to be locked; ``filename2`` and
-    ``lock_file`` name the lock file that someone else holds; ``timeout`` is
-    the time waited, in seconds. Picklable, so it crosses process boundaries.
-    """
-
-    def __init__(self, path: str, lock_file: str, timeout: float) -> None:
-        # One argument: OSError would read several as errno, strerror, filename.
-        super().__init__(f"could not lock {path!r} within {timeout:g} s")
-        self.filename = path
-        self.filename2 = lock_file
-        self.lock_file = lock_file
-        self.timeout = timeout
-
-    def __reduce__(self) -> tuple[type[LockTimeoutError], tuple[str, str, float]]:
-        return type(self), (self.filename, self.lock_file, self.timeout)
-
-    def __str__(self) -> str:
-        return (
-            f"could not lock {self.filename!r} within {self.timeout:g} s: its lock file "
-            f"{self.lock_file!r} is held by another thread or process"
-        )
 
 
 def lock_file_for(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> str:

@@ -47,7 +47,7 @@ from crashsafe import _platform
 from crashsafe._checks import BytesLike, Durability, as_data, single_name
 from crashsafe._target import Target
 from crashsafe.atomic import AtomicFile
-from crashsafe.errors import NotDurableError
+from crashsafe.errors import ForeignJournalError, NotDurableError, SnapshotDeadlockError
 
 __all__ = ["Snapshot", "Transaction", "recover", "snapshot", "transaction"]
 
@@ -95,10 +95,7 @@ def _locked(
             st = os.fstat(fd)
             key = (st.st_dev, st.st_ino)
             if not shared and key in _held():
-                raise RuntimeError(
-                    f"cannot commit or recover in {path!r} inside a snapshot() of it "
-                    "in the same thread: the commit would wait for the snapshot forever"
-                )
+                raise SnapshotDeadlockError(path)
             _platform.lock(fd, shared=shared)
             if shared:
                 _held().add(key)
@@ -139,7 +136,6 @@ def _is_staged(name: str) -> bool:
 def _read_journal(directory: _platform.Directory) -> list[tuple[str, str, str | None]]:
     import json
 
-    path = os.path.join(directory.path, JOURNAL)
     try:
         doc = json.loads(directory.read(JOURNAL))
         if doc["format"] != _FORMAT:
@@ -155,10 +151,7 @@ def _read_journal(directory: _platform.Directory) -> list[tuple[str, str, str | 
     except (ValueError, KeyError, TypeError) as e:
         # Written atomically, the journal is whole or absent; anything else was
         # made by someone else, and guessing could destroy data.
-        raise ValueError(
-            f"{path}: not a crashsafe transaction journal ({e}); "
-            "nothing was recovered, and the directory's files were left as they are"
-        ) from e
+        raise ForeignJournalError(os.path.join(directory.path, JOURNAL), str(e)) from e
     return ops
 
 
@@ -446,9 +439,10 @@ def recover(directory: str | os.PathLike[str]) -> bool:
     """Complete or undo a commit in *directory* that a crash interrupted.
 
     Returns True if there was one. When there is nothing to do it costs a lock,
-    an ``lstat`` and a listing of the directory. Raises :class:`ValueError` if the journal is
-    not one crashsafe wrote, touching nothing, and the :class:`OSError` of a
-    failed step.
+    an ``lstat`` and a listing of the directory. Raises
+    :class:`~crashsafe.errors.ForeignJournalError` (a :class:`ValueError`) if
+    the journal is not one crashsafe wrote, touching nothing, and the
+    :class:`OSError` of a failed step.
     """
     path = os.fsdecode(os.fspath(directory))
     with _locked(path, shared=False) as opened:
@@ -493,8 +487,9 @@ def snapshot(directory: str | os.PathLike[str]) -> Iterator[Snapshot]:
     The block holds a shared lock: readers run together, and a commit waits
     for them (and they for it). An interrupted commit is recovered first.
     Keep the block short. A transaction on the same directory inside the
-    block, in the same thread, raises :class:`RuntimeError` (it would wait for
-    the block forever); a process forked inside the block holds the lock too,
+    block, in the same thread, raises
+    :class:`~crashsafe.errors.SnapshotDeadlockError` (a :class:`RuntimeError`:
+    it would wait for the block forever); a process forked inside the block holds the lock too,
     until it exits or closes its descriptors.
     """
     path = os.fsdecode(os.fspath(directory))
