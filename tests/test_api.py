@@ -158,7 +158,7 @@ def test_not_durable_error_is_an_os_error() -> None:
 
 def test_not_durable_error_pickles_with_errno_and_filename() -> None:
     error = NotDurableError(errno.EIO, "Input/output error", "/data/f")
-    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes  # noqa: S301 - our own bytes
     assert type(copy) is NotDurableError
     assert (copy.errno, copy.strerror, copy.filename) == (
         errno.EIO,
@@ -646,7 +646,7 @@ def test_every_public_error_survives_pickle_with_its_attributes(name: str) -> No
     import pickle
 
     error, _ = ERRORS[name]
-    copy = pickle.loads(pickle.dumps(error))
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
     assert type(copy) is type(error)
     assert str(copy) == str(error)
     assert copy.args == error.args
@@ -656,4 +656,3 @@ def test_every_public_error_survives_pickle_with_its_attributes(name: str) -> No
             attributes[key] = getattr(error, key)
     assert attributes, "an error without attributes proves nothing here"
     assert {k: getattr(copy, k) for k in attributes} == attributes
-
