@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import BinaryIO, Final, Literal, TypeGuard
+from typing import BinaryIO, Final, Literal, TypedDict, TypeGuard
 
 __all__ = [
     "DEFAULT_ENCODING",
@@ -19,6 +19,7 @@ __all__ = [
     "BinaryMode",
     "BytesLike",
     "Durability",
+    "OpenOptions",
     "TextMode",
     "Validate",
     "Validator",
@@ -48,6 +49,20 @@ BytesLike = bytes | bytearray | memoryview
 DURABILITIES: Final = ("durable", "consistent", "none")
 Validator = Callable[[BinaryIO], object]
 Validate = Validator | Sequence[Validator] | None
+
+
+class OpenOptions(TypedDict, total=False):
+    """The keywords of :class:`~crashsafe.AtomicFile` and :func:`~crashsafe.atomic_open`,
+    for their typed overloads (the functions themselves spell them out)."""
+
+    perm: int | None
+    durability: Durability
+    follow_symlinks: bool
+    validate: Validate
+    encoding: str | None
+    errors: str | None
+    newline: str | None
+
 
 # mode -> (mode for the file object, replace an existing target, keep old content)
 MODES: Final[dict[str, tuple[str, bool, bool]]] = {

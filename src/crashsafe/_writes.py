@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, BinaryIO, TextIO, overload
+from typing import Any, BinaryIO, TextIO, Unpack, overload
 
 from crashsafe._checks import (
     DEFAULT_ENCODING,
     BinaryMode,
     BytesLike,
     Durability,
+    OpenOptions,
     TextMode,
     Validate,
     as_bytes,
@@ -33,27 +34,13 @@ __all__ = ["atomic_open", "atomic_write", "write_file_atomic"]
 def atomic_open(
     path: str | os.PathLike[str],
     mode: TextMode,
-    *,
-    perm: int | None = None,
-    durability: Durability = "durable",
-    follow_symlinks: bool = True,
-    validate: Validate = None,
-    encoding: str | None = None,
-    errors: str | None = None,
-    newline: str | None = None,
+    **options: Unpack[OpenOptions],
 ) -> AbstractContextManager[TextIO]: ...
 @overload
 def atomic_open(
     path: str | os.PathLike[str],
     mode: BinaryMode = "wb",
-    *,
-    perm: int | None = None,
-    durability: Durability = "durable",
-    follow_symlinks: bool = True,
-    validate: Validate = None,
-    encoding: str | None = None,
-    errors: str | None = None,
-    newline: str | None = None,
+    **options: Unpack[OpenOptions],
 ) -> AbstractContextManager[BinaryIO]: ...
 @contextmanager
 def atomic_open(

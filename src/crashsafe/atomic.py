@@ -16,19 +16,16 @@ numbered as in the project's contract (``CONTRACT.md``):
 8. on any failure before step 6, ``KeyboardInterrupt`` included, remove the
    temporary file. A commit happens at most once.
 
-How each step is done on a platform lives in :mod:`crashsafe._platform`;
-step 1's path resolution in :mod:`crashsafe._target`; the checks of every
-argument, made before step 1, in :mod:`crashsafe._checks`. The functions
-:func:`atomic_open`, :func:`atomic_write` and :func:`write_file_atomic`
-(defined in :mod:`crashsafe._writes`) are importable from here.
+How each step is done on a platform lives in :mod:`crashsafe._platform`, step
+1's path resolution in :mod:`crashsafe._target`, the argument checks in
+:mod:`crashsafe._checks`; :func:`atomic_open`, :func:`atomic_write` and
+:func:`write_file_atomic` (in :mod:`crashsafe._writes`) are importable from here.
 
-Internal doors: crashsafe's own modules (``write_many``, transactions,
-``atomic_copy``) stage and publish files through four members of
-:class:`AtomicFile` and nothing else: :meth:`AtomicFile.stage` (a binary
-staged file, optionally in a directory the caller already opened, with the
-mode of a new file), :meth:`AtomicFile.write_all`, :meth:`AtomicFile.publish`
-(under another name, or without the directory sync) and
-:attr:`AtomicFile.descriptor`. They are not part of the public API.
+Internal doors, the only part of :class:`AtomicFile` its siblings (batch,
+transactions, copying) use beyond the public API, and not part of it:
+:meth:`~AtomicFile.stage` (in a directory the caller opened; the mode of a new
+file), :meth:`~AtomicFile.write_all`, :meth:`~AtomicFile.publish` (under
+another name; without the directory sync), :attr:`~AtomicFile.descriptor`.
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ import io
 import os
 import stat
 import warnings
-from typing import IO, Any, BinaryIO, Final, Generic, Self, TextIO, TypeVar, cast, overload
+from typing import IO, Any, BinaryIO, Final, Generic, Self, TextIO, TypeVar, Unpack, cast, overload
 
 from crashsafe import _platform
 from crashsafe._checks import (
@@ -46,6 +43,7 @@ from crashsafe._checks import (
     BinaryMode,
     BytesLike,
     Durability,
+    OpenOptions,
     TextMode,
     Validate,
     Validator,
@@ -157,28 +155,14 @@ class AtomicFile(Generic[_F_co]):
         self: AtomicFile[BinaryIO],
         path: str | os.PathLike[str],
         mode: BinaryMode = "wb",
-        *,
-        perm: int | None = None,
-        durability: Durability = "durable",
-        follow_symlinks: bool = True,
-        validate: Validate = None,
-        encoding: str | None = None,
-        errors: str | None = None,
-        newline: str | None = None,
+        **options: Unpack[OpenOptions],
     ) -> None: ...
     @overload
     def __init__(
         self: AtomicFile[TextIO],
         path: str | os.PathLike[str],
         mode: TextMode,
-        *,
-        perm: int | None = None,
-        durability: Durability = "durable",
-        follow_symlinks: bool = True,
-        validate: Validate = None,
-        encoding: str | None = None,
-        errors: str | None = None,
-        newline: str | None = None,
+        **options: Unpack[OpenOptions],
     ) -> None: ...
     def __init__(
         self,

@@ -38,138 +38,22 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, Final
 
-from crashsafe import _platform
-from crashsafe._checks import BytesLike, Durability, as_data, single_name
+from crashsafe import _journal, _platform
+from crashsafe._checks import BytesLike, Durability, as_data
 from crashsafe._target import Target
 from crashsafe.atomic import AtomicFile
-from crashsafe.errors import ForeignJournalError, NotDurableError, SnapshotDeadlockError
+from crashsafe.errors import NotDurableError
 
 __all__ = ["Snapshot", "Transaction", "recover", "snapshot", "transaction"]
 
-JOURNAL: Final = ".crashsafe-journal"
-LOCK: Final = ".crashsafe-tx.lock"
-STAGED: Final = ".crashsafe-tx."
-_FORMAT: Final = 1
-
-
-def _check_name(name: object) -> str:
-    # Journal entries and the ops of a transaction are keyed by this str.
-    name = single_name(name)
-    if name in (JOURNAL, LOCK) or name.startswith(STAGED):
-        raise ValueError(f"{name!r} is reserved for crashsafe's transaction protocol")
-    return name
-
-
-def _sync(directory: _platform.Directory, durability: Durability) -> None:
-    if durability != "none":
-        directory.sync()
-
-
-# The lock files this thread holds a snapshot's shared lock on, by (st_dev,
-# st_ino): an exclusive lock on a new open of the same file would wait for
-# that shared lock, which is this thread's own, forever.
-_snapshots = threading.local()
-
-
-def _held() -> set[tuple[int, int]]:
-    held: set[tuple[int, int]] | None = getattr(_snapshots, "held", None)
-    if held is None:
-        held = _snapshots.held = set()
-    return held
-
-
-@contextmanager
-def _locked(
-    path: str, *, shared: bool, pinned: _platform.Directory | None = None
-) -> Iterator[_platform.Directory]:
-    # *pinned*: a transaction's own open directory, which it closes itself.
-    directory = _platform.Directory(path) if pinned is None else pinned
-    try:
-        fd = directory.open_lock(LOCK)
-        try:
-            st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)
-            if not shared and key in _held():
-                raise SnapshotDeadlockError(path)
-            _platform.lock(fd, shared=shared)
-            if shared:
-                _held().add(key)
-            try:
-                yield directory
-            finally:
-                if shared:
-                    _held().discard(key)
-        finally:
-            os.close(fd)  # closing the last descriptor releases the lock
-    finally:
-        if pinned is None:
-            directory.close()
-
-
-def _recover_locked(directory: _platform.Directory, durability: Durability = "durable") -> bool:
-    """Finish or undo an interrupted commit; the caller holds the exclusive lock."""
-    recovered = False
-    if directory.lstat(JOURNAL) is not None:
-        _apply(directory, _read_journal(directory), durability)
-        recovered = True
-    # A listing, not a probe of .crashsafe-tx.0: after a power cut, directory
-    # changes that were not synced survive in any combination, gaps included.
-    leftovers = [name for name in directory.names() if _is_staged(name)]
-    for name in leftovers:
-        directory.remove(name)
-    if leftovers:
-        _sync(directory, durability)
-        recovered = True
-    return recovered
-
-
-def _is_staged(name: str) -> bool:
-    number = name[len(STAGED) :]
-    return name.startswith(STAGED) and number.isdigit() and number.isascii()
-
-
-def _read_journal(directory: _platform.Directory) -> list[tuple[str, str, str | None]]:
-    import json
-
-    try:
-        doc = json.loads(directory.read(JOURNAL))
-        if doc["format"] != _FORMAT:
-            raise ValueError(f"format {doc['format']!r}, this crashsafe reads {_FORMAT}")
-        ops = [(str(op), _check_name(name), staged) for op, name, staged in doc["ops"]]
-        for op, _, staged in ops:
-            if op not in ("write", "remove") or (op == "write") != isinstance(staged, str):
-                raise ValueError(f"bad operation {op!r}")
-            if isinstance(staged, str) and not _is_staged(staged):
-                # Recovery renames the staged name over the target: anything but
-                # a name this protocol makes could move another file in.
-                raise ValueError(f"{staged!r} is not a staged file's name")
-    except (ValueError, KeyError, TypeError) as e:
-        # Written atomically, the journal is whole or absent; anything else was
-        # made by someone else, and guessing could destroy data.
-        raise ForeignJournalError(os.path.join(directory.path, JOURNAL), str(e)) from e
-    return ops
-
-
-def _apply(
-    directory: _platform.Directory,
-    ops: list[tuple[str, str, str | None]],
-    durability: Durability,
-) -> None:
-    # Idempotent, so recovery can redo it after a crash at any point.
-    for op, name, staged in ops:
-        if op == "write":
-            assert staged is not None
-            directory.replace(staged, name)
-        else:
-            directory.remove(name)
-    _sync(directory, durability)
-    directory.remove(JOURNAL)
-    _sync(directory, durability)
+# The protocol's names in the directory, as recovery and tests know them.
+JOURNAL: Final = _journal.JOURNAL
+LOCK: Final = _journal.LOCK
+STAGED: Final = _journal.STAGED
 
 
 class Transaction:
@@ -227,7 +111,7 @@ class Transaction:
         :class:`OSError` of creating the staged file.
         """
         self._check_open()
-        name = _check_name(name)
+        name = _journal.check_name(name)
         data = as_data(data)
         directory = self._directory()
         staged = AtomicFile.stage(
@@ -249,7 +133,7 @@ class Transaction:
         *name* and its errors are those of :meth:`write`.
         """
         self._check_open()
-        self._replace_op(_check_name(name), None)
+        self._replace_op(_journal.check_name(name), None)
         self._directory()  # pinned from the first operation on
 
     def _replace_op(self, name: str, staged: AtomicFile[BinaryIO] | None) -> None:
@@ -283,14 +167,16 @@ class Transaction:
         """
         self._check_open()
         try:
-            with _locked(self.directory, shared=False, pinned=self._directory()) as directory:
-                _recover_locked(directory, self._durability)
+            with _journal.locked(
+                self.directory, shared=False, pinned=self._directory()
+            ) as directory:
+                _journal.recover_locked(directory, self._durability)
                 ops = self._stage(directory)
                 if not ops:
                     self._state = "committed"
                     return
                 self._write_journal(directory, ops)
-                _apply(directory, ops, self._durability)
+                _journal.apply(directory, ops, self._durability)
         except BaseException:
             if self._state != "committed":
                 self.discard()
@@ -314,11 +200,11 @@ class Transaction:
             durability="durable" if self._durability != "none" else "none",
         )
         try:
-            journal.write_all(json.dumps({"format": _FORMAT, "ops": ops}).encode())
+            journal.write_all(json.dumps({"format": _journal.FORMAT, "ops": ops}).encode())
             journal.publish()
         except BaseException:
             if not journal.committed:
-                _unstage(directory, ops)
+                _journal.unstage(directory, ops)
                 raise
             # A signal held back during the rename: the journal is in place.
             self._state = "committed"
@@ -329,7 +215,7 @@ class Transaction:
         # cut, which would leave all old).
         self._state = "committed"
         try:
-            _sync(directory, self._durability)
+            _journal.sync(directory, self._durability)
         except OSError as e:
             raise NotDurableError(e.errno, e.strerror, path) from e
 
@@ -349,9 +235,9 @@ class Transaction:
                 staging = f"{STAGED}{sum(op == 'write' for op, _, _ in ops)}"
                 staged.publish(staging, replace=False, sync=False)
                 ops.append(("write", name, staging))
-            _sync(directory, self._durability)
+            _journal.sync(directory, self._durability)
         except BaseException:
-            _unstage(directory, ops)
+            _journal.unstage(directory, ops)
             raise
         return ops
 
@@ -386,13 +272,6 @@ class Transaction:
         return f"<crashsafe.Transaction {self.directory!r} {self._state}, {len(self._ops)} files>"
 
 
-def _unstage(directory: _platform.Directory, ops: list[tuple[str, str, str | None]]) -> None:
-    # Before the commit point: undo, highest number first (see recovery).
-    for op, _, staging in reversed(ops):
-        if op == "write" and staging is not None:
-            directory.remove(staging)
-
-
 @contextmanager
 def transaction(
     directory: str | os.PathLike[str], *, durability: Durability = "durable"
@@ -422,7 +301,7 @@ def transaction(
     :func:`snapshot` gives a consistent view. Commits in one directory are
     serialised; two transactions do not see each other's staged files, and the
     one that commits last wins for a file both wrote. Each staged file holds
-    two descriptors until the commit.
+    a descriptor until the commit, and the transaction one for its directory.
     """
     tx = Transaction(directory, durability)  # checks durability before recovery locks
     recover(directory)
@@ -445,8 +324,8 @@ def recover(directory: str | os.PathLike[str]) -> bool:
     :class:`OSError` of a failed step.
     """
     path = os.fsdecode(os.fspath(directory))
-    with _locked(path, shared=False) as opened:
-        return _recover_locked(opened)
+    with _journal.locked(path, shared=False) as opened:
+        return _journal.recover_locked(opened)
 
 
 class Snapshot:
@@ -468,11 +347,11 @@ class Snapshot:
         :class:`OSError` (``ELOOP``) if it is a symlink, which a transaction
         never writes.
         """
-        return self._opened().read(_check_name(name))
+        return self._opened().read(_journal.check_name(name))
 
     def exists(self, name: str | os.PathLike[str]) -> bool:
         """Whether *name* exists in this generation."""
-        return self._opened().lstat(_check_name(name)) is not None
+        return self._opened().lstat(_journal.check_name(name)) is not None
 
 
 @contextmanager
@@ -494,7 +373,7 @@ def snapshot(directory: str | os.PathLike[str]) -> Iterator[Snapshot]:
     """
     path = os.fsdecode(os.fspath(directory))
     while True:
-        with _locked(path, shared=True) as opened:
+        with _journal.locked(path, shared=True) as opened:
             if opened.lstat(JOURNAL) is None:
                 view = Snapshot(opened)
                 try:
