@@ -7,6 +7,11 @@ is staged and written first; then the per-file steps 5 and 6 of the protocol
 flushes together; then each directory is synced once (step 7). The order
 that makes one file safe is unchanged: its data is on disk before its name
 points to it, and its rename is on disk before :func:`write_many` returns.
+
+Every path is resolved once, first, by the resolution a single write uses
+(:func:`crashsafe._target.locate`): that catches two spellings of one file
+before anything is written, and each directory is opened once and serves
+all its files.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from crashsafe.errors import NotDurableError
 
 __all__ = ["write_many"]
 
-# Files staged at a time: each holds two descriptors until it is published.
+# Files staged at a time: each holds a descriptor until it is published (and
+# each directory one, shared by its files, until the end).
 _BATCH: Final = 128
 _THREADS: Final = 16
 

@@ -106,11 +106,11 @@ class ChecksumStore:
     :func:`crashsafe.atomic_write`; the store's lock file is
     ``.NAME.lock`` beside it). They wait at most *timeout* seconds for the
     lock (None: as long as it takes), then raise
-    :class:`~crashsafe.locking.LockTimeoutError`. A missing store is an
+    :class:`~crashsafe.LockTimeoutError`. A missing store is an
     empty one; it is created by the first :meth:`record`. A bad *perm* or
     *durability* raises :class:`ValueError` here, at construction.
 
-    Every method raises :class:`~crashsafe.documents.JSONDocumentError` if the
+    Every method raises :class:`~crashsafe.JSONDocumentError` if the
     store file is damaged or is not a checksum store; a damaged store is never
     overwritten. A bad *perm*, *durability* or *timeout* raises
     :class:`ValueError` here, not at the first write.
