@@ -34,9 +34,12 @@ def test_all_is_exactly_the_public_api() -> None:
         "ChecksumStore",
         "CopyResult",
         "FileLock",
+        "ForeignJournalError",
         "JSONDocumentError",
         "LockTimeoutError",
         "NotDurableError",
+        "NotRecordedError",
+        "SnapshotDeadlockError",
         "VerificationError",
         "atomic_copy",
         "atomic_open",
@@ -154,7 +157,7 @@ def test_not_durable_error_is_an_os_error() -> None:
 
 def test_not_durable_error_pickles_with_errno_and_filename() -> None:
     error = NotDurableError(errno.EIO, "Input/output error", "/data/f")
-    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes  # noqa: S301 - our own bytes
     assert type(copy) is NotDurableError
     assert (copy.errno, copy.strerror, copy.filename) == (
         errno.EIO,
@@ -553,3 +556,69 @@ def test_a_fifo_is_never_replaced(workdir: Path, staging: str) -> None:
     assert caught.value.filename == str(fifo)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert sorted(os.listdir(workdir)) == ["pipe"]
+
+
+# ---------------------------------------------------------------- errors in one home
+
+# One instance of every public error, with every attribute set, and the builtin
+# a caller catches it by.
+ERRORS: dict[str, tuple[BaseException, type[BaseException]]] = {
+    "NotDurableError": (NotDurableError(5, "Input/output error", "/d/f"), OSError),
+    "VerificationError": (crashsafe.VerificationError("cut short", "/d/f.zst"), ValueError),
+    "JSONDocumentError": (
+        crashsafe.JSONDocumentError(
+            "/d/f.json", "truncated", detail="Expecting value", lineno=3, colno=4, pos=20
+        ),
+        ValueError,
+    ),
+    "ForeignJournalError": (
+        crashsafe.ForeignJournalError("/d/.crashsafe-journal", "bad operation 'x'"),
+        ValueError,
+    ),
+    "LockTimeoutError": (
+        crashsafe.LockTimeoutError("/d/f", "/d/.f.lock", 2.5),
+        TimeoutError,
+    ),
+    "NotRecordedError": (
+        crashsafe.NotRecordedError("/abs/f", "f", "/d/sums.json"),
+        KeyError,
+    ),
+    "SnapshotDeadlockError": (crashsafe.SnapshotDeadlockError("/d"), RuntimeError),
+}
+
+
+def test_every_public_error_lives_in_errors_and_is_exported() -> None:
+    import crashsafe.errors
+
+    assert set(crashsafe.errors.__all__) == set(ERRORS)
+    for name in crashsafe.errors.__all__:
+        error_type = getattr(crashsafe.errors, name)
+        assert getattr(crashsafe, name) is error_type
+        assert name in crashsafe.__all__
+        assert issubclass(error_type, ERRORS[name][1])
+        assert error_type.__module__ == "crashsafe.errors"
+
+
+def test_old_import_locations_still_work() -> None:
+    from crashsafe import checksums, documents, locking
+
+    assert documents.JSONDocumentError is crashsafe.JSONDocumentError
+    assert locking.LockTimeoutError is crashsafe.LockTimeoutError
+    assert checksums.NotRecordedError is crashsafe.NotRecordedError
+
+
+@pytest.mark.parametrize("name", ERRORS)
+def test_every_public_error_survives_pickle_with_its_attributes(name: str) -> None:
+    import pickle
+
+    error, _ = ERRORS[name]
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert copy.args == error.args
+    attributes = {k: v for k, v in vars(error).items() if not k.startswith("_")}
+    for key in ("errno", "strerror", "filename", "filename2"):
+        if isinstance(error, OSError):
+            attributes[key] = getattr(error, key)
+    assert attributes, "an error without attributes proves nothing here"
+    assert {k: getattr(copy, k) for k in attributes} == attributes

@@ -1544,3 +1544,22 @@ def test_a_failed_write_in_the_block_names_the_target() -> None:
         assert caught.value.filename == str(target)
         assert target.read_bytes() == b"old"
         assert leftovers(mnt) == []
+
+
+def test_the_copys_staged_file_is_a_plain_atomicfile_without_a_dict(workdir: Path) -> None:
+    # AtomicFile has __slots__ so that a write's object is small; the copy
+    # once subclassed it to set a class attribute, which gave every staged
+    # copy a __dict__. Seen from inside the copy (its progress callback).
+    import gc
+
+    (workdir / "src").write_bytes(b"x" * 100)
+    seen: list[AtomicFile[Any]] = []
+
+    def progress(done: int, total: int | None) -> None:
+        seen.extend(o for o in gc.get_objects() if isinstance(o, AtomicFile))
+
+    atomic_copy(workdir / "src", workdir / "dst", progress=progress)
+    assert seen, "the staged file was not found"
+    assert {type(o) for o in seen} == {AtomicFile}
+    assert not any(hasattr(o, "__dict__") for o in seen)
+    assert AtomicFile.__subclasses__() == []

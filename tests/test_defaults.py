@@ -96,7 +96,7 @@ def test_an_explicit_encoding_overrides_the_default(workdir: Path) -> None:
 def _refused(perm: int) -> str | None:
     """The ValueError message for *perm*, or None if it is accepted."""
     try:
-        crashsafe.atomic._check_options("wb", perm, "durable")
+        crashsafe._checks.check_options("wb", perm, "durable")
     except ValueError as e:
         return str(e)
     return None

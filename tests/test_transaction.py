@@ -486,6 +486,52 @@ def test_two_open_transactions_the_last_commit_wins(workdir: Path, staging: str)
     assert listing(workdir) == [LOCK, "a", "b", "c"]
 
 
+def test_a_directory_replaced_before_the_commit_gets_the_whole_transaction(
+    workdir: Path, staging: str
+) -> None:
+    # The transaction pins the directory it staged in: renamed away and a new
+    # one put at its path between write() and commit, the commit (journal,
+    # staged names, renames) lands wholly in the pinned one, as a single
+    # AtomicFile does; the new directory is not touched. Before the pin, the
+    # journal went to the new directory, which made the staged files (in the
+    # old one) look already renamed: commit returned, and nothing was published.
+    pinned, moved = workdir / "d", workdir / "moved"
+    pinned.mkdir()
+    (pinned / "a").write_bytes(b"old a")
+    (pinned / "gone").write_bytes(b"old")
+    with transaction(pinned) as tx:
+        tx.write("a", b"new a")
+        tx.write("b", b"new b")
+        tx.remove("gone")
+        pinned.rename(moved)
+        pinned.mkdir()
+        (pinned / "a").write_bytes(b"other a")
+    assert tx.committed
+    assert recover(moved) is False
+    assert recover(pinned) is False
+    assert listing(moved) == [LOCK, "a", "b"]
+    assert [(moved / n).read_bytes() for n in ("a", "b")] == [b"new a", b"new b"]
+    assert listing(pinned) == [LOCK, "a"]  # the lock from recover(), and its own file
+    assert (pinned / "a").read_bytes() == b"other a"
+
+
+def test_a_transaction_dropped_open_is_discarded_with_a_warning(workdir: Path) -> None:
+    # It holds its directory open from the first write: dropped without a
+    # commit or a discard, it says so and closes it, publishing nothing.
+    import gc
+
+    (workdir / "a").write_bytes(b"old")
+    tx = Transaction(workdir, "durable")
+    tx.write("a", b"new")
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.warns(ResourceWarning, match="never committed or discarded"):
+        del tx
+        gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == fds - 2  # the directory and the staged file
+    assert listing(workdir) == ["a"]
+    assert (workdir / "a").read_bytes() == b"old"
+
+
 # --------------------------------------------------------------------------- snapshot
 
 
@@ -529,8 +575,8 @@ try:
     with snapshot({str(tmp_path)!r}):
         with transaction({str(tmp_path)!r}) as tx:
             tx.write("a", b"1")
-except Exception as e:
-    print("raised", type(e).__name__)
+except RuntimeError as e:
+    print("raised RuntimeError", type(e).__name__)
 else:
     print("committed")
 """
@@ -538,7 +584,7 @@ else:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "raised RuntimeError"
+    assert done.stdout.strip() == "raised RuntimeError SnapshotDeadlockError"
     assert crash.protocol_leftovers(tmp_path) == []
 
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from crashsafe.atomic import AtomicFile, atomic_open, atomic_write, write_file_atomic
-from crashsafe.errors import NotDurableError, VerificationError
+from crashsafe.errors import (
+    ForeignJournalError,
+    JSONDocumentError,
+    LockTimeoutError,
+    NotDurableError,
+    NotRecordedError,
+    SnapshotDeadlockError,
+    VerificationError,
+)
 from crashsafe.staging import sweep
 
 if TYPE_CHECKING:
@@ -19,8 +27,8 @@ if TYPE_CHECKING:
     from crashsafe.batch import write_many
     from crashsafe.checksums import ChecksumStore
     from crashsafe.copying import CopyResult, atomic_copy
-    from crashsafe.documents import JSONDocumentError, read_json, update, update_json, write_json
-    from crashsafe.locking import FileLock, LockTimeoutError
+    from crashsafe.documents import read_json, update, update_json, write_json
+    from crashsafe.locking import FileLock
     from crashsafe.transactions import recover, snapshot, transaction
 
 __all__ = [
@@ -28,9 +36,12 @@ __all__ = [
     "ChecksumStore",
     "CopyResult",
     "FileLock",
+    "ForeignJournalError",
     "JSONDocumentError",
     "LockTimeoutError",
     "NotDurableError",
+    "NotRecordedError",
+    "SnapshotDeadlockError",
     "VerificationError",
     "atomic_copy",
     "atomic_open",
@@ -58,13 +69,11 @@ _LAZY = {
     "atomic_copy": "crashsafe.copying",
     "write_many": "crashsafe.batch",
     "ChecksumStore": "crashsafe.checksums",
-    "JSONDocumentError": "crashsafe.documents",
     "read_json": "crashsafe.documents",
     "update": "crashsafe.documents",
     "update_json": "crashsafe.documents",
     "write_json": "crashsafe.documents",
     "FileLock": "crashsafe.locking",
-    "LockTimeoutError": "crashsafe.locking",
     "recover": "crashsafe.transactions",
     "snapshot": "crashsafe.transactions",
     "transaction": "crashsafe.transactions",

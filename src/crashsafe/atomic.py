@@ -16,34 +16,43 @@ numbered as in the project's contract (``docs/contract.md``):
 8. on any failure before step 6, ``KeyboardInterrupt`` included, remove the
    temporary file. A commit happens at most once.
 
-How each step is done on a platform lives in :mod:`crashsafe._platform`.
+How each step is done on a platform lives in :mod:`crashsafe._platform`, step
+1's path resolution in :mod:`crashsafe._target`, the argument checks in
+:mod:`crashsafe._checks`; :func:`atomic_open`, :func:`atomic_write` and
+:func:`write_file_atomic` (in :mod:`crashsafe._writes`) are importable from here.
+
+Internal doors, the only part of :class:`AtomicFile` its siblings (batch,
+transactions, copying) use beyond the public API, and not part of it:
+:meth:`~AtomicFile.stage` (in a directory the caller opened; the mode of a new
+file), :meth:`~AtomicFile.write_all`, :meth:`~AtomicFile.publish` (under
+another name; without the directory sync), :attr:`~AtomicFile.descriptor`.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import stat
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from typing import (
-    IO,
-    Any,
-    BinaryIO,
-    Final,
-    Generic,
-    Literal,
-    Self,
-    TextIO,
-    TypeGuard,
-    TypeVar,
-    cast,
-    overload,
-)
+from typing import IO, Any, BinaryIO, Final, Generic, Self, TextIO, TypeVar, Unpack, cast, overload
 
 from crashsafe import _platform
+from crashsafe._checks import (
+    DEFAULT_ENCODING,
+    MODES,
+    BinaryMode,
+    BytesLike,
+    Durability,
+    OpenOptions,
+    TextMode,
+    Validate,
+    Validator,
+    check_flag,
+    check_options,
+    unnamed_os_error,
+    validators_of,
+)
+from crashsafe._target import Target, locate, replaced_file
 from crashsafe.errors import NotDurableError, VerificationError
 
 __all__ = [
@@ -56,179 +65,9 @@ __all__ = [
     "atomic_write",
     "write_file_atomic",
 ]
-
-Durability = Literal["durable", "consistent", "none"]
-# The modes, as types: a mode held in a variable needs one of these (or a
-# Literal of its own) for atomic_open and AtomicFile to be typed by it; a plain
-# str is refused by the type checker, as "r" is.
-TextMode = Literal["w", "wt", "x", "xt", "a", "at"]
-BinaryMode = Literal["wb", "xb", "ab"]
-# The encoding of text modes and of str data when none is given: UTF-8, as
-# Python's own default from 3.15 (PEP 686), never the locale's.
-DEFAULT_ENCODING: Final = "utf-8"
 # The staged file object's type: TextIO for a text mode, BinaryIO for a binary one.
 _F_co = TypeVar("_F_co", bound=IO[Any], covariant=True)
-# Any object with the buffer protocol works at run time (numpy arrays too);
-# collections.abc.Buffer, the exact type, needs Python 3.12.
-BytesLike = bytes | bytearray | memoryview
-_DURABILITIES: Final = ("durable", "consistent", "none")
-Validator = Callable[[BinaryIO], object]
-Validate = Validator | Sequence[Validator] | None
-
-# mode -> (mode for the file object, replace an existing target, keep old content)
-_MODES: Final[dict[str, tuple[str, bool, bool]]] = {
-    "w": ("w", True, False),
-    "wt": ("w", True, False),
-    "wb": ("wb", True, False),
-    "x": ("w", False, False),
-    "xt": ("w", False, False),
-    "xb": ("wb", False, False),
-    "a": ("a", True, True),
-    "at": ("a", True, True),
-    "ab": ("ab", True, True),
-}
-_MAX_SYMLINKS: Final = 40  # as Linux's MAXSYMLINKS
 _SETID: Final = stat.S_ISUID | stat.S_ISGID
-
-
-def unnamed_os_error(error: object) -> TypeGuard[OSError]:
-    """Whether *error* is a failed syscall's :class:`OSError` that names no file.
-
-    Only those may be given the caller's path. An ``OSError`` without an
-    errno (``io.UnsupportedOperation`` from reading a write-only file,
-    :class:`shutil.SameFileError`) is a message, not a syscall's failure: a
-    filename would turn ``str()`` of it into ``[Errno None] None: 'path'``.
-    """
-    return isinstance(error, OSError) and error.errno is not None and error.filename is None
-
-
-def _check_options(mode: str, perm: int | None, durability: str) -> None:
-    if not isinstance(mode, str) or mode not in _MODES:
-        raise ValueError(f"invalid mode {mode!r}: expected one of {', '.join(_MODES)}")
-    if perm is not None and (
-        not isinstance(perm, int)
-        or isinstance(perm, bool)
-        or not 0 <= perm <= 0o7777
-        # 644 for 0o644? Real modes up to 0o777 (511) fail this at its first compare.
-        or 512 <= perm <= 777
-    ):
-        _check_perm(perm)
-    if durability not in _DURABILITIES:
-        raise ValueError(
-            f"invalid durability {durability!r}: expected one of {', '.join(_DURABILITIES)}"
-        )
-
-
-def _check_perm(perm: object) -> None:
-    """Raise ValueError for a *perm* that is no mode or is an octal mode written in decimal.
-
-    ``perm=644`` is 0o1204: the sticky bit, meaningless on a file, with an
-    owner who cannot read. Every int from 512 to 777 whose digits are all 0-7
-    is such a slip (its octal reading is 0o1000 to 0o1411: sticky, owner
-    without both read and write, nothing a file is meant to have), so it is
-    refused. Four digits (1777, 2755) cannot be told from a real setuid or
-    setgid mode below 0o7777 and are taken as given; above it (4755) they are
-    refused with the same hint.
-    """
-    if not isinstance(perm, int) or isinstance(perm, bool) or perm < 0:
-        raise ValueError(f"perm must be an int from 0 to 0o7777, not {perm!r}")
-    digits = str(perm)
-    octal_slip = perm > 0o777 and digits.isdigit() and set(digits) <= set("01234567")
-    if octal_slip and (perm <= 777 or perm > 0o7777) and int(digits, 8) <= 0o7777:
-        raise ValueError(
-            f"perm={perm} looks like an octal mode written in decimal ({perm} is 0o{perm:o}); "
-            f"did you mean 0o{digits}?"
-        )
-    if perm > 0o7777:
-        raise ValueError(f"perm must be an int from 0 to 0o7777, not {perm!r}")
-
-
-def check_flag(keyword: str, value: object) -> None:
-    """Raise :class:`TypeError` unless *value* is True or False.
-
-    Every truthy object would pass for True: ``overwrite="no"`` must not
-    overwrite.
-    """
-    if value is not True and value is not False:
-        raise TypeError(f"{keyword} must be True or False, not {value!r}")
-
-
-def _validators(validate: Validator | Sequence[Validator]) -> tuple[Validator, ...]:
-    checks = (validate,) if callable(validate) else validate
-    if isinstance(checks, str | bytes) or not isinstance(checks, Sequence):
-        raise TypeError(
-            f"validate must be a callable or a list of them, not {type(validate).__name__}"
-        )
-    for check in checks:
-        if not callable(check):
-            raise TypeError(f"validate: {check!r} is not callable")
-    return tuple(checks)
-
-
-def _locate(
-    path: str, follow_symlinks: bool
-) -> tuple[_platform.Directory, str, _platform.Status | None]:
-    """Open the directory that will hold the target; return it, the target's name in it,
-    and the target's own status (None if there is no such entry).
-
-    With *follow_symlinks*, a symlink at the last component is followed (link
-    by link, each relative to the directory that holds it) so that the file it
-    points to is the one replaced, and a dangling link creates its target.
-    Create-only writes never pass it: they publish at the path's own name, and
-    any entry there, a symlink included, makes them fail.
-    """
-    head, name = os.path.split(path)
-    if name in ("", ".", ".."):
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-    directory = _platform.Directory(head)
-    try:
-        # The common case (no symlink) before the loop: 2 % of a write after an
-        # fsync's wait, when every bytecode costs double (docs/benchmarks.md).
-        st = directory.lstat(name)
-        if st is None or not follow_symlinks or not stat.S_ISLNK(st.st_mode):
-            return directory, name, st
-        # Linux follows at most 40 links in a row; so does this, then says ELOOP.
-        for _ in range(_MAX_SYMLINKS):
-            link_head, name = os.path.split(os.path.join(head, directory.readlink(name)))
-            if link_head != head:
-                # Open the next directory before closing this one, so that a
-                # failure leaves exactly one descriptor for the handler to close.
-                next_directory = _platform.Directory(link_head)
-                directory.close()
-                directory, head = next_directory, link_head
-            if name in ("", ".", ".."):
-                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-            st = directory.lstat(name)
-            if st is None or not stat.S_ISLNK(st.st_mode):
-                return directory, name, st
-        raise OSError(errno.ELOOP, "Too many levels of symbolic links", path)
-    except BaseException:
-        directory.close()
-        raise
-
-
-def _replaced_file(
-    old: _platform.Status | None, replace: bool, path: str
-) -> _platform.Status | None:
-    """The status of the regular file that the write will replace, or None if it
-    creates one (no entry, or a symlink that is replaced, not followed).
-
-    Raises for an entry that must not be replaced: in a create-only mode any
-    entry at all (``FileExistsError``, as ``open(path, "x")`` and ``O_EXCL``
-    say, for a directory or a symlink too, dangling or not); otherwise a
-    directory, a FIFO or a device.
-    """
-    if old is None:
-        return None
-    if not replace:
-        raise FileExistsError(errno.EEXIST, "File exists", path)
-    if stat.S_ISDIR(old.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-    if stat.S_ISREG(old.st_mode):
-        return old
-    if stat.S_ISLNK(old.st_mode):
-        return None
-    raise OSError(errno.EINVAL, "Not a regular file; only those are replaced", path)
 
 
 class AtomicFile(Generic[_F_co]):
@@ -308,7 +147,7 @@ class AtomicFile(Generic[_F_co]):
     # No per-instance dict: a write's object is made and dropped on every call.
     __slots__ = (
         "__weakref__", "_dir", "_durability", "_fd", "_file", "_mode", "_name",
-        "_open_args", "_replace", "_state", "_temp", "_validators", "path",
+        "_open_args", "_owns_dir", "_replace", "_state", "_temp", "_validators", "path",
     )  # fmt: skip
 
     @overload
@@ -316,28 +155,14 @@ class AtomicFile(Generic[_F_co]):
         self: AtomicFile[BinaryIO],
         path: str | os.PathLike[str],
         mode: BinaryMode = "wb",
-        *,
-        perm: int | None = None,
-        durability: Durability = "durable",
-        follow_symlinks: bool = True,
-        validate: Validate = None,
-        encoding: str | None = None,
-        errors: str | None = None,
-        newline: str | None = None,
+        **options: Unpack[OpenOptions],
     ) -> None: ...
     @overload
     def __init__(
         self: AtomicFile[TextIO],
         path: str | os.PathLike[str],
         mode: TextMode,
-        *,
-        perm: int | None = None,
-        durability: Durability = "durable",
-        follow_symlinks: bool = True,
-        validate: Validate = None,
-        encoding: str | None = None,
-        errors: str | None = None,
-        newline: str | None = None,
+        **options: Unpack[OpenOptions],
     ) -> None: ...
     def __init__(
         self,
@@ -352,12 +177,29 @@ class AtomicFile(Generic[_F_co]):
         errors: str | None = None,
         newline: str | None = None,
     ) -> None:
+        self._setup(path, mode, perm, durability, follow_symlinks, validate,
+                    encoding, errors, newline, None, None)  # fmt: skip
+
+    def _setup(  # noqa: PLR0917 - one body for __init__ and stage(), no frame between
+        self,
+        path: str | os.PathLike[str],
+        mode: str,
+        perm: int | None,
+        durability: Durability,
+        follow_symlinks: bool,
+        validate: Validate,
+        encoding: str | None,
+        errors: str | None,
+        newline: str | None,
+        target: Target | None,
+        new_file_perm: int | None,
+    ) -> None:
         self._state = "new"  # so that __del__ is quiet if __init__ fails early
-        _check_options(mode, perm, durability)
+        check_options(mode, perm, durability)
         if follow_symlinks is not True and follow_symlinks is not False:  # no frame per write
             check_flag("follow_symlinks", follow_symlinks)
-        self._validators = () if validate is None else _validators(validate)
-        file_mode, self._replace, keep_old = _MODES[mode]
+        self._validators = () if validate is None else validators_of(validate)
+        file_mode, self._replace, keep_old = MODES[mode]
         binary = "b" in file_mode
         if binary and (encoding, errors, newline) != (None, None, None):
             raise ValueError("binary mode takes no encoding, errors or newline argument")
@@ -367,11 +209,15 @@ class AtomicFile(Generic[_F_co]):
 
         # Step 1: the directory, once; symlinks at the last component resolved,
         # except for create-only: a link there is an entry, which it refuses.
-        self._dir, self._name, old = _locate(self.path, follow_symlinks and self._replace)
+        # A target given by a sibling is in a directory that sibling owns.
+        self._owns_dir = target is None
+        if target is None:
+            target = locate(self.path, follow_symlinks and self._replace)
+        self._dir, self._name, old = target
         self._fd: int | None = None
         self._temp: str | None = None
         try:
-            existing = _replaced_file(old, self._replace, self.path)
+            existing = replaced_file(old, self._replace, self.path)
 
             # Steps 2 and 3: the temporary file, with its owner, then its
             # exact mode, before a byte of data is in it.
@@ -380,7 +226,7 @@ class AtomicFile(Generic[_F_co]):
             elif existing:
                 mode_bits = stat.S_IMODE(existing.st_mode)
             else:
-                mode_bits = self._new_file_perm
+                mode_bits = new_file_perm
             owner = (existing.st_uid, existing.st_gid) if existing and perm is None else None
             with _platform.signals_deferred():
                 self._fd, self._temp, self._mode = self._dir.create_temp(
@@ -406,10 +252,6 @@ class AtomicFile(Generic[_F_co]):
         except BaseException as e:
             self._fail(e)
             raise
-
-    # The mode of a new file when no perm is given; None: what open() would give.
-    # atomic_copy's staged file sets it to the source's permission bits.
-    _new_file_perm: int | None = None
 
     @property
     def file(self) -> _F_co:
@@ -445,17 +287,6 @@ class AtomicFile(Generic[_F_co]):
         layer.raw.name = self.path
         return f
 
-    def _write(self, data: BytesLike) -> None:
-        # atomic_write's path: all of data straight to the descriptor, looping
-        # on short writes, with no file object in between.
-        view = memoryview(data)
-        if self._file is not None or view.ndim != 1 or view.itemsize != 1:
-            self.file.write(view)
-            return
-        assert self._fd is not None
-        while view:
-            view = view[os.write(self._fd, view) :]
-
     def __enter__(self) -> Self:
         return self
 
@@ -483,12 +314,21 @@ class AtomicFile(Generic[_F_co]):
         fsync failed. Raises :class:`ValueError` if already committed or
         discarded.
         """
-        self._publish(self._name, replace=self._replace, sync=self._durability == "durable")
+        self.publish()
 
-    def _publish(self, name: str, *, replace: bool, sync: bool, keep_dir: bool = False) -> None:
-        # commit() publishes at the target's name; a transaction publishes under
-        # a private staging name, and write_many keeps the directory open
-        # (keep_dir), to sync each directory once for all their files.
+    def publish(
+        self, name: str | None = None, *, replace: bool | None = None, sync: bool | None = None
+    ) -> None:
+        """Internal door: :meth:`commit`, at another *name* in the directory or
+        without the directory sync (*sync* False).
+
+        *replace* and *sync* default to what *mode* and *durability* say.
+        A staged file made by :meth:`stage` in a directory its caller owns
+        neither syncs nor closes that directory: the caller syncs it once for
+        all its files. Errors are those of :meth:`commit`.
+        """
+        replace = self._replace if replace is None else replace
+        sync = self._durability == "durable" if sync is None else sync
         if self._state != "open":
             raise ValueError(f"cannot commit {self.path!r}: it was already {self._state}")
         assert self._fd is not None
@@ -510,7 +350,7 @@ class AtomicFile(Generic[_F_co]):
             # published file look unpublished.
             with _platform.signals_deferred():
                 fd, temp, self._fd, self._temp = self._fd, self._temp, None, None
-                self._dir.publish(fd, temp, name, replace=replace)
+                self._dir.publish(fd, temp, name or self._name, replace=replace)
                 self._state = "committed"
         except BaseException as e:
             if self._state != "committed":
@@ -518,10 +358,10 @@ class AtomicFile(Generic[_F_co]):
                 raise
             # A signal held back during the rename is raised as the block
             # ends: the target is replaced, and must not be reported otherwise.
-            if not keep_dir:
+            if self._owns_dir:
                 self._dir.close()
             raise
-        if keep_dir:
+        if not self._owns_dir:
             return
         try:
             # Step 7: the rename reaches the disk.
@@ -583,7 +423,62 @@ class AtomicFile(Generic[_F_co]):
                 if fd is not None:
                     self._dir.discard(fd, temp)
             finally:
-                self._dir.close()
+                if self._owns_dir:
+                    self._dir.close()
+
+    # ---------------------------------------------------------------- internal doors
+    # What crashsafe's own modules (batch, transactions, copying) use instead
+    # of this class's private state: not part of the public API.
+
+    @staticmethod
+    def stage(
+        path: str,
+        *,
+        target: Target | None = None,
+        mode: BinaryMode = "wb",
+        perm: int | None = None,
+        durability: Durability = "durable",
+        follow_symlinks: bool = True,
+        validate: Validate = None,
+        new_file_perm: int | None = None,
+    ) -> AtomicFile[BinaryIO]:
+        """Internal door: a binary staged file, as ``AtomicFile(path, mode, ...)``.
+
+        *target* (see :mod:`crashsafe._target`): the already-open directory,
+        the name in it and its entry's status, so that one descriptor serves
+        many staged files. The caller owns that directory: the staged file
+        neither syncs nor closes it (see :meth:`publish`). Without it, *path*
+        is resolved as :class:`AtomicFile` does. *new_file_perm*: the mode of
+        a new file when *perm* is not given (None: what ``open()`` would
+        give). Errors are those of :class:`AtomicFile`.
+        """
+        staged = cast("AtomicFile[BinaryIO]", object.__new__(AtomicFile))
+        staged._setup(path, mode, perm, durability, follow_symlinks, validate,
+                      None, None, None, target, new_file_perm)  # fmt: skip
+        return staged
+
+    @property
+    def descriptor(self) -> int:
+        """Internal door: the staged file's descriptor, for a copy that moves
+        data without a file object. :class:`ValueError` once it is closed."""
+        if self._fd is None:
+            raise ValueError(f"the staged file for {self.path!r} was already {self._state}")
+        return self._fd
+
+    def write_all(self, data: BytesLike) -> None:
+        """Internal door: write all of *data* to the staged file.
+
+        Straight to the descriptor, looping on short writes, with no file
+        object in between (atomic_write's path); through :attr:`file` once
+        there is one, or for a buffer of items wider than a byte.
+        """
+        view = memoryview(data)
+        if self._file is not None or view.ndim != 1 or view.itemsize != 1:
+            self.file.write(view)
+            return
+        assert self._fd is not None
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) == "open":
@@ -599,158 +494,5 @@ class AtomicFile(Generic[_F_co]):
         return f"<crashsafe.AtomicFile {self.path!r} {self._state}>"
 
 
-@overload
-def atomic_open(
-    path: str | os.PathLike[str],
-    mode: TextMode,
-    *,
-    perm: int | None = None,
-    durability: Durability = "durable",
-    follow_symlinks: bool = True,
-    validate: Validate = None,
-    encoding: str | None = None,
-    errors: str | None = None,
-    newline: str | None = None,
-) -> AbstractContextManager[TextIO]: ...
-@overload
-def atomic_open(
-    path: str | os.PathLike[str],
-    mode: BinaryMode = "wb",
-    *,
-    perm: int | None = None,
-    durability: Durability = "durable",
-    follow_symlinks: bool = True,
-    validate: Validate = None,
-    encoding: str | None = None,
-    errors: str | None = None,
-    newline: str | None = None,
-) -> AbstractContextManager[BinaryIO]: ...
-@contextmanager
-def atomic_open(
-    path: str | os.PathLike[str],
-    mode: TextMode | BinaryMode = "wb",
-    *,
-    perm: int | None = None,
-    durability: Durability = "durable",
-    follow_symlinks: bool = True,
-    validate: Validate = None,
-    encoding: str | None = None,
-    errors: str | None = None,
-    newline: str | None = None,
-) -> Iterator[Any]:  # typed by the overloads above
-    """Open *path* for an all-or-nothing write; use it in a ``with`` statement.
-
-    Yields a real file object. Leaving the block normally publishes what was
-    written, atomically and (by default) durably; leaving it by any exception,
-    ``KeyboardInterrupt`` included, leaves *path* exactly as it was and no
-    temporary file behind. Modes and keywords are those of
-    :class:`AtomicFile`, as are the errors. The file object is typed
-    :class:`~typing.TextIO` for a text mode (UTF-8 unless *encoding* says
-    otherwise) and :class:`~typing.BinaryIO` for a binary one; the mode must
-    be a literal or have a :data:`TextMode` or :data:`BinaryMode` type.
-
-    Example::
-
-        with crashsafe.atomic_open("state.json", "w", validate=validators.json) as f:
-            json.dump(state, f)
-    """
-    staged = AtomicFile(
-        path,
-        mode,
-        perm=perm,
-        durability=durability,
-        follow_symlinks=follow_symlinks,
-        validate=validate,
-        encoding=encoding,
-        errors=errors,
-        newline=newline,
-    )
-    with staged:
-        yield staged.file
-
-
-def atomic_write(
-    path: str | os.PathLike[str],
-    data: BytesLike | str,
-    *,
-    perm: int | None = None,
-    durability: Durability = "durable",
-    overwrite: bool = True,
-    follow_symlinks: bool = True,
-    validate: Validate = None,
-    encoding: str = DEFAULT_ENCODING,
-) -> None:
-    """Replace *path* with *data*, all or nothing.
-
-    *data* is bytes (or any buffer) or str, which is encoded with *encoding*
-    (UTF-8 unless given, as text modes of :func:`atomic_open`) before
-    anything is created. With *overwrite* False, any entry at *path*
-    (a symlink too, dangling or not) raises :class:`FileExistsError`,
-    atomically, as mode ``xb`` of :class:`AtomicFile` does. The other keywords and the
-    errors are those of :class:`AtomicFile`; a wrong type of *data*, or an
-    *overwrite* that is not a bool, raises :class:`TypeError`.
-    """
-    if overwrite is not True and overwrite is not False:  # no frame per write
-        check_flag("overwrite", overwrite)
-    if isinstance(data, str):
-        data = data.encode(encoding)
-    elif not isinstance(data, bytes):
-        data = _as_bytes(data, "bytes or str")
-    with AtomicFile(
-        path,
-        "wb" if overwrite else "xb",
-        perm=perm,
-        durability=durability,
-        follow_symlinks=follow_symlinks,
-        validate=validate,
-    ) as staged:
-        staged._write(data)
-
-
-def _as_bytes(data: object, expected: str) -> memoryview:
-    try:
-        return memoryview(data)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"data must be {expected}, not {type(data).__name__}") from None
-
-
-def write_file_atomic(
-    dir: str | os.PathLike[str], name: str | os.PathLike[str], data: BytesLike, perm: int
-) -> None:
-    """Write *data* to ``dir/name`` with exactly the mode *perm*, all or nothing, durably.
-
-    The entry ``dir/name`` itself becomes a regular file: a symlink there is
-    replaced, not followed (use :func:`atomic_write` to write through links).
-    On any failure the underlying :class:`OSError` is raised with its errno
-    intact, the previous file is untouched and no temporary file is left; a
-    missing or unwritable *dir* creates nothing. :class:`NotDurableError`
-    means the file was replaced but the directory fsync failed.
-
-    *dir* and *name* may be str, bytes or path-like. Raises
-    :class:`ValueError` if *name* is not a single path component and
-    :class:`TypeError` if *data* is not bytes-like or *name* not a name.
-    """
-    atomic_write(
-        os.path.join(os.fsdecode(os.fspath(dir)), single_name(name)),
-        _as_bytes(data, "bytes"),
-        perm=perm,
-        follow_symlinks=False,
-    )
-
-
-def single_name(name: object) -> str:
-    """Return *name* as a str if it is one file name (no separator, not ``.`` or
-    ``..``), else raise :class:`ValueError`.
-
-    A path-like object or bytes is taken as its text, as paths are everywhere;
-    anything else raises :class:`TypeError`.
-    """
-    if isinstance(name, bytes | os.PathLike):
-        name = os.fsdecode(os.fspath(name))
-    elif not isinstance(name, str):
-        raise TypeError(
-            f"name must be a file name (str, bytes or os.PathLike), not {type(name).__name__}"
-        )
-    if name in ("", ".", "..") or "/" in name or "\0" in name or os.sep in name:
-        raise ValueError(f"name must be a single file name, not {name!r}")
-    return name
+# At the end: they build on AtomicFile, and _writes imports it from here.
+from crashsafe._writes import atomic_open, atomic_write, write_file_atomic  # noqa: E402

@@ -7,6 +7,11 @@ is staged and written first; then the per-file steps 5 and 6 of the protocol
 flushes together; then each directory is synced once (step 7). The order
 that makes one file safe is unchanged: its data is on disk before its name
 points to it, and its rename is on disk before :func:`write_many` returns.
+
+Every path is resolved once, first, by the resolution a single write uses
+(:func:`crashsafe._target.locate`): that catches two spellings of one file
+before anything is written, and each directory is opened once and serves
+all its files.
 """
 
 from __future__ import annotations
@@ -17,19 +22,15 @@ from collections.abc import Mapping
 from typing import BinaryIO, Final
 
 from crashsafe import _platform
-from crashsafe.atomic import (
-    _MAX_SYMLINKS,
-    AtomicFile,
-    BytesLike,
-    Durability,
-    _as_bytes,
-    _check_options,
-)
+from crashsafe._checks import BytesLike, Durability, as_data, check_options
+from crashsafe._target import Target, locate
+from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError
 
 __all__ = ["write_many"]
 
-# Files staged at a time: each holds two descriptors until it is published.
+# Files staged at a time: each holds a descriptor until it is published (and
+# each directory one, shared by its files, until the end).
 _BATCH: Final = 128
 _THREADS: Final = 16
 
@@ -64,128 +65,130 @@ def write_many(
     yet reached are left untouched. :class:`NotDurableError` names a directory
     whose fsync failed: its files were replaced but may not survive a power cut.
     """
-    _check_options("wb", perm, durability)
+    check_options("wb", perm, durability)
     if not isinstance(items, Mapping):
         raise TypeError(f"items must be a mapping of paths to data, not {type(items).__name__}")
-    batch = [(path, _as_data(data)) for path, data in items.items()]
-    _check_distinct([path for path, _ in batch])
+    batch = [(_text(path), as_data(data)) for path, data in items.items()]
+    # One open directory per path that leads to it, for the whole call: it
+    # serves every file staged there and is synced once at the end.
     directories: dict[str, _platform.Directory] = {}
+    published: set[_platform.Directory] = set()
     try:
+        targets = _locate_distinct([path for path, _ in batch], directories)
         for start in range(0, len(batch), _BATCH):
-            _write_batch(batch[start : start + _BATCH], durability, perm, directories)
+            end = start + _BATCH
+            _write_batch(batch[start:end], targets[start:end], durability, perm, published)
     finally:
-        _sync_and_close(directories, durability)
+        _sync_and_close(directories, published if durability == "durable" else set())
 
 
-def _check_distinct(paths: list[str | os.PathLike[str]]) -> None:
-    """Raise ValueError if two of *paths* lead to one file, naming both as given."""
+def _text(path: str | os.PathLike[str]) -> str:
+    return path if isinstance(path, str) else os.fsdecode(os.fspath(path))
+
+
+def _locate_distinct(
+    paths: list[str], directories: dict[str, _platform.Directory]
+) -> list[Target | OSError]:
+    """Where each of *paths* lands, resolved once, as the write will use it;
+    raise ValueError if two lead to one file, naming both as given.
+
+    A path that cannot be resolved (a missing directory, a link loop) gets
+    its error, raised when its turn comes, as :func:`~crashsafe.atomic_write`
+    would raise it.
+
+    Two paths are one file when they land on one name in one directory
+    (device, inode), after following symlinks at the last component; or when
+    both land on one existing file with a single link, which catches
+    spellings that differ only by case on a case-insensitive directory. (A
+    file with several hard links is not keyed by inode: writing each of its
+    names is well defined.)
+    """
     seen: dict[tuple[object, ...], int] = {}
-    directories: dict[str, tuple[int, int]] = {}
-    texts = [path if isinstance(path, str) else os.fsdecode(os.fspath(path)) for path in paths]
-    for index, text in enumerate(texts):
-        for key in _identities(text, directories):
+    identities: dict[str, tuple[int, int]] = {}
+    targets: list[Target | OSError] = []
+    for index, path in enumerate(paths):
+        try:
+            target = locate(path, True, directories)
+            keys = _identities(target, identities)
+        except OSError as e:
+            targets.append(e)
+            continue
+        targets.append(target)
+        for key in keys:
             other = seen.setdefault(key, index)
             if other != index:
                 raise ValueError(
-                    f"write_many: {texts[other]!r} and {text!r} name the same file; "
+                    f"write_many: {paths[other]!r} and {path!r} name the same file; "
                     "give each file once (nothing was written)"
                 )
+    return targets
 
 
-def _identities(path: str, directories: dict[str, tuple[int, int]]) -> list[tuple[object, ...]]:
-    """What the write of *path* would replace, as keys equal for every spelling of it.
-
-    The directory (device, inode) and the name in it, after following symlinks
-    at the last component as :class:`~crashsafe.AtomicFile` does; and for an
-    existing file with one link only, its own (device, inode), which catches
-    spellings that differ only by case on a case-insensitive directory. (A
-    file with several hard links is not keyed by inode: writing each of its
-    names is well defined.) No key where the write itself will fail (a missing
-    directory, a link loop): it raises its own error when its turn comes.
-    """
-    head, name = os.path.split(path)
-    try:
-        for _ in range(_MAX_SYMLINKS + 1):
-            if name in ("", ".", ".."):
-                break
-            directory = directories.get(head)
-            if directory is None:
-                st = os.stat(head or ".")
-                directory = directories[head] = (st.st_dev, st.st_ino)
-            entry = os.path.join(head, name)
-            try:
-                st = os.lstat(entry)
-            except FileNotFoundError:
-                return [(*directory, name)]
-            if not stat.S_ISLNK(st.st_mode):
-                keys: list[tuple[object, ...]] = [(*directory, name)]
-                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                    keys.append(("inode", st.st_dev, st.st_ino))
-                return keys
-            head, name = os.path.split(os.path.join(head, os.readlink(entry)))
-    except OSError:
-        pass
-    return []
-
-
-def _as_data(data: object) -> memoryview:
-    if isinstance(data, str):
-        return memoryview(data.encode())
-    return _as_bytes(data, "bytes or str")
+def _identities(target: Target, identities: dict[str, tuple[int, int]]) -> list[tuple[object, ...]]:
+    directory, name, status = target
+    identity = identities.get(directory.path)
+    if identity is None:
+        st = os.stat(directory.path)
+        identity = identities[directory.path] = (st.st_dev, st.st_ino)
+    keys: list[tuple[object, ...]] = [(*identity, name)]
+    if status is not None and stat.S_ISREG(status.st_mode):
+        st = os.lstat(os.path.join(directory.path, name))
+        if st.st_nlink == 1:
+            keys.append(("inode", st.st_dev, st.st_ino))
+    return keys
 
 
 def _write_batch(
-    batch: list[tuple[str | os.PathLike[str], memoryview]],
+    batch: list[tuple[str, memoryview]],
+    targets: list[Target | OSError],
     durability: Durability,
     perm: int | None,
-    directories: dict[str, _platform.Directory],
+    published: set[_platform.Directory],
 ) -> None:
-    staged: list[AtomicFile[BinaryIO]] = []
+    staged: list[tuple[AtomicFile[BinaryIO], Target]] = []
     try:
-        for path, data in batch:
-            pending = AtomicFile(path, "wb", perm=perm, durability=durability)
-            staged.append(pending)
-            pending._write(data)
-        _publish_all(staged, durability)
+        for (path, data), target in zip(batch, targets, strict=True):
+            if isinstance(target, OSError):
+                raise target
+            pending = AtomicFile.stage(path, target=target, perm=perm, durability=durability)
+            staged.append((pending, target))
+            pending.write_all(data)
+        _publish_all([pending for pending, _ in staged], durability)
     finally:
-        for pending in staged:
+        for pending, target in staged:
             if pending.committed:
-                # One open descriptor per directory is enough to sync it.
-                directory = pending._dir
-                if directory.path in directories:
-                    directory.close()
-                else:
-                    directories[directory.path] = directory
+                published.add(target.directory)
             else:
                 pending.discard()
 
 
 def _publish_all(staged: list[AtomicFile[BinaryIO]], durability: Durability) -> None:
-    def publish(pending: AtomicFile[BinaryIO]) -> None:
-        pending._publish(pending._name, replace=True, sync=False, keep_dir=True)
-
+    # Each staged file's directory is write_many's: publish syncs none of them.
     if durability == "none" or len(staged) == 1:
         for pending in staged:
-            publish(pending)
+            pending.publish()
         return
     # fsync releases the GIL: the threads' flushes reach the filesystem together.
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(min(_THREADS, len(staged))) as pool:
-        futures = [pool.submit(publish, pending) for pending in staged]
+        futures = [pool.submit(pending.publish) for pending in staged]
     for future in futures:
         future.result()  # the first failure, in the caller's order
 
 
-def _sync_and_close(directories: dict[str, _platform.Directory], durability: Durability) -> None:
+def _sync_and_close(
+    directories: dict[str, _platform.Directory], to_sync: set[_platform.Directory]
+) -> None:
+    # Step 7, once per directory that a published file is in.
     error: NotDurableError | None = None
-    for path, directory in directories.items():
+    for directory in directories.values():
         try:
-            if durability == "durable":
+            if directory in to_sync:
                 directory.sync()
         except OSError as e:
             if error is None:
-                error = NotDurableError(e.errno, e.strerror, path)
+                error = NotDurableError(e.errno, e.strerror, directory.path)
                 error.__cause__ = e
         finally:
             directory.close()

@@ -34,9 +34,10 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from crashsafe import _platform
-from crashsafe.atomic import Durability, _check_options
-from crashsafe.documents import JSONDocumentError, read_json, write_json
-from crashsafe.locking import FileLock, _check_timeout
+from crashsafe._checks import Durability, check_options, check_timeout
+from crashsafe.documents import read_json, write_json
+from crashsafe.errors import JSONDocumentError, NotRecordedError
+from crashsafe.locking import FileLock
 
 __all__ = ["ChecksumStore", "NotRecordedError", "sha256_file"]
 
@@ -85,30 +86,6 @@ def _sha256_regular(path: str) -> tuple[str | None, int]:
     return digest.hexdigest(), mode
 
 
-class NotRecordedError(KeyError):
-    """:meth:`ChecksumStore.verify` of a file the store holds no digest for.
-
-    A :class:`KeyError` (``args`` is the store's key for the file, its
-    absolute path), so ``except KeyError`` catches it too. ``filename`` is the
-    path as the caller gave it, ``store`` the store's path. Picklable.
-    """
-
-    def __init__(self, key: str, filename: str, store: str) -> None:
-        super().__init__(key)
-        self.key = key
-        self.filename = filename
-        self.store = store
-
-    def __reduce__(self) -> tuple[type[NotRecordedError], tuple[str, str, str]]:
-        return type(self), (self.key, self.filename, self.store)
-
-    def __str__(self) -> str:
-        return (
-            f"{self.filename!r} has no recorded checksum in {self.store!r} "
-            "(never recorded, or forgotten)"
-        )
-
-
 def _key(file: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fsdecode(os.fspath(file)))
 
@@ -128,11 +105,11 @@ class ChecksumStore:
     :func:`crashsafe.atomic_write`; the store's lock file is
     ``.NAME.lock`` beside it). They wait at most *timeout* seconds for the
     lock (None: as long as it takes), then raise
-    :class:`~crashsafe.locking.LockTimeoutError`. A missing store is an
+    :class:`~crashsafe.LockTimeoutError`. A missing store is an
     empty one; it is created by the first :meth:`record`. A bad *perm* or
     *durability* raises :class:`ValueError` here, at construction.
 
-    Every method raises :class:`~crashsafe.documents.JSONDocumentError` if the
+    Every method raises :class:`~crashsafe.JSONDocumentError` if the
     store file is damaged or is not a checksum store; a damaged store is never
     overwritten. A bad *perm*, *durability* or *timeout* raises
     :class:`ValueError` here, not at the first write.
@@ -147,11 +124,11 @@ class ChecksumStore:
         timeout: float | None = None,
     ) -> None:
         # Checked now, not at the first record() that would write with them.
-        _check_options("wb", perm, durability)
+        check_options("wb", perm, durability)
         self.path = _key(path)
         self.perm = perm
         self.durability: Durability = durability
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
 
     def record(self, file: str | os.PathLike[str]) -> str:
         """Compute the SHA-256 of *file* and store it; return it as 64 hex digits.

@@ -18,10 +18,11 @@ import io
 import os
 import stat
 from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
 
 from crashsafe import _platform
-from crashsafe.atomic import AtomicFile, Durability, Validate, unnamed_os_error
+from crashsafe._checks import Durability, Validate, unnamed_os_error
+from crashsafe.atomic import AtomicFile
 from crashsafe.errors import VerificationError
 
 if TYPE_CHECKING:
@@ -341,14 +342,6 @@ def _hasher(digest: str | None) -> hashlib._Hash | None:
     return hashlib.new(digest)
 
 
-class _Staged(AtomicFile[BinaryIO]):
-    """The copy's staged file: a new target takes the source's permission bits."""
-
-    def __init__(self, path: str | os.PathLike[str], new_file_perm: int | None, **kw: Any) -> None:
-        self._new_file_perm = new_file_perm
-        super().__init__(path, "wb", **kw)
-
-
 def atomic_copy(
     src: str | os.PathLike[str] | IO[bytes],
     dst: str | os.PathLike[str],
@@ -441,17 +434,16 @@ def atomic_copy(
             new_file_perm = stat.S_IMODE(source.before.st_mode) & 0o777
         total = source.size
         report = None if progress is None else (lambda done: progress(done, total))
-        with _Staged(
+        with AtomicFile.stage(
             dst_path,
-            new_file_perm,
+            new_file_perm=new_file_perm,  # a new target takes the source's bits
             perm=perm,
             durability=durability,
             follow_symlinks=follow_symlinks,
             validate=validate,
         ) as staged:
             # The descriptor itself: a file object would only cost syscalls.
-            assert staged._fd is not None
-            copied, method = source.copy_to(staged._fd, staged.path, hasher, report)
+            copied, method = source.copy_to(staged.descriptor, staged.path, hasher, report)
             source.check_unchanged(copied)
             if database is not None:
                 check_no_wal_commits(database)  # and after: a commit during the copy

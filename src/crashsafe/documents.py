@@ -29,14 +29,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
-from crashsafe.atomic import (
-    BytesLike,
-    Durability,
-    Validate,
-    _check_options,
-    atomic_write,
-    check_flag,
-)
+from crashsafe._checks import BytesLike, Durability, Validate, check_flag, check_options
+from crashsafe.atomic import atomic_write
+from crashsafe.errors import JSONDocumentError
 from crashsafe.locking import FileLock
 
 if TYPE_CHECKING:
@@ -62,49 +57,6 @@ class WriteOptions(TypedDict, total=False):
     follow_symlinks: bool
     validate: Validate
     encoding: str
-
-
-class JSONDocumentError(ValueError):
-    """A file meant to hold a JSON document does not hold a whole, valid one.
-
-    Raised by :func:`read_json` and :func:`update_json` instead of returning
-    anything parsed from a damaged file. Attributes: ``filename``; ``cause``,
-    the likely reason in words (empty file, truncated, trailing data, invalid
-    UTF-8, ...); ``detail``, what the parser said; ``lineno`` and ``colno``
-    (from 1) and ``pos`` (characters from the start) of the fault, None when
-    the fault has no position. The parser's own exception is chained as
-    ``__cause__``.
-
-    It is not a :class:`~crashsafe.VerificationError`: that one means new
-    content was rejected before it was published, and the target is intact;
-    this one means the file as it stands is damaged. An ``except`` meant for
-    one should not catch the other.
-    """
-
-    def __init__(
-        self,
-        filename: str,
-        cause: str,
-        *,
-        detail: str | None = None,
-        lineno: int | None = None,
-        colno: int | None = None,
-        pos: int | None = None,
-    ) -> None:
-        super().__init__(filename, cause)
-        self.filename = filename
-        self.cause = cause
-        self.detail = detail
-        self.lineno = lineno
-        self.colno = colno
-        self.pos = pos
-
-    def __str__(self) -> str:
-        where = ""
-        if self.lineno is not None:
-            where = f" at line {self.lineno}, column {self.colno} (char {self.pos})"
-        said = f" [{self.detail}]" if self.detail else ""
-        return f"{self.filename}: not a valid JSON document{where}: {self.cause}{said}"
 
 
 # --------------------------------------------------------------------------- bytes
@@ -140,7 +92,7 @@ def update(
     if not isinstance(default, bytes | bytearray | memoryview):
         raise TypeError(f"update: default must be bytes, not {type(default).__name__}")
     # Checked before the lock, whose file the first lock of a path creates.
-    _check_options("wb", write_keywords.get("perm"), write_keywords.get("durability", "durable"))
+    check_options("wb", write_keywords.get("perm"), write_keywords.get("durability", "durable"))
     check_flag("overwrite", write_keywords.get("overwrite", True))
     follow = write_keywords.get("follow_symlinks", True)
     with FileLock(path, timeout=timeout, follow_symlinks=follow):
@@ -212,7 +164,7 @@ def write_json(
     file as ``filename2``; a directory that does not exist or that the
     caller may not write raises here) and of :func:`crashsafe.atomic_write`.
     """
-    _check_options("wb", perm, durability)  # before the lock file is made
+    check_options("wb", perm, durability)  # before the lock file is made
     data = _dumps(obj, indent)
     with FileLock(path, timeout=timeout):
         atomic_write(path, data, perm=perm, durability=durability)
@@ -244,7 +196,7 @@ def update_json(
     replaced); the serialisation errors of :func:`write_json`; the errors of
     :class:`~crashsafe.locking.FileLock` and :func:`crashsafe.atomic_write`.
     """
-    _check_options("wb", perm, durability)
+    check_options("wb", perm, durability)
     with FileLock(path, timeout=timeout):
         try:
             old = read_json(path)

@@ -1,15 +1,30 @@
-"""The errors crashsafe adds to the builtin ones.
+"""Every error type crashsafe adds to the builtin ones, in one place.
 
 Every failure *before* the target is replaced is raised as the original
 :class:`OSError` (``errno``, ``filename`` and ``strerror`` intact), so
-``except FileNotFoundError`` and friends keep working. Only one outcome has
-no builtin name: the new content is already in place, but the step that makes
-the replacement durable failed. That is :class:`NotDurableError`.
+``except FileNotFoundError`` and friends keep working. The types here name
+outcomes that have no builtin name, each built on the builtin a caller would
+already catch for it: :class:`NotDurableError` (:class:`OSError`),
+:class:`VerificationError`, :class:`JSONDocumentError` and
+:class:`ForeignJournalError` (:class:`ValueError`),
+:class:`LockTimeoutError` (:class:`TimeoutError`), :class:`NotRecordedError`
+(:class:`KeyError`) and :class:`SnapshotDeadlockError`
+(:class:`RuntimeError`). Each is exported from :mod:`crashsafe`, keeps its
+attributes through :mod:`pickle` (so it crosses process boundaries), and is
+listed in the README's table of errors.
 """
 
 from __future__ import annotations
 
-__all__ = ["NotDurableError", "VerificationError"]
+__all__ = [
+    "ForeignJournalError",
+    "JSONDocumentError",
+    "LockTimeoutError",
+    "NotDurableError",
+    "NotRecordedError",
+    "SnapshotDeadlockError",
+    "VerificationError",
+]
 
 
 class NotDurableError(OSError):
@@ -50,3 +65,140 @@ class VerificationError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.filename}: {self.message}" if self.filename else self.message
+
+
+class JSONDocumentError(ValueError):
+    """A file meant to hold a JSON document does not hold a whole, valid one.
+
+    Raised by :func:`read_json` and :func:`update_json` instead of returning
+    anything parsed from a damaged file. Attributes: ``filename``; ``cause``,
+    the likely reason in words (empty file, truncated, trailing data, invalid
+    UTF-8, ...); ``detail``, what the parser said; ``lineno`` and ``colno``
+    (from 1) and ``pos`` (characters from the start) of the fault, None when
+    the fault has no position. The parser's own exception is chained as
+    ``__cause__``.
+
+    It is not a :class:`~crashsafe.VerificationError`: that one means new
+    content was rejected before it was published, and the target is intact;
+    this one means the file as it stands is damaged. An ``except`` meant for
+    one should not catch the other.
+    """
+
+    def __init__(
+        self,
+        filename: str,
+        cause: str,
+        *,
+        detail: str | None = None,
+        lineno: int | None = None,
+        colno: int | None = None,
+        pos: int | None = None,
+    ) -> None:
+        super().__init__(filename, cause)
+        self.filename = filename
+        self.cause = cause
+        self.detail = detail
+        self.lineno = lineno
+        self.colno = colno
+        self.pos = pos
+
+    def __str__(self) -> str:
+        where = ""
+        if self.lineno is not None:
+            where = f" at line {self.lineno}, column {self.colno} (char {self.pos})"
+        said = f" [{self.detail}]" if self.detail else ""
+        return f"{self.filename}: not a valid JSON document{where}: {self.cause}{said}"
+
+
+class LockTimeoutError(TimeoutError):
+    """The lock on a path could not be taken within the timeout.
+
+    ``filename`` is the path that was to be locked; ``filename2`` and
+    ``lock_file`` name the lock file that someone else holds; ``timeout`` is
+    the time waited, in seconds. Picklable, so it crosses process boundaries.
+    """
+
+    def __init__(self, path: str, lock_file: str, timeout: float) -> None:
+        # One argument: OSError would read several as errno, strerror, filename.
+        super().__init__(f"could not lock {path!r} within {timeout:g} s")
+        self.filename = path
+        self.filename2 = lock_file
+        self.lock_file = lock_file
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[type[LockTimeoutError], tuple[str, str, float]]:
+        return type(self), (self.filename, self.lock_file, self.timeout)
+
+    def __str__(self) -> str:
+        return (
+            f"could not lock {self.filename!r} within {self.timeout:g} s: its lock file "
+            f"{self.lock_file!r} is held by another thread or process"
+        )
+
+
+class NotRecordedError(KeyError):
+    """:meth:`ChecksumStore.verify` of a file the store holds no digest for.
+
+    A :class:`KeyError` (``args`` is the store's key for the file, its
+    absolute path), so ``except KeyError`` catches it too. ``filename`` is the
+    path as the caller gave it, ``store`` the store's path. Picklable.
+    """
+
+    def __init__(self, key: str, filename: str, store: str) -> None:
+        super().__init__(key)
+        self.key = key
+        self.filename = filename
+        self.store = store
+
+    def __reduce__(self) -> tuple[type[NotRecordedError], tuple[str, str, str]]:
+        return type(self), (self.key, self.filename, self.store)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.filename!r} has no recorded checksum in {self.store!r} "
+            "(never recorded, or forgotten)"
+        )
+
+
+class ForeignJournalError(ValueError):
+    """A file at a transaction journal's name that crashsafe did not write.
+
+    Raised by recovery (:func:`~crashsafe.recover`, and on entering
+    :func:`~crashsafe.transaction` or :func:`~crashsafe.snapshot`, and before
+    a commit) instead of acting on it: written atomically, a real journal is
+    whole or absent, so anything else was made by someone else, and guessing
+    could destroy data. Nothing was recovered and no file was touched.
+    ``filename`` is the journal's path; ``reason`` says what was wrong with it.
+    The parse error, if any, is chained as ``__cause__``.
+    """
+
+    def __init__(self, filename: str, reason: str) -> None:
+        super().__init__(filename, reason)
+        self.filename = filename
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"{self.filename}: not a crashsafe transaction journal ({self.reason}); "
+            "nothing was recovered, and the directory's files were left as they are"
+        )
+
+
+class SnapshotDeadlockError(RuntimeError):
+    """A commit or recovery in a directory inside a :func:`~crashsafe.snapshot`
+    of it, in the same thread.
+
+    The commit would wait for the snapshot's shared lock, which this thread
+    holds until the commit returns: for ever. Raised instead, before anything
+    is changed. ``directory`` is the directory's path.
+    """
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(directory)
+        self.directory = directory
+
+    def __str__(self) -> str:
+        return (
+            f"cannot commit or recover in {self.directory!r} inside a snapshot() of it "
+            "in the same thread: the commit would wait for the snapshot forever"
+        )

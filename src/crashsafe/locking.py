@@ -62,39 +62,14 @@ import time
 from typing import Final
 
 from crashsafe import _platform
-from crashsafe.atomic import check_flag
+from crashsafe._checks import check_flag, check_timeout
+from crashsafe.errors import LockTimeoutError
 
 __all__ = ["FileLock", "LockTimeoutError"]
 
 _SUFFIX: Final = ".lock"
 _NAME_MAX: Final = 255
 _POLL_FIRST, _POLL_MAX = 0.001, 0.05  # seconds between attempts when a timeout is set
-
-
-class LockTimeoutError(TimeoutError):
-    """The lock on a path could not be taken within the timeout.
-
-    ``filename`` is the path that was to be locked; ``filename2`` and
-    ``lock_file`` name the lock file that someone else holds; ``timeout`` is
-    the time waited, in seconds. Picklable, so it crosses process boundaries.
-    """
-
-    def __init__(self, path: str, lock_file: str, timeout: float) -> None:
-        # One argument: OSError would read several as errno, strerror, filename.
-        super().__init__(f"could not lock {path!r} within {timeout:g} s")
-        self.filename = path
-        self.filename2 = lock_file
-        self.lock_file = lock_file
-        self.timeout = timeout
-
-    def __reduce__(self) -> tuple[type[LockTimeoutError], tuple[str, str, float]]:
-        return type(self), (self.filename, self.lock_file, self.timeout)
-
-    def __str__(self) -> str:
-        return (
-            f"could not lock {self.filename!r} within {self.timeout:g} s: its lock file "
-            f"{self.lock_file!r} is held by another thread or process"
-        )
 
 
 def lock_file_for(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> str:
@@ -192,16 +167,6 @@ def _disown(key: str, slot: _Slot) -> None:
             os.close(fd)
 
 
-def _check_timeout(timeout: float | None) -> float | None:
-    # "not >= 0" also refuses NaN.
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
-    ):
-        raise ValueError(f"timeout must be None or a non-negative number, not {timeout!r}")
-    # Condition.wait() refuses an infinite timeout; infinity is "no timeout".
-    return None if timeout == float("inf") else timeout
-
-
 class _Default:
     def __repr__(self) -> str:
         return "<the lock's own timeout>"
@@ -265,7 +230,7 @@ class FileLock:
         timeout: float | None = None,
         follow_symlinks: bool = True,
     ) -> None:
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         #: The path to lock, as given.
         self.path = os.fsdecode(os.fspath(path))
         #: The sidecar file whose ``flock`` is the lock.
@@ -277,7 +242,7 @@ class FileLock:
         Returns the lock itself. Raises :class:`LockTimeoutError` when the
         time is up, and the :class:`OSError` of opening the lock file.
         """
-        wait = self.timeout if isinstance(timeout, _Default) else _check_timeout(timeout)
+        wait = self.timeout if isinstance(timeout, _Default) else check_timeout(timeout)
         deadline = None if wait is None else time.monotonic() + wait
         me = threading.get_ident()
         key = self.lock_file

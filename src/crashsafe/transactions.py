@@ -38,138 +38,22 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, Final
 
-from crashsafe import _platform
-from crashsafe.atomic import AtomicFile, BytesLike, Durability, _as_bytes, single_name
+from crashsafe import _journal, _platform
+from crashsafe._checks import BytesLike, Durability, as_data
+from crashsafe._target import Target
+from crashsafe.atomic import AtomicFile
+from crashsafe.errors import NotDurableError
 
 __all__ = ["Snapshot", "Transaction", "recover", "snapshot", "transaction"]
 
-JOURNAL: Final = ".crashsafe-journal"
-LOCK: Final = ".crashsafe-tx.lock"
-STAGED: Final = ".crashsafe-tx."
-_FORMAT: Final = 1
-
-
-def _check_name(name: object) -> str:
-    # Journal entries and the ops of a transaction are keyed by this str.
-    name = single_name(name)
-    if name in (JOURNAL, LOCK) or name.startswith(STAGED):
-        raise ValueError(f"{name!r} is reserved for crashsafe's transaction protocol")
-    return name
-
-
-def _sync(directory: _platform.Directory, durability: Durability) -> None:
-    if durability != "none":
-        directory.sync()
-
-
-# The lock files this thread holds a snapshot's shared lock on, by (st_dev,
-# st_ino): an exclusive lock on a new open of the same file would wait for
-# that shared lock, which is this thread's own, forever.
-_snapshots = threading.local()
-
-
-def _held() -> set[tuple[int, int]]:
-    held: set[tuple[int, int]] | None = getattr(_snapshots, "held", None)
-    if held is None:
-        held = _snapshots.held = set()
-    return held
-
-
-@contextmanager
-def _locked(path: str, *, shared: bool) -> Iterator[_platform.Directory]:
-    directory = _platform.Directory(path)
-    try:
-        fd = directory.open_lock(LOCK)
-        try:
-            st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)
-            if not shared and key in _held():
-                raise RuntimeError(
-                    f"cannot commit or recover in {path!r} inside a snapshot() of it "
-                    "in the same thread: the commit would wait for the snapshot forever"
-                )
-            _platform.lock(fd, shared=shared)
-            if shared:
-                _held().add(key)
-            try:
-                yield directory
-            finally:
-                if shared:
-                    _held().discard(key)
-        finally:
-            os.close(fd)  # closing the last descriptor releases the lock
-    finally:
-        directory.close()
-
-
-def _recover_locked(directory: _platform.Directory, durability: Durability = "durable") -> bool:
-    """Finish or undo an interrupted commit; the caller holds the exclusive lock."""
-    recovered = False
-    if directory.lstat(JOURNAL) is not None:
-        _apply(directory, _read_journal(directory), durability)
-        recovered = True
-    # A listing, not a probe of .crashsafe-tx.0: after a power cut, directory
-    # changes that were not synced survive in any combination, gaps included.
-    leftovers = [name for name in directory.names() if _is_staged(name)]
-    for name in leftovers:
-        directory.remove(name)
-    if leftovers:
-        _sync(directory, durability)
-        recovered = True
-    return recovered
-
-
-def _is_staged(name: str) -> bool:
-    number = name[len(STAGED) :]
-    return name.startswith(STAGED) and number.isdigit() and number.isascii()
-
-
-def _read_journal(directory: _platform.Directory) -> list[tuple[str, str, str | None]]:
-    import json
-
-    path = os.path.join(directory.path, JOURNAL)
-    try:
-        doc = json.loads(directory.read(JOURNAL))
-        if doc["format"] != _FORMAT:
-            raise ValueError(f"format {doc['format']!r}, this crashsafe reads {_FORMAT}")
-        ops = [(str(op), _check_name(name), staged) for op, name, staged in doc["ops"]]
-        for op, _, staged in ops:
-            if op not in ("write", "remove") or (op == "write") != isinstance(staged, str):
-                raise ValueError(f"bad operation {op!r}")
-            if isinstance(staged, str) and not _is_staged(staged):
-                # Recovery renames the staged name over the target: anything but
-                # a name this protocol makes could move another file in.
-                raise ValueError(f"{staged!r} is not a staged file's name")
-    except (ValueError, KeyError, TypeError) as e:
-        # Written atomically, the journal is whole or absent; anything else was
-        # made by someone else, and guessing could destroy data.
-        raise ValueError(
-            f"{path}: not a crashsafe transaction journal ({e}); "
-            "nothing was recovered, and the directory's files were left as they are"
-        ) from e
-    return ops
-
-
-def _apply(
-    directory: _platform.Directory,
-    ops: list[tuple[str, str, str | None]],
-    durability: Durability,
-) -> None:
-    # Idempotent, so recovery can redo it after a crash at any point.
-    for op, name, staged in ops:
-        if op == "write":
-            assert staged is not None
-            directory.replace(staged, name)
-        else:
-            directory.remove(name)
-    _sync(directory, durability)
-    directory.remove(JOURNAL)
-    _sync(directory, durability)
+# The protocol's names in the directory, as recovery and tests know them.
+JOURNAL: Final = _journal.JOURNAL
+LOCK: Final = _journal.LOCK
+STAGED: Final = _journal.STAGED
 
 
 class Transaction:
@@ -178,6 +62,13 @@ class Transaction:
     Use :func:`transaction` to get one. :meth:`write` stages a file at once
     (its data is written and, unless ``durability="none"``, fsynced when the
     transaction commits); nothing is visible at any path before the commit.
+
+    The directory is opened once, at the first :meth:`write` or
+    :meth:`remove` (or at :meth:`commit`), and everything after goes through
+    that open directory: staged files, the lock, the journal, the renames. A
+    directory renamed away before the commit (and another put at its path)
+    gets the whole transaction, as a single :class:`~crashsafe.AtomicFile`
+    would; the one now at the path is not touched.
     """
 
     def __init__(self, directory: str | os.PathLike[str], durability: Durability) -> None:
@@ -189,6 +80,17 @@ class Transaction:
         self._durability: Durability = durability
         self._ops: dict[str, AtomicFile[BinaryIO] | None] = {}
         self._state = "open"
+        self._pinned: _platform.Directory | None = None
+
+    def _directory(self) -> _platform.Directory:
+        if self._pinned is None:
+            self._pinned = _platform.Directory(self.directory)
+        return self._pinned
+
+    def _unpin(self) -> None:
+        pinned, self._pinned = self._pinned, None
+        if pinned is not None:
+            pinned.close()
 
     def write(
         self, name: str | os.PathLike[str], data: BytesLike | str, *, perm: int | None = None
@@ -209,17 +111,17 @@ class Transaction:
         :class:`OSError` of creating the staged file.
         """
         self._check_open()
-        name = _check_name(name)
-        data = data.encode() if isinstance(data, str) else _as_bytes(data, "bytes or str")
-        staged = AtomicFile(
+        name = _journal.check_name(name)
+        data = as_data(data)
+        directory = self._directory()
+        staged = AtomicFile.stage(
             os.path.join(self.directory, name),
-            "wb",
+            target=Target(directory, name, directory.lstat(name)),  # a symlink is replaced
             perm=perm,
             durability=self._durability,
-            follow_symlinks=False,
         )
         try:
-            staged._write(data)
+            staged.write_all(data)
         except BaseException:
             staged.discard()
             raise
@@ -231,7 +133,8 @@ class Transaction:
         *name* and its errors are those of :meth:`write`.
         """
         self._check_open()
-        self._replace_op(_check_name(name), None)
+        self._replace_op(_journal.check_name(name), None)
+        self._directory()  # pinned from the first operation on
 
     def _replace_op(self, name: str, staged: AtomicFile[BinaryIO] | None) -> None:
         old = self._ops.pop(name, None)
@@ -264,34 +167,57 @@ class Transaction:
         """
         self._check_open()
         try:
-            with _locked(self.directory, shared=False) as directory:
-                _recover_locked(directory, self._durability)
+            with _journal.locked(
+                self.directory, shared=False, pinned=self._directory()
+            ) as directory:
+                _journal.recover_locked(directory, self._durability)
                 ops = self._stage(directory)
                 if not ops:
                     self._state = "committed"
                     return
-                import json
-
-                journal = _journal_file(self.directory, self._durability)
-                try:
-                    journal.file.write(json.dumps({"format": _FORMAT, "ops": ops}).encode())
-                    journal.commit()
-                except BaseException:
-                    if not journal.committed:
-                        _unstage(directory, ops)
-                        raise
-                    # The journal is in place: the commit point is passed, and
-                    # undoing now would leave it pointing at nothing. Recovery
-                    # completes the transaction (NotDurableError: the journal
-                    # may not survive a power cut, which would leave all old).
-                    self._state = "committed"
-                    raise
-                self._state = "committed"
-                _apply(directory, ops, self._durability)
+                self._write_journal(directory, ops)
+                _journal.apply(directory, ops, self._durability)
         except BaseException:
             if self._state != "committed":
                 self.discard()
             raise
+        finally:
+            self._unpin()
+
+    def _write_journal(
+        self, directory: _platform.Directory, ops: list[tuple[str, str, str | None]]
+    ) -> None:
+        import json
+
+        path = os.path.join(self.directory, JOURNAL)
+        # No entry by that name: recovery, under this lock, just removed it
+        # (and the create-only rename would refuse one).
+        journal = AtomicFile.stage(
+            path,
+            target=Target(directory, JOURNAL, None),
+            mode="xb",
+            perm=0o600,
+            durability="durable" if self._durability != "none" else "none",
+        )
+        try:
+            journal.write_all(json.dumps({"format": _journal.FORMAT, "ops": ops}).encode())
+            journal.publish()
+        except BaseException:
+            if not journal.committed:
+                _journal.unstage(directory, ops)
+                raise
+            # A signal held back during the rename: the journal is in place.
+            self._state = "committed"
+            raise
+        # The journal is in place: the commit point is passed, and undoing now
+        # would leave it pointing at nothing. Recovery completes the
+        # transaction (NotDurableError: the journal may not survive a power
+        # cut, which would leave all old).
+        self._state = "committed"
+        try:
+            _journal.sync(directory, self._durability)
+        except OSError as e:
+            raise NotDurableError(e.errno, e.strerror, path) from e
 
     def _stage(self, directory: _platform.Directory) -> list[tuple[str, str, str | None]]:
         ops: list[tuple[str, str, str | None]] = []
@@ -307,11 +233,11 @@ class Transaction:
                     continue
                 # Numbered 0, 1, 2... with no gap, as recovery expects.
                 staging = f"{STAGED}{sum(op == 'write' for op, _, _ in ops)}"
-                staged._publish(staging, replace=False, sync=False)
+                staged.publish(staging, replace=False, sync=False)
                 ops.append(("write", name, staging))
-            _sync(directory, self._durability)
+            _journal.sync(directory, self._durability)
         except BaseException:
-            _unstage(directory, ops)
+            _journal.unstage(directory, ops)
             raise
         return ops
 
@@ -320,30 +246,30 @@ class Transaction:
         if self._state != "open":
             return
         self._state = "discarded"
-        for staged in self._ops.values():
-            if staged is not None:
-                staged.discard()
-        self._ops.clear()
+        try:
+            for staged in self._ops.values():
+                if staged is not None:
+                    staged.discard()
+            self._ops.clear()
+        finally:
+            self._unpin()
+
+    def __del__(self) -> None:
+        # Never committed nor discarded, but holding the directory open.
+        if getattr(self, "_pinned", None) is not None and self._state == "open":
+            import warnings
+
+            warnings.warn(
+                f"transaction in {self.directory!r} was never committed or discarded; "
+                "discarding it",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+            self.discard()
 
     def __repr__(self) -> str:
         return f"<crashsafe.Transaction {self.directory!r} {self._state}, {len(self._ops)} files>"
-
-
-def _unstage(directory: _platform.Directory, ops: list[tuple[str, str, str | None]]) -> None:
-    # Before the commit point: undo, highest number first (see recovery).
-    for op, _, staging in reversed(ops):
-        if op == "write" and staging is not None:
-            directory.remove(staging)
-
-
-def _journal_file(directory: str, durability: Durability) -> AtomicFile[BinaryIO]:
-    return AtomicFile(
-        os.path.join(directory, JOURNAL),
-        "xb",
-        perm=0o600,
-        durability="durable" if durability != "none" else "none",
-        follow_symlinks=False,
-    )
 
 
 @contextmanager
@@ -375,7 +301,7 @@ def transaction(
     :func:`snapshot` gives a consistent view. Commits in one directory are
     serialised; two transactions do not see each other's staged files, and the
     one that commits last wins for a file both wrote. Each staged file holds
-    two descriptors until the commit.
+    a descriptor until the commit, and the transaction one for its directory.
     """
     tx = Transaction(directory, durability)  # checks durability before recovery locks
     recover(directory)
@@ -392,13 +318,14 @@ def recover(directory: str | os.PathLike[str]) -> bool:
     """Complete or undo a commit in *directory* that a crash interrupted.
 
     Returns True if there was one. When there is nothing to do it costs a lock,
-    an ``lstat`` and a listing of the directory. Raises :class:`ValueError` if the journal is
-    not one crashsafe wrote, touching nothing, and the :class:`OSError` of a
-    failed step.
+    an ``lstat`` and a listing of the directory. Raises
+    :class:`~crashsafe.errors.ForeignJournalError` (a :class:`ValueError`) if
+    the journal is not one crashsafe wrote, touching nothing, and the
+    :class:`OSError` of a failed step.
     """
     path = os.fsdecode(os.fspath(directory))
-    with _locked(path, shared=False) as opened:
-        return _recover_locked(opened)
+    with _journal.locked(path, shared=False) as opened:
+        return _journal.recover_locked(opened)
 
 
 class Snapshot:
@@ -420,11 +347,11 @@ class Snapshot:
         :class:`OSError` (``ELOOP``) if it is a symlink, which a transaction
         never writes.
         """
-        return self._opened().read(_check_name(name))
+        return self._opened().read(_journal.check_name(name))
 
     def exists(self, name: str | os.PathLike[str]) -> bool:
         """Whether *name* exists in this generation."""
-        return self._opened().lstat(_check_name(name)) is not None
+        return self._opened().lstat(_journal.check_name(name)) is not None
 
 
 @contextmanager
@@ -439,13 +366,14 @@ def snapshot(directory: str | os.PathLike[str]) -> Iterator[Snapshot]:
     The block holds a shared lock: readers run together, and a commit waits
     for them (and they for it). An interrupted commit is recovered first.
     Keep the block short. A transaction on the same directory inside the
-    block, in the same thread, raises :class:`RuntimeError` (it would wait for
-    the block forever); a process forked inside the block holds the lock too,
+    block, in the same thread, raises
+    :class:`~crashsafe.errors.SnapshotDeadlockError` (a :class:`RuntimeError`:
+    it would wait for the block forever); a process forked inside the block holds the lock too,
     until it exits or closes its descriptors.
     """
     path = os.fsdecode(os.fspath(directory))
     while True:
-        with _locked(path, shared=True) as opened:
+        with _journal.locked(path, shared=True) as opened:
             if opened.lstat(JOURNAL) is None:
                 view = Snapshot(opened)
                 try:

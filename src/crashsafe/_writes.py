@@ -1,0 +1,148 @@
+"""The one-call writes built on :class:`~crashsafe.atomic.AtomicFile`.
+
+:func:`atomic_open`, :func:`atomic_write` and :func:`write_file_atomic` are
+imported from :mod:`crashsafe.atomic`, where they are documented as part of
+the protocol's public face; they live here so that the protocol module holds
+the protocol.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, BinaryIO, TextIO, Unpack, overload
+
+from crashsafe._checks import (
+    DEFAULT_ENCODING,
+    BinaryMode,
+    BytesLike,
+    Durability,
+    OpenOptions,
+    TextMode,
+    Validate,
+    as_bytes,
+    check_flag,
+    single_name,
+)
+from crashsafe.atomic import AtomicFile
+
+__all__ = ["atomic_open", "atomic_write", "write_file_atomic"]
+
+
+@overload
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: TextMode,
+    **options: Unpack[OpenOptions],
+) -> AbstractContextManager[TextIO]: ...
+@overload
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: BinaryMode = "wb",
+    **options: Unpack[OpenOptions],
+) -> AbstractContextManager[BinaryIO]: ...
+@contextmanager
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: TextMode | BinaryMode = "wb",
+    *,
+    perm: int | None = None,
+    durability: Durability = "durable",
+    follow_symlinks: bool = True,
+    validate: Validate = None,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+) -> Iterator[Any]:  # typed by the overloads above
+    """Open *path* for an all-or-nothing write; use it in a ``with`` statement.
+
+    Yields a real file object. Leaving the block normally publishes what was
+    written, atomically and (by default) durably; leaving it by any exception,
+    ``KeyboardInterrupt`` included, leaves *path* exactly as it was and no
+    temporary file behind. Modes and keywords are those of
+    :class:`AtomicFile`, as are the errors. The file object is typed
+    :class:`~typing.TextIO` for a text mode (UTF-8 unless *encoding* says
+    otherwise) and :class:`~typing.BinaryIO` for a binary one; the mode must
+    be a literal or have a :data:`TextMode` or :data:`BinaryMode` type.
+
+    Example::
+
+        with crashsafe.atomic_open("state.json", "w", validate=validators.json) as f:
+            json.dump(state, f)
+    """
+    staged = AtomicFile(
+        path,
+        mode,
+        perm=perm,
+        durability=durability,
+        follow_symlinks=follow_symlinks,
+        validate=validate,
+        encoding=encoding,
+        errors=errors,
+        newline=newline,
+    )
+    with staged:
+        yield staged.file
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: BytesLike | str,
+    *,
+    perm: int | None = None,
+    durability: Durability = "durable",
+    overwrite: bool = True,
+    follow_symlinks: bool = True,
+    validate: Validate = None,
+    encoding: str = DEFAULT_ENCODING,
+) -> None:
+    """Replace *path* with *data*, all or nothing.
+
+    *data* is bytes (or any buffer) or str, which is encoded with *encoding*
+    (UTF-8 unless given, as text modes of :func:`atomic_open`) before
+    anything is created. With *overwrite* False, any entry at *path*
+    (a symlink too, dangling or not) raises :class:`FileExistsError`,
+    atomically, as mode ``xb`` of :class:`AtomicFile` does. The other keywords and the
+    errors are those of :class:`AtomicFile`; a wrong type of *data*, or an
+    *overwrite* that is not a bool, raises :class:`TypeError`.
+    """
+    if overwrite is not True and overwrite is not False:  # no frame per write
+        check_flag("overwrite", overwrite)
+    if isinstance(data, str):
+        data = data.encode(encoding)
+    elif not isinstance(data, bytes):
+        data = as_bytes(data, "bytes or str")
+    with AtomicFile(
+        path,
+        "wb" if overwrite else "xb",
+        perm=perm,
+        durability=durability,
+        follow_symlinks=follow_symlinks,
+        validate=validate,
+    ) as staged:
+        staged.write_all(data)
+
+
+def write_file_atomic(
+    dir: str | os.PathLike[str], name: str | os.PathLike[str], data: BytesLike, perm: int
+) -> None:
+    """Write *data* to ``dir/name`` with exactly the mode *perm*, all or nothing, durably.
+
+    The entry ``dir/name`` itself becomes a regular file: a symlink there is
+    replaced, not followed (use :func:`atomic_write` to write through links).
+    On any failure the underlying :class:`OSError` is raised with its errno
+    intact, the previous file is untouched and no temporary file is left; a
+    missing or unwritable *dir* creates nothing. :class:`NotDurableError`
+    means the file was replaced but the directory fsync failed.
+
+    *dir* and *name* may be str, bytes or path-like. Raises
+    :class:`ValueError` if *name* is not a single path component and
+    :class:`TypeError` if *data* is not bytes-like or *name* not a name.
+    """
+    atomic_write(
+        os.path.join(os.fsdecode(os.fspath(dir)), single_name(name)),
+        as_bytes(data, "bytes"),
+        perm=perm,
+        follow_symlinks=False,
+    )
