@@ -52,47 +52,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _process_start(pid: int) -> int | None:
-    """Start time of process *pid* in clock ticks since boot.
-
-    None if there is no such process, or it cannot write any more (a zombie:
-    killed but not yet reaped by its parent), or /proc cannot tell.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses; the
-    # fields after the last ')' are fixed: state is field 3, starttime is 22.
-    fields = data[data.rfind(b")") + 2 :].split()
-    if fields[:1] in ([b"Z"], [b"X"]):
-        return None
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _host_tag() -> str:
-    """A short tag of this boot and pid namespace; pids compare only within one."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
-            boot = int(f.read(8), 16)  # random per boot
-        namespace = int(os.readlink("/proc/self/ns/pid").strip("pid:[]"))
-    except (OSError, ValueError):
-        return _UNKNOWN_HOST
-    # Not a secret, only a fingerprint: mixing the namespace inode into the
-    # boot's random bits is enough to tell boots and namespaces apart.
-    return f"{(boot ^ namespace * 0x9E3779B1) & 0xFFFFFFFF:08x}"
-
-
 def _owner_part() -> str:
     global _owner  # noqa: PLW0603 - see _reset_after_fork
     if _owner is None:
+        from crashsafe import _platform  # at call time: the backends import temp_name
+
         pid = os.getpid()
-        start = _process_start(pid)
-        host = _host_tag() if start is not None else _UNKNOWN_HOST
+        start = _platform.process_start(pid)
+        tag = _platform.boot_tag() if start is not None else None
+        host = _UNKNOWN_HOST if tag is None else f"{tag:08x}"
         _owner = f"{pid}-{start or 0}-{host}"
     return _owner
 
@@ -111,7 +79,9 @@ def _writer_alive(match: re.Match[str]) -> bool | None:
     host = match["host"]
     if host == _UNKNOWN_HOST or host != _owner_part().rsplit("-", 1)[1]:
         return None
-    return _process_start(int(match["pid"])) == int(match["start"])
+    from crashsafe import _platform
+
+    return _platform.process_start(int(match["pid"])) == int(match["start"])
 
 
 @overload

@@ -185,3 +185,12 @@ class Backend(Protocol):
     def reopen_path(self, fd: int) -> str | None:
         """A path by which another program can open the regular file open as *fd*
         (``/proc/self/fd/N`` on Linux), or None where there is none."""
+
+    def process_start(self, pid: int) -> int | None:
+        """When process *pid* started (clock ticks since boot), or None if it does
+        not exist, can no longer write (a zombie), or the platform cannot tell.
+        A (pid, start) pair names one process for the life of a boot."""
+
+    def boot_tag(self) -> int | None:
+        """A 32-bit tag of this boot and pid namespace, within which (pid, start)
+        pairs compare; None where the platform cannot tell."""

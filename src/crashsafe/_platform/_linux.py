@@ -1,5 +1,6 @@
 """Linux-only calls of the POSIX backend: anonymous ``O_TMPFILE`` files, named
-later through ``/proc``, and ``renameat2``.
+later through ``/proc``, ``renameat2``, and what ``/proc`` tells of a process
+and of this boot.
 
 Each says when it does not apply (None, or an errno), so the POSIX steps that
 use it fall back to what every POSIX system has.
@@ -89,3 +90,39 @@ def renameat2_noreplace(dir_fd: int, src: str, dst: str) -> None:
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), dst)
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of process *pid* in clock ticks since boot.
+
+    None if there is no such process, or it cannot write any more (a zombie:
+    killed but not yet reaped by its parent), or /proc cannot tell (not Linux).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses; the
+    # fields after the last ')' are fixed: state is field 3, starttime is 22.
+    fields = data[data.rfind(b")") + 2 :].split()
+    if fields[:1] in ([b"Z"], [b"X"]):
+        return None
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def boot_tag() -> int | None:
+    """A 32-bit tag of this boot and pid namespace (pids compare only within
+    one); None where /proc cannot tell."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = int(f.read(8), 16)  # random per boot
+        namespace = int(os.readlink("/proc/self/ns/pid").strip("pid:[]"))
+    except (OSError, ValueError):
+        return None
+    # Not a secret, only a fingerprint: mixing the namespace inode into the
+    # boot's random bits is enough to tell boots and namespaces apart.
+    return (boot ^ namespace * 0x9E3779B1) & 0xFFFFFFFF

@@ -31,6 +31,7 @@ from crashsafe._platform._status import Status
 __all__ = [
     "Directory",
     "Status",
+    "boot_tag",
     "copy_data",
     "copy_into",
     "create_private",
@@ -39,6 +40,7 @@ __all__ = [
     "lock_file_linked",
     "open_lock_file",
     "open_reading",
+    "process_start",
     "reopen_path",
     "set_metadata",
     "signals_deferred",
@@ -206,6 +208,16 @@ def unlock(fd: int) -> None:
 
 def reopen_path(fd: int) -> str | None:
     """None: Windows has no path that reopens an open file."""
+    return None
+
+
+def process_start(pid: int) -> int | None:
+    """None: not read on Windows, so whether a writer lives cannot be proven."""
+    return None
+
+
+def boot_tag() -> int | None:
+    """None: not read on Windows (see :func:`process_start`)."""
     return None
 
 
