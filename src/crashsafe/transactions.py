@@ -291,10 +291,13 @@ def transaction(
     runs on entering this block, before the commit, in :func:`snapshot` and in
     :func:`recover`.
 
-    *durability*: ``"durable"`` (the default) and ``"consistent"`` fsync every
-    file and the directory around the commit point (all old or all new after a
-    power cut; ``"durable"`` also makes the end state durable before returning);
-    ``"none"`` fsyncs nothing: all or nothing against a killed process only.
+    *durability*: ``"durable"`` (the default) and ``"consistent"`` are the same
+    here: every file and the directory are fsynced around the commit point and
+    after the renames, so the files are all old or all new after a power cut,
+    and all new once the commit returned. (Skipping the directory sync after
+    the renames would let the journal's removal reach the disk before them,
+    and all-or-nothing needs them there first.) ``"none"`` fsyncs nothing: all
+    or nothing against a killed process only.
 
     Readers that open the files directly may see some files new and others
     old while a commit is running, and after a crash until recovery has run;
