@@ -17,7 +17,7 @@ from tests.writers.markers import end, start
 
 plan: dict[str, str] = json.loads(sys.argv[1])
 if sys.argv[2]:
-    crashsafe.batch._THREADS = int(sys.argv[2])
+    crashsafe.batch._THREADS = int(sys.argv[2])  # type: ignore[misc]  # a Final the test caps
 durability = sys.argv[3]
 data = {}
 for target, source in plan.items():
