@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict, Unpack
 
 import crashsafe
 from tests.harness.require import require, require_root, require_tools
@@ -116,38 +116,41 @@ def nobody_python() -> tuple[str, str]:
     return found
 
 
-def python_command(
-    program: str | Path,
-    *args: str,
-    prelude: str = "",
-    as_nobody: bool = False,
-    wrapper: Sequence[str] = (),
-    isolated: bool = False,
-    staging: str | None = None,
-    env: Mapping[str, str] | None = None,
-) -> tuple[list[str], dict[str, str]]:
+class Options(TypedDict, total=False):
+    """How a child runs (see the module's docstring)."""
+
+    prelude: str  # prepended to source text; default "" (run(): REPORT)
+    as_nobody: bool
+    wrapper: Sequence[str]
+    isolated: bool
+    staging: str | None  # CRASHSAFE_STAGING for REPORT; run(): "tmpfile"
+    env: Mapping[str, str] | None  # added to the environment
+
+
+def python_command(program: str | Path, *args: str, **options: Unpack[Options]) -> Command:
     """The argv and environment of a child running *program* with *args* as
-    ``sys.argv[1:]``: source text (dedented, after *prelude*) or a program file."""
+    ``sys.argv[1:]``: source text (dedented, after the prelude) or a program file."""
     python = sys.executable
-    extra = dict(env or {})
-    if as_nobody:
+    wrapper = list(options.get("wrapper", ()))
+    isolated = options.get("isolated", False)
+    extra = dict(options.get("env") or {})
+    if options.get("as_nobody", False):
         python, src = nobody_python()
-        wrapper = [*wrapper, *NOBODY]
+        wrapper += NOBODY
         extra.setdefault("PYTHONPATH", src)
     flags = ["-S", "-B"] if isolated else []
     if isinstance(program, Path):
-        assert not prelude, "a program file brings its own imports"
+        assert not options.get("prelude"), "a program file brings its own imports"
         argv = [*wrapper, python, *flags, str(program), *args]
     else:
-        argv = [*wrapper, python, *flags, "-c", prelude + textwrap.dedent(program), *args]
+        code = options.get("prelude", "") + textwrap.dedent(program)
+        argv = [*wrapper, python, *flags, "-c", code, *args]
     if isolated:
         # The same few variables in every run: PYTHONPATH finds crashsafe and
         # tests.writers, the hash seed and locale fix what could vary.
-        base = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": f"{SRC}{os.pathsep}{ROOT}",
-        }
-        base |= {"PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"}
+        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        base |= {"PYTHONPATH": f"{SRC}{os.pathsep}{ROOT}", "PYTHONHASHSEED": "0"}
+        base |= {"LC_ALL": "C.UTF-8"}
     else:
         base = dict(os.environ)
         base["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -155,48 +158,43 @@ def python_command(
         if isinstance(program, Path):
             # A program file imports tests.writers and tests.harness.
             base["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, base.get("PYTHONPATH")]))
+    staging = options.get("staging")
     if staging is not None:
         base["CRASHSAFE_STAGING"] = staging
-    return argv, base | extra
+    return Command(argv, base | extra, "/" if isolated else None, isolated)
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    new_session: bool  # a process group of its own
 
 
 def start(
     program: str | Path,
     *args: str,
-    prelude: str = "",
-    as_nobody: bool = False,
-    wrapper: Sequence[str] = (),
-    isolated: bool = False,
-    staging: str | None = None,
-    env: Mapping[str, str] | None = None,
     stdin: int | IO[Any] | None = subprocess.PIPE,
     stdout: int | IO[Any] | None = subprocess.PIPE,
     stderr: int | IO[Any] | None = None,
     text: bool = False,
+    **options: Unpack[Options],
 ) -> subprocess.Popen[Any]:
     """Start a child (see :func:`python_command`) and return it running.
 
     An isolated child runs in ``/`` in a process group of its own."""
-    argv, environ = python_command(
-        program,
-        *args,
-        prelude=prelude,
-        as_nobody=as_nobody,
-        wrapper=wrapper,
-        isolated=isolated,
-        staging=staging,
-        env=env,
-    )
+    command = python_command(program, *args, **options)
     return subprocess.Popen(
-        argv,
+        command.argv,
         stdin=stdin,
         stdout=stdout,
         stderr=stderr,
-        env=environ,
+        env=command.env,
         text=text,
-        bufsize=0 if not text else -1,
-        cwd="/" if isolated else None,
-        start_new_session=isolated,
+        bufsize=-1 if text else 0,
+        cwd=command.cwd,
+        start_new_session=command.new_session,
     )
 
 
@@ -233,29 +231,23 @@ class Ran:
 def run(
     program: str | Path,
     *args: str,
-    prelude: str = REPORT,
-    as_nobody: bool = False,
-    wrapper: Sequence[str] = (),
-    isolated: bool = False,
-    staging: str | None = "tmpfile",
-    env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
     timeout: float = 60,
+    **options: Unpack[Options],
 ) -> Ran:
     """Run a child to its end (see :func:`python_command`; by default after
     :data:`REPORT`, with anonymous staging) and return what it did."""
-    argv, environ = python_command(
-        program,
-        *args,
-        prelude=prelude,
-        as_nobody=as_nobody,
-        wrapper=wrapper,
-        isolated=isolated,
-        staging=staging,
-        env=env,
-    )
+    options.setdefault("prelude", "" if isinstance(program, Path) else REPORT)
+    options.setdefault("staging", "tmpfile")
+    command = python_command(program, *args, **options)
     done = subprocess.run(
-        argv, input=stdin, capture_output=True, env=environ, timeout=timeout, check=False
+        command.argv,
+        input=stdin,
+        capture_output=True,
+        env=command.env,
+        cwd=command.cwd,
+        timeout=timeout,
+        check=False,
     )
     return Ran(
         done.returncode,
@@ -343,6 +335,17 @@ def spawned() -> Iterator[list[Child]]:
     finally:
         for child in started:
             child.close()
+
+
+def reap_group(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Wait up to *timeout* seconds for *proc* (started in a process group of its
+    own) to exit, then SIGKILL that group; *proc* is reaped either way."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def blocked_in_flock(pid: int) -> bool:

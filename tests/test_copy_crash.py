@@ -88,7 +88,14 @@ from tests.harness import power_cut, traces
 from tests.harness.checks import leftovers
 from tests.harness.kill9 import KillPoint, kill9_loop
 from tests.harness.mounts import loop_mount
-from tests.harness.one_file import BAD, NEW, cut_one_file
+from tests.harness.one_file import (
+    NEW,
+    check_durable,
+    commit_of,
+    cut_one_file,
+    damage,
+    durable_marks,
+)
 from tests.harness.payloads import durable_put, payload, read_or_none
 from tests.harness.power_cut import WRITERS
 from tests.harness.summary import module_summary
@@ -217,6 +224,17 @@ def _sources(mnt: Path) -> list[Path]:
     return paths
 
 
+def _c1z_setup(mnt: Path) -> tuple[list[Path], list[bytes], Path, Path]:
+    """The sources on *mnt*, the versions, and ``mnt/d/target`` holding version 0."""
+    sources = _sources(mnt)
+    versions = [c1z_version(i) for i in range(VERSIONS)]
+    directory = mnt / "d"
+    directory.mkdir()
+    target = directory / "target"
+    durable_put(target, versions[0])
+    return sources, versions, directory, target
+
+
 def _in_place_copy(source: Path, target: Path) -> None:
     """The story's broken protocol: truncate the published file, copy over it."""
     with open(source, "rb") as src, open(target, "r+b") as dst:
@@ -251,12 +269,7 @@ def test_kill9_copy_of_c1z_never_tears_and_sweep_cleans(
     kill_fs: tuple[str, Path], staging: str, validator_tmp: Path
 ) -> None:
     fs, mnt = kill_fs
-    sources = _sources(mnt)
-    versions = [c1z_version(i) for i in range(VERSIONS)]
-    directory = mnt / "d"
-    directory.mkdir()
-    target = directory / "target"
-    durable_put(target, versions[0])
+    sources, versions, directory, target = _c1z_setup(mnt)
     judge = Judge(target, versions, validator_tmp)
 
     def write(n: int) -> crashsafe.CopyResult:
@@ -295,12 +308,7 @@ def test_kill9_copy_of_c1z_never_tears_and_sweep_cleans(
 @pytest.mark.slow
 def test_kill9_harness_catches_in_place_copy(kill_fs: tuple[str, Path]) -> None:
     fs, mnt = kill_fs
-    sources = _sources(mnt)
-    versions = [c1z_version(i) for i in range(VERSIONS)]
-    directory = mnt / "d"
-    directory.mkdir()
-    target = directory / "target"
-    durable_put(target, versions[0])
+    sources, versions, directory, target = _c1z_setup(mnt)
     judge = Judge(target, versions)
 
     def write(n: int) -> None:
@@ -437,10 +445,7 @@ def test_power_cut_at_every_syscall_of_a_durable_copy(
     fs, mnt = cut_fs
     run, directory = _run(mnt, COPY_ATOMIC, [staging], crashsafe_temps=True)
     method = traces.copy_method(run.trace)
-    commit = traces.commit_index(run.trace, "target")
-    assert commit is not None, "no rename or link onto the target in the trace"
-    dir_sync = traces.dir_sync_index(run.trace, str(directory), commit)
-    assert dir_sync is not None, "no fsync of the directory after the commit"
+    commit, dir_sync = durable_marks(run, directory)
     _note(
         power_cut.describe(
             fs,
@@ -452,29 +457,19 @@ def test_power_cut_at_every_syscall_of_a_durable_copy(
 
     assert method == METHOD[fs.partition("-")[0]]
     # Old or new at every point, old before the rename, new once the directory
-    # fsync returned; the source intact.
-    assert power_cut.violations(run, commit, dir_sync) == []
-    assert len(run.trials) == len(run.trace) * len(power_cut.MODES)
-    assert {t.outcome for t in run.trials} == {"old", "new"}
-    # Crashes left temporary files (the named one, or the O_TMPFILE's link
-    # name between linkat and rename), and sweep() removed every one.
-    assert sum(len(t.leftovers) for t in run.trials) > 0
-    assert [t.left_after_sweep for t in run.trials if t.left_after_sweep] == []
-    assert leftovers(directory) == []
+    # fsync returned; the source intact (inspect() says "source damaged" if not).
+    check_durable(run, directory, commit, dir_sync)
 
 
 @pytest.mark.slow
 def test_power_cut_harness_catches_copy_without_fsync(cut_fs: tuple[str, Path]) -> None:
     fs, mnt = cut_fs
     run, _ = _run(mnt, COPY_BROKEN, [], crashsafe_temps=False)
-    commit = traces.commit_index(run.trace, "target")
-    assert commit is not None
+    commit = commit_of(run)
     method = traces.copy_method(run.trace)
-    caught = [(t.outcome, t.mode, str(t.point)) for t in run.trials if t.outcome in BAD]
+    caught, caught_text = damage(run)
     _note(
-        power_cut.describe(fs, f"BROKEN copyfile {method}", run, f"commit #{commit}")
-        + f"; caught {len(caught)}: "
-        + "; ".join(f"{o} ({m}) after {p.split('(')[0]}" for o, m, p in caught)
+        power_cut.describe(fs, f"BROKEN copyfile {method}", run, f"commit #{commit}") + caught_text
     )
     # A rename that reached the journal without the data: an empty (or
     # partial) target, the bug the durable protocol exists to prevent.

@@ -20,9 +20,15 @@ from pathlib import Path
 import pytest
 
 from tests.harness import power_cut, traces
-from tests.harness.checks import leftovers
 from tests.harness.kill9 import kill9_torture
-from tests.harness.one_file import BAD, NEW, cut_one_file
+from tests.harness.one_file import (
+    NEW,
+    check_durable,
+    commit_of,
+    cut_one_file,
+    damage,
+    durable_marks,
+)
 from tests.harness.payloads import payload
 from tests.harness.power_cut import WRITERS
 from tests.harness.summary import module_summary
@@ -85,25 +91,14 @@ def test_power_cut_at_every_syscall_of_a_durable_write(
 ) -> None:
     fs, mnt = cut_fs
     run, directory = _run(mnt, tmp_path, WRITE_ATOMIC, [staging, "durable"], crashsafe_temps=True)
-    commit = traces.commit_index(run.trace, "target")
-    assert commit is not None, "no rename or link onto the target in the trace"
-    dir_sync = traces.dir_sync_index(run.trace, str(directory), commit)
-    assert dir_sync is not None, "no fsync of the directory after the commit"
+    commit, dir_sync = durable_marks(run, directory)
     _note(
         power_cut.describe(
             fs, f"durable {staging}", run, f"commit #{commit}, dir fsync #{dir_sync}"
         )
     )
 
-    assert power_cut.violations(run, commit, dir_sync) == []
-    # Every trial ran and both sides of the commit point were seen.
-    assert len(run.trials) == len(run.trace) * len(power_cut.MODES)
-    assert {t.outcome for t in run.trials} == {"old", "new"}
-    # Crashes left temporary files (the named one, or the O_TMPFILE's link
-    # name between linkat and rename), and sweep() removed every one.
-    assert sum(len(t.leftovers) for t in run.trials) > 0
-    assert [t.left_after_sweep for t in run.trials if t.left_after_sweep] == []
-    assert leftovers(directory) == []
+    check_durable(run, directory, commit, dir_sync)
 
 
 @pytest.mark.slow
@@ -112,8 +107,7 @@ def test_power_cut_consistent_is_never_torn(cut_fs: tuple[str, Path], tmp_path: 
     run, directory = _run(
         mnt, tmp_path, WRITE_ATOMIC, ["tmpfile", "consistent"], crashsafe_temps=True
     )
-    commit = traces.commit_index(run.trace, "target")
-    assert commit is not None
+    commit = commit_of(run)
     assert traces.dir_sync_index(run.trace, str(directory), commit) is None
     old_after_return = [t for t in run.trials if t.point.index >= run.end and t.outcome == "old"]
     _note(
@@ -130,14 +124,9 @@ def test_power_cut_consistent_is_never_torn(cut_fs: tuple[str, Path], tmp_path: 
 def test_harness_catches_rename_without_fsync(cut_fs: tuple[str, Path], tmp_path: Path) -> None:
     fs, mnt = cut_fs
     run, _ = _run(mnt, tmp_path, WRITE_BROKEN, ["no-fsync"], crashsafe_temps=False)
-    commit = traces.commit_index(run.trace, "target")
-    assert commit is not None
-    caught = [(t.outcome, t.mode, str(t.point)) for t in run.trials if t.outcome in BAD]
-    _note(
-        power_cut.describe(fs, "BROKEN no fsync", run, f"commit #{commit}")
-        + f"; caught {len(caught)}: "
-        + "; ".join(f"{o} ({m}) after {p.split('(')[0]}" for o, m, p in caught)
-    )
+    commit = commit_of(run)
+    caught, caught_text = damage(run)
+    _note(power_cut.describe(fs, "BROKEN no fsync", run, f"commit #{commit}") + caught_text)
     # The harness must see what PROVING.md measured: an empty (or zero-filled,
     # or partial) target once the rename reached the journal without the data.
     assert caught, "the harness missed the missing fsync: it proves nothing"
@@ -148,8 +137,7 @@ def test_harness_catches_rename_without_fsync(cut_fs: tuple[str, Path], tmp_path
 def test_harness_catches_missing_directory_fsync(cut_fs: tuple[str, Path], tmp_path: Path) -> None:
     fs, mnt = cut_fs
     run, _ = _run(mnt, tmp_path, WRITE_BROKEN, ["fsync-file"], crashsafe_temps=False)
-    commit = traces.commit_index(run.trace, "target")
-    assert commit is not None
+    commit = commit_of(run)
     after_return = [t for t in run.trials if t.point.index >= run.end]
     old = [t.mode for t in after_return if t.outcome == "old"]
     _note(

@@ -18,7 +18,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tests.harness.payloads import (
     classify,
@@ -205,18 +205,16 @@ def inspect_transaction(directory: str | os.PathLike[str]) -> TxState:
 
     directory = Path(directory)
     staged = tuple(n for n in protocol_leftovers(directory) if n != JOURNAL)
-    before = read_generation(directory)
-    journal = os.path.lexists(directory / JOURNAL)
-    staged_generations = tuple(_staged_generation(read_or_none(directory / n)) for n in staged)
-    exposed = tuple(exposed_entries(directory))
-    recovered = recover(directory)
-    return TxState(
-        before=before,
-        journal=journal,
-        staged=staged,
-        staged_generations=staged_generations,
-        exposed=exposed,
-        recovered=recovered,
-        after=read_generation(directory),
-        left=tuple(protocol_leftovers(directory)),
-    )
+    state: dict[str, Any] = {
+        "before": read_generation(directory),
+        "journal": os.path.lexists(directory / JOURNAL),
+        "staged": staged,
+        "staged_generations": tuple(
+            _staged_generation(read_or_none(directory / n)) for n in staged
+        ),
+        "exposed": tuple(exposed_entries(directory)),
+    }
+    state["recovered"] = recover(directory)
+    state["after"] = read_generation(directory)
+    state["left"] = tuple(protocol_leftovers(directory))
+    return TxState(**state)

@@ -70,16 +70,9 @@ def run_python(
     if as_nobody:
         wrapper = wrapper[: -len(children.NOBODY)]
     assert python in (None, sys.executable) or as_nobody, python
-    return children.run(
-        code,
-        *args,
-        staging=staging,
-        wrapper=wrapper,
-        as_nobody=as_nobody,
-        env=env,
-        stdin=stdin,
-        timeout=timeout,
-    )
+    options: children.Options = {"staging": staging, "env": env, "wrapper": wrapper}
+    options["as_nobody"] = as_nobody
+    return children.run(code, *args, stdin=stdin, timeout=timeout, **options)
 
 
 def run_traced(
@@ -108,14 +101,7 @@ def run_traced(
             wrapper += ["-e", f"inject={spec}"]
         for p in paths:
             wrapper += ["-P", os.fspath(p)]
-        child = children.run(
-            code,
-            *args,
-            staging=staging,
-            wrapper=[*wrapper, "--"],
-            env=env,
-            stdin=stdin,
-            timeout=timeout,
-        )
+        options: children.Options = {"staging": staging, "env": env, "wrapper": [*wrapper, "--"]}
+        child = children.run(code, *args, stdin=stdin, timeout=timeout, **options)
         child.log = log.read_text(errors="replace").splitlines() if log.exists() else []
     return child

@@ -26,6 +26,7 @@ from typing import Any
 
 import crashsafe
 import crashsafe._platform._posix as posix
+from tests.children import reap_group
 from tests.harness.checks import leftovers
 from tests.harness.payloads import classify, durable_put, payload, read_or_none
 from tests.harness.require import require_tools
@@ -269,12 +270,7 @@ class _Attached:
         if self.tracer is not None:
             with contextlib.suppress(AssertionError):
                 self._read_until(None, timeout=30)  # the rest of the trace, to its end
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.tracer.wait(30)
-            if self.tracer.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.tracer.pid, signal.SIGKILL)
-                self.tracer.wait()
+            reap_group(self.tracer, 30)
             assert self.tracer.stderr is not None
             self.tracer.stderr.close()
 

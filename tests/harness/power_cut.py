@@ -223,12 +223,7 @@ class Attached:
                 with contextlib.suppress(BrokenPipeError):
                     pipe.close()
         if self.strace is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.strace.wait(10)
-            if self.strace.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.strace.pid, signal.SIGKILL)
-                self.strace.wait()
+            children.reap_group(self.strace, 10)
 
 
 @dataclass

@@ -1,33 +1,23 @@
 """Commits one generation of files with ``crashsafe.transactions.transaction``.
 
-``tx_commit.py DIRECTORY SOURCE STAGING DURABILITY PLAN``: PLAN is a JSON list
-of ``[name, perm]`` (perm null: remove the name); each file's content is read
-from SOURCE/name before the start marker (see
-:func:`tests.harness.generations.tx_writer_args`). Its broken twin,
-``tx_broken.py``, replaces the same files one by one with atomic_write (each
-write crash-safe, the set not), with no journal: a crash leaves a mix.
+Arguments: see :mod:`tests.writers.plan`. Its broken twin, ``tx_broken.py``,
+replaces the same files one by one with atomic_write (each write crash-safe,
+the set not), with no journal: a crash leaves a mix.
 """
 
-import json
-import os
 import sys
 
 from crashsafe.transactions import transaction
 from tests.writers.markers import end, start, use_staging
+from tests.writers.plan import read_plan
 
-directory, source, staging, durability = sys.argv[1:5]
-plan: list[tuple[str, int | None]] = json.loads(sys.argv[5])
-use_staging(staging)
-data = {}
-for name, perm in plan:
-    if perm is not None:
-        with open(os.path.join(source, name), "rb") as f:
-            data[name] = f.read()
+plan = read_plan(sys.argv)
+use_staging(plan.staging)
 start()
-with transaction(directory, durability=durability) as tx:  # type: ignore[arg-type]
-    for name, perm in plan:
+with transaction(plan.directory, durability=plan.durability) as tx:  # type: ignore[arg-type]
+    for name, perm in plan.steps:
         if perm is None:
             tx.remove(name)
         else:
-            tx.write(name, data[name], perm=perm)
+            tx.write(name, plan.data[name], perm=perm)
 end()
