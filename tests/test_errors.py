@@ -35,6 +35,7 @@ import pytest
 import crashsafe
 from crashsafe import NotDurableError, atomic_open, atomic_write, write_file_atomic
 from tests.children import NOBODY, nobody_python
+from tests.children import start as start_child
 from tests.harness.checks import entries, read
 from tests.harness.inject import fault, run_python, run_traced
 from tests.harness.mounts import loop_mount, remount, run, tmpfs
@@ -821,11 +822,8 @@ def test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked(blocker:
     with the signal module's (its first).
     """
     with tmpfs(size_kb=1024) as mnt:
-        child = subprocess.Popen(
-            [sys.executable, "-c", SIGNAL_STORM, str(mnt), "20000", blocker],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        child = start_child(
+            SIGNAL_STORM, str(mnt), "20000", blocker, stdin=None, stderr=subprocess.PIPE, text=True
         )
         try:
             assert child.stdout is not None

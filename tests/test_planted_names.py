@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import crashsafe
 import crashsafe._platform._posix as posix
 from crashsafe import staging
 from crashsafe.staging import _TEMP_RE, MARKER, is_temp_name, sweep, temp_name
+from tests.children import start as start_child
 from tests.harness.checks import entries, leftovers
 from tests.harness.require import require
 
@@ -178,11 +177,7 @@ time.sleep(120)
 
 def kill_writer_while_staging(path: Path, *, tmpfile: bool) -> None:
     """Start a writer that stages *path* (perm 0o644, junk), then SIGKILL it mid-write."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER.format(tmpfile=tmpfile), str(path)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_child(KILLED_WRITER.format(tmpfile=tmpfile), str(path), stdin=None, text=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"
