@@ -63,7 +63,7 @@ from crashsafe import (
     validators,
 )
 from tests.children import run as run_child
-from tests.harness.checks import entries, leftovers
+from tests.harness.checks import entries, leftovers, umask
 from tests.harness.inject import fault, run_python, run_traced
 from tests.harness.mounts import loop_mount, run, tmpfs
 from tests.harness.require import require_root, require_tools
@@ -140,15 +140,6 @@ def free_blocks(path: Path) -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-@contextlib.contextmanager
-def umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 class Recorder:

@@ -22,7 +22,7 @@ import crashsafe._platform._posix as posix
 from crashsafe import staging
 from crashsafe.staging import _TEMP_RE, MARKER, is_temp_name, sweep, temp_name
 from tests.children import start as start_child
-from tests.harness.checks import entries, leftovers
+from tests.harness.checks import entries, leftovers, snapshot
 from tests.harness.require import require
 
 NAME = "id_ed25519"
@@ -55,19 +55,6 @@ def planted_names(name: str) -> list[str]:
     ]
     assert all(is_temp_name(n) for n in names[len(NAIVE) :])
     return names
-
-
-def snapshot(path: Path) -> tuple[object, ...]:
-    """Everything about one entry that a write through it or over it would change."""
-    st = os.lstat(path)
-    kind = stat.S_IFMT(st.st_mode)
-    if stat.S_ISLNK(st.st_mode):
-        detail: object = os.readlink(path)
-    elif stat.S_ISDIR(st.st_mode):
-        detail = {p.name: snapshot(p) for p in path.iterdir()}
-    else:
-        detail = path.read_bytes()
-    return kind, st.st_ino, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, detail
 
 
 def plant(directory: Path, names: list[str], kind: str, victim: Path) -> None:

@@ -29,7 +29,7 @@ from crashsafe import sweep
 from crashsafe.staging import _TEMP_RE, MARKER, is_temp_name, temp_name
 from tests.children import Child
 from tests.children import start as start_child
-from tests.harness.checks import entries, leftovers
+from tests.harness.checks import entries, leftovers, snapshot
 from tests.harness.require import require
 
 HOUR = 3600.0
@@ -83,17 +83,6 @@ def make(path: Path, data: bytes = b"staged", *, age: float = 0.0) -> Path:
         then = time.time() - age
         os.utime(path, (then, then))
     return path
-
-
-def snapshot(path: Path) -> tuple[object, ...]:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        detail: object = os.readlink(path)
-    elif stat.S_ISDIR(st.st_mode):
-        detail = {p.name: snapshot(p) for p in path.iterdir()}
-    else:
-        detail = path.read_bytes()
-    return st.st_ino, st.st_mode, st.st_mtime_ns, detail
 
 
 # --------------------------------------------------------------------------- writer processes
