@@ -7,6 +7,7 @@ a mix of generations that no recovery can undo.
 """
 
 import contextlib
+import fcntl  # noqa: F401 - imported by the lock on first use: not part of the crash points
 import os
 import sys
 

@@ -5,6 +5,7 @@ replaces the same files one by one with atomic_write (each write crash-safe,
 the set not), with no journal: a crash leaves a mix.
 """
 
+import fcntl  # noqa: F401 - imported by the lock on first use: not part of the crash points
 import sys
 
 from crashsafe.transactions import transaction
