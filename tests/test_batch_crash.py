@@ -231,6 +231,9 @@ def test_power_cut_in_any_thread_of_write_many(
     assert any(len(threads) > 2 for threads in run.counts.values()), run.counts
     where = Counter(t.where for t in run.trials)
     assert where["worker"] > 0, where
+    # ...and in the main thread, which stages every file's data: the runner
+    # tells the two apart by the frozen process's own thread id.
+    assert where["main"] > 0, where
     assert where["before start"] == 0, "a freeze landed before the batch began"
     # Cuts after the call returned, where every file must be new (checked above).
     assert where["after end"] + where["returned"] > 0, where

@@ -328,7 +328,7 @@ def crash_every_syscall(
                     try:
                         frozen = tracer.wait_frozen_or_done()
                         trace = parse(tracer.text())
-                        point, where = _landing(trace, frozen, main, run)
+                        point, where = _landing(trace, frozen, tracer.writer.pid, run)
                         on_target = threads or (
                             frozen
                             and trace.stopped_tid == tracer.writer.pid
