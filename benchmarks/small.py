@@ -22,9 +22,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import atomicwrites  # type: ignore[import-untyped]
+import atomicwrites
 import safer
-from boltons.fileutils import atomic_save  # type: ignore[import-untyped]
+from boltons.fileutils import atomic_save
 from common import (
     Op,
     Row,

@@ -173,7 +173,7 @@ def first_writes(directory: str, label: str, reps: int) -> Section:
         f"What each piece of tuning is worth: a process's first writes, {label}",
         ("without it, median", "with it, median", "time ratio (95 % interval)"),
     )
-    parts = {
+    parts: dict[str, Callable[[tuple[float, float, float]], float]] = {
         "first write": lambda r: r[1],
         "second write": lambda r: r[2],
         "import + first two writes": lambda r: r[0] + r[1] + r[2],

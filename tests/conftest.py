@@ -11,9 +11,9 @@ import coverage
 import pytest
 
 import crashsafe._platform._posix as posix
-from tests.harness import crash
+from tests.harness import power_cut
 from tests.harness.checks import verify_no_leftovers
-from tests.harness.mounts import loop_mount
+from tests.harness.mounts import loop_mount, tmpfs
 
 # A shell without job control starts a background command (`... &`, nohup) with
 # SIGINT ignored, and every child inherits that: Python then installs no
@@ -58,8 +58,20 @@ def cut_fs(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
     ext4 is mounted ``noauto_da_alloc`` (label ``ext4-noauto_da_alloc``): its
     default hides the missing-fsync bug.
     """
-    crash.require_power_cut()
+    power_cut.require_power_cut()
     fstype = request.param
     options = "noauto_da_alloc" if fstype == "ext4" else ""
-    with loop_mount(fstype, options=options) as mnt, crash.writeback_off():
+    with loop_mount(fstype, options=options) as mnt, power_cut.writeback_off():
         yield f"{fstype}{'-' + options if options else ''}", mnt
+
+
+@pytest.fixture(params=["ext4-tmp", "tmpfs"])
+def torture_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The kill -9 loops' directory, ``(label, path)``: pytest's own (on the root
+    filesystem), then a fresh tmpfs, where named orphans of 1 MiB pile up until
+    the sweep: room for all of them."""
+    if request.param == "ext4-tmp":
+        yield request.param, tmp_path
+    else:
+        with tmpfs(size_kb=400 << 10) as mnt:
+            yield request.param, mnt

@@ -14,8 +14,6 @@ import pickle
 import pkgutil
 import re
 import stat
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import pytest
 
 import crashsafe
 from crashsafe import NotDurableError
+from tests.children import run as run_child
 from tests.harness.checks import entries
 
 VALID_MODES = ["w", "wt", "wb", "x", "xt", "xb", "a", "at", "ab"]
@@ -74,9 +73,9 @@ def test_import_leaves_copying_and_validators_for_first_use() -> None:
         "after = {m for m in sys.modules if m.startswith('crashsafe.')}\n"
         "print(sorted(before)); print(sorted(after - before))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
+    done = run_child(code, prelude="", staging=None)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
     assert "crashsafe.copying" not in out[0]
     assert "crashsafe.validators" not in out[0]
     assert "'crashsafe.copying'" in out[1]
@@ -128,9 +127,7 @@ with crashsafe.transaction(d) as tx:
     tx.write("a", b"1")
 print(bad)
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
-    )
+    done = run_child(code, str(tmp_path), prelude="", staging=None)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "[]\n"
     assert (tmp_path / "a").read_bytes() == b"1"
@@ -138,7 +135,8 @@ print(bad)
 
 def test_dir_lists_every_public_name_before_first_use() -> None:
     code = "import crashsafe; print(sorted(set(crashsafe.__all__) - set(dir(crashsafe))))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = run_child(code, prelude="", staging=None)
+    assert done.returncode == 0, done.stderr
     assert done.stdout == "[]\n"
     assert set(crashsafe.__all__) <= set(dir(crashsafe))
     assert "__version__" in dir(crashsafe)
@@ -437,13 +435,7 @@ print(" ".join(seen))
 
 
 def test_macos_syncs_the_directory_with_f_fullfsync_as_it_does_the_file(workdir: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", ON_DARWIN, str(workdir / "f")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    done = run_child(ON_DARWIN, str(workdir / "f"), prelude="", staging=None)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["file", "directory"]
     assert (workdir / "f").read_bytes() == b"data"

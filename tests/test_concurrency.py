@@ -15,13 +15,11 @@ import contextlib
 import fcntl
 import json
 import os
-import select
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +29,8 @@ from typing import Any
 import pytest
 
 from crashsafe import AtomicFile, atomic_open, atomic_write
-from tests.children import blocked_in_flock, wait_until
+from tests.children import blocked_in_flock, read_line, wait_until
+from tests.children import start as start_child
 from tests.harness.checks import entries, leftovers
 
 # --- child code: from here to its end marker also runs in child processes, which
@@ -225,12 +224,7 @@ def _child(call: str, staging: str | None = None) -> subprocess.Popen[bytes]:
             f"import crashsafe._platform._posix as p\np.use_tmpfile = {staging == 'tmpfile'}\n"
         )
     script = f"{prelude}{CHILD_IMPORTS}{_child_code()}\n{call}\n"
-    return subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        bufsize=0,
-    )
+    return start_child(script)
 
 
 class Lines:
@@ -238,22 +232,18 @@ class Lines:
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
-        self.buffer = b""
+        self.buffer = bytearray()
 
     def readline(self, timeout: float = 30.0) -> str:
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
-            if not ready:
-                raise AssertionError(f"child {self.proc.pid} said nothing for {timeout} s")
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
-            if not chunk:
-                raise AssertionError(f"child {self.proc.pid} exited: {self.proc.wait()}")
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line.decode()
+        who = f"child {self.proc.pid}"
+        try:
+            line = read_line(self.proc.stdout, self.buffer, timeout, who)
+        except AssertionError:
+            raise AssertionError(f"{who} exited: {self.proc.wait()}") from None
+        if line is None:
+            raise AssertionError(f"{who} said nothing for {timeout} s")
+        return line
 
 
 @contextlib.contextmanager

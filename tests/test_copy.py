@@ -42,8 +42,6 @@ import shutil
 import sqlite3
 import stat
 import struct
-import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -64,7 +62,8 @@ from crashsafe import (
     atomic_write,
     validators,
 )
-from tests.harness.checks import entries, leftovers
+from tests.children import run as run_child
+from tests.harness.checks import entries, leftovers, umask
 from tests.harness.inject import fault, run_python, run_traced
 from tests.harness.mounts import loop_mount, run, tmpfs
 from tests.harness.require import require_root, require_tools
@@ -141,15 +140,6 @@ def free_blocks(path: Path) -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-@contextlib.contextmanager
-def umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 class Recorder:
@@ -1502,13 +1492,7 @@ def test_one_gib_is_copied_or_streamed_in_bounded_memory(
     dst = gib_source.with_name(f"dst-{how}")
     try:
         started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-c", MEASURE, how, str(gib_source), str(dst)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_child(MEASURE, how, str(gib_source), str(dst), prelude="", timeout=120)
         seconds = time.perf_counter() - started
         assert done.returncode == 0, done.stderr
         figures = jsonlib.loads(done.stdout)

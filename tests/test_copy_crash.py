@@ -10,7 +10,7 @@ in both staging modes (anonymous ``O_TMPFILE`` and named temporary files):
   target, round after round, with ``validate=crashsafe.validators.c1z``. It is
   SIGKILLed 100 times, each right after one syscall of two recorded copies
   that touches the directory, cycling through all of them
-  (:func:`tests.harness.crash.kill9_loop`: no timing decides where a kill
+  (:func:`tests.harness.kill9_loop`: no timing decides where a kill
   lands, so every count below is the same on every run). After every kill the target passes
   ``validators.c1z`` and equals, byte for byte, one of the complete versions.
   Afterwards ``sweep(dir, min_age=0)`` removes every temporary file the kills
@@ -84,9 +84,20 @@ import pytest
 import crashsafe
 from crashsafe import validators
 from crashsafe.errors import VerificationError
-from tests.harness import crash
+from tests.harness import power_cut, traces
 from tests.harness.checks import leftovers
+from tests.harness.kill9 import KillPoint, kill9_loop
 from tests.harness.mounts import loop_mount
+from tests.harness.one_file import (
+    NEW,
+    check_durable,
+    commit_of,
+    cut_one_file,
+    damage,
+    durable_marks,
+)
+from tests.harness.payloads import durable_put, payload, read_or_none
+from tests.harness.power_cut import WRITERS
 from tests.harness.summary import module_summary
 
 # Kills per run: each of the 44-48 crash points of two copies is hit twice (in
@@ -173,7 +184,7 @@ class Judge:
 
     def __call__(self) -> int | str:
         self._collect_scratch()
-        data = crash.read_or_none(self.target)
+        data = read_or_none(self.target)
         if data is None:
             return "missing"
         rejected = self._validate()
@@ -208,9 +219,20 @@ def _sources(mnt: Path) -> list[Path]:
     paths = []
     for i in range(VERSIONS):
         path = src / f"v{i}.c1z"
-        crash.durable_put(path, c1z_version(i))
+        durable_put(path, c1z_version(i))
         paths.append(path)
     return paths
+
+
+def _c1z_setup(mnt: Path) -> tuple[list[Path], list[bytes], Path, Path]:
+    """The sources on *mnt*, the versions, and ``mnt/d/target`` holding version 0."""
+    sources = _sources(mnt)
+    versions = [c1z_version(i) for i in range(VERSIONS)]
+    directory = mnt / "d"
+    directory.mkdir()
+    target = directory / "target"
+    durable_put(target, versions[0])
+    return sources, versions, directory, target
 
 
 def _in_place_copy(source: Path, target: Path) -> None:
@@ -247,18 +269,13 @@ def test_kill9_copy_of_c1z_never_tears_and_sweep_cleans(
     kill_fs: tuple[str, Path], staging: str, validator_tmp: Path
 ) -> None:
     fs, mnt = kill_fs
-    sources = _sources(mnt)
-    versions = [c1z_version(i) for i in range(VERSIONS)]
-    directory = mnt / "d"
-    directory.mkdir()
-    target = directory / "target"
-    crash.durable_put(target, versions[0])
+    sources, versions, directory, target = _c1z_setup(mnt)
     judge = Judge(target, versions, validator_tmp)
 
     def write(n: int) -> crashsafe.CopyResult:
         return crashsafe.atomic_copy(sources[n % VERSIONS], target, validate=validators.c1z)
 
-    result = crash.kill9_loop(
+    result = kill9_loop(
         directory, kills=KILLS, write=write, check=judge, staging=staging, ordered=False
     )
     method = result.returned.method
@@ -291,18 +308,13 @@ def test_kill9_copy_of_c1z_never_tears_and_sweep_cleans(
 @pytest.mark.slow
 def test_kill9_harness_catches_in_place_copy(kill_fs: tuple[str, Path]) -> None:
     fs, mnt = kill_fs
-    sources = _sources(mnt)
-    versions = [c1z_version(i) for i in range(VERSIONS)]
-    directory = mnt / "d"
-    directory.mkdir()
-    target = directory / "target"
-    crash.durable_put(target, versions[0])
+    sources, versions, directory, target = _c1z_setup(mnt)
     judge = Judge(target, versions)
 
     def write(n: int) -> None:
         _in_place_copy(sources[n % VERSIONS], target)
 
-    result = crash.kill9_loop(
+    result = kill9_loop(
         directory, kills=KILLS, write=write, check=judge, staging="named", ordered=False
     )
     cut = result.outcomes["valid magic, zstd stream cut short"]
@@ -336,7 +348,7 @@ def test_kill9_during_c1z_validation_leaves_at_most_its_private_directory(
     directory = tmp_path / "d"
     directory.mkdir()
     target = directory / "target"
-    crash.durable_put(target, data)
+    durable_put(target, data)
     # Someone else's file, shaped like what sweep() removes: never touched.
     stranger = validator_tmp / ".big.0123456789abcdef.4242-1-00000000.crashsafe-tmp"
     stranger.write_bytes(b"not the validator's")
@@ -368,9 +380,9 @@ def test_kill9_during_c1z_validation_leaves_at_most_its_private_directory(
         after = stranger.stat()
         if (after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):
             return "a stranger's file was touched"
-        return 0 if crash.read_or_none(target) == data else "target is not the source"
+        return 0 if read_or_none(target) == data else "target is not the source"
 
-    result = crash.kill9_loop(
+    result = kill9_loop(
         directory,
         kills=24,
         write=write,
@@ -383,7 +395,7 @@ def test_kill9_during_c1z_validation_leaves_at_most_its_private_directory(
     left = left[-result.kills :]  # kill9_loop checks three times before the kills
     # The window of every recorded write: from the creation of the private
     # directory (included) to its removal (excluded).
-    window: set[crash.KillPoint] = set()
+    window: set[KillPoint] = set()
     for w in {p.write for p in result.points}:
         calls = [p for p in result.points if p.write == w]
         made = next(i for i, p in enumerate(calls) if p.name in ("mkdir", "mkdirat"))
@@ -410,65 +422,19 @@ def test_kill9_during_c1z_validation_leaves_at_most_its_private_directory(
 
 # --------------------------------------------------------------------------- power cut
 
-OLD, NEW = 1, 2
-BAD = ("missing", "empty", "zeros", "partial", "torn")
-
-COPY_WRITER = """
-import ctypes, fcntl  # imported by the copy on first use: not part of the crash points
-import crashsafe
-import crashsafe._platform._posix as posix
-atomic_copy = crashsafe.atomic_copy  # a lazy export: resolved before the start marker
-target, source, staging = sys.argv[1:4]
-posix.use_tmpfile = staging == "tmpfile"
-start()
-atomic_copy(source, target, durability="durable")
-end()
-"""
-
-# Deliberately broken: copy to a fixed temporary name (shutil.copyfile: sendfile
-# on Linux, no fsync), then rename over the target.
-BROKEN_COPIER = """
-import shutil
-target, source = sys.argv[1:3]
-temp = os.path.join(os.path.dirname(target), ".target.broken-tmp")
-start()
-shutil.copyfile(source, temp)
-os.rename(temp, target)
-end()
-"""
+COPY_ATOMIC = WRITERS / "copy_atomic.py"
+# Deliberately broken: shutil.copyfile (sendfile on Linux) to a temporary name, rename, no fsync.
+COPY_BROKEN = WRITERS / "copy_broken.py"
 
 
 def _run(
-    mnt: Path, script: str, extra: list[str], *, crashsafe_temps: bool
-) -> tuple[crash.PowerCutRun, Path]:
-    directory = mnt / "d"
-    directory.mkdir()
-    target = directory / "target"
+    mnt: Path, writer: Path, extra: list[str], *, crashsafe_temps: bool
+) -> tuple[power_cut.PowerCutRun, Path]:
+    """The source on the same filesystem (a reflink needs that), fsynced before."""
     (mnt / "src").mkdir()
     source = mnt / "src" / "new.bin"
-    crash.durable_put(source, crash.payload(NEW))
-
-    def prepare() -> None:
-        for name in os.listdir(directory):
-            if name != "target":
-                os.unlink(directory / name)
-        crash.durable_put(target, crash.payload(OLD))
-
-    def inspect() -> str:
-        if crash.classify(crash.read_or_none(source)) != NEW:
-            return "source damaged"
-        found = crash.classify(crash.read_or_none(target))
-        return "old" if found == OLD else "new" if found == NEW else str(found)
-
-    run = crash.power_cut_every_syscall(
-        mnt,
-        script,
-        [str(target), str(source), *extra],
-        prepare=prepare,
-        inspect=inspect,
-        sweep_dir=directory if crashsafe_temps else None,
-    )
-    return run, directory
+    durable_put(source, payload(NEW))
+    return cut_one_file(mnt, writer, source, extra, crashsafe_temps=crashsafe_temps)
 
 
 @pytest.mark.slow
@@ -477,14 +443,11 @@ def test_power_cut_at_every_syscall_of_a_durable_copy(
     cut_fs: tuple[str, Path], staging: str
 ) -> None:
     fs, mnt = cut_fs
-    run, directory = _run(mnt, COPY_WRITER, [staging], crashsafe_temps=True)
-    method = crash.copy_method(run.trace)
-    commit = crash.commit_index(run.trace, "target")
-    assert commit is not None, "no rename or link onto the target in the trace"
-    dir_sync = crash.dir_sync_index(run.trace, str(directory), commit)
-    assert dir_sync is not None, "no fsync of the directory after the commit"
+    run, directory = _run(mnt, COPY_ATOMIC, [staging], crashsafe_temps=True)
+    method = traces.copy_method(run.trace)
+    commit, dir_sync = durable_marks(run, directory)
     _note(
-        crash.describe(
+        power_cut.describe(
             fs,
             f"atomic_copy {staging} {method}",
             run,
@@ -494,31 +457,21 @@ def test_power_cut_at_every_syscall_of_a_durable_copy(
 
     assert method == METHOD[fs.partition("-")[0]]
     # Old or new at every point, old before the rename, new once the directory
-    # fsync returned; the source intact.
-    assert crash.violations(run, commit, dir_sync) == []
-    assert len(run.trials) == len(run.trace) * len(crash.MODES)
-    assert {t.outcome for t in run.trials} == {"old", "new"}
-    # Crashes left temporary files (the named one, or the O_TMPFILE's link
-    # name between linkat and rename), and sweep() removed every one.
-    assert sum(len(t.leftovers) for t in run.trials) > 0
-    assert [t.left_after_sweep for t in run.trials if t.left_after_sweep] == []
-    assert leftovers(directory) == []
+    # fsync returned; the source intact (inspect() says "source damaged" if not).
+    check_durable(run, directory, commit, dir_sync)
 
 
 @pytest.mark.slow
 def test_power_cut_harness_catches_copy_without_fsync(cut_fs: tuple[str, Path]) -> None:
     fs, mnt = cut_fs
-    run, _ = _run(mnt, BROKEN_COPIER, [], crashsafe_temps=False)
-    commit = crash.commit_index(run.trace, "target")
-    assert commit is not None
-    method = crash.copy_method(run.trace)
-    caught = [(t.outcome, t.mode, str(t.point)) for t in run.trials if t.outcome in BAD]
+    run, _ = _run(mnt, COPY_BROKEN, [], crashsafe_temps=False)
+    commit = commit_of(run)
+    method = traces.copy_method(run.trace)
+    caught, caught_text = damage(run)
     _note(
-        crash.describe(fs, f"BROKEN copyfile {method}", run, f"commit #{commit}")
-        + f"; caught {len(caught)}: "
-        + "; ".join(f"{o} ({m}) after {p.split('(')[0]}" for o, m, p in caught)
+        power_cut.describe(fs, f"BROKEN copyfile {method}", run, f"commit #{commit}") + caught_text
     )
     # A rename that reached the journal without the data: an empty (or
     # partial) target, the bug the durable protocol exists to prevent.
     assert caught, "the harness missed the copy without fsync: it proves nothing"
-    assert crash.violations(run, commit, None) != []
+    assert power_cut.violations(run, commit, None) != []

@@ -35,6 +35,7 @@ import pytest
 import crashsafe
 from crashsafe import NotDurableError, atomic_open, atomic_write, write_file_atomic
 from tests.children import NOBODY, nobody_python
+from tests.children import start as start_child
 from tests.harness.checks import entries, read
 from tests.harness.inject import fault, run_python, run_traced
 from tests.harness.mounts import loop_mount, remount, run, tmpfs
@@ -819,12 +820,15 @@ def test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked(blocker:
     ``signal.pthread_sigmask`` (``CRASHSAFE_NATIVE``).
     """
     with tmpfs(size_kb=1024) as mnt:
-        child = subprocess.Popen(
-            [sys.executable, "-c", SIGNAL_STORM, str(mnt), "20000", blocker],
-            env={**os.environ, "CRASHSAFE_NATIVE": blocker},
-            stdout=subprocess.PIPE,
+        child = start_child(
+            SIGNAL_STORM,
+            str(mnt),
+            "20000",
+            blocker,
+            stdin=None,
             stderr=subprocess.PIPE,
             text=True,
+            env={"CRASHSAFE_NATIVE": blocker},
         )
         try:
             assert child.stdout is not None

@@ -14,27 +14,18 @@ import os
 import pwd
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import crashsafe
 from crashsafe.staging import MARKER
-from tests.harness.checks import leftovers
+from tests.harness.checks import leftovers, umask
 from tests.harness.inject import run_traced
 from tests.harness.require import require, require_root, require_tools
 
 UMASKS = [0o000, 0o002, 0o022, 0o027, 0o077]
-
-
-@contextlib.contextmanager
-def umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def mode_of(path: str | os.PathLike[str]) -> int:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +20,8 @@ import pytest
 import crashsafe
 import crashsafe._platform._posix as posix
 from crashsafe.staging import _TEMP_RE, MARKER, is_temp_name, sweep, temp_name
-from tests.harness.checks import entries, leftovers
+from tests.children import start as start_child
+from tests.harness.checks import entries, leftovers, snapshot
 from tests.harness.require import require
 
 NAME = "id_ed25519"
@@ -55,19 +54,6 @@ def planted_names(name: str) -> list[str]:
     ]
     assert all(is_temp_name(n) for n in names[len(NAIVE) :])
     return names
-
-
-def snapshot(path: Path) -> tuple[object, ...]:
-    """Everything about one entry that a write through it or over it would change."""
-    st = os.lstat(path)
-    kind = stat.S_IFMT(st.st_mode)
-    if stat.S_ISLNK(st.st_mode):
-        detail: object = os.readlink(path)
-    elif stat.S_ISDIR(st.st_mode):
-        detail = {p.name: snapshot(p) for p in path.iterdir()}
-    else:
-        detail = path.read_bytes()
-    return kind, st.st_ino, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, detail
 
 
 def plant(directory: Path, names: list[str], kind: str, victim: Path) -> None:
@@ -177,11 +163,7 @@ time.sleep(120)
 
 def kill_writer_while_staging(path: Path, *, tmpfile: bool) -> None:
     """Start a writer that stages *path* (perm 0o644, junk), then SIGKILL it mid-write."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER.format(tmpfile=tmpfile), str(path)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_child(KILLED_WRITER.format(tmpfile=tmpfile), str(path), stdin=None, text=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"

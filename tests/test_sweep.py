@@ -28,8 +28,10 @@ import crashsafe
 import crashsafe._platform._posix as posix
 from crashsafe import sweep
 from crashsafe.staging import _TEMP_RE, MARKER, is_temp_name, temp_name
+from tests.children import Child
+from tests.children import start as start_child
 from tests.harness import mounts
-from tests.harness.checks import entries, leftovers
+from tests.harness.checks import entries, leftovers, snapshot
 from tests.harness.mounts import loop_mount
 from tests.harness.require import require, require_tools
 
@@ -86,17 +88,6 @@ def make(path: Path, data: bytes = b"staged", *, age: float = 0.0) -> Path:
     return path
 
 
-def snapshot(path: Path) -> tuple[object, ...]:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        detail: object = os.readlink(path)
-    elif stat.S_ISDIR(st.st_mode):
-        detail = {p.name: snapshot(p) for p in path.iterdir()}
-    else:
-        detail = path.read_bytes()
-    return st.st_ino, st.st_mode, st.st_mtime_ns, detail
-
-
 # --------------------------------------------------------------------------- writer processes
 
 WRITER = """\
@@ -116,26 +107,18 @@ if sys.stdin.readline() == "commit\\n":
 """
 
 
-class Writer:
+class Writer(Child):
     """A writer process holding open AtomicFiles (named staging) for *targets*."""
 
     def __init__(self, *targets: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, *map(str, targets)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        super().__init__(WRITER, *map(str, targets))
 
     def ready(self) -> None:
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline() == "ready\n"
+        assert self.readline() == "ready"
 
     def commit(self) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("commit\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline() == "committed\n"
+        self.send("commit")
+        assert self.readline() == "committed"
         assert self.proc.wait(timeout=30) == 0
 
     def kill(self) -> None:
@@ -143,12 +126,6 @@ class Writer:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-
-    def close(self) -> None:
-        self.kill()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.fixture
@@ -520,12 +497,7 @@ def test_sweep_running_alongside_live_writers_removes_nothing_and_breaks_no_writ
     400 writes; during every tenth, while its named temporary file exists, the
     sweeper is asked for a round and must see that file (and leave it)."""
     saved, posix.use_tmpfile = posix.use_tmpfile, False
-    sweeper = subprocess.Popen(
-        [sys.executable, "-c", SWEEPER, str(workdir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    sweeper = start_child(SWEEPER, str(workdir), text=True)
     failures: list[BaseException] = []
     verdicts: list[str] = []
     writes = 0

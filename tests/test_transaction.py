@@ -34,8 +34,6 @@ import errno
 import json
 import os
 import stat
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -54,6 +52,8 @@ from crashsafe.transactions import (
     transaction,
 )
 from tests.children import blocked_in_flock, wait_until
+from tests.children import run as run_child
+from tests.children import start as start_child
 from tests.harness import crash
 from tests.harness.checks import leftovers
 from tests.harness.inject import fault, run_traced
@@ -580,9 +580,7 @@ except RuntimeError as e:
 else:
     print("committed")
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
+    done = run_child(code, prelude="", staging=None, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "raised RuntimeError SnapshotDeadlockError"
     assert crash.protocol_leftovers(tmp_path) == []
@@ -636,7 +634,7 @@ with transaction({str(tmp_path)!r}) as tx:
 print("committed", flush=True)
 """
     with snapshot(tmp_path) as snap:
-        writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        writer = start_child(code, stdin=None, text=True)
         try:
             assert writer.stdout is not None
             assert writer.stdout.readline() == "ready\n"

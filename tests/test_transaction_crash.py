@@ -8,7 +8,7 @@ fifth name that each commit writes or removes in turn:
 
 * kill -9 of a writer that commits generation after generation, right after
   each syscall of two commits that touches the directory, in turn (200 kills
-  per staging path and filesystem, :func:`tests.harness.crash.kill9_loop`):
+  per staging path and filesystem, :func:`tests.harness.kill9_loop`):
   after each kill, ``recover()`` (or ``snapshot()``, which
   recovers by itself, leaving staged debris to the next writer's own recovery)
   finds one complete generation, never an older one than before; recovery
@@ -18,7 +18,7 @@ fifth name that each commit writes or removes in turn:
   running ``snapshot()`` throughout the kills never sees a mix.
 * A power cut (the shutdown ioctl, on loop xfs and on ext4 ``noauto_da_alloc``)
   right after every syscall of a four-file commit, in the ``commit`` and ``cut``
-  modes of :func:`tests.harness.crash.power_cut_every_syscall`: after the
+  modes of :func:`tests.harness.power_cut.power_cut_every_syscall`: after the
   remount and ``recover()``, all old before the journal is linked, all new once
   the journal's directory fsync returned (and so after the call returned),
   never a mix.
@@ -31,19 +31,24 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from crashsafe.transactions import JOURNAL, LOCK, recover, snapshot, transaction
-from tests.harness import crash
+from tests import children
+from tests.harness import generations, power_cut, traces
 from tests.harness.checks import leftovers
-from tests.harness.mounts import loop_mount, tmpfs
+from tests.harness.kill9 import kill9_loop
+from tests.harness.mounts import loop_mount
+from tests.harness.power_cut import WRITERS
 from tests.harness.summary import module_summary
+
+TX_COMMIT = WRITERS / "tx_commit.py"
+# Deliberately broken: the same files replaced one by one with atomic_write, no journal.
+TX_BROKEN = WRITERS / "tx_broken.py"
 
 _note, _print_summary = module_summary("transaction crash summary")
 
@@ -51,14 +56,14 @@ _note, _print_summary = module_summary("transaction crash summary")
 def _writer(directory: Path, durability: str = "durable") -> Callable[[int], None]:
     def write(generation: int) -> None:
         with transaction(directory, durability=durability) as tx:  # type: ignore[arg-type]
-            crash.write_generation(tx, generation)
+            generations.write_generation(tx, generation)
 
     return write
 
 
 def _snapshot_generation(directory: Path) -> int | str:
     with snapshot(directory) as snap:
-        return crash.classify_generation(lambda n: snap.read(n) if snap.exists(n) else None)
+        return generations.classify_generation(lambda n: snap.read(n) if snap.exists(n) else None)
 
 
 class RecoveringCheck:
@@ -78,7 +83,7 @@ class RecoveringCheck:
     def __call__(self) -> int | str:
         self.calls += 1
         if self.calls % 2:
-            state = crash.inspect_transaction(self.directory)
+            state = generations.inspect_transaction(self.directory)
             self.recoveries[f"recover(): {state.recovery}"] += 1
             self.mixed_before += str(state.before).startswith("mixed")
             if state.problems():
@@ -86,9 +91,9 @@ class RecoveringCheck:
                 return "problem (see the list)"
             return state.after
         journal = os.path.lexists(self.directory / JOURNAL)
-        staged = [n for n in crash.protocol_leftovers(self.directory) if n != JOURNAL]
-        exposed = crash.exposed_entries(self.directory)
-        before = crash.read_generation(self.directory)
+        staged = [n for n in generations.protocol_leftovers(self.directory) if n != JOURNAL]
+        exposed = generations.exposed_entries(self.directory)
+        before = generations.read_generation(self.directory)
         self.mixed_before += str(before).startswith("mixed")
         found = _snapshot_generation(self.directory)
         if journal:
@@ -106,15 +111,6 @@ class RecoveringCheck:
         return found
 
 
-@pytest.fixture(params=["ext4-tmp", "tmpfs"])
-def torture_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    if request.param == "ext4-tmp":
-        yield request.param, tmp_path
-    else:
-        with tmpfs(size_kb=256 << 10) as mnt:
-            yield request.param, mnt
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("staging", ["tmpfile", "named"])
 def test_kill9_at_every_syscall_then_recovery_is_never_a_mix(
@@ -123,9 +119,9 @@ def test_kill9_at_every_syscall_then_recovery_is_never_a_mix(
     where, directory = torture_dir
     kills = 200
     with transaction(directory) as tx:
-        crash.write_generation(tx, 1)
+        generations.write_generation(tx, 1)
     check = RecoveringCheck(directory)
-    result = crash.kill9_loop(
+    result = kill9_loop(
         directory,
         kills=kills,
         write=_writer(directory),
@@ -135,7 +131,7 @@ def test_kill9_at_every_syscall_then_recovery_is_never_a_mix(
     )
     # The last kill may have left staged files to the next writer: recover them.
     recover(directory)
-    final = crash.read_generation(directory)
+    final = generations.read_generation(directory)
     _note(
         f"kill -9 {where:<8} {staging:<8} {result.kills} kills: {dict(result.outcomes)}, "
         f"generation advanced after {result.changed}, final generation {final}; "
@@ -154,44 +150,11 @@ def test_kill9_at_every_syscall_then_recovery_is_never_a_mix(
     assert check.recoveries["recover(): back"] + check.recoveries["left to the writer: back"] > 0
     assert result.left_after_sweep == []
     assert isinstance(final, int)
-    assert crash.protocol_leftovers(directory) == []
-    assert set(os.listdir(directory)) <= {LOCK, *crash.TX_NAMES}
+    assert generations.protocol_leftovers(directory) == []
+    assert set(os.listdir(directory)) <= {LOCK, *generations.TX_NAMES}
 
 
-# Loops on snapshot() until told to stop. Between two snapshots it looks at
-# its standard input: "read" asks for one more snapshot whose generation it
-# prints at once (so the test knows, without any timing, that the reader read
-# at that moment, while the writer is being killed), "stop" for its tally.
-READER = """
-import json, os, select, sys
-sys.path.insert(0, {root!r})
-from crashsafe.transactions import snapshot
-from tests.harness import crash
-directory = sys.argv[1]
-reads, bad, seen = 0, {{}}, set()
-
-def read():
-    global reads
-    with snapshot(directory) as snap:
-        found = crash.classify_generation(lambda n: snap.read(n) if snap.exists(n) else None)
-    reads += 1
-    if isinstance(found, int):
-        seen.add(found)
-    else:
-        bad[found] = bad.get(found, 0) + 1
-    return found
-
-print("ready", flush=True)
-while True:
-    if select.select([0], [], [], 0)[0]:
-        command = sys.stdin.readline().strip()
-        if command != "read":
-            break
-        print(json.dumps(read()), flush=True)
-    else:
-        read()
-print(json.dumps({{"reads": reads, "bad": bad, "generations": len(seen)}}), flush=True)
-"""
+SNAPSHOT_READER = WRITERS / "snapshot_reader.py"
 
 
 @pytest.mark.slow
@@ -203,14 +166,8 @@ def test_kill9_with_a_concurrent_snapshot_reader(tmp_path: Path) -> None:
     directory = tmp_path / "d"
     directory.mkdir()
     with transaction(directory) as tx:
-        crash.write_generation(tx, 1)
-    root = str(Path(__file__).resolve().parents[1])
-    reader = subprocess.Popen(
-        [sys.executable, "-c", READER.format(root=root), str(directory)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+        generations.write_generation(tx, 1)
+    reader = children.start(SNAPSHOT_READER, str(directory), text=True)
     asked: list[int | str] = []
     kills = 0
 
@@ -228,7 +185,7 @@ def test_kill9_with_a_concurrent_snapshot_reader(tmp_path: Path) -> None:
     try:
         assert reader.stdout is not None and reader.stdin is not None
         assert reader.stdout.readline() == "ready\n"
-        result = crash.kill9_loop(
+        result = kill9_loop(
             directory,
             kills=100,
             write=_writer(directory),
@@ -258,35 +215,25 @@ def test_kill9_with_a_concurrent_snapshot_reader(tmp_path: Path) -> None:
     assert result.outcomes == Counter(complete=100), result.outcomes
     assert result.left_after_sweep == []
     recover(directory)
-    assert isinstance(crash.read_generation(directory), int)
-    assert crash.protocol_leftovers(directory) == []
+    assert isinstance(generations.read_generation(directory), int)
+    assert generations.protocol_leftovers(directory) == []
 
 
 # --------------------------------------------------------------------------- power cut
 
 
-@pytest.fixture(params=["xfs", "ext4"])
-def cut_fs(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
-    """A fresh loop filesystem, background writeback off while the test runs."""
-    crash.require_power_cut()
-    fstype = request.param
-    options = "noauto_da_alloc" if fstype == "ext4" else ""
-    with loop_mount(fstype, options=options) as mnt, crash.writeback_off():
-        yield f"{fstype}{'-' + options if options else ''}", mnt
-
-
 def _power_cut(
-    mnt: Path, tmp_path: Path, script: str, staging: str
-) -> tuple[crash.PowerCutRun, Path]:
+    mnt: Path, tmp_path: Path, writer: Path, staging: str
+) -> tuple[power_cut.PowerCutRun, Path]:
     directory = mnt / "d"
     directory.mkdir()
-    args = crash.tx_writer_args(directory, tmp_path / "source", 2, staging=staging)
-    run = crash.power_cut_every_syscall(
+    args = generations.tx_writer_args(directory, tmp_path / "source", 2, staging=staging)
+    run = power_cut.power_cut_every_syscall(
         mnt,
-        script,
+        writer,
         args,
-        prepare=lambda: crash.prepare_generation(directory, 1),
-        inspect=lambda: crash.inspect_transaction(directory),
+        prepare=lambda: generations.prepare_generation(directory, 1),
+        inspect=lambda: generations.inspect_transaction(directory),
         sweep_dir=directory,
     )
     return run, directory
@@ -298,7 +245,7 @@ def _label(after: int | str) -> str:
     return "MIXED" if str(after).startswith("mixed") else str(after)
 
 
-def _outcomes(run: crash.PowerCutRun) -> dict[str, int]:
+def _outcomes(run: power_cut.PowerCutRun) -> dict[str, int]:
     found = Counter(f"{t.mode}:{_label(t.outcome.after)}" for t in run.trials)
     return dict(sorted(found.items()))
 
@@ -309,18 +256,18 @@ def test_power_cut_at_every_syscall_of_a_four_file_commit(
     cut_fs: tuple[str, Path], tmp_path: Path, staging: str
 ) -> None:
     fs, mnt = cut_fs
-    run, directory = _power_cut(mnt, tmp_path, crash.TX_WRITER, staging)
-    commit = crash.commit_index(run.trace, JOURNAL)
+    run, directory = _power_cut(mnt, tmp_path, TX_COMMIT, staging)
+    commit = traces.commit_index(run.trace, JOURNAL)
     assert commit is not None, "no link of the journal in the trace"
-    durable = crash.dir_sync_index(run.trace, str(directory), commit)
+    durable = traces.dir_sync_index(run.trace, str(directory), commit)
     assert durable is not None, "no directory fsync after the journal was linked"
-    states: list[crash.TxState] = [t.outcome for t in run.trials]
+    states: list[generations.TxState] = [t.outcome for t in run.trials]
     recoveries = Counter(f"{t.mode}:{t.outcome.recovery}" for t in run.trials)
     mixed_before = Counter(t.mode for t in run.trials if str(t.outcome.before).startswith("mixed"))
     temps = sum(len(t.leftovers) for t in run.trials)
     _note(
         f"power cut {fs:<20} {staging:<8} {len(run.trace)} crash points x "
-        f"{len(crash.MODES)} modes = {len(run.trials)} trials (journal linked #{commit}, its "
+        f"{len(power_cut.MODES)} modes = {len(run.trials)} trials (journal linked #{commit}, its "
         f"dir fsync #{durable}, end #{run.end}): after recovery {_outcomes(run)}; recoveries "
         f"{dict(sorted(recoveries.items()))}; mixed before recovery {dict(mixed_before)}; "
         f"temp files {temps} -> left {sum(len(t.left_after_sweep) for t in run.trials)}; "
@@ -339,7 +286,7 @@ def test_power_cut_at_every_syscall_of_a_four_file_commit(
             why = "old after return" if i >= run.end else "old after the journal's dir fsync"
             wrong.append((t.mode, str(t.point), why))
     assert wrong == []
-    assert len(run.trials) == len(run.trace) * len(crash.MODES)
+    assert len(run.trials) == len(run.trace) * len(power_cut.MODES)
     assert {s.after for s in states} == {1, 2}
     # Recovery was exercised both ways, and was needed: some cuts left a mix on disk.
     assert any(s.recovery == "forward" for s in states)
@@ -347,7 +294,7 @@ def test_power_cut_at_every_syscall_of_a_four_file_commit(
     assert sum(mixed_before.values()) > 0
     assert [t.left_after_sweep for t in run.trials if t.left_after_sweep] == []
     assert leftovers(directory) == []
-    assert crash.protocol_leftovers(directory) == []
+    assert generations.protocol_leftovers(directory) == []
 
 
 @pytest.mark.slow
@@ -355,18 +302,18 @@ def test_harness_catches_files_replaced_one_by_one(tmp_path: Path) -> None:
     """Deliberately broken: the same four files and removal done one by one with
     atomic_write (each of them crash-safe, the set not). The harness must find mixes,
     or the transaction test above proves nothing."""
-    crash.require_power_cut()
-    with loop_mount("xfs") as mnt, crash.writeback_off():
-        run, _ = _power_cut(mnt, tmp_path, crash.TX_BROKEN_WRITER, "tmpfile")
+    power_cut.require_power_cut()
+    with loop_mount("xfs") as mnt, power_cut.writeback_off():
+        run, _ = _power_cut(mnt, tmp_path, TX_BROKEN, "tmpfile")
     mixed = [t for t in run.trials if str(t.outcome.after).startswith("mixed")]
     _note(
         f"power cut xfs BROKEN one by one   {len(run.trace)} crash points x "
-        f"{len(crash.MODES)} modes = {len(run.trials)} trials: after recovery "
+        f"{len(power_cut.MODES)} modes = {len(run.trials)} trials: after recovery "
         f"{_outcomes(run)}; recover() did something in "
         f"{sum(t.outcome.recovered for t in run.trials)}; caught {len(mixed)} mixes, e.g. "
         f"{mixed[0].outcome.after if mixed else None} after {mixed[0].point if mixed else None}"
         f"; {run.seconds:.0f} s"
     )
     assert mixed, "the harness saw no mix from a protocol without a journal: it proves nothing"
-    assert {t.mode for t in mixed} == set(crash.MODES)
+    assert {t.mode for t in mixed} == set(power_cut.MODES)
     assert not any(t.outcome.recovered for t in run.trials)

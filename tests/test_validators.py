@@ -19,7 +19,6 @@ import random
 import shutil
 import sqlite3
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ import crashsafe.validators as v
 from crashsafe.errors import VerificationError
 from crashsafe.staging import is_temp_name
 from crashsafe.validators._sqlite import sqlite_path
+from tests import children
 from tests.harness.inject import run_python as run_child
 from tests.harness.require import require_root, require_tools
 
@@ -229,10 +229,8 @@ def peak_rss_growth_kib(validator: str, path: Path) -> int:
     return int(result.stdout)
 
 
-def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
-    )
+def run_python(code: str, *args: str) -> children.Ran:
+    return children.run(code, *args, prelude="", staging=None)
 
 
 # -- fixtures ---------------------------------------------------------------------

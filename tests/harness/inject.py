@@ -19,88 +19,18 @@ Notes measured with strace 6.1 on this machine:
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
-import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from tests import children
+from tests.children import REPORT as PRELUDE
+from tests.children import Ran as Child
 from tests.harness.require import require_tools
 
 __all__ = ["PRELUDE", "Child", "fault", "run_python", "run_traced"]
-
-# Every child starts with this: the staging path chosen by the parent, and
-# helpers that turn an outcome into JSON.
-PRELUDE = textwrap.dedent(
-    """
-    import json, os, sys
-    import crashsafe
-    import crashsafe._platform._posix as _posix
-    from crashsafe import AtomicFile, atomic_open, atomic_write, write_file_atomic
-
-    _posix.use_tmpfile = os.environ.get("CRASHSAFE_STAGING", "tmpfile") == "tmpfile"
-
-    def describe(e):
-        name = getattr(e, "filename", None)
-        cause = e.__cause__
-        return {
-            "raised": type(e).__name__,
-            "errno": getattr(e, "errno", None),
-            "filename": None if name is None else os.fsdecode(name),
-            "oserror": isinstance(e, OSError),
-            "message": str(e),
-            "cause_errno": getattr(cause, "errno", None),
-        }
-
-    def attempt(fn, *args, **kwargs):
-        try:
-            fn(*args, **kwargs)
-        except BaseException as e:
-            return describe(e)
-        return {"raised": None}
-
-    def report(**result):
-        sys.stdout.write(json.dumps(result) + "\\n")
-        sys.stdout.flush()
-    """
-)
-
-_CALL = re.compile(r"^\s*(?:\[pid\s+)?\d*\]?\s*(\w+)\(")
-
-
-@dataclass
-class Child:
-    """What a child process did: exit status, output and the strace log lines."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-    log: list[str] = field(default_factory=list)
-
-    @property
-    def result(self) -> dict[str, Any]:
-        """The JSON object of the child's last stdout line."""
-        lines = self.stdout.strip().splitlines()
-        assert lines, f"child printed nothing (exit {self.returncode}); stderr:\n{self.stderr}"
-        value = json.loads(lines[-1])
-        assert isinstance(value, dict)
-        return value
-
-    def calls(self, syscall: str) -> list[str]:
-        """Log lines of calls of *syscall* (the call itself, not "resumed" halves)."""
-        return [line for line in self.log if (m := _CALL.match(line)) and m[1] == syscall]
-
-    def count(self, syscall: str) -> int:
-        return len(self.calls(syscall))
-
-    def injected(self) -> list[str]:
-        return [line for line in self.log if "(INJECTED)" in line]
 
 
 def fault(
@@ -122,16 +52,6 @@ def fault(
     return ":".join(parts)
 
 
-def _env(staging: str, extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["CRASHSAFE_STAGING"] = staging
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env.pop("PYTHONWARNINGS", None)
-    if extra:
-        env.update(extra)
-    return env
-
-
 def run_python(
     code: str,
     *args: str,
@@ -142,24 +62,17 @@ def run_python(
     stdin: bytes | None = None,
     timeout: float = 60,
 ) -> Child:
-    """Run PRELUDE + *code* in a fresh interpreter, behind *wrapper* (e.g. setpriv).
-
-    *args* become ``sys.argv[1:]``.
-    """
-    argv = [*wrapper, python or sys.executable, "-c", PRELUDE + textwrap.dedent(code), *args]
-    done = subprocess.run(
-        argv,
-        input=stdin,
-        capture_output=True,
-        env=_env(staging, env),
-        timeout=timeout,
-        check=False,
-    )
-    return Child(
-        done.returncode,
-        done.stdout.decode(errors="replace"),
-        done.stderr.decode(errors="replace"),
-    )
+    """Run PRELUDE + *code* in a fresh interpreter, behind *wrapper* (e.g. setpriv):
+    :func:`tests.children.run`. *args* become ``sys.argv[1:]``; *python*, if
+    given, must be ``sys.executable`` or the interpreter of
+    :func:`tests.children.nobody_python` (with *wrapper* ``NOBODY``)."""
+    as_nobody = list(wrapper[-len(children.NOBODY) :]) == children.NOBODY
+    if as_nobody:
+        wrapper = wrapper[: -len(children.NOBODY)]
+    assert python in (None, sys.executable) or as_nobody, python
+    options: children.Options = {"staging": staging, "env": env, "wrapper": wrapper}
+    options["as_nobody"] = as_nobody
+    return children.run(code, *args, stdin=stdin, timeout=timeout, **options)
 
 
 def run_traced(
@@ -190,14 +103,7 @@ def run_traced(
             wrapper += ["-e", f"inject={spec}"]
         for p in paths:
             wrapper += ["-P", os.fspath(p)]
-        child = run_python(
-            code,
-            *args,
-            staging=staging,
-            wrapper=[*wrapper, "--"],
-            env=env,
-            stdin=stdin,
-            timeout=timeout,
-        )
+        options: children.Options = {"staging": staging, "env": env, "wrapper": [*wrapper, "--"]}
+        child = children.run(code, *args, stdin=stdin, timeout=timeout, **options)
         child.log = log.read_text(errors="replace").splitlines() if log.exists() else []
     return child
