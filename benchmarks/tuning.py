@@ -93,17 +93,7 @@ def steady(directory: str, label: str, n: int, reps: int) -> Section:
     for piece, without, with_ in ROWS:
         for level in LEVELS:
             a, b = times[f"{without} {level}"], times[f"{with_} {level}"]
-            section.rows.append(
-                Row(
-                    f"{level}: {piece}, without / with",
-                    fmt_time(statistics.median(a)),
-                    fmt_time(statistics.median(b)),
-                    paired_ratio(a, b),
-                    "",
-                    None,
-                    ratio_interval(a, b),
-                )
-            )
+            section.rows.append(_without_with(f"{level}: {piece}", a, b))
     section.notes.append(
         f"{reps} interleaved repetitions of {n} overwrites of an existing 0644 file per "
         "configuration and level; a ratio above 1.00 is what the piece saves (1.03: 3 % of "
@@ -189,17 +179,7 @@ def first_writes(directory: str, label: str, reps: int) -> Section:
             for part, pick in parts.items():
                 a = [pick(r) for r in results[f"{without} {level}"]]
                 b = [pick(r) for r in results[f"{with_} {level}"]]
-                section.rows.append(
-                    Row(
-                        f"{level}, {part}: {piece}, without / with",
-                        fmt_time(statistics.median(a)),
-                        fmt_time(statistics.median(b)),
-                        paired_ratio(a, b),
-                        "",
-                        None,
-                        ratio_interval(a, b),
-                    )
-                )
+                section.rows.append(_without_with(f"{level}, {part}: {piece}", a, b))
     section.notes.append(
         f"{reps} interleaved repetitions; each is a fresh `python3 -c` process that imports "
         "crashsafe and overwrites a 100-byte file twice, with every piece: statx (and "
@@ -207,3 +187,16 @@ def first_writes(directory: str, label: str, reps: int) -> Section:
         "first; or without statx. Each process's `import crashsafe` is in the sum."
     )
     return section
+
+
+def _without_with(what: str, without: list[float], with_: list[float]) -> Row:
+    """A row pricing a piece: the times without it over the times with it."""
+    return Row(
+        f"{what}, without / with",
+        fmt_time(statistics.median(without)),
+        fmt_time(statistics.median(with_)),
+        paired_ratio(without, with_),
+        "",
+        None,
+        ratio_interval(without, with_),
+    )
