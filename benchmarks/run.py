@@ -420,7 +420,8 @@ TIME_NOTES = [
     "of the time before for a durable write (300 x 20 writes; the floor 836 µs), 0.963x "
     "(0.938-0.987) for `none` (150 x 20); on tmpfs after a 2 ms sleep 0.961x (0.922-1.008) "
     "for `none`. (Issue 14 measured both pieces again, each against the write without it, "
-    'and removed them: they saved 0-2 %; see "What each piece of tuning is worth" below.)',
+    "kept the first, which saves 6 % of a `none` write on xfs, and removed the pool, which "
+    'saved 0-1 %; see "What each piece of tuning is worth" below.)',
     "- **Left: a durable write on xfs.** In the run of 09:03 UTC its raw syscalls were 1.02x "
     "and 1.04x of the floor and the Python on top 1.07x, so 100 B passed (1.08x) and 4 KiB "
     "missed (1.12x, interval 1.08-1.14: the target lies inside it); at 08:12 UTC, with 3 "
@@ -478,11 +479,22 @@ TUNING_NOTES = [
     "gains nothing (import and two writes: 0.92x to 1.01x); one that writes once (a "
     "command line) saves about 1.5 ms. Against no statx at all, a process's first write "
     "with the warm-up costs the same (0.92x to 1.06x).",
-    "- **Went: `pthread_sigmask` through ctypes** (a hand-written 128-byte `sigset_t`, the "
-    "old mask returned by the blocking call itself, 2 syscalls fewer a block), on top of "
-    "`_signal`: ext4 1.01x (0.98-1.03) durable, 1.01x (0.98-1.04) consistent, 1.01x "
-    "(0.98-1.04) none; xfs 1.00x (0.98-1.03), 1.02x (0.98-1.04), 1.02x (0.99-1.04). A block "
-    "now reads the old mask with a call of its own first, as the fallback always did.",
+    "- **Stayed, on a second measurement: `pthread_sigmask` through ctypes** "
+    "(`libc_sigmask`: a 128-byte `sigset_t`, the old mask returned by the blocking call "
+    "itself, one syscall fewer a block and no Python sets), on top of `_signal`. On the "
+    "loaded machine it read ext4 1.01x (0.98-1.04) at every level and xfs 1.00x (0.98-1.03) "
+    "durable, 1.02x (0.98-1.04) consistent and none, and was removed. The first full run "
+    "after the removal (06:07 UTC, quiet machine) showed `none` on xfs 15-25 % slower than "
+    "the run before the issue (61 and 57 µs a write against 70 and 72 µs), so the lead "
+    "measured it again on the quiet machine: `python3 benchmarks/run.py --only tuning` on "
+    "commit 4885315 (every piece switchable), 06:12 UTC, gave xfs `none` 1.06x (1.03-1.12), "
+    "durable and consistent 1.01x (0.99-1.03, 0.99-1.04), ext4 1.01x (0.98-1.05) at every "
+    "level; the control row of that run read xfs `none` 1.03x (1.01-1.10). Four source trees "
+    "in four processes, 101 interleaved rounds of 200 `none` 4 KiB overwrites on a loop "
+    "xfs, against the tree before the issue: every piece 0.999x, every piece but this one "
+    "1.049x (quartiles 1.040-1.069), the tree after the removal 1.072x (1.061-1.117). It "
+    "saves 3 % or more of a `none` write on xfs, so it stays; the rows above are from the "
+    "run that wrote this page.",
     "- **Went: `tuple.__new__`** to build a `Status` without its constructor: ext4 0.99x to "
     "1.01x (0.96-1.03), xfs 1.00x to 1.01x (0.97-1.04).",
     "- **Went: a pool of random parts** (32 temporary names' random bits from one "

@@ -52,6 +52,8 @@ FALLBACK_SIGNALS = 3 * 2 * 3
 @pytest.mark.parametrize(
     ("setting", "pieces", "reads", "fallback_calls"),
     [
+        ("statx,warmup,_signal,libc_sigmask", ["_signal", "libc_sigmask", "statx", "warmup"],
+         [FALLBACK_STATUS, STATX, STATX], 0),
         ("statx,warmup,_signal", ["_signal", "statx", "warmup"],
          [FALLBACK_STATUS, STATX, STATX], 0),
         ("none", [], [FALLBACK_STATUS] * 3, FALLBACK_SIGNALS),
@@ -59,18 +61,23 @@ FALLBACK_SIGNALS = 3 * 2 * 3
         ("statx", ["statx"], [STATX] * 3, FALLBACK_SIGNALS),
         ("statx,_signal", ["_signal", "statx"], [STATX] * 3, 0),
         ("_signal", ["_signal"], [FALLBACK_STATUS] * 3, 0),
-        # The warm-up defers statx; without statx there is nothing to defer.
+        ("libc_sigmask", ["libc_sigmask"], [FALLBACK_STATUS] * 3, 0),
+        # With the warm-up, the first write's blocks take the fallback.
+        ("warmup,libc_sigmask", ["libc_sigmask", "warmup"], [FALLBACK_STATUS] * 3, 6),
+        # The warm-up defers the ctypes pieces; without them there is nothing to defer.
         ("warmup", [], [FALLBACK_STATUS] * 3, FALLBACK_SIGNALS),
     ],
-    ids=["all", "none", "empty", "statx", "statx+_signal", "_signal", "warmup-alone"],
+    ids=["all", "all-but-libc", "none", "empty", "statx", "statx+_signal", "_signal", "libc",
+         "warmup+libc", "warmup-alone"],
 )  # fmt: skip
 def test_the_probes_choice_is_what_the_writes_use(
     workdir: Path, setting: str, pieces: list[str], reads: list[list[str]], fallback_calls: int
 ) -> None:
     """The pieces the probe reports are the ones the writes use: statx or stat for
     the status reads (with the warm-up, stat for a process's first write), and
-    CPython's ``_signal`` or the fallback's ``signal.pthread_sigmask`` for the
-    signal blocks. Every setting writes the same files with the same modes."""
+    the C library's pthread_sigmask, CPython's ``_signal`` or the fallback's
+    ``signal.pthread_sigmask`` for the signal blocks. Every setting writes the
+    same files with the same modes."""
     target = workdir / "target"
     target.write_bytes(b"old")
     os.chmod(target, 0o640)

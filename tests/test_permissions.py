@@ -350,7 +350,7 @@ def test_temporary_file_is_created_no_more_permissive_than_final(
 
 # A process's first write reads with stat (the warm-up, see
 # crashsafe._platform._native); these children use statx from the first read.
-NO_WARM_UP = {**os.environ, "CRASHSAFE_NATIVE": "statx,_signal"}
+NO_WARM_UP = {**os.environ, "CRASHSAFE_NATIVE": "statx,_signal,libc_sigmask"}
 
 
 @pytest.mark.parametrize(("umask", "chmods"), [(0o022, 0), (0o077, 1)], ids=["022", "077"])

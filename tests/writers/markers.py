@@ -17,10 +17,10 @@ from crashsafe._platform import _native, _posix
 START_MARK = "/.crashsafe-harness-start"
 END_MARK = "/.crashsafe-harness-end"
 
-# statx now, not at the writer's third status read (no warm-up): loading it
+# The ctypes pieces now, not at the writer's third status read (no warm-up): loading them
 # imports ctypes, dozens of syscalls on the root filesystem, where a cut of the
 # test mount changes nothing.
-os.environ.setdefault("CRASHSAFE_NATIVE", "statx,_signal")
+os.environ.setdefault("CRASHSAFE_NATIVE", "statx,_signal,libc_sigmask")
 _native.probe()
 
 

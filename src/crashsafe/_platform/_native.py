@@ -13,9 +13,10 @@ worth", where the pieces that did not pay and were removed are listed too):
     :func:`os.stat` and :func:`os.fstat`, also used where statx is missing or
     refused.
 ``"warmup"``
-    With ``"statx"``: a process's first two status reads (its first write)
-    use the fallback, and ctypes is loaded at the third. Importing ctypes
-    takes longer than a small write; a process that writes once never pays it.
+    With ``"statx"`` or ``"libc_sigmask"``: a process's first two status
+    reads (its first write) use the fallbacks, and ctypes is loaded at the
+    third. Importing ctypes takes longer than a small write; a process that
+    writes once never pays it.
 ``"_signal"``
     :class:`signals_deferred` calls CPython's C-level
     ``_signal.pthread_sigmask``, which returns the old mask as a set of
@@ -23,6 +24,12 @@ worth", where the pieces that did not pay and were removed are listed too):
     returns into :class:`signal.Signals` members, and fails a lookup (an
     exception caught inside) for each real-time signal of the
     all-signals mask that the restore returns.
+``"libc_sigmask"``
+    :class:`signals_deferred` calls the C library's pthread_sigmask(3)
+    through ctypes, which writes the old mask to a buffer in the same
+    syscall that blocks: two syscalls a block instead of three, and no
+    Python sets. Linux only (a 128-byte ``sigset_t``, glibc's and musl's
+    size). Fallback: ``"_signal"`` or :func:`signal.pthread_sigmask`.
 
 The switch, for tests and benchmarks: the environment variable
 ``CRASHSAFE_NATIVE``, read by :func:`probe`. Unset: every piece this
@@ -39,7 +46,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 from crashsafe._platform._status import Status
 
@@ -47,7 +54,7 @@ assert sys.platform != "win32", "crashsafe._platform._native is not for Windows"
 
 __all__ = ["PIECES", "probe", "signals_deferred"]
 
-PIECES: Final = ("statx", "warmup", "_signal")
+PIECES: Final = ("statx", "warmup", "_signal", "libc_sigmask")
 
 # statx(2): the flags, and the fields asked for: STATX_TYPE | STATX_MODE |
 # STATX_UID | STATX_GID, and no timestamp (see the module's docstring).
@@ -57,10 +64,17 @@ _STATX_WANTED: Final = 0x1 | 0x2 | 0x8 | 0x10
 _FS_ENCODING: Final = sys.getfilesystemencoding()
 _FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 _ALL_SIGNALS: Final = signal.valid_signals()
-# With the warm-up, the status read that loads statx: a process's third.
+# With the warm-up, the status read that loads the ctypes pieces: a process's third.
 _WARM_UP_READS: Final = 3
+# The ctypes pieces, loaded together (one import of ctypes).
+_CTYPES_PIECES: Final = frozenset({"statx", "libc_sigmask"})
 
 _Sigmask = Callable[[int, Iterable[int]], Iterable[int]]
+_LibcSigmask = tuple[
+    Callable[..., int],  # pthread_sigmask(how, set, oldset)
+    Callable[[], object],  # a new, empty sigset_t
+    object,  # a sigset_t with every signal in it
+]
 _Statx = tuple[
     Callable[..., int],  # statx(dirfd, name, flags, mask, buffer)
     Callable[[], object],  # a new buffer for one struct statx
@@ -72,20 +86,22 @@ _Statx = tuple[
 _pieces: frozenset[str] | None = None
 _sigmask: _Sigmask = signal.pthread_sigmask
 _statx: _Statx | None = None
-# Status reads left until statx is loaded (the last of them loads it); 0: none.
-_reads_to_statx = 0
+_libc_sigmask: _LibcSigmask | None = None
+# Status reads left until the ctypes pieces are loaded (the last of them loads
+# them); 0: none.
+_reads_to_ctypes = 0
 
 
 def probe() -> frozenset[str]:
     """Choose the pieces this process uses, from ``CRASHSAFE_NATIVE``; return them.
 
     A piece the interpreter or the C library lacks (``_signal`` outside
-    CPython, statx off Linux or before glibc 2.28) is left out; with the
-    warm-up, statx is looked up only at the third status read, and where it
-    is missing then, the fallback serves. Raises :class:`ValueError` for a
-    name that is not one of :data:`PIECES`.
+    CPython, the ctypes pieces off Linux, statx before glibc 2.28) is left
+    out; with the warm-up, the ctypes pieces are looked up only at the third
+    status read, and where one is missing then, its fallback serves. Raises
+    :class:`ValueError` for a name that is not one of :data:`PIECES`.
     """
-    global _pieces, _sigmask, _statx, _reads_to_statx  # noqa: PLW0603 - the process's choice
+    global _pieces, _sigmask, _statx, _libc_sigmask, _reads_to_ctypes  # noqa: PLW0603
     value = os.environ.get("CRASHSAFE_NATIVE")
     if value is None:
         wanted = set(PIECES)
@@ -104,16 +120,16 @@ def probe() -> frozenset[str]:
             wanted.discard("_signal")
         else:
             _sigmask = pthread_sigmask
-    _statx = None
-    _reads_to_statx = 0
-    if "statx" not in wanted or not sys.platform.startswith("linux"):
-        wanted.discard("statx")
-    elif "warmup" in wanted:
-        _reads_to_statx = _WARM_UP_READS
-    elif not _load_statx_now():
-        wanted.discard("statx")
-    if "statx" not in wanted:
+    _statx = _libc_sigmask = None
+    _reads_to_ctypes = 0
+    if not sys.platform.startswith("linux"):
+        wanted -= _CTYPES_PIECES
+    if not wanted & _CTYPES_PIECES:
         wanted.discard("warmup")
+    elif "warmup" in wanted:
+        _reads_to_ctypes = _WARM_UP_READS
+    else:
+        wanted -= _CTYPES_PIECES - _load_ctypes_now(wanted)
     _pieces = frozenset(wanted)
     return _pieces
 
@@ -136,11 +152,26 @@ class signals_deferred:
 
     # A class, not a @contextmanager generator: this runs twice per write,
     # and the generator machinery costs more than the syscalls.
-    __slots__ = ("_old",)
+    __slots__ = ("_call", "_old")
+    _call: Callable[..., int] | None
+    _old: Any  # a sigset_t buffer, or the set the fallback returned
 
     def __enter__(self) -> None:
         if _pieces is None:
             probe()
+        if _libc_sigmask is not None:
+            # The old mask lands in a buffer that the C call fills in the same
+            # syscall as it blocks: a handler that raises right after the call
+            # (CPython runs them at its end) cannot take the old mask with it.
+            self._call, new_set, every_signal = _libc_sigmask
+            self._old = old = new_set()
+            try:
+                self._call(signal.SIG_BLOCK, every_signal, old)
+            except BaseException:
+                self._call(signal.SIG_SETMASK, old, None)
+                raise
+            return
+        self._call = None
         # CPython runs the Python handlers of signals that arrived before the
         # block right after the call that blocks (inside pthread_sigmask). A
         # handler that raised there would take the old mask with it, leaving
@@ -155,10 +186,45 @@ class signals_deferred:
             raise
 
     def __exit__(self, *exc_info: object) -> None:
-        _sigmask(signal.SIG_SETMASK, self._old)
+        if self._call is None:
+            _sigmask(signal.SIG_SETMASK, self._old)
+        else:
+            self._call(signal.SIG_SETMASK, self._old, None)
 
 
-def _load_statx_now() -> bool:
+def _load_ctypes_now(wanted: set[str] | frozenset[str]) -> frozenset[str]:
+    """Load the ctypes pieces among *wanted* (into ``_statx`` and ``_libc_sigmask``);
+    return those that loaded (the C library may lack them)."""
+    global _libc_sigmask  # noqa: PLW0603 - loaded once per probe
+    loaded: set[str] = set()
+    if "statx" in wanted and _load_statx():
+        loaded.add("statx")
+    if "libc_sigmask" in wanted:
+        _libc_sigmask = _load_libc_sigmask()
+        if _libc_sigmask is not None:
+            loaded.add("libc_sigmask")
+    return frozenset(loaded)
+
+
+def _load_libc_sigmask() -> _LibcSigmask | None:
+    """pthread_sigmask(3) through ctypes, with the sets it takes; None where the
+    C library has none."""
+    import ctypes  # here, not at import: it costs 1 to 3 ms, once
+
+    try:
+        libc = ctypes.CDLL(None)
+        call, fill = libc.pthread_sigmask, libc.sigfillset
+    except (OSError, AttributeError):
+        return None
+    call.restype = fill.restype = ctypes.c_int
+    sigset = ctypes.c_char * 128  # the size of glibc's and musl's sigset_t
+    every_signal = sigset()
+    if fill(every_signal) != 0:
+        return None
+    return call, sigset, every_signal
+
+
+def _load_statx() -> bool:
     """Load statx(2) through ctypes, and what reading its result takes, into
     ``_statx``; False where the C library has none (glibc before 2.28)."""
     global _statx  # noqa: PLW0603 - loaded once per probe
@@ -189,13 +255,13 @@ def _status(fd: int, name: str = "") -> Status:
     emulate it on a kernel before 4.11) the fallback takes over for the rest
     of the process. Raises the :class:`OSError` of the read.
     """
-    global _statx, _reads_to_statx  # noqa: PLW0603 - the warm-up's count; a refusal
+    global _statx, _reads_to_ctypes  # noqa: PLW0603 - the warm-up's count; a refusal
     if _pieces is None:
         probe()
-    if _reads_to_statx:  # the warm-up: the fallback until the read that loads statx
-        _reads_to_statx -= 1
-        if not _reads_to_statx:
-            _load_statx_now()
+    if _reads_to_ctypes:  # the warm-up: the fallbacks until the read that loads ctypes
+        _reads_to_ctypes -= 1
+        if not _reads_to_ctypes:
+            _load_ctypes_now(_pieces or frozenset())
     if _statx is not None:
         call, new_buffer, fields, get_errno = _statx
         result = new_buffer()  # one per call: threads read concurrently
