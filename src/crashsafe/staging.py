@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
@@ -74,14 +75,15 @@ def temp_name(target_name: str) -> str:
     return f".{target_name}{tail}"
 
 
-def _writer_alive(match: re.Match[str]) -> bool | None:
-    """True or False when it can be proven, None when it cannot (another host or boot)."""
+def _writer_alive(match: re.Match[str], process_start: Callable[[int], int | None]) -> bool | None:
+    """True or False when it can be proven, None when it cannot (another host or boot).
+
+    *process_start* is the platform's (see :mod:`crashsafe._platform`), passed in
+    by :func:`sweep`, which imports the platform once a call."""
     host = match["host"]
     if host == _UNKNOWN_HOST or host != _owner_part().rsplit("-", 1)[1]:
         return None
-    from crashsafe import _platform
-
-    return _platform.process_start(int(match["pid"])) == int(match["start"])
+    return process_start(int(match["pid"])) == int(match["start"])
 
 
 @overload
@@ -142,7 +144,7 @@ def sweep(
             mtime = opened.mtime(name)
             if mtime is None:  # gone, or not a regular file
                 continue
-            alive = _writer_alive(match)
+            alive = _writer_alive(match, _platform.process_start)
             if alive or (alive is None and now - mtime < min_age):
                 continue
             if dry_run or opened.remove(name):
