@@ -153,7 +153,7 @@ class Attached:
                 start_new_session=True,
             )
         # A complete line from the writer: strace stops it at every syscall now.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a hang guard, as wait_until()
         while "\n" not in self.text():
             if time.monotonic() > deadline or self.strace.poll() is not None:
                 why = (work / "strace.txt").read_text(errors="replace")[-2000:]
