@@ -9,20 +9,30 @@ already catch for it: :class:`NotDurableError` (:class:`OSError`),
 :class:`ForeignJournalError` (:class:`ValueError`),
 :class:`LockTimeoutError` (:class:`TimeoutError`), :class:`NotRecordedError`
 (:class:`KeyError`) and :class:`SnapshotDeadlockError`
-(:class:`RuntimeError`). Each is exported from :mod:`crashsafe`, keeps its
+(:class:`RuntimeError`); for object stores, :class:`ObjectStoreError`
+(:class:`OSError`) with :class:`StoreCapabilityError` and
+:class:`AmbiguousWriteError`, and :class:`UpdateConflictError`
+(:class:`TimeoutError`). Each is exported from :mod:`crashsafe`, keeps its
 attributes through :mod:`pickle` (so it crosses process boundaries), and is
 listed in the README's table of errors.
 """
 
 from __future__ import annotations
 
+import errno as _errno
+from typing import Any
+
 __all__ = [
+    "AmbiguousWriteError",
     "ForeignJournalError",
     "JSONDocumentError",
     "LockTimeoutError",
     "NotDurableError",
     "NotRecordedError",
+    "ObjectStoreError",
     "SnapshotDeadlockError",
+    "StoreCapabilityError",
+    "UpdateConflictError",
     "VerificationError",
 ]
 
@@ -201,4 +211,80 @@ class SnapshotDeadlockError(RuntimeError):
         return (
             f"cannot commit or recover in {self.directory!r} inside a snapshot() of it "
             "in the same thread: the commit would wait for the snapshot forever"
+        )
+
+
+class ObjectStoreError(OSError):
+    """An object store failed in a way that has no builtin name.
+
+    Raised for an answer such as ``500 InternalError`` or ``503 SlowDown`` to a
+    request that was not retried, or an endpoint that could not be reached.
+    A missing object or bucket is :class:`FileNotFoundError` and a refused
+    signature or policy :class:`PermissionError` instead, as locally.
+    ``filename`` is the ``s3://`` URL, ``errno`` is ``EIO`` (the subclasses say
+    otherwise), ``status`` the HTTP status when the server answered, else None.
+    The client's exception is chained as ``__cause__``. Picklable.
+    """
+
+    default_errno = _errno.EIO
+
+    def __init__(self, message: str, filename: str, *, status: int | None = None) -> None:
+        super().__init__(self.default_errno, message, filename)
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.strerror, self.filename), {"status": self.status}
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+class StoreCapabilityError(ObjectStoreError):
+    """The endpoint cannot give the guarantee the operation needs; nothing was written.
+
+    crashsafe probes each endpoint once (per process and bucket) for the
+    conditional requests it relies on: ``If-None-Match: *`` for create-only
+    writes, ``If-Match`` for compare-and-swap updates, and the same on the
+    completion of a multipart upload. An operation that needs a condition
+    the endpoint ignores raises this before writing, rather than falling back
+    to a write that could lose data. ``errno`` is ``ENOTSUP``; the message
+    names the endpoint and what it ignored.
+    """
+
+    default_errno = _errno.ENOTSUP
+
+
+class AmbiguousWriteError(ObjectStoreError):
+    """A write was sent, its answer was lost, and whether it landed cannot be told.
+
+    crashsafe reads the object back after a lost answer and recognises its own
+    write by a token in the object's metadata; this is raised only when that
+    evidence is gone too (the object was replaced by a writer that is not
+    crashsafe, or by more writers than its history keeps). The object holds a
+    complete version, either this write or another; never a partial one.
+    """
+
+
+class UpdateConflictError(TimeoutError):
+    """An update of an object lost the race to other writers too many times.
+
+    Every attempt read the object, applied the function and tried to replace
+    exactly the version read; each time another writer had replaced it first.
+    Nothing this call computed was written. ``filename`` is the object's URL,
+    ``attempts`` how many were made. Picklable.
+    """
+
+    def __init__(self, url: str, attempts: int) -> None:
+        # One argument: OSError would read several as errno, strerror, filename.
+        super().__init__(f"could not update {url!r} in {attempts} attempts")
+        self.filename = url
+        self.attempts = attempts
+
+    def __reduce__(self) -> tuple[type[UpdateConflictError], tuple[str, int]]:
+        return type(self), (self.filename, self.attempts)
+
+    def __str__(self) -> str:
+        return (
+            f"could not update {self.filename!r}: other writers replaced it first in each of "
+            f"{self.attempts} attempts; nothing was written"
         )
