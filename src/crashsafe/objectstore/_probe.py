@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from crashsafe.errors import ObjectStoreError
-from crashsafe.objectstore._client import Ambiguous, Client, Endpoint, Refused
+from crashsafe.objectstore._client import Ambiguous, Client, Refused, S3Store
 from crashsafe.objectstore._url import ObjectURL
 
 __all__ = ["Capabilities", "capabilities", "upload_capabilities"]
@@ -54,12 +54,12 @@ class Capabilities:
 
 
 _lock = threading.Lock()
-_known: dict[tuple[Endpoint, str], Capabilities] = {}
+_known: dict[tuple[S3Store, str], Capabilities] = {}
 
 
 def capabilities(client: Client, bucket: str) -> Capabilities:
     """The endpoint's :class:`Capabilities` for *bucket*, probed on first use."""
-    key = (client.endpoint, bucket)
+    key = (client.store, bucket)
     found = _known.get(key)
     if found is None:
         with _lock:
@@ -75,7 +75,7 @@ def upload_capabilities(client: Client, bucket: str) -> Capabilities:
     if caps.create_upload is None:
         with _lock:
             url = ObjectURL(bucket, _probe_key())
-            caps = _known[(client.endpoint, bucket)] = _probe_uploads(client, url, caps)
+            caps = _known[(client.store, bucket)] = _probe_uploads(client, url, caps)
     return caps
 
 

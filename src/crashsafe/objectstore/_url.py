@@ -10,8 +10,7 @@ differently.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = ["ObjectURL", "is_url", "parse"]
 
@@ -24,9 +23,12 @@ def is_url(path: object) -> bool:
     return isinstance(path, str) and path.startswith((SCHEME, *_REFUSED))
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectURL:
-    """A bucket and a key (or a key prefix); ``str()`` gives the ``s3://`` form back."""
+class ObjectURL(NamedTuple):
+    """A bucket and a key (or a key prefix); ``str()`` gives the ``s3://`` form back.
+
+    (A named tuple, not a dataclass: this module is imported by every write,
+    and :mod:`dataclasses` costs milliseconds to import.)
+    """
 
     bucket: str
     key: str
