@@ -58,7 +58,7 @@ def check_options(
         raise ValueError(f"{url!r}: follow_symlinks has no meaning for an object; leave it out")
 
 
-def _validator(validate: Validate) -> Callable[[IO[bytes]], None] | None:
+def _validator(validate: Validate, url: str) -> Callable[[IO[bytes]], None] | None:
     if validate is None:
         return None
     checks = validators_of(validate)
@@ -66,7 +66,12 @@ def _validator(validate: Validate) -> Callable[[IO[bytes]], None] | None:
     def run(f: IO[bytes]) -> None:
         for check in checks:
             f.seek(0)
-            check(f)  # type: ignore[arg-type]
+            try:
+                check(f)  # type: ignore[arg-type]
+            except VerificationError as e:
+                if e.filename is None:  # it read an anonymous staged copy
+                    e.filename = url
+                raise
 
     return run
 
@@ -82,7 +87,7 @@ def write(
     """:func:`crashsafe.atomic_write` for a URL."""
     client, parsed = target(url, store)
     expect: Expect = ANY if overwrite else None
-    publish(client, parsed, io.BytesIO(data), len(data), expect, validate=_validator(validate))
+    publish(client, parsed, io.BytesIO(data), len(data), expect, validate=_validator(validate, url))
 
 
 @contextlib.contextmanager
@@ -109,7 +114,7 @@ def open_for_write(
         )
     client, parsed = target(url, store)
     expect: Expect = None if mode.startswith("x") else ANY
-    check = _validator(validate)
+    check = _validator(validate, url)
     with tempfile.TemporaryFile() as staged:
         if mode in _TEXT_MODES:
             text = io.TextIOWrapper(
@@ -235,7 +240,7 @@ def _upload(
                 f"{str(url)!r}: the source stream's length is unknown; copy a file or a "
                 "seekable object to a store"
             )
-    check = _validator(validate)
+    check = _validator(validate, str(url))
     if check is not None and size is not None and size > 0 and source.seekable():
         check(source)  # read the whole source before any byte is sent
         source.seek(0)
