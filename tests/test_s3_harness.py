@@ -6,6 +6,7 @@ that did not happen fails the test that asked for it; rclone ignores preconditio
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import threading
@@ -72,9 +73,21 @@ def test_server_listens_on_loopback_only_and_round_trips(any_server: Server) -> 
         client.put_object(Bucket=bucket, Key="dir/key", Body=b"round trip")
         assert _body(any_server.endpoint, bucket, "dir/key") == b"round trip"
         assert bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]
+        # An upload left open: empty_bucket aborts it before removing the bucket.
+        client.create_multipart_upload(Bucket=bucket, Key="open")
     finally:
         empty_bucket(any_server.endpoint, bucket)
     assert bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+def test_seaweedfs_checks_signatures(seaweedfs_server: Server) -> None:
+    """What makes the proxy's pass-through test mean something: SeaweedFS refuses a request
+    signed with another secret (and moto would not)."""
+    endpoint = seaweedfs_server.endpoint
+    wrong = dataclasses.replace(endpoint, secret_key=endpoint.secret_key + "x")
+    with pytest.raises(ClientError) as e:
+        wrong.client().list_buckets()
+    assert _status(e.value) == 403
 
 
 def test_s3_fixture_sets_the_environment(s3: S3Place) -> None:
@@ -258,6 +271,21 @@ def test_proxy_streams_large_bodies(s3: S3Place, tmp_path: Path) -> None:
             tracemalloc.stop()
     assert total == size
     assert peak < size // 4, f"peak {peak} bytes traced for a {size}-byte body"
+
+
+def test_proxy_relays_an_early_refusal_of_a_large_body(s3: S3Place) -> None:
+    """A create-only put of 8 MiB over an existing key: the server may refuse before it has
+    read the body; the client gets the 412 all the same, and the next request goes on."""
+    with fault_proxy(s3.endpoint) as proxy:
+        client = proxy.endpoint.client()
+        client.put_object(Bucket=s3.bucket, Key="k", Body=b"first")
+        for _ in range(2):
+            with pytest.raises(ClientError) as e:
+                client.put_object(Bucket=s3.bucket, Key="k", Body=bytes(8 << 20), IfNoneMatch="*")
+            assert _status(e.value) == 412
+        client.put_object(Bucket=s3.bucket, Key="k2", Body=b"next")
+    assert [x.status for x in proxy.log] == [200, 412, 412, 200]
+    assert _body(s3.endpoint, s3.bucket, "k") == b"first"
 
 
 def _check_ghost(place: S3Place, proxy: FaultProxy) -> None:
