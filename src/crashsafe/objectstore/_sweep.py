@@ -44,19 +44,20 @@ def sweep(url: str, *, min_age: float, dry_run: bool, store: S3Store | None) -> 
     live: set[str] = set()
     for upload in client.uploads(prefix):
         live.add(upload.upload_id)
-        record = recorded.get(upload.upload_id)
-        if record is None or (now - upload.initiated).total_seconds() < min_age:
+        if upload.upload_id not in recorded:
+            continue
+        record, written = recorded[upload.upload_id]
+        # The younger of the two clocks: moto reports every upload as initiated
+        # in 2010, and the record is written right after the upload starts.
+        if min(_age(upload.initiated, now), _age(written, now)) < min_age:
             continue
         target = ObjectURL(prefix.bucket, upload.key)
         removed.append(f"{target} (upload {upload.upload_id})")
         if not dry_run:
             client.abort_upload(target, upload.upload_id)
             _delete(client, record)
-    for upload_id, record in recorded.items():
-        if upload_id in live:
-            continue
-        stat = client.head(record)
-        if stat is not None and _age(stat.last_modified, now) >= min_age:
+    for upload_id, (record, written) in recorded.items():
+        if upload_id not in live and _age(written, now) >= min_age:
             removed.append(str(record))
             if not dry_run:
                 _delete(client, record)
@@ -69,15 +70,15 @@ def sweep(url: str, *, min_age: float, dry_run: bool, store: S3Store | None) -> 
     return removed
 
 
-def _records(client: Client, bucket: str) -> dict[str, ObjectURL]:
-    """Upload id -> its record, for every record in *bucket*."""
-    found: dict[str, ObjectURL] = {}
-    for key, _ in client.listing(ObjectURL(bucket, RECORDS)):
+def _records(client: Client, bucket: str) -> dict[str, tuple[ObjectURL, datetime | None]]:
+    """Upload id -> its record and when that was written, for every record in *bucket*."""
+    found: dict[str, tuple[ObjectURL, datetime | None]] = {}
+    for key, stat in client.listing(ObjectURL(bucket, RECORDS)):
         where = ObjectURL(bucket, key)
         with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
             upload_id = json.loads(client.get(where).data)["upload_id"]
             if isinstance(upload_id, str) and record_url(bucket, upload_id) == where:
-                found[upload_id] = where
+                found[upload_id] = (where, stat.last_modified)
     return found
 
 
