@@ -248,7 +248,7 @@ def test_json_documents_and_updates(s3: S3Place) -> None:
     with pytest.raises(TypeError, match="returned None"):
         crashsafe.update_json(url, lambda d: d.update(n=0))
     assert crashsafe.read_json(url)["n"] == 2
-    default = {"items": []}
+    default: dict[str, list[int]] = {"items": []}
     crashsafe.update_json(s3.url("new.json"), lambda d: d["items"].append(1) or d, default=default)
     assert default == {"items": []}
     assert crashsafe.update(s3.url("raw"), lambda b: b + b"!", default=b"hi") == b"hi!"

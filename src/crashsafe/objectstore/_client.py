@@ -38,7 +38,7 @@ from crashsafe.errors import ObjectStoreError
 from crashsafe.objectstore._url import ObjectURL
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    from types_boto3_s3 import S3Client
 
 __all__ = [
     "Ambiguous",
