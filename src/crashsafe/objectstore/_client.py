@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,7 +152,8 @@ def _forget_clients() -> None:
     _clients.clear()
 
 
-os.register_at_fork(after_in_child=_forget_clients)
+if sys.platform != "win32":  # no fork there
+    os.register_at_fork(after_in_child=_forget_clients)
 
 
 def client_for(store: S3Store | None, url: str) -> Client:
