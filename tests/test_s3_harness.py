@@ -26,10 +26,12 @@ from tests.harness.s3servers import (
     Endpoint,
     S3Place,
     Server,
+    ServerStartError,
     empty_bucket,
     group_members,
     listening,
     make_bucket,
+    serve,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +80,28 @@ def test_server_listens_on_loopback_only_and_round_trips(any_server: Server) -> 
     finally:
         empty_bucket(any_server.endpoint, bucket)
     assert bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+def test_a_server_that_exits_before_ready_fails_with_its_log(tmp_path: Path) -> None:
+    """Started over (new ports) up to three times, then the error shows the log's tail;
+    nothing is left of any attempt."""
+    built: list[Server] = []
+
+    def build() -> Server:
+        workdir = tmp_path / f"attempt{len(built)}"
+        command = ["sh", "-c", "echo cannot bind >&2; exit 3"]
+        built.append(
+            Server(Endpoint("broken", "http://127.0.0.1:9", "k", "s", "r"), command, workdir)
+        )
+        return built[-1]
+
+    expected = "exited with 3; log tail:\ncannot bind"
+    with pytest.raises(ServerStartError, match=expected) as e, serve(build):
+        pass
+    assert e.value.exited
+    assert len(built) == 3
+    assert list(tmp_path.iterdir()) == []
+    assert all(server.pid is None for server in built)
 
 
 def test_seaweedfs_checks_signatures(seaweedfs_server: Server) -> None:

@@ -17,7 +17,9 @@ Faults, decided per request, in the order requests reach the proxy:
 - :meth:`FaultProxy.hold`: forward nothing yet, set :attr:`Hold.arrived`, and wait until the
   test calls :meth:`Hold.release` with what to do then (forward, ghost or reset);
 - :meth:`FaultProxy.chaos`: each matching request ghosted or reset with given
-  probabilities, drawn from ``random.Random(seed)``, so the sequence of decisions repeats.
+  probabilities, drawn from ``random.Random(seed)``, so the sequence of decisions repeats
+  (which request gets which decision follows the order requests arrive in, which only a
+  single client fixes).
 
 A rule picks requests by index (0-based, over every request the proxy received), by a
 predicate on (method, path, query), or both; it skips the first *skip* requests it matches
@@ -115,7 +117,8 @@ class Rule:
 @dataclass
 class Hold(Rule):
     """A rule that stops a request before it is forwarded: :attr:`arrived` is set when the
-    request has arrived; :meth:`release` lets it go on as told."""
+    request's head has arrived (its body, if any, is not read yet); :meth:`release` lets it
+    go on as told. Unreleased when the proxy stops, it is released as a reset."""
 
     arrived: threading.Event = field(default_factory=threading.Event)
     then: Action = "forward"
