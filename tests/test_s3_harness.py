@@ -20,7 +20,17 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.harness.s3proxy import Exchange, FaultProxy, UnappliedRule, fault_proxy
+from tests.harness.s3proxy import (
+    Exchange,
+    FaultProxy,
+    UnappliedRule,
+    complete_upload,
+    create_upload,
+    fault_proxy,
+    mutating,
+    put_object,
+    upload_part,
+)
 from tests.harness.s3servers import (
     SERVERS,
     Endpoint,
@@ -231,8 +241,25 @@ def test_proxy_passes_signed_requests_through(s3: S3Place) -> None:
         ("GET", 200, "forward"),
         ("GET", 404, "forward"),
     ]
-    assert proxy.log[1].query == "uploads"
     assert [x.index for x in proxy.log] == list(range(8))
+    # The predicates rules use, on the requests boto3 really sent.
+    kinds = {
+        "put_object": put_object,
+        "create_upload": create_upload,
+        "upload_part": upload_part,
+        "complete_upload": complete_upload,
+    }
+    assert [[k for k, p in kinds.items() if p(x.method, x.path, x.query)] for x in proxy.log] == [
+        ["put_object"],
+        ["create_upload"],
+        ["upload_part"],
+        ["upload_part"],
+        ["complete_upload"],
+        [],
+        [],
+        [],
+    ]
+    assert [mutating(x.method, x.path, x.query) for x in proxy.log] == [True] * 5 + [False] * 3
 
 
 def _signed_chunked_put(endpoint: Endpoint, bucket: str, key: str, pieces: list[bytes]) -> int:
@@ -322,7 +349,7 @@ def _check_ghost(place: S3Place, proxy: FaultProxy) -> None:
 
 def test_proxy_ghost_lands_the_write_and_loses_the_answer(s3: S3Place) -> None:
     with fault_proxy(s3.endpoint) as proxy:
-        rule = proxy.ghost(match=lambda method, path, query: method == "PUT")
+        rule = proxy.ghost(match=put_object)
         _check_ghost(s3, proxy)
         # Only once (times=1): the next put is answered.
         assert _put(proxy, s3.bucket, "after", b"answered") is None
