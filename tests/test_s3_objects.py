@@ -9,6 +9,8 @@ import errno
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -378,3 +380,53 @@ def test_no_temporary_file_is_left_in_tmpdir(
         f.write(b"x" * 1000)
         assert os.listdir(tmp_path) == []  # anonymous from the start
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------- local-only calls
+
+
+def test_calls_that_write_local_files_refuse_a_url_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="local files only"):
+        crashsafe.AtomicFile("s3://bucket/key")
+    with pytest.raises(ValueError, match="compare-and-swap"):
+        crashsafe.FileLock("s3://bucket/key")
+    with pytest.raises(ValueError, match="local files only"):
+        crashsafe.write_many({"s3://bucket/key": b"x"})
+    crashsafe.atomic_write(tmp_path / "s3:", b"a Path is never a URL")
+    assert (tmp_path / "s3:").read_bytes() == b"a Path is never a URL"
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "crashsafe", *args],
+        input=stdin,
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_the_command_line_writes_copies_and_sweeps_objects(s3: S3Place, tmp_path: Path) -> None:
+    done = cli("write", s3.url("c/doc.json"), "--validate", "json", stdin=b'{"a": 1}')
+    assert done.returncode == 0, done.stderr
+    assert body(s3, "c/doc.json") == b'{"a": 1}'
+    refused = cli("write", s3.url("c/doc.json"), "--create-only", stdin=b"{}")
+    assert refused.returncode == 4
+    assert s3.url("c/doc.json").encode() in refused.stderr
+    rejected = cli("write", s3.url("c/doc.json"), "--validate", "json", stdin=b'{"cut')
+    assert rejected.returncode == 1
+    assert body(s3, "c/doc.json") == b'{"a": 1}'
+    copied = cli("copy", "-", s3.url("c/piped"), stdin=pattern(100_000))
+    assert copied.returncode == 0, copied.stderr
+    assert body(s3, "c/piped") == pattern(100_000)
+    back = cli("copy", s3.url("c/piped"), str(tmp_path / "piped"), "--json")
+    assert json.loads(back.stdout)["method"] == "download"
+    assert (tmp_path / "piped").read_bytes() == pattern(100_000)
+    swept = cli("sweep", s3.url("c/"), "--json")
+    assert json.loads(swept.stdout)["orphans"] == []
+    perm = cli("write", s3.url("c/x"), "--perm", "600", stdin=b"x")
+    assert perm.returncode == 2
+    assert b"perm" in perm.stderr

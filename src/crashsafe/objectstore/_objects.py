@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO, Any, Final
@@ -227,6 +228,8 @@ def _upload(
     hasher = hasher_for(digest)
     before = None
     fd = _fileno(source)
+    if fd is not None and not stat.S_ISREG(os.fstat(fd).st_mode):
+        fd = None  # a pipe or a terminal: read as a stream
     if size is None:
         if fd is not None:
             before = os.fstat(fd)
@@ -236,10 +239,22 @@ def _upload(
             size = source.seek(0, os.SEEK_END)
             source.seek(0)
         else:
-            raise ValueError(
-                f"{str(url)!r}: the source stream's length is unknown; copy a file or a "
-                "seekable object to a store"
-            )
+            # A pipe: its length is known only at its end, and an object's must be
+            # known before it is published; spooled to an anonymous local file.
+            with tempfile.TemporaryFile() as spool:
+                while chunk := source.read(1 << 20):
+                    spool.write(chunk)
+                spool.seek(0)
+                return _upload(
+                    client,
+                    url,
+                    spool,
+                    None,
+                    validate=validate,
+                    digest=digest,
+                    progress=progress,
+                    hasher_for=hasher_for,
+                )
     check = _validator(validate, str(url))
     if check is not None and size is not None and size > 0 and source.seekable():
         check(source)  # read the whole source before any byte is sent

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
-__all__ = ["ObjectURL", "is_url", "parse"]
+__all__ = ["SCHEMES", "ObjectURL", "is_url", "parse"]
 
 SCHEME: Final = "s3://"
-_REFUSED: Final = ("gs://", "az://", "abfs://", "gcs://")
+# s3:// and the schemes recognised only to be refused by name.
+SCHEMES: Final = (SCHEME, "gs://", "az://", "abfs://", "gcs://")
 
 
 def is_url(path: object) -> bool:
     """True if *path* is a str naming an object: ``s3://``, or a scheme :func:`parse` refuses."""
-    return isinstance(path, str) and path.startswith((SCHEME, *_REFUSED))
+    return isinstance(path, str) and path.startswith(SCHEMES)
 
 
 class ObjectURL(NamedTuple):
