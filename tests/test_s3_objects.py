@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -430,3 +431,114 @@ def test_the_command_line_writes_copies_and_sweeps_objects(s3: S3Place, tmp_path
     perm = cli("write", s3.url("c/x"), "--perm", "600", stdin=b"x")
     assert perm.returncode == 2
     assert b"perm" in perm.stderr
+
+
+# ---------------------------------------------------------------------------- the verdicts
+# After a lost answer crashsafe reads the key back and decides from the writers' tokens;
+# each case below stops that read-back (a held request) while another writer acts.
+
+
+def race_during_readback(
+    s3: S3Place,
+    key: str,
+    *,
+    fault: str,
+    readback: str,
+    skip: int,
+    call: Callable[[S3Store], Any],
+    meanwhile: Callable[[], object],
+) -> tuple[Any, BaseException | None]:
+    """Run *call(store)* through the proxy with its first PUT of *key* faulted, hold its
+    read-back (*readback* method, after *skip* such requests), run *meanwhile()* against
+    the server directly, release, and return what *call* returned or raised."""
+    outcome: list[Any] = [None, None]
+    with fault_proxy(s3.endpoint) as proxy:
+        is_put = lambda m, p, q: m == "PUT" and p.endswith("/" + key)  # noqa: E731
+        (proxy.ghost if fault == "ghost" else proxy.reset)(match=is_put)
+        hold = proxy.hold(match=lambda m, p, q: m == readback and p.endswith("/" + key), skip=skip)
+        store = S3Store(endpoint_url=proxy.endpoint.url)
+
+        def run() -> None:
+            try:
+                outcome[0] = call(store)
+            except BaseException as e:  # handed to the test's thread
+                outcome[1] = e
+
+        writer = threading.Thread(target=run)
+        writer.start()
+        hold.wait()
+        meanwhile()
+        hold.release("forward")
+        writer.join()
+    return outcome[0], outcome[1]
+
+
+def test_a_create_that_did_not_land_before_another_writer_created_the_key_is_refused(
+    s3: S3Place,
+) -> None:
+    url = s3.url("first")
+    _, error = race_during_readback(
+        s3,
+        "first",
+        fault="reset",
+        readback="HEAD",
+        skip=0,
+        call=lambda store: crashsafe.atomic_write(url, b"ours", overwrite=False, store=store),
+        meanwhile=lambda: crashsafe.atomic_write(url, b"theirs", overwrite=False),
+    )
+    assert isinstance(error, FileExistsError)
+    assert body(s3, "first") == b"theirs"
+
+
+def test_an_update_that_landed_and_was_built_upon_is_not_applied_again(s3: S3Place) -> None:
+    """The ghost conflict with a twist: our increment landed, its answer was lost, and
+    another writer's increment landed on top before we looked. Our token is deeper in
+    the history, not on top: still ours, so the result is 2, not 3 or 1."""
+    url = s3.url("n.json")
+    crashsafe.write_json(url, {"n": 0})
+    result, error = race_during_readback(
+        s3,
+        "n.json",
+        fault="ghost",
+        readback="GET",
+        skip=1,
+        call=lambda store: crashsafe.update_json(url, lambda d: {"n": d["n"] + 1}, store=store),
+        meanwhile=lambda: crashsafe.update_json(url, lambda d: {"n": d["n"] + 1}),
+    )
+    assert error is None
+    assert result == {"n": 1}  # what this call wrote
+    assert crashsafe.read_json(url) == {"n": 2}
+
+
+def test_an_update_that_did_not_land_is_applied_on_the_newer_version(s3: S3Place) -> None:
+    url = s3.url("m.json")
+    crashsafe.write_json(url, {"n": 0})
+    result, error = race_during_readback(
+        s3,
+        "m.json",
+        fault="reset",
+        readback="GET",
+        skip=1,
+        call=lambda store: crashsafe.update_json(url, lambda d: {"n": d["n"] + 1}, store=store),
+        meanwhile=lambda: crashsafe.update_json(url, lambda d: {"n": d["n"] + 10}),
+    )
+    assert error is None
+    assert result == {"n": 11}
+    assert crashsafe.read_json(url) == {"n": 11}
+
+
+def test_an_update_whose_evidence_a_foreign_writer_erased_is_reported(s3: S3Place) -> None:
+    url = s3.url("f.json")
+    crashsafe.write_json(url, {"n": 0})
+    client = s3.endpoint.client()
+    _, error = race_during_readback(
+        s3,
+        "f.json",
+        fault="ghost",
+        readback="GET",
+        skip=1,
+        call=lambda store: crashsafe.update_json(url, lambda d: {"n": d["n"] + 1}, store=store),
+        meanwhile=lambda: client.put_object(Bucket=s3.bucket, Key="f.json", Body=b'{"n": 5}'),
+    )
+    assert isinstance(error, crashsafe.AmbiguousWriteError)
+    assert crashsafe.read_json(url) == {"n": 5}
