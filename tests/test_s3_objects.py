@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -542,3 +543,23 @@ def test_an_update_whose_evidence_a_foreign_writer_erased_is_reported(s3: S3Plac
     )
     assert isinstance(error, crashsafe.AmbiguousWriteError)
     assert crashsafe.read_json(url) == {"n": 5}
+
+
+def test_a_child_forked_while_another_thread_held_the_client_lock_still_works(
+    s3: S3Place,
+) -> None:
+    from crashsafe.objectstore import _client
+
+    crashsafe.atomic_write(s3.url("parent"), b"parent")  # the parent's pool is in use
+    with _client._lock:  # as if another thread were making a client at the fork
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its status
+            signal.alarm(60)  # a hang ends the child by SIGALRM, and the test fails
+            try:
+                crashsafe.atomic_write(s3.url("child"), b"child", overwrite=False)
+            finally:
+                os._exit(0 if body(s3, "child") == b"child" else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    crashsafe.atomic_write(s3.url("parent"), b"again")
+    assert body(s3, "parent") == b"again"

@@ -148,7 +148,10 @@ _clients: dict[S3Store, Client] = {}
 
 def _forget_clients() -> None:
     # The child must not reuse the parent's pooled sockets (its parent still
-    # reads from them); it builds fresh clients on first use.
+    # reads from them); it builds fresh clients on first use. The lock is new
+    # too: another thread of the parent may have held it at the fork.
+    global _lock  # noqa: PLW0603 - replaced, not shared, in the child
+    _lock = threading.Lock()
     _clients.clear()
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import secrets
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +57,16 @@ class Capabilities:
 
 _lock = threading.Lock()
 _known: dict[tuple[S3Store, str], Capabilities] = {}
+
+
+def _new_lock() -> None:
+    # Another thread of the parent may have been probing at the fork.
+    global _lock  # noqa: PLW0603 - replaced, not shared, in the child
+    _lock = threading.Lock()
+
+
+if sys.platform != "win32":  # no fork there
+    os.register_at_fork(after_in_child=_new_lock)
 
 
 def capabilities(client: Client, bucket: str) -> Capabilities:
