@@ -116,7 +116,7 @@ class CephStartError(RuntimeError):
     the log that says why."""
 
 
-def _conf(work: Path, fsid: str, mon_port: int, rgw_port: int) -> str:
+def _conf(work: Path, fsid: str, mon_port: int, rgw_port: int, objectstore: str) -> str:
     return f"""\
 [global]
 fsid = {fsid}
@@ -150,7 +150,8 @@ mon warn on pool no redundancy = false
 mon data avail warn = 1
 mon data avail crit = 0
 osd crush chooseleaf type = 0
-osd objectstore = bluestore
+osd objectstore = {objectstore}
+memstore device bytes = 1073741824
 bluestore block create = true
 bluestore block size = 4294967296
 osd memory target = 1073741824
@@ -181,10 +182,17 @@ class CephRGW:
     (SIGTERM, then SIGKILL past a grace period) and :meth:`kill9` crashes them all at once.
     :meth:`start` after either brings the cluster back on the same data and ports (the OSD's
     own ports are picked again from Ceph's 6800-7300 range, on 127.0.0.1).
+
+    *objectstore* is ``bluestore`` (a sparse 4 GiB file under *workdir*, survives
+    :meth:`kill9`) or ``memstore`` (in the OSD's memory: a restart finds the cluster's
+    pools, users and buckets in the monitor, but every object's data gone).
     """
 
-    def __init__(self, workdir: Path, *, mon_port: int, rgw_port: int) -> None:
+    def __init__(
+        self, workdir: Path, *, mon_port: int, rgw_port: int, objectstore: str = "bluestore"
+    ) -> None:
         self.workdir = workdir
+        self.objectstore = objectstore
         self.mon_port = mon_port
         self.rgw_port = rgw_port
         self.conf = workdir / "ceph.conf"
@@ -205,7 +213,9 @@ class CephRGW:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         (self.workdir / "keyring").touch()
         fsid = str(uuid.uuid4())
-        self.conf.write_text(_conf(self.workdir, fsid, self.mon_port, self.rgw_port))
+        self.conf.write_text(
+            _conf(self.workdir, fsid, self.mon_port, self.rgw_port, self.objectstore)
+        )
         monmap = self.workdir / "monmap"
         try:
             self._run(
@@ -358,20 +368,42 @@ class CephRGW:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        deadline = time.monotonic() + STOP_GRACE
+        while members := group_members(proc.pid):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"ceph {name}: process group {proc.pid} still has {members}")
+            time.sleep(0.02)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The pids of the live (not zombie) processes in process group *pgid*."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
 
 
 @contextlib.contextmanager
-def ceph_rgw(tmp: Path) -> Iterator[CephRGW]:
+def ceph_rgw(tmp: Path, *, objectstore: str = "bluestore") -> Iterator[CephRGW]:
     """A fresh single-node Ceph RGW under *tmp* (its own new directory there), ready for
     signed S3 calls with :data:`ACCESS_KEY`/:data:`SECRET_KEY`; on exit every daemon it
-    started is stopped and its directory removed.
+    started is stopped and its directory removed. *objectstore* as for :class:`CephRGW`.
 
     Raises :class:`CephStartError` if it cannot be built; the message carries the logs' tails.
     """
     work = tmp / f"ceph-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     mon_port, rgw_port = free_ports(2)
-    cluster = CephRGW(work, mon_port=mon_port, rgw_port=rgw_port)
+    cluster = CephRGW(work, mon_port=mon_port, rgw_port=rgw_port, objectstore=objectstore)
     try:
         cluster.create()
         yield cluster
