@@ -54,7 +54,7 @@ def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephRGW]:
     require(importlib.util.find_spec("boto3") is not None, "needs boto3 (the test extra)")
     from tests.harness.ceph import TOOLS, ceph_rgw, group_members
 
-    require_tools(*TOOLS)
+    require_tools(*TOOLS, "ss")
     with ceph_rgw(tmp_path_factory.mktemp("ceph")) as cluster:
         pids = cluster.pids
         yield cluster
