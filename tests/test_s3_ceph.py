@@ -113,3 +113,14 @@ def test_kill9_keeps_every_acknowledged_write(ceph: CephRGW) -> None:
     client = ceph.endpoint.client()
     for key, body in written.items():
         assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == body, key
+    # The OSD and radosgw alone, the monitor staying up: it must take the OSD's restart.
+    client.put_object(Bucket=bucket, Key="late", Body=b"after the first crash")
+    written["late"] = b"after the first crash"
+    mon = ceph.pids["mon"]
+    ceph.kill9("osd", "rgw")
+    assert set(ceph.pids) == {"mon"}
+    ceph.start()
+    assert ceph.pids["mon"] == mon
+    client = ceph.endpoint.client()
+    for key, body in written.items():
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == body, key

@@ -291,13 +291,18 @@ class CephRGW:
         for name in reversed(DAEMONS):
             self._end(name, signal.SIGTERM)
 
-    def kill9(self) -> None:
-        """SIGKILL every daemon at once, then reap them: a crash of the whole server, with
-        no chance to flush anything. Does nothing for daemons not running."""
-        for proc in self._procs.values():
+    def kill9(self, *names: str) -> None:
+        """SIGKILL the daemons named (``mon``, ``osd``, ``rgw``; all three when none is
+        named) at once, then reap them: a crash with no chance to flush anything. Daemons
+        not running are skipped; :meth:`start` brings back whichever are down."""
+        unknown = set(names) - set(DAEMONS)
+        if unknown:
+            raise ValueError(f"no ceph daemon {sorted(unknown)}: choose from {DAEMONS}")
+        victims = [n for n in (names or DAEMONS) if n in self._procs]
+        for name in victims:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        for name in list(self._procs):
+                os.killpg(self._procs[name].pid, signal.SIGKILL)
+        for name in victims:
             self._end(name, signal.SIGKILL)
 
     # -- internals ------------------------------------------------------------------------
