@@ -26,6 +26,12 @@ sockets for Ceph):
   method to use, the monitor session fails with ``get_initial_auth_request returned -13``
   and radosgw exits after 300 s with "failed to fetch mon config". ``ms mon client mode =
   crc`` fixes it.
+- Speed, with no verdict depending on it: the monitor batches map changes for ``paxos
+  propose interval`` (1 s), and radosgw creates its pools one map change after another;
+  0.1 s takes the build from about 16 s to about 7 s and a first bucket from 2.7 s to 0.3 s.
+  A radosgw started beside a restarting OSD first talks to the OSD's old address and only
+  asks for a new map when the request is ``objecter timeout`` old (10 s): with 2 s, and
+  the paxos change, a restart after :meth:`CephRGW.kill9` takes about 3.5 s, not 11 s.
 - The monitor writes its cluster log to /var/log/ceph unless ``mon cluster log file`` says
   otherwise, and crash reports to /var/lib/ceph/crash unless ``crash dir`` does.
 
@@ -155,6 +161,10 @@ memstore device bytes = 1073741824
 bluestore block create = true
 bluestore block size = 4294967296
 osd memory target = 1073741824
+objecter tick interval = 1
+objecter timeout = 2
+paxos propose interval = 0.1
+paxos min wait = 0.01
 
 [client.rgw.r]
 rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
