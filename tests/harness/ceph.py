@@ -188,14 +188,14 @@ def free_ports(n: int) -> list[int]:
 class CephRGW:
     """One monitor, one BlueStore OSD and one radosgw, all under *workdir*, on 127.0.0.1.
 
-    Build it with :meth:`create` (once), then :meth:`start`; :meth:`stop` ends the daemons
-    (SIGTERM, then SIGKILL past a grace period) and :meth:`kill9` crashes them all at once.
-    :meth:`start` after either brings the cluster back on the same data and ports (the OSD's
-    own ports are picked again from Ceph's 6800-7300 range, on 127.0.0.1).
+    :meth:`create` builds and starts it (once); :meth:`stop` ends the daemons (SIGTERM, then
+    SIGKILL past a grace period) and :meth:`kill9` crashes some or all of them at once.
+    :meth:`start` after either brings the missing daemons back on the same data and ports
+    (the OSD's own ports are picked again from Ceph's 6800-7300 range, on 127.0.0.1).
 
-    *objectstore* is ``bluestore`` (a sparse 4 GiB file under *workdir*, survives
-    :meth:`kill9`) or ``memstore`` (in the OSD's memory: a restart finds the cluster's
-    pools, users and buckets in the monitor, but every object's data gone).
+    *objectstore* is ``bluestore`` (a sparse 4 GiB file under *workdir*: survives
+    :meth:`kill9`) or ``memstore`` (the OSD's memory: a restarted OSD has lost every object,
+    radosgw's own metadata included, and radosgw then timed out initialising, here).
     """
 
     def __init__(
