@@ -119,7 +119,12 @@ class Endpoint:
 
 class CephStartError(RuntimeError):
     """A step of building or starting the cluster failed; the message ends with the tail of
-    the log that says why."""
+    the log that says why. *exited* is true when a daemon exited (a port taken between
+    choosing and binding it, for one), false when a step failed or timed out."""
+
+    def __init__(self, message: str, *, exited: bool = False) -> None:
+        super().__init__(message)
+        self.exited = exited
 
 
 def _conf(work: Path, fsid: str, mon_port: int, rgw_port: int, objectstore: str) -> str:
@@ -347,12 +352,20 @@ class CephRGW:
                 check=False,
             )
         except subprocess.TimeoutExpired as e:
-            raise CephStartError(f"{argv[0]} did not finish in {COMMAND_TIMEOUT} s") from e
+            raise CephStartError(
+                f"{argv[0]} did not finish in {COMMAND_TIMEOUT} s\n{self._log_tails()}",
+                exited=self._any_exited(),
+            ) from e
         if done.returncode != 0:
             raise CephStartError(
-                f"{' '.join(argv)} exited with {done.returncode}:\n{done.stderr[-3000:]}"
+                f"{' '.join(argv)} exited with {done.returncode}:\n{done.stderr[-3000:]}\n"
+                f"{self._log_tails()}",
+                exited=self._any_exited(),
             )
         return done.stdout
+
+    def _any_exited(self) -> bool:
+        return any(proc.poll() is not None for proc in self._procs.values())
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -360,12 +373,17 @@ class CephRGW:
             gone = [n for n, p in self._procs.items() if p.poll() is not None]
             if gone or time.monotonic() > deadline:
                 why = f"{', '.join(gone)} exited" if gone else "radosgw not ready in time"
-                raise CephStartError(f"ceph at {self.endpoint.url}: {why}\n{self._log_tails()}")
+                raise CephStartError(
+                    f"ceph at {self.endpoint.url}: {why}\n{self._log_tails()}", exited=bool(gone)
+                )
             time.sleep(0.1)
 
     def _log_tails(self) -> str:
         tails = []
-        for log in sorted((self.workdir / "log").glob("*")):
+        # The daemons' own logs and outputs; the cluster and audit logs say little here.
+        names = ("mon.a", "osd.0", "client.rgw.r", "mon", "osd", "rgw")
+        logs = [self.workdir / "log" / f"{n}.{ext}" for n in names for ext in ("log", "out")]
+        for log in (path for path in logs if path.exists()):
             text = log.read_text(errors="replace")
             tails.append(f"== {log.name}\n{text[-1500:]}")
         return "\n".join(tails)
@@ -408,20 +426,33 @@ def group_members(pgid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def ceph_rgw(tmp: Path, *, objectstore: str = "bluestore") -> Iterator[CephRGW]:
+def ceph_rgw(tmp: Path, *, objectstore: str = "bluestore", attempts: int = 3) -> Iterator[CephRGW]:
     """A fresh single-node Ceph RGW under *tmp* (its own new directory there), ready for
     signed S3 calls with :data:`ACCESS_KEY`/:data:`SECRET_KEY`; on exit every daemon it
     started is stopped and its directory removed. *objectstore* as for :class:`CephRGW`.
 
-    Raises :class:`CephStartError` if it cannot be built; the message carries the logs' tails.
+    A build whose daemon exits before it is ready (a port taken between choosing and
+    binding it) is started over on new ports, up to *attempts* builds in all. Raises
+    :class:`CephStartError` if none succeeds; the message carries the daemons' log tails.
     """
-    work = tmp / f"ceph-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
-    mon_port, rgw_port = free_ports(2)
-    cluster = CephRGW(work, mon_port=mon_port, rgw_port=rgw_port, objectstore=objectstore)
-    try:
-        cluster.create()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    for attempt in range(attempts):
+        work = tmp / f"ceph-{uuid.uuid4().hex[:8]}"
+        work.mkdir()
+        mon_port, rgw_port = free_ports(2)
+        cluster = CephRGW(work, mon_port=mon_port, rgw_port=rgw_port, objectstore=objectstore)
+        try:
+            cluster.create()
+        except CephStartError as e:
+            shutil.rmtree(work, ignore_errors=True)
+            if not e.exited or attempt == attempts - 1:
+                raise
+            continue
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        return
