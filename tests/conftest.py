@@ -17,7 +17,8 @@ from tests.harness.checks import verify_no_leftovers
 from tests.harness.mounts import loop_mount, tmpfs
 
 if TYPE_CHECKING:
-    from tests.harness.s3servers import S3Place, Server
+    from tests.harness.ceph import CephRGW
+    from tests.harness.s3servers import Running, S3Place, Server
 
 # A shell without job control starts a background command (`... &`, nohup) with
 # SIGINT ignored, and every child inherits that: Python then installs no
@@ -109,13 +110,35 @@ def rclone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield from _s3_server("rclone", tmp_path_factory)
 
 
-@pytest.fixture(params=["seaweedfs", "moto"])
+@pytest.fixture(scope="session")
+def ceph_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephRGW]:
+    """Ceph RGW (mon, one BlueStore OSD, radosgw) on loopback: honours conditions on single
+    PUTs only, and If-Match only with a bare ETag; survives kill -9."""
+    import importlib.util
+
+    from tests.harness.require import require, require_root, require_tools
+
+    require_root()
+    require(importlib.util.find_spec("boto3") is not None, "needs boto3 (the test extra)")
+    from tests.harness.ceph import TOOLS, ceph_rgw
+
+    require_tools(*TOOLS, "ss")
+    from tests.harness.s3servers import group_members
+
+    with ceph_rgw(tmp_path_factory.mktemp("ceph")) as cluster:
+        yield cluster
+        pids = cluster.pids  # after the tests: a kill -9 and restart makes new ones
+    assert not [p for pid in pids.values() for p in group_members(pid)]
+
+
+@pytest.fixture(params=["seaweedfs", "moto", "ceph"])
 def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Place]:
-    """A fresh bucket on each server that honours preconditions, with the AWS_* variables
-    set for the test so that ``s3://bucket/key`` reaches it; emptied and removed after."""
+    """A fresh bucket on each server that honours preconditions (Ceph on single PUTs only),
+    with the AWS_* variables set for the test so that ``s3://bucket/key`` reaches it;
+    emptied and removed after."""
     from tests.harness.s3servers import S3Place, empty_bucket, make_bucket
 
-    server: Server = request.getfixturevalue(f"{request.param}_server")
+    server: Running = request.getfixturevalue(f"{request.param}_server")
     bucket = make_bucket(server.endpoint)
     for key, value in server.endpoint.env().items():
         monkeypatch.setenv(key, value)

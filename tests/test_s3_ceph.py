@@ -7,14 +7,10 @@ The condition table is asserted cell by cell, so CI notices when Ceph's behaviou
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-
-from tests.harness.require import require, require_root, require_tools
 
 if TYPE_CHECKING:
     from types_boto3_s3.type_defs import CompletedPartTypeDef
@@ -47,18 +43,10 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephRGW]:
-    """One cluster for the module (building it takes most of the time)."""
-    require_root()
-    require(importlib.util.find_spec("boto3") is not None, "needs boto3 (the test extra)")
-    from tests.harness.ceph import TOOLS, ceph_rgw, group_members
-
-    require_tools(*TOOLS, "ss")
-    with ceph_rgw(tmp_path_factory.mktemp("ceph")) as cluster:
-        pids = cluster.pids
-        yield cluster
-    assert not [p for pid in pids.values() for p in group_members(pid)]
+@pytest.fixture
+def ceph(ceph_server: CephRGW) -> CephRGW:
+    """The session's cluster (tests/conftest.py), shared with the library's tests."""
+    return ceph_server
 
 
 def _bucket(ceph: CephRGW) -> str:

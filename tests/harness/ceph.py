@@ -35,8 +35,7 @@ sockets for Ceph):
 - The monitor writes its cluster log to /var/log/ceph unless ``mon cluster log file`` says
   otherwise, and crash reports to /var/lib/ceph/crash unless ``crash dir`` does.
 
-The ``Endpoint`` here has the shape of tests/harness/s3servers.py's (written in parallel on
-another branch); the lead unifies the two when both are on main.
+The endpoint, ports and process-group helpers are those of tests/harness/s3servers.py.
 """
 
 from __future__ import annotations
@@ -46,28 +45,30 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tests.harness.s3servers import (
+    ACCESS_KEY,
+    REGION,
+    SECRET_KEY,
+    Endpoint,
+    free_ports,
+    group_members,
+)
+
 if TYPE_CHECKING:
-    from types_boto3_s3 import S3Client
+    pass
 
 TOOLS = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")
 """The programs :func:`ceph_rgw` runs (Debian ``ceph-mon ceph-osd radosgw``)."""
 
-ACCESS_KEY = "crashsafe-test"
-SECRET_KEY = "crashsafe-test-secret"  # noqa: S105 (a throwaway test server's)
-REGION = "us-east-1"
 
 # Bounds that only turn a hang into a failure; no verdict depends on them.
 READY_TIMEOUT = 180.0
@@ -77,44 +78,6 @@ STOP_GRACE = 30.0
 # The daemons in the order they start; they stop in the reverse order (the OSD tells the
 # monitor it is going down, which takes its shutdown timeout if the monitor is gone).
 DAEMONS = ("mon", "osd", "rgw")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where an S3 server answers, and the credentials it accepts."""
-
-    name: str
-    url: str
-    access_key: str
-    secret_key: str
-    region: str
-
-    def env(self) -> dict[str, str]:
-        """The environment variables the library reads to reach this endpoint."""
-        return {
-            "AWS_ENDPOINT_URL": self.url,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_REGION": self.region,
-            "AWS_ALLOW_HTTP": "true",
-        }
-
-    def client(self, *, read_timeout: float = 60.0) -> S3Client:
-        """A boto3 S3 client with path-style addressing that makes ONE attempt per call:
-        nothing is retried behind the test's back."""
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(
-                retries={"max_attempts": 1, "mode": "standard"},
-                s3={"addressing_style": "path"},
-                connect_timeout=5,
-                read_timeout=read_timeout,
-            ),
-        )
 
 
 class CephStartError(RuntimeError):
@@ -176,18 +139,6 @@ rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
 rgw data = {work}/rgw
 rgw init timeout = 150
 """
-
-
-def free_ports(n: int) -> list[int]:
-    """*n* distinct ports of 127.0.0.1, free when chosen (held together while choosing)."""
-    held = [socket.socket() for _ in range(n)]
-    try:
-        for s in held:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 class CephRGW:
@@ -406,23 +357,6 @@ class CephRGW:
             if time.monotonic() > deadline:
                 raise AssertionError(f"ceph {name}: process group {proc.pid} still has {members}")
             time.sleep(0.02)
-
-
-def group_members(pgid: int) -> list[int]:
-    """The pids of the live (not zombie) processes in process group *pgid*."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
 from botocore.config import Config
@@ -507,11 +507,20 @@ def empty_bucket(endpoint: Endpoint, name: str) -> None:
     client.delete_bucket(Bucket=name)
 
 
+class Running(Protocol):
+    """What a test may do with a running server: a :class:`Server` or a Ceph cluster."""
+
+    @property
+    def endpoint(self) -> Endpoint: ...
+    def kill9(self) -> None: ...
+    def start(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class S3Place:
     """A fresh bucket on a running server, as the ``s3`` fixture hands it to a test."""
 
-    server: Server
+    server: Running
     endpoint: Endpoint
     bucket: str
 
