@@ -182,7 +182,10 @@ def client_for(store: S3Store | None, url: str) -> Client:
     return client
 
 
-def _boto3_client(store: S3Store, attempts: int) -> S3Client:
+def _boto3_clients(store: S3Store, attempts: tuple[int, ...]) -> list[S3Client]:
+    """One client per number of *attempts*, from one session (which loads S3's
+    service model once); called under the cache's lock, as sessions are not
+    safe to share between threads while clients are made."""
     try:
         import boto3.session
         from botocore.config import Config
@@ -190,24 +193,25 @@ def _boto3_client(store: S3Store, attempts: int) -> S3Client:
         raise ModuleNotFoundError(
             "crashsafe needs boto3 for s3:// URLs: pip install 'crashsafe[s3]'", name=e.name
         ) from e
-    config = Config(
-        retries={"total_max_attempts": attempts, "mode": "standard"},
-        s3={"addressing_style": "path" if store.addressing_style == "path" else "virtual"},
-        connect_timeout=10,
-        read_timeout=60,
-        max_pool_connections=16,
-    )
-    # A session of its own: boto3's default session is not safe to share
-    # between threads while clients are created.
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=store.endpoint_url,
-        aws_access_key_id=store.access_key_id,
-        aws_secret_access_key=store.secret_access_key,
-        aws_session_token=store.session_token,
-        region_name=store.region,
-        config=config,
-    )
+    session = boto3.session.Session()
+    return [
+        session.client(
+            "s3",
+            endpoint_url=store.endpoint_url,
+            aws_access_key_id=store.access_key_id,
+            aws_secret_access_key=store.secret_access_key,
+            aws_session_token=store.session_token,
+            region_name=store.region,
+            config=Config(
+                retries={"total_max_attempts": n, "mode": "standard"},
+                s3={"addressing_style": "path" if store.addressing_style == "path" else "virtual"},
+                connect_timeout=10,
+                read_timeout=60,
+                max_pool_connections=16,
+            ),
+        )
+        for n in attempts
+    ]
 
 
 class Client:
@@ -216,8 +220,8 @@ class Client:
 
     def __init__(self, store: S3Store) -> None:
         self.store = store  # resolved: every field as used
-        self._reads = _boto3_client(store, attempts=5)
-        self._writes = _boto3_client(store, attempts=1)
+        # Reads are retried by botocore; writes are sent once (see the module).
+        self._reads, self._writes = _boto3_clients(store, (5, 1))
 
     # ------------------------------------------------------------------ reads
 
