@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import coverage
 import pytest
@@ -14,6 +15,9 @@ import crashsafe._platform._posix as posix
 from tests.harness import power_cut
 from tests.harness.checks import verify_no_leftovers
 from tests.harness.mounts import loop_mount, tmpfs
+
+if TYPE_CHECKING:
+    from tests.harness.s3servers import S3Place, Server
 
 # A shell without job control starts a background command (`... &`, nohup) with
 # SIGINT ignored, and every child inherits that: Python then installs no
@@ -75,3 +79,47 @@ def torture_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
     else:
         with tmpfs(size_kb=400 << 10) as mnt:
             yield request.param, mnt
+
+
+# S3-compatible servers on loopback (tests/harness/s3servers.py): each started on first
+# use and stopped when the session ends. Imported on use, so the rest of the suite does
+# not need boto3.
+def _s3_server(name: str, factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from tests.harness.s3servers import SERVERS
+
+    with SERVERS[name](factory.mktemp(name)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``weed mini`` on loopback: honours every S3 precondition; survives kill -9."""
+    yield from _s3_server("seaweedfs", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``moto_server`` on loopback: AWS's answers, in memory (kill -9 loses everything)."""
+    yield from _s3_server("moto", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def rclone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``rclone serve s3`` on loopback: ignores every precondition."""
+    yield from _s3_server("rclone", tmp_path_factory)
+
+
+@pytest.fixture(params=["seaweedfs", "moto"])
+def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Place]:
+    """A fresh bucket on each server that honours preconditions, with the AWS_* variables
+    set for the test so that ``s3://bucket/key`` reaches it; emptied and removed after."""
+    from tests.harness.s3servers import S3Place, empty_bucket, make_bucket
+
+    server: Server = request.getfixturevalue(f"{request.param}_server")
+    bucket = make_bucket(server.endpoint)
+    for key, value in server.endpoint.env().items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield S3Place(server, server.endpoint, bucket)
+    finally:
+        empty_bucket(server.endpoint, bucket)
