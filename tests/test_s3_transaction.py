@@ -28,6 +28,7 @@ from crashsafe.objectstore._manifest import (
     Store,
     prefix_of,
     sweep_transactions,
+    transaction_prefixes,
 )
 from crashsafe.transactions import recover, snapshot, transaction
 from tests.children import ROOT, Child, spawned, wait_until
@@ -385,6 +386,19 @@ def test_sweep_takes_a_transaction_open_longer_than_min_age(s3: S3Place, url: st
     assert str(e.value.filename).startswith(f"s3://{s3.bucket}/")
     assert whole(url) == (1, "1")
     assert data_keys(s3, url) == first
+
+
+def test_transaction_prefixes_finds_nested_ones(s3: S3Place) -> None:
+    for prefix in ("", "a/", "a/b/", "c/"):
+        commit_all(s3.url(prefix), "1")
+    s3.endpoint.client().put_object(Bucket=s3.bucket, Key="d/plain.json", Body=b"{}")
+    client = client_for(None, s3.url(""))
+    found = transaction_prefixes(client, prefix_of(s3.url("")))
+    assert [p.key for p in found] == ["", "a/", "a/b/", "c/"]
+    assert [p.key for p in transaction_prefixes(client, prefix_of(s3.url("a/")))] == [
+        "a/",
+        "a/b/",
+    ]
 
 
 def test_a_foreign_manifest_is_refused_and_nothing_swept(s3: S3Place, url: str) -> None:

@@ -97,6 +97,7 @@ __all__ = [
     "snapshot",
     "sweep_transactions",
     "transaction",
+    "transaction_prefixes",
 ]
 
 FORMAT: Final = 1
@@ -557,3 +558,19 @@ def sweep_transactions(
             client.delete(url)
         removed.append(str(url))
     return removed
+
+
+def transaction_prefixes(client: Client, prefix: ObjectURL) -> list[ObjectURL]:
+    """The transaction prefixes at or under *prefix* that hold data objects, sorted.
+
+    For a sweep of a whole prefix: each one found is a prefix to give
+    :func:`sweep_transactions`. Costs a listing of everything under *prefix*.
+    """
+    found: set[str] = set()
+    marker = "/" + DATA
+    for key, _ in client.listing(prefix):
+        if key.startswith(DATA):
+            found.add("")
+        elif (at := key.find(marker)) >= 0:
+            found.add(key[: at + 1])
+    return [ObjectURL(prefix.bucket, key) for key in sorted(found)]
