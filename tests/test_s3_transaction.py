@@ -19,7 +19,7 @@ from typing import cast
 
 import pytest
 
-from crashsafe.errors import ForeignJournalError
+from crashsafe.errors import ForeignJournalError, ObjectStoreError
 from crashsafe.objectstore._client import client_for
 from crashsafe.objectstore._manifest import (
     DATA,
@@ -136,6 +136,47 @@ def test_snapshot_of_a_prefix_with_no_commit_is_empty(s3: S3Place, url: str) -> 
         assert snap.names() == []  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="after its with block"):
         snap.exists("a.json")
+
+
+def test_a_prefix_with_or_without_its_slash_is_one(s3: S3Place) -> None:
+    with transaction(s3.url("t2")) as tx:
+        tx.write("a.json", b"1")
+        tx.write("gone.json", b"x")
+        tx.remove("gone.json")  # its object is deleted at once, and it is not published
+    with transaction(s3.url("t2/")):
+        pass  # nothing written: no new generation
+    with snapshot(s3.url("t2/")) as snap:
+        assert snap.generation == 1  # type: ignore[attr-defined]
+        assert snap.names() == ["a.json"]  # type: ignore[attr-defined]
+    assert data_keys(s3, s3.url("t2")) == referenced(s3, s3.url("t2"))
+
+
+def test_a_missing_bucket_is_not_an_empty_generation(s3: S3Place) -> None:
+    missing = f"s3://{s3.bucket}-missing/t/"
+    with pytest.raises(FileNotFoundError, match="no bucket") as e, snapshot(missing):
+        pass
+    assert e.value.filename == missing + MANIFEST
+
+
+def test_an_object_replaced_behind_the_manifest_is_refused(s3: S3Place, url: str) -> None:
+    commit_all(url, "1")
+    key = next(k for k in referenced(s3, url) if k.endswith("/a.json"))
+    s3.endpoint.client().put_object(Bucket=s3.bucket, Key=key, Body=content("X", "a.json"))
+    with snapshot(url) as snap, pytest.raises(ObjectStoreError, match="not the one") as e:
+        snap.read("a.json")
+    assert e.value.filename == url + "a.json"
+
+
+def test_a_lost_answer_to_a_data_put_is_sent_again(
+    s3: S3Place, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fault_proxy(s3.endpoint) as proxy:
+        proxy.ghost(match=lambda m, p, q: m == "PUT" and "/.crashsafe/data/" in p)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint.url)
+        commit_all(url, "1")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint.url)
+    assert whole(url) == (1, "1")
+    assert data_keys(s3, url) == referenced(s3, url)
 
 
 def test_readers_racing_a_writer_never_see_a_mix(s3: S3Place, url: str) -> None:
