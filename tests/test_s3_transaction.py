@@ -22,6 +22,7 @@ import pytest
 from crashsafe.errors import ForeignJournalError, ObjectStoreError
 from crashsafe.objectstore._client import client_for
 from crashsafe.objectstore._manifest import (
+    ATTEMPTS,
     DATA,
     GRACE,
     MANIFEST,
@@ -359,6 +360,47 @@ def test_two_commits_racing(
             assert snap.exists(f"{first}-only.json")
             assert tag_of(snap.read(f"{first}-only.json"), f"{first}-only.json") == first
             assert snap.generation == 3  # type: ignore[attr-defined]
+
+
+def test_a_commit_that_loses_every_race_gives_up(
+    s3: S3Place, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of the commit's ATTEMPTS swaps is held until another commit has landed, so each
+    is refused: UpdateConflictError naming the manifest, nothing published, its objects
+    deleted."""
+    commit_all(url, "1")
+    results: multiprocessing.Queue[tuple[str, object]] = ctx.Queue()
+    with fault_proxy(s3.endpoint) as proxy:
+        holds = [proxy.hold(match=manifest_put) for _ in range(ATTEMPTS)]
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint.url)
+        loser = ctx.Process(
+            target=s3_tx.reporting, args=(results, s3_tx.commit_one, url, "A-only.json", "A")
+        )
+        loser.start()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint.url)  # this process: direct
+        try:
+            for i, hold in enumerate(holds):
+                hold.wait(HANG)
+                with transaction(url) as tx:
+                    tx.write("shared.json", content(f"w{i}", "shared.json"))
+                hold.release("forward")
+            loser.join(HANG)
+            status, outcome = results.get(timeout=HANG)
+        finally:
+            loser.kill()
+            loser.join()
+    assert status == "error"
+    assert outcome == (
+        f"UpdateConflictError: could not update {url + MANIFEST!r}: other writers replaced it "
+        f"first in each of {ATTEMPTS} attempts; nothing was written"
+    )
+    with snapshot(url) as snap:
+        assert snap.generation == 1 + ATTEMPTS  # type: ignore[attr-defined]
+        assert not snap.exists("A-only.json")
+        assert tag_of(snap.read("shared.json"), "shared.json") == f"w{ATTEMPTS - 1}"
+    keys = data_keys(s3, url)
+    assert not any(k.endswith("/A-only.json") for k in keys)  # the loser's: deleted
+    assert len(keys - referenced(s3, url)) == ATTEMPTS - 1  # the others' replaced shared.json
 
 
 def test_many_committers_lose_no_name(s3: S3Place, url: str) -> None:
