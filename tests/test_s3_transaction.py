@@ -309,6 +309,23 @@ def test_a_lost_answer_to_the_swap_is_one_commit(
     assert whole(url) == (2, "2")  # landed once: not refused as a conflict, not twice
 
 
+def test_a_swap_whose_outcome_is_unknown_keeps_its_objects(
+    s3: S3Place, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swap lands but its answer is lost, and so is every read-back: the commit raises,
+    and must not delete its objects, which the generation that landed names."""
+    commit_all(url, "1")
+    with fault_proxy(s3.endpoint) as proxy:
+        proxy.ghost(match=manifest_put)
+        proxy.reset(match=lambda m, p, q: m == "HEAD" and p.endswith("/" + MANIFEST), times=None)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint.url)
+        with pytest.raises(OSError) as e:
+            commit_all(url, "2")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint.url)
+    assert e.value.filename == url + MANIFEST
+    assert whole(url) == (2, "2")  # it landed, and every object it names is there
+
+
 # ------------------------------------------------------------------------- racing commits
 
 
