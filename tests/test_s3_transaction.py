@@ -13,9 +13,10 @@ Children that talk to S3 are started with ``spawn`` (or as programs), never fork
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import multiprocessing.connection
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -64,12 +65,21 @@ def data_keys(s3: S3Place, url: str) -> set[str]:
     }
 
 
-def referenced(s3: S3Place, url: str) -> set[str]:
-    """The keys the current manifest names, read with a plain client."""
-    import json
-
+def manifest(s3: S3Place, url: str) -> dict[str, Any]:
+    """The current manifest, read with a plain client."""
     body = s3.endpoint.client().get_object(Bucket=s3.bucket, Key=prefix_of(url).key + MANIFEST)
-    return {e["key"] for e in json.loads(body["Body"].read())["entries"].values()}
+    doc: dict[str, Any] = json.loads(body["Body"].read())
+    return doc
+
+
+def referenced(s3: S3Place, url: str) -> set[str]:
+    """The keys the current manifest names."""
+    return {e["key"] for e in manifest(s3, url)["entries"].values()}
+
+
+def retired(s3: S3Place, url: str) -> set[str]:
+    """The keys the current manifest lists as retired."""
+    return {r["key"] for r in manifest(s3, url)["retired"]}
 
 
 def sweep(url: str, *, min_age: float, grace: float = GRACE, dry_run: bool = False) -> set[str]:
@@ -461,7 +471,10 @@ def test_a_snapshot_reads_its_generation_for_the_grace_period(s3: S3Place, url: 
         assert whole(url) == (2, "2")
         assert sweep(url, min_age=0) == set()  # retired just now: within the grace
         assert {tag_of(old.read(n), n) for n in NAMES} == {"1"}
+        assert retired(s3, url) == first
         assert sweep(url, min_age=0, grace=0) == first
+        assert retired(s3, url) == set()  # the sweep keeps the list as short as it can
+        assert manifest(s3, url)["generation"] == 2
         with pytest.raises(FileNotFoundError, match="outlived the grace period") as e:
             old.read("a.json")
         assert e.value.filename == url + "a.json"

@@ -55,7 +55,13 @@ mentions it and it is older than *min_age* (a commit that crashed or lost,
 or a transaction still open). So *min_age* must exceed the longest time a
 transaction stays open between its first write and its commit; a commit
 checks its own objects are still there just before it swaps, and raises
-rather than publish a generation whose objects a sweep took.
+rather than publish a generation whose objects a sweep took. A sweep then
+drops the keys it deleted from ``retired`` (a compare-and-swap that leaves
+the generation as it is), so the list stays as short as sweeps are
+frequent; without sweeps, commits drop entries older than :data:`RETAIN`
+(a day), the longest *grace* a sweep accepts: a key no longer listed is
+treated as unlisted (removed once older than *min_age*), and by then every
+snapshot that could need it has had its grace.
 
 Clocks: ``retired_at`` is the committer's clock and the data objects'
 ``LastModified`` is the store's; *grace* and *min_age* are compared with the
@@ -71,7 +77,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -154,6 +160,7 @@ class Manifest:
     entries: dict[str, Entry] = field(default_factory=dict)
     retired: list[tuple[str, float]] = field(default_factory=list)
     version: Version | None = None
+    committed_at: float = 0.0
 
     def encode(self, committed_at: float) -> bytes:
         return json.dumps(
@@ -196,9 +203,10 @@ def read_manifest(client: Client, url: ObjectURL) -> Manifest:
             for name, e in doc["entries"].items()
         }
         retired = [(str(r["key"]), float(r["retired_at"])) for r in doc["retired"]]
+        committed_at = float(doc["committed_at"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ForeignJournalError(str(url), f"not a crashsafe manifest: {e}") from e
-    return Manifest(url, generation, entries, retired, Version.of(fetched.stat))
+    return Manifest(url, generation, entries, retired, Version.of(fetched.stat), committed_at)
 
 
 def _rebased(current: Manifest, ops: Mapping[str, Entry | None], now: float) -> bytes:
@@ -212,6 +220,17 @@ def _rebased(current: Manifest, ops: Mapping[str, Entry | None], now: float) -> 
         if old is not None:
             retired.append((old.key, now))
     return Manifest(current.url, current.generation + 1, entries, retired).encode(now)
+
+
+def _put(client: Client, url: ObjectURL, body: bytes) -> Callable[..., str]:
+    """The request :func:`~crashsafe.objectstore._commit.commit` sends: *body* at *url*."""
+
+    def send(metadata: Mapping[str, str], if_none_match: bool, if_match: str | None) -> str:
+        return client.put(
+            url, body, metadata=metadata, if_none_match=if_none_match, if_match=if_match
+        )
+
+    return send
 
 
 def _jitter(attempt: int) -> float:
@@ -329,7 +348,12 @@ class ObjectTransaction(Transaction):
                 body = _rebased(current, self._changes, time.time())
                 sent = True
                 try:
-                    commit_once(self._client, self._manifest, current.version, self._sender(body))
+                    commit_once(
+                        self._client,
+                        self._manifest,
+                        current.version,
+                        _put(self._client, self._manifest, body),
+                    )
                 except (Refused, FileExistsError):
                     sent = False  # refused: that attempt did not land, and never will
                     continue
@@ -342,18 +366,6 @@ class ObjectTransaction(Transaction):
             else:
                 self.discard()
             raise
-
-    def _sender(self, body: bytes) -> Any:
-        def send(metadata: Mapping[str, str], if_none_match: bool, if_match: str | None) -> str:
-            return self._client.put(
-                self._manifest,
-                body,
-                metadata=metadata,
-                if_none_match=if_none_match,
-                if_match=if_match,
-            )
-
-        return send
 
     def _still_there(self) -> None:
         written = {e.key for e in self._changes.values() if e is not None}
@@ -544,6 +556,7 @@ def sweep_transactions(
     referenced = {e.key for e in manifest.entries.values()}
     retired = dict(manifest.retired)
     removed: list[str] = []
+    forgotten: set[str] = set()
     now = time.time()
     for key, stat in client.listing(prefix.join(DATA)):
         if key in referenced:
@@ -551,13 +564,36 @@ def sweep_transactions(
         if key in retired:
             if now - retired[key] < grace:
                 continue
+            forgotten.add(key)
         elif stat.last_modified is None or now - stat.last_modified.timestamp() < min_age:
             continue
         url = ObjectURL(prefix.bucket, key)
         if not dry_run:
             client.delete(url)
         removed.append(str(url))
+    if forgotten and not dry_run:
+        _forget(client, prefix.join(MANIFEST), forgotten)
     return removed
+
+
+def _forget(client: Client, url: ObjectURL, keys: set[str]) -> None:
+    """Drop *keys*, deleted, from the manifest's retired list, so that it stays as short as
+    sweeps are frequent. Best effort: a key left in the list names nothing, and the
+    commits drop it after :data:`RETAIN`."""
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            time.sleep(_jitter(attempt))
+        current = read_manifest(client, url)
+        kept = [(k, t) for k, t in current.retired if k not in keys]
+        if current.version is None or len(kept) == len(current.retired):
+            return
+        same = Manifest(url, current.generation, current.entries, kept)
+        body = same.encode(current.committed_at)  # the same generation, shorter history
+        try:
+            commit_once(client, url, current.version, _put(client, url, body))
+        except (Refused, FileExistsError):
+            continue
+        return
 
 
 def transaction_prefixes(client: Client, prefix: ObjectURL) -> list[ObjectURL]:
