@@ -27,6 +27,7 @@ from crashsafe.objectstore._manifest import (
     DATA,
     GRACE,
     MANIFEST,
+    RETAIN,
     Store,
     prefix_of,
     sweep_transactions,
@@ -551,5 +552,7 @@ def test_options_with_no_meaning_on_a_store(s3: S3Place, url: str) -> None:
         recover("s3:///p/")
     with pytest.raises(ValueError, match="grace"):
         sweep(url, min_age=0, grace=-1)
+    with pytest.raises(ValueError, match="grace must be a number of seconds from 0 up to 86400"):
+        sweep(url, min_age=0, grace=RETAIN + 1)
     with pytest.raises(ValueError, match="min_age"):
         sweep(url, min_age=-1)
