@@ -29,6 +29,7 @@ VALID_MODES = ["w", "wt", "wb", "x", "xt", "xb", "a", "at", "ab"]
 
 def test_all_is_exactly_the_public_api() -> None:
     assert set(crashsafe.__all__) == {
+        "AmbiguousWriteError",
         "AtomicFile",
         "ChecksumStore",
         "CopyResult",
@@ -38,7 +39,11 @@ def test_all_is_exactly_the_public_api() -> None:
         "LockTimeoutError",
         "NotDurableError",
         "NotRecordedError",
+        "ObjectStoreError",
+        "S3Store",
         "SnapshotDeadlockError",
+        "StoreCapabilityError",
+        "UpdateConflictError",
         "VerificationError",
         "atomic_copy",
         "atomic_open",
@@ -576,6 +581,16 @@ ERRORS: dict[str, tuple[BaseException, type[BaseException]]] = {
         KeyError,
     ),
     "SnapshotDeadlockError": (crashsafe.SnapshotDeadlockError("/d"), RuntimeError),
+    "ObjectStoreError": (
+        crashsafe.ObjectStoreError("503: SlowDown", "s3://b/k", status=503),
+        OSError,
+    ),
+    "StoreCapabilityError": (
+        crashsafe.StoreCapabilityError("ignores If-None-Match", "s3://b/k"),
+        OSError,
+    ),
+    "AmbiguousWriteError": (crashsafe.AmbiguousWriteError("answer lost", "s3://b/k"), OSError),
+    "UpdateConflictError": (crashsafe.UpdateConflictError("s3://b/k", 64), TimeoutError),
 }
 
 

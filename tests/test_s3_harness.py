@@ -6,6 +6,7 @@ that did not happen fails the test that asked for it; rclone ignores preconditio
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import threading
@@ -19,16 +20,28 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.harness.s3proxy import Exchange, FaultProxy, UnappliedRule, fault_proxy
+from tests.harness.s3proxy import (
+    Exchange,
+    FaultProxy,
+    UnappliedRule,
+    complete_upload,
+    create_upload,
+    fault_proxy,
+    mutating,
+    put_object,
+    upload_part,
+)
 from tests.harness.s3servers import (
     SERVERS,
     Endpoint,
     S3Place,
     Server,
+    ServerStartError,
     empty_bucket,
     group_members,
     listening,
     make_bucket,
+    serve,
 )
 
 if TYPE_CHECKING:
@@ -72,9 +85,43 @@ def test_server_listens_on_loopback_only_and_round_trips(any_server: Server) -> 
         client.put_object(Bucket=bucket, Key="dir/key", Body=b"round trip")
         assert _body(any_server.endpoint, bucket, "dir/key") == b"round trip"
         assert bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]
+        # An upload left open: empty_bucket aborts it before removing the bucket.
+        client.create_multipart_upload(Bucket=bucket, Key="open")
     finally:
         empty_bucket(any_server.endpoint, bucket)
     assert bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+def test_a_server_that_exits_before_ready_fails_with_its_log(tmp_path: Path) -> None:
+    """Started over (new ports) up to three times, then the error shows the log's tail;
+    nothing is left of any attempt."""
+    built: list[Server] = []
+
+    def build() -> Server:
+        workdir = tmp_path / f"attempt{len(built)}"
+        command = ["sh", "-c", "echo cannot bind >&2; exit 3"]
+        built.append(
+            Server(Endpoint("broken", "http://127.0.0.1:9", "k", "s", "r"), command, workdir)
+        )
+        return built[-1]
+
+    expected = "exited with 3; log tail:\ncannot bind"
+    with pytest.raises(ServerStartError, match=expected) as e, serve(build):
+        pass
+    assert e.value.exited
+    assert len(built) == 3
+    assert list(tmp_path.iterdir()) == []
+    assert all(server.pid is None for server in built)
+
+
+def test_seaweedfs_checks_signatures(seaweedfs_server: Server) -> None:
+    """What makes the proxy's pass-through test mean something: SeaweedFS refuses a request
+    signed with another secret (and moto would not)."""
+    endpoint = seaweedfs_server.endpoint
+    wrong = dataclasses.replace(endpoint, secret_key=endpoint.secret_key + "x")
+    with pytest.raises(ClientError) as e:
+        wrong.client().list_buckets()
+    assert _status(e.value) == 403
 
 
 def test_s3_fixture_sets_the_environment(s3: S3Place) -> None:
@@ -194,8 +241,25 @@ def test_proxy_passes_signed_requests_through(s3: S3Place) -> None:
         ("GET", 200, "forward"),
         ("GET", 404, "forward"),
     ]
-    assert proxy.log[1].query == "uploads"
     assert [x.index for x in proxy.log] == list(range(8))
+    # The predicates rules use, on the requests boto3 really sent.
+    kinds = {
+        "put_object": put_object,
+        "create_upload": create_upload,
+        "upload_part": upload_part,
+        "complete_upload": complete_upload,
+    }
+    assert [[k for k, p in kinds.items() if p(x.method, x.path, x.query)] for x in proxy.log] == [
+        ["put_object"],
+        ["create_upload"],
+        ["upload_part"],
+        ["upload_part"],
+        ["complete_upload"],
+        [],
+        [],
+        [],
+    ]
+    assert [mutating(x.method, x.path, x.query) for x in proxy.log] == [True] * 5 + [False] * 3
 
 
 def _signed_chunked_put(endpoint: Endpoint, bucket: str, key: str, pieces: list[bytes]) -> int:
@@ -260,6 +324,21 @@ def test_proxy_streams_large_bodies(s3: S3Place, tmp_path: Path) -> None:
     assert peak < size // 4, f"peak {peak} bytes traced for a {size}-byte body"
 
 
+def test_proxy_relays_an_early_refusal_of_a_large_body(s3: S3Place) -> None:
+    """A create-only put of 8 MiB over an existing key: the server may refuse before it has
+    read the body; the client gets the 412 all the same, and the next request goes on."""
+    with fault_proxy(s3.endpoint) as proxy:
+        client = proxy.endpoint.client()
+        client.put_object(Bucket=s3.bucket, Key="k", Body=b"first")
+        for _ in range(2):
+            with pytest.raises(ClientError) as e:
+                client.put_object(Bucket=s3.bucket, Key="k", Body=bytes(8 << 20), IfNoneMatch="*")
+            assert _status(e.value) == 412
+        client.put_object(Bucket=s3.bucket, Key="k2", Body=b"next")
+    assert [x.status for x in proxy.log] == [200, 412, 412, 200]
+    assert _body(s3.endpoint, s3.bucket, "k") == b"first"
+
+
 def _check_ghost(place: S3Place, proxy: FaultProxy) -> None:
     """The ghost promise: the write landed, the client saw a lost response."""
     error = _put(proxy, place.bucket, "ghost", b"landed")
@@ -270,7 +349,7 @@ def _check_ghost(place: S3Place, proxy: FaultProxy) -> None:
 
 def test_proxy_ghost_lands_the_write_and_loses_the_answer(s3: S3Place) -> None:
     with fault_proxy(s3.endpoint) as proxy:
-        rule = proxy.ghost(match=lambda method, path, query: method == "PUT")
+        rule = proxy.ghost(match=put_object)
         _check_ghost(s3, proxy)
         # Only once (times=1): the next put is answered.
         assert _put(proxy, s3.bucket, "after", b"answered") is None

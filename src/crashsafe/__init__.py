@@ -12,12 +12,16 @@ from typing import TYPE_CHECKING
 
 from crashsafe.atomic import AtomicFile, atomic_open, atomic_write, write_file_atomic
 from crashsafe.errors import (
+    AmbiguousWriteError,
     ForeignJournalError,
     JSONDocumentError,
     LockTimeoutError,
     NotDurableError,
     NotRecordedError,
+    ObjectStoreError,
     SnapshotDeadlockError,
+    StoreCapabilityError,
+    UpdateConflictError,
     VerificationError,
 )
 from crashsafe.staging import sweep
@@ -29,9 +33,11 @@ if TYPE_CHECKING:
     from crashsafe.copying import CopyResult, atomic_copy
     from crashsafe.documents import read_json, update, update_json, write_json
     from crashsafe.locking import FileLock
+    from crashsafe.objectstore import S3Store
     from crashsafe.transactions import recover, snapshot, transaction
 
 __all__ = [
+    "AmbiguousWriteError",
     "AtomicFile",
     "ChecksumStore",
     "CopyResult",
@@ -41,7 +47,11 @@ __all__ = [
     "LockTimeoutError",
     "NotDurableError",
     "NotRecordedError",
+    "ObjectStoreError",
+    "S3Store",
     "SnapshotDeadlockError",
+    "StoreCapabilityError",
+    "UpdateConflictError",
     "VerificationError",
     "atomic_copy",
     "atomic_open",
@@ -74,6 +84,7 @@ _LAZY = {
     "update_json": "crashsafe.documents",
     "write_json": "crashsafe.documents",
     "FileLock": "crashsafe.locking",
+    "S3Store": "crashsafe.objectstore",
     "recover": "crashsafe.transactions",
     "snapshot": "crashsafe.transactions",
     "transaction": "crashsafe.transactions",

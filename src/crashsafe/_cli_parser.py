@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_WRITE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    write.add_argument("path", metavar="PATH", help="the file to write")
+    write.add_argument(
+        "path", metavar="PATH", help="the file to write, or an s3://bucket/key object"
+    )
     _add_target(
         write,
         "PATH",
@@ -201,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         "filesystems offer (reflink, copy_file_range, sendfile, read/write). The copy's "
         "size must equal SRC's, SRC must not change meanwhile, and each --validate "
         "check must pass; only then is DST replaced. A progress bar is shown when "
-        "standard error is a terminal; a one-line summary is printed at the end.",
+        "standard error is a terminal; a one-line summary is printed at the end. "
+        "SRC or DST (or both) may be an s3://bucket/key object: a local SRC is checked "
+        "before the object is published; an object is checked before DST is replaced.",
         epilog=_COPY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -248,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove temporary files left behind by killed writers",
         description="Remove crashsafe temporary files in DIR whose writer is proven dead "
         "(or, where that cannot be proven, older than --min-age). Prints each path removed. "
-        "Never touches other files and never follows symlinks.",
+        "Never touches other files and never follows symlinks. DIR may be an "
+        "s3://bucket/prefix: then the uploads and transaction objects that crashsafe "
+        "writers left there are removed, when older than --min-age.",
     )
     clean.add_argument("directory", metavar="DIR")
     clean.add_argument(
@@ -260,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument(
         "--min-age",
         type=_seconds,
-        default=60.0,
+        default=None,
         metavar="SECONDS",
-        help="age after which an unprovable temporary file counts as orphaned (default 60)",
+        help="age after which an unprovable temporary file counts as orphaned (default 60; "
+        "for an s3:// prefix, 86400: no writer's liveness can be proven across machines)",
     )
     return parser

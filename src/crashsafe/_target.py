@@ -17,6 +17,7 @@ import stat
 from typing import Final, NamedTuple
 
 from crashsafe import _platform
+from crashsafe.objectstore._url import SCHEMES
 
 __all__ = ["MAX_SYMLINKS", "Target", "locate", "replaced_file"]
 
@@ -55,6 +56,11 @@ def locate(
     :class:`OSError` (``ELOOP``) after 40 links, and the :class:`OSError` of
     opening a directory or reading an entry.
     """
+    if path.startswith(SCHEMES):
+        raise ValueError(
+            f"{path!r} is an object URL; this call writes local files only (atomic_write, "
+            "atomic_open, atomic_copy, the JSON calls and transaction take s3:// URLs)"
+        )
     head, name = os.path.split(path)
     if name in ("", ".", ".."):
         raise IsADirectoryError(errno.EISDIR, "Is a directory", path)

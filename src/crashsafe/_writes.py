@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, BinaryIO, TextIO, Unpack, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, Unpack, overload
 
 from crashsafe._checks import (
     DEFAULT_ENCODING,
@@ -26,6 +26,10 @@ from crashsafe._checks import (
     single_name,
 )
 from crashsafe.atomic import AtomicFile
+from crashsafe.objectstore._url import is_url
+
+if TYPE_CHECKING:
+    from crashsafe.objectstore import S3Store
 
 __all__ = ["atomic_open", "atomic_write", "write_file_atomic"]
 
@@ -34,12 +38,16 @@ __all__ = ["atomic_open", "atomic_write", "write_file_atomic"]
 def atomic_open(
     path: str | os.PathLike[str],
     mode: TextMode,
+    *,
+    store: S3Store | None = None,
     **options: Unpack[OpenOptions],
 ) -> AbstractContextManager[TextIO]: ...
 @overload
 def atomic_open(
     path: str | os.PathLike[str],
     mode: BinaryMode = "wb",
+    *,
+    store: S3Store | None = None,
     **options: Unpack[OpenOptions],
 ) -> AbstractContextManager[BinaryIO]: ...
 @contextmanager
@@ -54,6 +62,7 @@ def atomic_open(
     encoding: str | None = None,
     errors: str | None = None,
     newline: str | None = None,
+    store: S3Store | None = None,
 ) -> Iterator[Any]:  # typed by the overloads above
     """Open *path* for an all-or-nothing write; use it in a ``with`` statement.
 
@@ -70,7 +79,34 @@ def atomic_open(
 
         with crashsafe.atomic_open("state.json", "w", validate=validators.json) as f:
             json.dump(state, f)
+
+    *path* may be an ``s3://bucket/key`` URL (modes ``wb``, ``xb``, ``w``,
+    ``x``; *store* an :class:`~crashsafe.objectstore.S3Store`, else the
+    ``AWS_*`` environment): the block writes to an anonymous local file, and
+    its end publishes it as one object (see the README's object-storage
+    section); *perm*, *follow_symlinks* and a *durability* other than
+    ``"durable"`` raise :class:`ValueError` there.
     """
+    if is_url(path):
+        from crashsafe.objectstore import _objects
+
+        assert isinstance(path, str)
+        _objects.check_options(
+            path, perm=perm, durability=durability, follow_symlinks=follow_symlinks
+        )
+        with _objects.open_for_write(
+            path,
+            mode,
+            validate=validate,
+            encoding=encoding,
+            errors=errors,
+            newline=newline,
+            store=store,
+        ) as f:
+            yield f
+        return
+    if store is not None:
+        raise ValueError(f"{os.fsdecode(os.fspath(path))!r}: store= applies to s3:// URLs only")
     staged = AtomicFile(
         path,
         mode,
@@ -96,6 +132,7 @@ def atomic_write(
     follow_symlinks: bool = True,
     validate: Validate = None,
     encoding: str = DEFAULT_ENCODING,
+    store: S3Store | None = None,
 ) -> None:
     """Replace *path* with *data*, all or nothing.
 
@@ -106,6 +143,12 @@ def atomic_write(
     atomically, as mode ``xb`` of :class:`AtomicFile` does. The other keywords and the
     errors are those of :class:`AtomicFile`; a wrong type of *data*, or an
     *overwrite* that is not a bool, raises :class:`TypeError`.
+
+    *path* may be an ``s3://bucket/key`` URL (*store* an
+    :class:`~crashsafe.objectstore.S3Store`, else the ``AWS_*`` environment):
+    one object, never partial; with *overwrite* False, :class:`FileExistsError`
+    even against writers on other machines. See the README's object-storage
+    section for what holds there and the errors it adds.
     """
     if overwrite is not True and overwrite is not False:  # no frame per write
         check_flag("overwrite", overwrite)
@@ -113,6 +156,18 @@ def atomic_write(
         data = data.encode(encoding)
     elif not isinstance(data, bytes):
         data = as_bytes(data, "bytes or str")
+    if store is not None or is_url(path):
+        _write_object(
+            path,
+            bytes(data),
+            overwrite=overwrite,
+            perm=perm,
+            durability=durability,
+            follow_symlinks=follow_symlinks,
+            validate=validate,
+            store=store,
+        )
+        return
     with AtomicFile(
         path,
         "wb" if overwrite else "xb",
@@ -122,6 +177,26 @@ def atomic_write(
         validate=validate,
     ) as staged:
         staged.write_all(data)
+
+
+def _write_object(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    overwrite: bool,
+    perm: int | None,
+    durability: Durability,
+    follow_symlinks: bool,
+    validate: Validate,
+    store: S3Store | None,
+) -> None:
+    if not is_url(path):
+        raise ValueError(f"{os.fsdecode(os.fspath(path))!r}: store= applies to s3:// URLs only")
+    from crashsafe.objectstore import _objects
+
+    assert isinstance(path, str)
+    _objects.check_options(path, perm=perm, durability=durability, follow_symlinks=follow_symlinks)
+    _objects.write(path, data, overwrite=overwrite, validate=validate, store=store)
 
 
 def write_file_atomic(

@@ -22,7 +22,8 @@ from typing import IO, BinaryIO, Final
 from crashsafe._checks import BinaryMode, Validator
 from crashsafe._cli_parser import build_parser
 from crashsafe.atomic import AtomicFile
-from crashsafe.errors import NotDurableError, VerificationError
+from crashsafe.errors import AmbiguousWriteError, NotDurableError, VerificationError
+from crashsafe.objectstore._url import is_url
 from crashsafe.staging import sweep
 
 EXIT_FAILED: Final = 1
@@ -68,6 +69,8 @@ def _say_waiting(what: str) -> None:
 
 def _write(args: argparse.Namespace) -> int:
     mode: BinaryMode = "xb" if args.create_only else "ab" if args.append else "wb"
+    if is_url(args.path):
+        return _write_object(args, mode)
     staged = AtomicFile(
         args.path,
         mode,
@@ -153,6 +156,27 @@ class _ProgressBar:
     def finish(self) -> None:
         sys.stderr.write("\r\x1b[K")
         sys.stderr.flush()
+
+
+def _write_object(args: argparse.Namespace, mode: BinaryMode) -> int:
+    from crashsafe import atomic_open
+
+    with atomic_open(
+        args.path,
+        mode,
+        perm=args.perm,
+        durability=args.durability,
+        follow_symlinks=not args.no_follow,
+        validate=_checks(args),
+    ) as f:
+        if os.isatty(0):
+            _say_waiting(args.path)
+        if _read_input(f) == 0 and not args.allow_empty:
+            raise VerificationError(
+                "standard input is empty (give --allow-empty to publish an empty object)",
+                args.path,
+            )
+    return 0
 
 
 def _print_json(result: dict[str, object]) -> None:
@@ -314,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status, message = EXIT_NOT_DURABLE, f"warning: {e}"
     except FileExistsError as e:
         status, message = EXIT_EXISTS, f"{e.filename}: already exists (--create-only)"
+    except AmbiguousWriteError as e:
+        status, message = EXIT_FAILED, f"{e}; it holds one complete version, but which is unknown"
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         status, message = EXIT_FAILED, f"{where}{e.strerror or e}; nothing was changed"

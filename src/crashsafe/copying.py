@@ -24,9 +24,12 @@ from crashsafe import _platform
 from crashsafe._checks import Durability, Validate, unnamed_os_error
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import VerificationError
+from crashsafe.objectstore._url import is_url
 
 if TYPE_CHECKING:
     import hashlib
+
+    from crashsafe.objectstore import S3Store
 
 __all__ = ["CopyResult", "atomic_copy"]
 
@@ -352,6 +355,7 @@ def atomic_copy(
     validate: Validate = None,
     digest: str | None = None,
     progress: Progress | None = None,
+    store: S3Store | None = None,
 ) -> CopyResult:
     """Copy *src* to *dst* all or nothing: *dst* shows its old content or a complete,
     verified copy, after a ``kill -9`` or a power cut at any instant.
@@ -416,10 +420,41 @@ def atomic_copy(
     from: a failed read in the read/write loop names *src* (its path, or a
     file object's ``name``), a failed write or kernel copy (which reads and
     writes in one call) names *dst*.
+
+    Either side, or both, may be an ``s3://bucket/key`` URL (*store* an
+    :class:`~crashsafe.objectstore.S3Store`, else the ``AWS_*`` environment).
+    To a store: the local source is validated (*validate*, its size, and
+    *digest* over the bytes sent) before the object is published, in one PUT
+    up to 64 MiB or a multipart upload above, with memory bounded by one
+    part; *perm*, *follow_symlinks* and a *durability* other than
+    ``"durable"`` raise :class:`ValueError`. From a store: the object is
+    streamed into *dst*, checked against its size and *validate*, and
+    published with the local contract above (*perm* and the other keywords
+    apply to *dst*). The result's *method* is then ``"put"``,
+    ``"multipart"`` or ``"download"``.
     """
-    hasher = _hasher(digest)
+    _hasher(digest)  # an unknown digest is refused before anything is read
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, not {type(progress).__name__}")
+    if store is not None or is_url(src) or is_url(dst):
+        from crashsafe.objectstore import _objects
+
+        if not (is_url(src) or is_url(dst)):
+            raise ValueError(f"{dst!r}: store= applies to s3:// URLs only")
+        copied, how, hexdigest = _objects.copy(
+            src,
+            dst,
+            perm=perm,
+            durability=durability,
+            follow_symlinks=follow_symlinks,
+            validate=validate,
+            digest=digest,
+            progress=progress,
+            store=store,
+            hasher_for=_hasher,
+        )
+        return CopyResult(copied, how, hexdigest)
+    hasher = _hasher(digest)
     dst_path = dst if isinstance(dst, str) else os.fsdecode(os.fspath(dst))
     source = _Source(src)
     try:

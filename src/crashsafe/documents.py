@@ -33,9 +33,12 @@ from crashsafe._checks import BytesLike, Durability, Validate, check_flag, check
 from crashsafe.atomic import atomic_write
 from crashsafe.errors import JSONDocumentError
 from crashsafe.locking import FileLock
+from crashsafe.objectstore._url import is_url
 
 if TYPE_CHECKING:
     from json import JSONDecodeError
+
+    from crashsafe.objectstore import S3Store
 
 __all__ = ["JSONDocumentError", "read_json", "update", "update_json", "write_json"]
 
@@ -68,6 +71,7 @@ def update(
     *,
     default: bytes = b"",
     timeout: float | None = None,
+    store: S3Store | None = None,
     **write_keywords: Unpack[WriteOptions],
 ) -> bytes:
     """Replace the content of *path* with ``fn(old content)``, under its lock.
@@ -88,9 +92,37 @@ def update(
     name *path*, and the lock file as ``filename2``), of reading *path* and of
     :func:`crashsafe.atomic_write`. :class:`~crashsafe.NotDurableError` means
     the new content is in place but its durability is unconfirmed.
+
+    *path* may be an ``s3://bucket/key`` URL (and *store* an
+    :class:`~crashsafe.objectstore.S3Store`): the update is then a
+    compare-and-swap loop instead of a lock, *fn* may run more than once
+    (on newer content each time), *timeout* bounds the whole loop, and
+    :class:`~crashsafe.errors.UpdateConflictError` means other writers won
+    every race (see the README's object-storage section).
     """
     if not isinstance(default, bytes | bytearray | memoryview):
         raise TypeError(f"update: default must be bytes, not {type(default).__name__}")
+    if is_url(path):
+        from crashsafe.objectstore import _documents, _objects
+
+        assert isinstance(path, str)
+        _objects.check_options(
+            path,
+            perm=write_keywords.get("perm"),
+            durability=write_keywords.get("durability", "durable"),
+            follow_symlinks=write_keywords.get("follow_symlinks", True),
+        )
+        if write_keywords.get("overwrite", True) is not True:
+            raise ValueError(f"{path!r}: overwrite has no meaning for an update; leave it out")
+        return _documents.update(
+            path,
+            fn,
+            default=bytes(default),
+            timeout=timeout,
+            validate=write_keywords.get("validate"),
+            store=store,
+        )
+    _local_only(store, path)
     # Checked before the lock, whose file the first lock of a path creates.
     check_options("wb", write_keywords.get("perm"), write_keywords.get("durability", "durable"))
     check_flag("overwrite", write_keywords.get("overwrite", True))
@@ -113,7 +145,9 @@ def update(
 # --------------------------------------------------------------------------- JSON
 
 
-def read_json(path: str | os.PathLike[str], default: Any = _MISSING) -> Any:
+def read_json(
+    path: str | os.PathLike[str], default: Any = _MISSING, *, store: S3Store | None = None
+) -> Any:
     """The JSON document in *path*, parsed whole.
 
     If *path* does not exist (:class:`FileNotFoundError`, a dangling symlink
@@ -129,7 +163,16 @@ def read_json(path: str | os.PathLike[str], default: Any = _MISSING) -> Any:
     (only possible when the whole document is a bare number) cannot be told
     from a complete one; objects, arrays and strings always can. Files
     written through crashsafe are never cut short.
+
+    *path* may be an ``s3://bucket/key`` URL (with *store*, an
+    :class:`~crashsafe.objectstore.S3Store`, or the ``AWS_*`` environment).
     """
+    if is_url(path):
+        from crashsafe.objectstore import _documents
+
+        assert isinstance(path, str)
+        return _documents.read_json(path, default, _MISSING, store)
+    _local_only(store, path)
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -137,7 +180,7 @@ def read_json(path: str | os.PathLike[str], default: Any = _MISSING) -> Any:
         if isinstance(default, _Missing):
             raise
         return default
-    return _parse(data, os.fsdecode(os.fspath(path)))
+    return parse_document(data, os.fsdecode(os.fspath(path)))
 
 
 def write_json(
@@ -148,6 +191,7 @@ def write_json(
     durability: Durability = "durable",
     indent: int | str | None = 2,
     timeout: float | None = None,
+    store: S3Store | None = None,
 ) -> None:
     """Replace *path* with *obj* as a JSON document, all or nothing.
 
@@ -163,9 +207,21 @@ def write_json(
     :class:`~crashsafe.locking.FileLock` (which name *path*, and the lock
     file as ``filename2``; a directory that does not exist or that the
     caller may not write raises here) and of :func:`crashsafe.atomic_write`.
+
+    *path* may be an ``s3://bucket/key`` URL: one PUT, no lock (*timeout* is
+    unused), and *perm* or a *durability* other than ``"durable"`` raise
+    :class:`ValueError`.
     """
+    if is_url(path):
+        from crashsafe.objectstore import _documents, _objects
+
+        assert isinstance(path, str)
+        _objects.check_options(path, perm=perm, durability=durability)
+        _documents.write_json(path, obj, indent, store)
+        return
+    _local_only(store, path)
     check_options("wb", perm, durability)  # before the lock file is made
-    data = _dumps(obj, indent)
+    data = dump_document(obj, indent)
     with FileLock(path, timeout=timeout):
         atomic_write(path, data, perm=perm, durability=durability)
 
@@ -179,6 +235,7 @@ def update_json(
     durability: Durability = "durable",
     indent: int | str | None = 2,
     timeout: float | None = None,
+    store: S3Store | None = None,
 ) -> Any:
     """Replace the document in *path* with ``fn(old document)``, under its lock.
 
@@ -195,7 +252,25 @@ def update_json(
     :class:`JSONDocumentError` if the file is damaged (it is never silently
     replaced); the serialisation errors of :func:`write_json`; the errors of
     :class:`~crashsafe.locking.FileLock` and :func:`crashsafe.atomic_write`.
+
+    *path* may be an ``s3://bucket/key`` URL: as :func:`update` does there,
+    a compare-and-swap loop in which *fn* may run more than once.
     """
+    if is_url(path):
+        from crashsafe.objectstore import _documents, _objects
+
+        assert isinstance(path, str)
+        _objects.check_options(path, perm=perm, durability=durability)
+        return _documents.update_json(
+            path,
+            fn,
+            default=default,
+            missing=_MISSING,
+            indent=indent,
+            timeout=timeout,
+            store=store,
+        )
+    _local_only(store, path)
     check_options("wb", perm, durability)
     with FileLock(path, timeout=timeout):
         try:
@@ -216,11 +291,17 @@ def update_json(
                 "return the new document (the old one changed in place is fine); "
                 "nothing was written"
             )
-        atomic_write(path, _dumps(new, indent), perm=perm, durability=durability)
+        atomic_write(path, dump_document(new, indent), perm=perm, durability=durability)
     return new
 
 
-def _dumps(obj: object, indent: int | str | None) -> bytes:
+def _local_only(store: object, path: str | os.PathLike[str]) -> None:
+    if store is not None:
+        raise ValueError(f"{os.fsdecode(os.fspath(path))!r}: store= applies to s3:// URLs only")
+
+
+def dump_document(obj: object, indent: int | str | None) -> bytes:
+    """*obj* as the UTF-8 JSON text crashsafe writes (the module says how)."""
     import json
 
     text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False)
@@ -242,7 +323,8 @@ _INVALID: Final = "the text is not valid JSON"
 _LITERALS: Final = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
 
 
-def _parse(data: bytes, filename: str) -> Any:
+def parse_document(data: bytes, filename: str) -> Any:
+    """The JSON document in *data*; :class:`JSONDocumentError` naming *filename* if damaged."""
     import json
 
     try:

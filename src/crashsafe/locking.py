@@ -64,6 +64,7 @@ from typing import Final
 from crashsafe import _platform
 from crashsafe._checks import check_flag, check_timeout
 from crashsafe.errors import LockTimeoutError
+from crashsafe.objectstore._url import is_url
 
 __all__ = ["FileLock", "LockTimeoutError"]
 
@@ -230,6 +231,11 @@ class FileLock:
         timeout: float | None = None,
         follow_symlinks: bool = True,
     ) -> None:
+        if is_url(path):
+            raise ValueError(
+                f"{path!r}: a FileLock locks a local file; objects have no lock across "
+                "machines: update() and update_json() take an s3:// URL and compare-and-swap"
+            )
         self.timeout = check_timeout(timeout)
         #: The path to lock, as given.
         self.path = os.fsdecode(os.fspath(path))

@@ -22,10 +22,14 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, Any, overload
+
+from crashsafe.objectstore._url import is_url
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from crashsafe.objectstore import S3Store
 
 __all__ = ["sweep", "temp_name"]
 
@@ -88,18 +92,35 @@ def _writer_alive(match: re.Match[str], process_start: Callable[[int], int | Non
 
 @overload
 def sweep(
-    directory: bytes | os.PathLike[bytes], *, min_age: float = 60.0, dry_run: bool = False
+    directory: bytes | os.PathLike[bytes],
+    *,
+    min_age: float | None = None,
+    dry_run: bool = False,
+    store: S3Store | None = None,
 ) -> list[bytes]: ...
 @overload
 def sweep(
-    directory: str | os.PathLike[str], *, min_age: float = 60.0, dry_run: bool = False
+    directory: os.PathLike[str],
+    *,
+    min_age: float | None = None,
+    dry_run: bool = False,
+    store: S3Store | None = None,
 ) -> list[Path]: ...
+@overload
+def sweep(
+    directory: str,
+    *,
+    min_age: float | None = None,
+    dry_run: bool = False,
+    store: S3Store | None = None,
+) -> list[Any]: ...  # Path objects for a directory, str for an s3:// URL
 def sweep(
     directory: str | bytes | os.PathLike[str] | os.PathLike[bytes],
     *,
-    min_age: float = 60.0,
+    min_age: float | None = None,
     dry_run: bool = False,
-) -> list[Path] | list[bytes]:
+    store: S3Store | None = None,
+) -> list[Path] | list[bytes] | list[str]:
     """Remove crashsafe temporary files in *directory* whose writer is gone.
 
     Only entries that carry crashsafe's temporary-name marker and are regular
@@ -118,13 +139,35 @@ def sweep(
     concurrent sweep) are skipped silently. With *dry_run*,
     nothing is removed and the paths that would have been are returned.
 
+    *min_age* defaults to 60 seconds for a directory.
+
+    *directory* may be an ``s3://bucket/prefix`` URL (*store* an
+    :class:`~crashsafe.objectstore.S3Store`, else the ``AWS_*``
+    environment): then the multipart uploads crashsafe recorded, the
+    objects of transactions that no manifest references and older
+    generations past their grace period, under the prefix, are removed when
+    older than *min_age* (default a day: no writer's liveness can be proven
+    across machines); never an upload crashsafe did not start. Returns the
+    ``s3://`` URLs removed (an upload as ``"s3://b/key (upload ID)"``).
+
     Raises :class:`ValueError` for a negative *min_age*, and the underlying
     :class:`OSError` if *directory* cannot be opened or listed (for example
     :class:`FileNotFoundError`, :class:`NotADirectoryError`).
     """
-    # "not >= 0" also refuses NaN, which every comparison would let through.
-    if isinstance(min_age, bool) or not isinstance(min_age, int | float) or not min_age >= 0:
+    if min_age is not None and (
+        # "not >= 0" also refuses NaN, which every comparison would let through.
+        isinstance(min_age, bool) or not isinstance(min_age, int | float) or not min_age >= 0
+    ):
         raise ValueError(f"min_age must be a non-negative number of seconds, not {min_age!r}")
+    if is_url(directory):
+        from crashsafe.objectstore import _sweep
+
+        assert isinstance(directory, str)
+        age = _sweep.MIN_AGE if min_age is None else min_age
+        return _sweep.sweep(directory, min_age=age, dry_run=dry_run, store=store)
+    if store is not None:
+        raise ValueError(f"{directory!r}: store= applies to s3:// URLs only")
+    min_age = 60.0 if min_age is None else min_age
     from pathlib import Path
 
     # Here, not at the top: the platform backends take their temporary names

@@ -17,15 +17,19 @@ Faults, decided per request, in the order requests reach the proxy:
 - :meth:`FaultProxy.hold`: forward nothing yet, set :attr:`Hold.arrived`, and wait until the
   test calls :meth:`Hold.release` with what to do then (forward, ghost or reset);
 - :meth:`FaultProxy.chaos`: each matching request ghosted or reset with given
-  probabilities, drawn from ``random.Random(seed)``, so the sequence of decisions repeats.
+  probabilities, drawn from ``random.Random(seed)``, so the sequence of decisions repeats
+  (which request gets which decision follows the order requests arrive in, which only a
+  single client fixes).
 
 A rule picks requests by index (0-based, over every request the proxy received), by a
-predicate on (method, path, query), or both; it skips the first *skip* requests it matches
-and applies to the next *times* (None: all of them). The first rule that applies wins;
-requests no rule takes are forwarded. :attr:`FaultProxy.log` records every request with
-its upstream status and the action taken; on leaving the context, a rule that applied fewer
-times than it was told raises :class:`UnappliedRule`, so a fault that silently did not
-happen fails the test that asked for it.
+predicate on (method, path, query) (:func:`mutating`, :func:`put_object`,
+:func:`upload_part`, :func:`create_upload`, :func:`complete_upload`,
+:func:`delete_object`, or any function of the three), or both; it skips the first *skip*
+requests it matches and applies to the next *times* (None: all of them). The first rule that
+applies wins; requests no rule takes are forwarded. :attr:`FaultProxy.log` records every
+request with its upstream status and the action taken; on leaving the context, a rule that
+applied fewer times than it was told raises :class:`UnappliedRule`, so a fault that
+silently did not happen fails the test that asked for it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,35 @@ MUTATING = frozenset({"PUT", "POST", "DELETE"})
 def mutating(method: str, path: str, query: str) -> bool:
     """Whether a request may change the store (PUT, POST, DELETE)."""
     return method in MUTATING
+
+
+def _params(query: str) -> set[str]:
+    return {item.partition("=")[0] for item in query.split("&") if item}
+
+
+def put_object(method: str, path: str, query: str) -> bool:
+    """A whole-object PUT (not a part, not a copy's part)."""
+    return method == "PUT" and "uploadId" not in _params(query) and path.count("/") >= 2
+
+
+def upload_part(method: str, path: str, query: str) -> bool:
+    """A multipart upload's part."""
+    return method == "PUT" and {"uploadId", "partNumber"} <= _params(query)
+
+
+def create_upload(method: str, path: str, query: str) -> bool:
+    """CreateMultipartUpload (``POST ?uploads``)."""
+    return method == "POST" and "uploads" in _params(query)
+
+
+def complete_upload(method: str, path: str, query: str) -> bool:
+    """CompleteMultipartUpload (``POST ?uploadId=``)."""
+    return method == "POST" and "uploadId" in _params(query)
+
+
+def delete_object(method: str, path: str, query: str) -> bool:
+    """DeleteObject or AbortMultipartUpload (a DELETE)."""
+    return method == "DELETE"
 
 
 class UnappliedRule(AssertionError):
@@ -115,7 +148,8 @@ class Rule:
 @dataclass
 class Hold(Rule):
     """A rule that stops a request before it is forwarded: :attr:`arrived` is set when the
-    request has arrived; :meth:`release` lets it go on as told."""
+    request's head has arrived (its body, if any, is not read yet); :meth:`release` lets it
+    go on as told. Unreleased when the proxy stops, it is released as a reset."""
 
     arrived: threading.Event = field(default_factory=threading.Event)
     then: Action = "forward"

@@ -217,11 +217,15 @@ class Server:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(STOP_GRACE)
-        # Whatever is left of the group (the leader past its grace, or children after the
-        # leader exited) is killed too; the group id stays the leader's pid until every
-        # member is gone, so this signals nothing but ours.
+        # Wait for the leader's exit WITHOUT reaping it: its zombie keeps its pid, the
+        # group's id, from being reused, so the SIGKILL below reaches only what is left of
+        # our group (the leader past its grace, or members after the leader exited).
+        # (A leader that poll() already reaped left no zombie: then no wait.)
+        deadline = time.monotonic() + STOP_GRACE
+        while proc.returncode is None and time.monotonic() < deadline:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                break
+            time.sleep(0.02)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

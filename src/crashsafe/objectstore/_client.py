@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,14 +39,14 @@ from crashsafe.errors import ObjectStoreError
 from crashsafe.objectstore._url import ObjectURL
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    from types_boto3_s3 import S3Client
 
 __all__ = [
     "Ambiguous",
     "Client",
-    "Endpoint",
     "Fetched",
     "Refused",
+    "S3Store",
     "Stat",
     "Upload",
     "client_for",
@@ -64,20 +65,21 @@ _TRUE: Final = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    """Where and how to reach an S3-compatible store.
+class S3Store:
+    """Where and how to reach an S3-compatible store; pass it as ``store=``.
 
     Every field left ``None`` is read from the environment at each call
     (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-    ``AWS_SESSION_TOKEN``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``); then boto3's
-    own defaults apply (its configuration files, instance credentials).
-    A plain ``http://`` endpoint sends data and signatures unencrypted and is
-    refused unless *allow_http* (or ``AWS_ALLOW_HTTP=true``) says so.
-    *addressing_style* is boto3's: ``"path"`` (the default for an explicit
-    endpoint, which rarely has per-bucket DNS names) or ``"virtual"``.
+    ``AWS_SESSION_TOKEN``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``), and then
+    boto3's own defaults apply (its configuration files, instance
+    credentials); without ``store=`` every field comes from there. A plain
+    ``http://`` endpoint sends data and signatures unencrypted and is refused
+    unless *allow_http* (or ``AWS_ALLOW_HTTP=true``) says so.
+    *addressing_style*: ``"path"`` (the default with an explicit endpoint,
+    which rarely has a DNS name per bucket) or ``"virtual"`` (AWS's).
     """
 
-    url: str | None = None
+    endpoint_url: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -85,22 +87,21 @@ class Endpoint:
     allow_http: bool | None = None
     addressing_style: str | None = None
 
-    def resolved(self) -> Endpoint:
-        """This endpoint with every unset field taken from the environment now."""
+    def resolved(self) -> S3Store:
+        """This store with every unset field taken from the environment now."""
         env = os.environ
-        url = self.url if self.url is not None else env.get("AWS_ENDPOINT_URL") or None
+        url = self.endpoint_url or env.get("AWS_ENDPOINT_URL") or None
         allow = self.allow_http
         if allow is None:
             allow = env.get("AWS_ALLOW_HTTP", "").strip().lower() in _TRUE
-        style = self.addressing_style or ("path" if url else "virtual")
-        return Endpoint(
-            url=url,
+        return S3Store(
+            endpoint_url=url,
             access_key_id=self.access_key_id or env.get("AWS_ACCESS_KEY_ID") or None,
             secret_access_key=self.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY") or None,
             session_token=self.session_token or env.get("AWS_SESSION_TOKEN") or None,
             region=self.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             allow_http=allow,
-            addressing_style=style,
+            addressing_style=self.addressing_style or ("path" if url else "virtual"),
         )
 
 
@@ -142,30 +143,35 @@ class Upload:
 # ---------------------------------------------------------------------------- clients
 
 _lock = threading.Lock()
-_clients: dict[Endpoint, Client] = {}
+_clients: dict[S3Store, Client] = {}
 
 
 def _forget_clients() -> None:
     # The child must not reuse the parent's pooled sockets (its parent still
-    # reads from them); it builds fresh clients on first use.
+    # reads from them); it builds fresh clients on first use. The lock is new
+    # too: another thread of the parent may have held it at the fork.
+    global _lock  # noqa: PLW0603 - replaced, not shared, in the child
+    _lock = threading.Lock()
     _clients.clear()
 
 
-os.register_at_fork(after_in_child=_forget_clients)
+if sys.platform != "win32":  # no fork there
+    os.register_at_fork(after_in_child=_forget_clients)
 
 
-def client_for(endpoint: Endpoint | None, url: str) -> Client:
-    """The cached :class:`Client` for *endpoint* (or the environment's), as configured now.
+def client_for(store: S3Store | None, url: str) -> Client:
+    """The cached :class:`Client` for *store* (or the environment's), as configured now.
 
     Raises :class:`ValueError`, naming *url*, for a plain-HTTP endpoint that was
     not allowed, and :class:`ModuleNotFoundError` with the install command when
     boto3 is missing.
     """
-    resolved = (endpoint or Endpoint()).resolved()
-    if resolved.url and resolved.url.startswith("http://") and not resolved.allow_http:
+    resolved = (store or S3Store()).resolved()
+    endpoint = resolved.endpoint_url
+    if endpoint and endpoint.startswith("http://") and not resolved.allow_http:
         raise ValueError(
-            f"{url!r}: the endpoint {resolved.url!r} is plain HTTP, which sends data unencrypted; "
-            "set AWS_ALLOW_HTTP=true (or Endpoint(allow_http=True)) to allow it"
+            f"{url!r}: the endpoint {endpoint!r} is plain HTTP, which sends data unencrypted; "
+            "set AWS_ALLOW_HTTP=true (or S3Store(allow_http=True)) to allow it"
         )
     client = _clients.get(resolved)
     if client is None:
@@ -176,7 +182,7 @@ def client_for(endpoint: Endpoint | None, url: str) -> Client:
     return client
 
 
-def _boto3_client(endpoint: Endpoint, attempts: int) -> S3Client:
+def _boto3_client(store: S3Store, attempts: int) -> S3Client:
     try:
         import boto3.session
         from botocore.config import Config
@@ -186,7 +192,7 @@ def _boto3_client(endpoint: Endpoint, attempts: int) -> S3Client:
         ) from e
     config = Config(
         retries={"total_max_attempts": attempts, "mode": "standard"},
-        s3={"addressing_style": "path" if endpoint.addressing_style == "path" else "virtual"},
+        s3={"addressing_style": "path" if store.addressing_style == "path" else "virtual"},
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=16,
@@ -195,11 +201,11 @@ def _boto3_client(endpoint: Endpoint, attempts: int) -> S3Client:
     # between threads while clients are created.
     return boto3.session.Session().client(
         "s3",
-        endpoint_url=endpoint.url,
-        aws_access_key_id=endpoint.access_key_id,
-        aws_secret_access_key=endpoint.secret_access_key,
-        aws_session_token=endpoint.session_token,
-        region_name=endpoint.region,
+        endpoint_url=store.endpoint_url,
+        aws_access_key_id=store.access_key_id,
+        aws_secret_access_key=store.secret_access_key,
+        aws_session_token=store.session_token,
+        region_name=store.region,
         config=config,
     )
 
@@ -208,10 +214,10 @@ class Client:
     """Requests to one endpoint, each answered as success, :class:`Refused`,
     :class:`Ambiguous` or an :class:`OSError` naming the object's URL."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self._reads = _boto3_client(endpoint, attempts=5)
-        self._writes = _boto3_client(endpoint, attempts=1)
+    def __init__(self, store: S3Store) -> None:
+        self.store = store  # resolved: every field as used
+        self._reads = _boto3_client(store, attempts=5)
+        self._writes = _boto3_client(store, attempts=1)
 
     # ------------------------------------------------------------------ reads
 

@@ -160,7 +160,7 @@ def commit(
     """
     if not isinstance(expect, _Any):
         caps = capabilities(client, url.bucket)
-        required(caps, expect, url, client.endpoint.url or "(AWS)")
+        required(caps, expect, url, client.store.endpoint_url or "(AWS)")
         if_match = caps.etag(expect.etag) if isinstance(expect, Version) else None
     else:
         if_match = None
@@ -230,7 +230,7 @@ def update(
                     str(url),
                 )
         expect: Expect = Version.of(stat) if stat is not None else None
-        required(caps, expect, url, client.endpoint.url or "(AWS)")
+        required(caps, expect, url, client.store.endpoint_url or "(AWS)")
         data = apply(value)
         mine = token()
         if_match = caps.etag(expect.etag) if isinstance(expect, Version) else None

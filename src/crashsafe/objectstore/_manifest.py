@@ -86,7 +86,7 @@ from crashsafe import _journal
 from crashsafe._checks import BytesLike, Durability, as_data
 from crashsafe.errors import ForeignJournalError, ObjectStoreError, UpdateConflictError
 from crashsafe.objectstore._client import Ambiguous, Client, Refused, client_for
-from crashsafe.objectstore._client import Endpoint as Store
+from crashsafe.objectstore._client import S3Store as Store
 from crashsafe.objectstore._commit import Version
 from crashsafe.objectstore._commit import commit as commit_once
 from crashsafe.objectstore._url import ObjectURL, parse

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import secrets
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from crashsafe.errors import ObjectStoreError
-from crashsafe.objectstore._client import Ambiguous, Client, Endpoint, Refused
+from crashsafe.objectstore._client import Ambiguous, Client, Refused, S3Store
 from crashsafe.objectstore._url import ObjectURL
 
 __all__ = ["Capabilities", "capabilities", "upload_capabilities"]
@@ -54,12 +56,22 @@ class Capabilities:
 
 
 _lock = threading.Lock()
-_known: dict[tuple[Endpoint, str], Capabilities] = {}
+_known: dict[tuple[S3Store, str], Capabilities] = {}
+
+
+def _new_lock() -> None:
+    # Another thread of the parent may have been probing at the fork.
+    global _lock  # noqa: PLW0603 - replaced, not shared, in the child
+    _lock = threading.Lock()
+
+
+if sys.platform != "win32":  # no fork there
+    os.register_at_fork(after_in_child=_new_lock)
 
 
 def capabilities(client: Client, bucket: str) -> Capabilities:
     """The endpoint's :class:`Capabilities` for *bucket*, probed on first use."""
-    key = (client.endpoint, bucket)
+    key = (client.store, bucket)
     found = _known.get(key)
     if found is None:
         with _lock:
@@ -75,7 +87,7 @@ def upload_capabilities(client: Client, bucket: str) -> Capabilities:
     if caps.create_upload is None:
         with _lock:
             url = ObjectURL(bucket, _probe_key())
-            caps = _known[(client.endpoint, bucket)] = _probe_uploads(client, url, caps)
+            caps = _known[(client.store, bucket)] = _probe_uploads(client, url, caps)
     return caps
 
 

@@ -10,23 +10,26 @@ differently.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
-__all__ = ["ObjectURL", "is_url", "parse"]
+__all__ = ["SCHEMES", "ObjectURL", "is_url", "parse"]
 
 SCHEME: Final = "s3://"
-_REFUSED: Final = ("gs://", "az://", "abfs://", "gcs://")
+# s3:// and the schemes recognised only to be refused by name.
+SCHEMES: Final = (SCHEME, "gs://", "az://", "abfs://", "gcs://")
 
 
 def is_url(path: object) -> bool:
     """True if *path* is a str naming an object: ``s3://``, or a scheme :func:`parse` refuses."""
-    return isinstance(path, str) and path.startswith((SCHEME, *_REFUSED))
+    return isinstance(path, str) and path.startswith(SCHEMES)
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectURL:
-    """A bucket and a key (or a key prefix); ``str()`` gives the ``s3://`` form back."""
+class ObjectURL(NamedTuple):
+    """A bucket and a key (or a key prefix); ``str()`` gives the ``s3://`` form back.
+
+    (A named tuple, not a dataclass: this module is imported by every write,
+    and :mod:`dataclasses` costs milliseconds to import.)
+    """
 
     bucket: str
     key: str
