@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import multiprocessing.connection
+from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
@@ -43,6 +44,24 @@ from tests.writers.s3_tx import NAMES, content, tag_of
 # A bound that only turns a hang into a failure.
 HANG = 120.0
 ctx = multiprocessing.get_context("spawn")
+
+
+def reap(
+    procs: Sequence[multiprocessing.process.BaseProcess],
+    results: multiprocessing.Queue[tuple[str, object]],
+) -> list[int | None]:
+    """Kill (if alive), join and close *procs*, close *results*; returns the exit codes.
+    Nothing is left for a later test's garbage collection to close."""
+    codes = []
+    for p in procs:
+        if p.pid is not None:
+            p.kill()
+            p.join()
+        codes.append(p.exitcode)
+        p.close()
+    results.close()
+    results.join_thread()
+    return codes
 
 
 def manifest_put(method: str, path: str, query: str) -> bool:
@@ -207,6 +226,7 @@ def test_readers_racing_a_writer_never_see_a_mix(s3: S3Place, url: str) -> None:
     )
     for p in [*procs, writer]:
         p.start()
+    codes: list[int | None] = []
     try:
         writer.join(HANG)
         done.set()
@@ -214,12 +234,10 @@ def test_readers_racing_a_writer_never_see_a_mix(s3: S3Place, url: str) -> None:
             p.join(HANG)
         outcomes = [results.get(timeout=HANG) for _ in range(readers + 1)]
     finally:
-        for p in [*procs, writer]:
-            p.kill()
-            p.join()
+        codes = reap([*procs, writer], results)
     errors = [r for status, r in outcomes if status != "ok"]
     assert not errors, errors
-    assert all(p.exitcode == 0 for p in [*procs, writer])
+    assert codes == [0] * (readers + 1)
     seen_lists = [cast(tuple[int, list[int]], r) for _, r in outcomes if r is not None]
     assert len(seen_lists) == readers
     for reads, seen in seen_lists:
@@ -374,9 +392,7 @@ def test_two_commits_racing(
                 p.join(HANG)
             outcomes = [results.get(timeout=HANG) for _ in procs]
         finally:
-            for p in procs.values():
-                p.kill()
-                p.join()
+            reap(list(procs.values()), results)
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint.url)
     assert [s for s, _ in outcomes] == ["ok", "ok"], outcomes
     with snapshot(url) as snap:
@@ -415,8 +431,7 @@ def test_a_commit_that_loses_every_race_gives_up(
             loser.join(HANG)
             status, outcome = results.get(timeout=HANG)
         finally:
-            loser.kill()
-            loser.join()
+            reap([loser], results)
     assert status == "error"
     assert outcome == (
         f"UpdateConflictError: could not update {url + MANIFEST!r}: other writers replaced it "
@@ -445,9 +460,7 @@ def test_many_committers_lose_no_name(s3: S3Place, url: str) -> None:
             p.join(HANG)
         outcomes = [results.get(timeout=HANG) for _ in procs]
     finally:
-        for p in procs:
-            p.kill()
-            p.join()
+        reap(procs, results)
     assert [s for s, _ in outcomes] == ["ok"] * writers, outcomes
     with snapshot(url) as snap:
         assert snap.generation == writers * each  # type: ignore[attr-defined]
