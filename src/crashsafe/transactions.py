@@ -40,7 +40,7 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from crashsafe import _journal, _platform
 from crashsafe._checks import BytesLike, Durability, as_data
@@ -48,7 +48,21 @@ from crashsafe._target import Target
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError
 
+if TYPE_CHECKING:
+    from crashsafe.objectstore._manifest import Store
+
 __all__ = ["Snapshot", "Transaction", "recover", "snapshot", "transaction"]
+
+
+def _is_url(path: object) -> bool:
+    # The object-store modules are imported only for a URL: a local call
+    # pays one isinstance and one substring test.
+    if not (isinstance(path, str) and "://" in path):
+        return False
+    from crashsafe.objectstore._url import is_url
+
+    return is_url(path)
+
 
 # The protocol's names in the directory, as recovery and tests know them.
 JOURNAL: Final = _journal.JOURNAL
@@ -274,7 +288,10 @@ class Transaction:
 
 @contextmanager
 def transaction(
-    directory: str | os.PathLike[str], *, durability: Durability = "durable"
+    directory: str | os.PathLike[str],
+    *,
+    durability: Durability = "durable",
+    store: Store | None = None,
 ) -> Iterator[Transaction]:
     """Write and remove several files in *directory* as one all-or-nothing change.
 
@@ -305,7 +322,38 @@ def transaction(
     serialised; two transactions do not see each other's staged files, and the
     one that commits last wins for a file both wrote. Each staged file holds
     a descriptor until the commit, and the transaction one for its directory.
+
+    **On object storage** (*directory* an ``s3://bucket/prefix/`` URL; *store*
+    says where and how to reach it, else the environment): the same calls
+    and promises, through a manifest object under the prefix that is swapped
+    by compare-and-swap (:mod:`crashsafe.objectstore._manifest`). Each
+    :meth:`~Transaction.write` sends its object at once, to a key of its own;
+    the swap of the manifest is the commit point, so :func:`snapshot` readers
+    see all old or all new, also after a writer is killed at any point (a
+    killed writer's last request may land after its death: then all new).
+    Concurrent commits do not block each other: a commit that lost the race
+    re-reads the manifest and puts its own changes over it (so the last one
+    wins for a name both wrote and no name only one wrote is lost), up to a
+    bound, then :class:`~crashsafe.errors.UpdateConflictError`. An exception
+    publishes nothing and deletes the objects written. *durability* other
+    than ``"durable"`` and ``perm=`` raise :class:`ValueError`: a write the
+    store acknowledged is durable by its guarantee, and an object has no
+    mode. Readers that read the keys under ``prefix/.crashsafe/data/``
+    directly see each object by itself, never a generation. Objects that a
+    killed or losing commit left are removed by :func:`crashsafe.sweep` on
+    the prefix once older than its *min_age*, which must exceed the longest
+    transaction.
     """
+    if _is_url(directory):
+        from crashsafe.objectstore import _manifest
+
+        with _manifest.transaction(
+            os.fspath(directory), durability=durability, store=store
+        ) as remote:
+            yield remote
+        return
+    if store is not None:
+        raise ValueError(f"{directory!r}: store= is for s3:// URLs, not a local directory")
     tx = Transaction(directory, durability)  # checks durability before recovery locks
     recover(directory)
     try:
@@ -325,7 +373,17 @@ def recover(directory: str | os.PathLike[str]) -> bool:
     :class:`~crashsafe.errors.ForeignJournalError` (a :class:`ValueError`) if
     the journal is not one crashsafe wrote, touching nothing, and the
     :class:`OSError` of a failed step.
+
+    For an ``s3://`` prefix it returns False without a request: the swap of
+    the manifest is the commit point and is atomic, so no commit is ever half
+    done (what a killed commit left is garbage for :func:`crashsafe.sweep`).
+    It raises :class:`ValueError` for a URL it cannot parse.
     """
+    if _is_url(directory):
+        from crashsafe.objectstore._manifest import prefix_of
+
+        prefix_of(os.fspath(directory))
+        return False
     path = os.fsdecode(os.fspath(directory))
     with _journal.locked(path, shared=False) as opened:
         return _journal.recover_locked(opened)
@@ -358,7 +416,9 @@ class Snapshot:
 
 
 @contextmanager
-def snapshot(directory: str | os.PathLike[str]) -> Iterator[Snapshot]:
+def snapshot(
+    directory: str | os.PathLike[str], *, store: Store | None = None
+) -> Iterator[Snapshot]:
     """Read files of *directory* as one generation: no commit lands while the block runs.
 
     ::
@@ -373,7 +433,26 @@ def snapshot(directory: str | os.PathLike[str]) -> Iterator[Snapshot]:
     :class:`~crashsafe.errors.SnapshotDeadlockError` (a :class:`RuntimeError`:
     it would wait for the block forever); a process forked inside the block holds the lock too,
     until it exits or closes its descriptors.
+
+    **On object storage** (*directory* an ``s3://bucket/prefix/`` URL): the
+    manifest is read once, on entering the block, and each
+    :meth:`~Snapshot.read` fetches that generation's object, which no commit
+    overwrites. Nothing is locked: commits go on while the block runs, and the
+    block keeps reading its own generation for the grace period after it is
+    replaced (:data:`crashsafe.objectstore._manifest.GRACE`, an hour, or the
+    *grace* given to :func:`crashsafe.sweep`); after that a read may raise
+    :class:`FileNotFoundError` saying the snapshot outlived it. A prefix with
+    no commit yet is an empty generation. The snapshot also has
+    ``names()`` and ``generation``.
     """
+    if _is_url(directory):
+        from crashsafe.objectstore import _manifest
+
+        with _manifest.snapshot(os.fspath(directory), store=store) as remote:
+            yield remote
+        return
+    if store is not None:
+        raise ValueError(f"{directory!r}: store= is for s3:// URLs, not a local directory")
     path = os.fsdecode(os.fspath(directory))
     while True:
         with _journal.locked(path, shared=True) as opened:
