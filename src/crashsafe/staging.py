@@ -97,6 +97,7 @@ def sweep(
     min_age: float | None = None,
     dry_run: bool = False,
     store: S3Store | None = None,
+    grace: float | None = None,
 ) -> list[bytes]: ...
 @overload
 def sweep(
@@ -105,6 +106,7 @@ def sweep(
     min_age: float | None = None,
     dry_run: bool = False,
     store: S3Store | None = None,
+    grace: float | None = None,
 ) -> list[Path]: ...
 @overload
 def sweep(
@@ -113,6 +115,7 @@ def sweep(
     min_age: float | None = None,
     dry_run: bool = False,
     store: S3Store | None = None,
+    grace: float | None = None,
 ) -> list[Any]: ...  # Path objects for a directory, str for an s3:// URL
 def sweep(
     directory: str | bytes | os.PathLike[str] | os.PathLike[bytes],
@@ -120,6 +123,7 @@ def sweep(
     min_age: float | None = None,
     dry_run: bool = False,
     store: S3Store | None = None,
+    grace: float | None = None,
 ) -> list[Path] | list[bytes] | list[str]:
     """Remove crashsafe temporary files in *directory* whose writer is gone.
 
@@ -147,8 +151,11 @@ def sweep(
     objects of transactions that no manifest references and older
     generations past their grace period, under the prefix, are removed when
     older than *min_age* (default a day: no writer's liveness can be proven
-    across machines); never an upload crashsafe did not start. Returns the
-    ``s3://`` URLs removed (an upload as ``"s3://b/key (upload ID)"``).
+    across machines); never an upload crashsafe did not start, nor an object
+    a manifest references. *grace* (URLs only; default an hour, at most a
+    day): how long a generation replaced by a transaction's commit stays
+    readable by the snapshots still using it. Returns the ``s3://`` URLs
+    removed (an upload as ``"s3://b/key (upload ID)"``).
 
     Raises :class:`ValueError` for a negative *min_age*, and the underlying
     :class:`OSError` if *directory* cannot be opened or listed (for example
@@ -164,9 +171,9 @@ def sweep(
 
         assert isinstance(directory, str)
         age = _sweep.MIN_AGE if min_age is None else min_age
-        return _sweep.sweep(directory, min_age=age, dry_run=dry_run, store=store)
-    if store is not None:
-        raise ValueError(f"{directory!r}: store= applies to s3:// URLs only")
+        return _sweep.sweep(directory, min_age=age, grace=grace, dry_run=dry_run, store=store)
+    if store is not None or grace is not None:
+        raise ValueError(f"{directory!r}: store= and grace= apply to s3:// URLs only")
     min_age = 60.0 if min_age is None else min_age
     from pathlib import Path
 

@@ -34,8 +34,16 @@ __all__ = ["MIN_AGE", "sweep"]
 MIN_AGE: Final = 86_400.0
 
 
-def sweep(url: str, *, min_age: float, dry_run: bool, store: S3Store | None) -> list[str]:
-    """Remove what the module lists under the prefix *url*; returns what was (or would be)."""
+def sweep(
+    url: str, *, min_age: float, grace: float | None, dry_run: bool, store: S3Store | None
+) -> list[str]:
+    """Remove what the module lists under the prefix *url*; returns what was (or would be).
+
+    *grace*: how long a generation replaced by a transaction's commit stays
+    readable (None: :data:`~crashsafe.objectstore._manifest.GRACE`).
+    """
+    from crashsafe.objectstore._manifest import GRACE, sweep_transactions, transaction_prefixes
+
     prefix = parse(url, prefix=True)
     client = client_for(store, url)
     now = datetime.now(UTC)
@@ -67,6 +75,14 @@ def sweep(url: str, *, min_age: float, dry_run: bool, store: S3Store | None) -> 
                 removed.append(str(ObjectURL(prefix.bucket, key)))
                 if not dry_run:
                     _delete(client, ObjectURL(prefix.bucket, key))
+    for place in transaction_prefixes(client, prefix):
+        removed += sweep_transactions(
+            client,
+            place,
+            min_age=min_age,
+            grace=GRACE if grace is None else grace,
+            dry_run=dry_run,
+        )
     return removed
 
 
