@@ -223,49 +223,84 @@ def small_ops(bucket: str, label: str, n: int, reps: int) -> Section:
 # ------------------------------------------------------------------ contention
 
 
+def _server_error(e: Exception) -> bool:
+    """An answer of 5xx (moto answers 500 to some racing requests)."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(e, ClientError):
+        return False
+    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)) >= 500
+
+
 def _contend(  # noqa: PLR0917 - a spawned child's arguments
     kind: str,
     bucket: str,
     key: str,
     k: int,
     barrier: Barrier,
-    results: multiprocessing.Queue[int],
+    results: multiprocessing.Queue[tuple[int, int, str]],
 ) -> None:
-    """One of the contending processes: *k* updates of *key*, after the barrier."""
-    calls = 0
+    """One of the contending processes: *k* updates of *key*, after the barrier.
+
+    Puts (attempts, errors, failure) on *results* whatever happens, so that the
+    parent never waits for a child that died. An error answer (5xx) or, for
+    crashsafe, a raised OSError, is counted and the process goes on to its next
+    update; the bare compare-and-swap loop tries the same update again, as a
+    naive loop would (its update may then land twice).
+    """
+    calls = errors = 0
 
     def counted(doc: dict[str, int]) -> dict[str, int]:
         nonlocal calls
         calls += 1
         return _bump(doc)
 
-    if kind == "crashsafe":
-        warm = f"s3://{bucket}/contend/warm-{os.getpid()}"
-        crashsafe.update_json(warm, _bump, default={"n": 0})  # the probe, outside the timing
-
-        def op() -> None:
+    def crashsafe_op() -> None:
+        nonlocal errors
+        try:
             crashsafe.update_json(f"s3://{bucket}/{key}", counted, default={"n": 0})
+        except OSError:
+            errors += 1
 
-    else:
-        s3 = bare_client()
-        s3.head_object(Bucket=bucket, Key=key)
+    def bare_op() -> None:
+        nonlocal calls, errors
+        calls += 1
+        try:
+            _bare_update(s3, bucket, key)
+        except Exception as e:
+            if not _server_error(e):
+                raise
+            errors += 1
 
-        def op() -> None:
-            nonlocal calls
-            if kind == "bare":
-                calls += 1
-                _bare_update(s3, bucket, key)
-                return
-            for attempt in itertools.count():
-                calls += 1
+    def cas_op() -> None:
+        nonlocal calls, errors
+        for attempt in itertools.count():
+            calls += 1
+            try:
                 if _bare_cas(s3, bucket, key):
                     return
-                time.sleep(random.uniform(0.0, min(1.0, 0.01 * 2.0**attempt)))  # noqa: S311
+            except Exception as e:
+                if not _server_error(e):
+                    raise
+                errors += 1
+            time.sleep(random.uniform(0.0, min(1.0, 0.01 * 2.0**attempt)))  # noqa: S311
 
-    barrier.wait()
-    for _ in range(k):
-        op()
-    results.put(calls)
+    try:
+        if kind == "crashsafe":
+            warm = f"s3://{bucket}/contend/warm-{os.getpid()}"
+            crashsafe.update_json(warm, _bump, default={"n": 0})  # the probe, untimed
+            op = crashsafe_op
+        else:
+            s3 = bare_client()
+            s3.head_object(Bucket=bucket, Key=key)
+            op = bare_op if kind == "bare" else cas_op
+        barrier.wait()
+        for _ in range(k):
+            op()
+    except BaseException as e:
+        results.put((calls, errors, repr(e)))
+        raise
+    results.put((calls, errors, ""))
 
 
 class Contention:
@@ -276,6 +311,7 @@ class Contention:
         self.s3 = bare_client()
         self.lost: dict[str, list[int]] = {}
         self.calls: dict[str, list[int]] = {}
+        self.errors: dict[str, list[int]] = {}
 
     def __call__(self, kind: str) -> Callable[[], float]:
         def measure() -> float:
@@ -283,7 +319,7 @@ class Contention:
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=_dump({"n": 0}))
             ctx = multiprocessing.get_context("spawn")
             barrier = ctx.Barrier(PROCS + 1)
-            results: multiprocessing.Queue[int] = ctx.Queue()
+            results: multiprocessing.Queue[tuple[int, int, str]] = ctx.Queue()
             procs = [
                 ctx.Process(
                     target=_contend, args=(kind, self.bucket, key, self.k, barrier, results)
@@ -295,7 +331,7 @@ class Contention:
             try:
                 barrier.wait(timeout=300)  # every child imported, connected and probed
                 start = time.perf_counter()
-                calls = [results.get(timeout=600) for _ in procs]
+                reports = [results.get(timeout=600) for _ in procs]
                 elapsed = time.perf_counter() - start
             finally:
                 for p in procs:
@@ -303,9 +339,13 @@ class Contention:
                     if p.is_alive():
                         p.kill()
                         p.join()
+            failures = [failure for _, _, failure in reports if failure]
+            if failures:
+                raise RuntimeError(f"a contending process ({kind}) failed: {failures[0]}")
             body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             self.lost.setdefault(kind, []).append(PROCS * self.k - json.loads(body)["n"])
-            self.calls.setdefault(kind, []).append(sum(calls))
+            self.calls.setdefault(kind, []).append(sum(c for c, _, _ in reports))
+            self.errors.setdefault(kind, []).append(sum(e for _, e, _ in reports))
             return elapsed / (PROCS * self.k)  # seconds per update, as a throughput
 
         return measure
@@ -367,6 +407,12 @@ def contention(bucket: str, label: str, k: int, reps: int) -> Section:
             f"{statistics.median(runner.calls['crashsafe']):.0f}",
             f"{statistics.median(runner.calls['cas']):.0f}",
         ),
+        Row(
+            "error answers (5xx; crashsafe: an OSError raised), crashsafe / unconditional "
+            "loop / compare-and-swap loop (min-max)",
+            _span(runner.errors["crashsafe"]),
+            f"{_span(runner.errors['bare'])} / {_span(runner.errors['cas'])}",
+        ),
     ]
     section.notes += [
         f"{reps} interleaved repetitions. Each: {PROCS} fresh processes (spawn), each with its "
@@ -379,6 +425,10 @@ def contention(bucket: str, label: str, k: int, reps: int) -> Section:
         "put with If-Match, on 412 or 409 sleep uniform(0, min(1 s, 10 ms x 2^attempt)) as "
         "crashsafe does, and read again), without crashsafe's writer tokens, its read-back "
         "after a lost answer or its probe.",
+        "An error answer (5xx) is counted and the process goes on: the unconditional loop to "
+        "its next update, the compare-and-swap loop to the same update again (which may then "
+        "land twice: a negative count of lost updates). crashsafe reads back after a 5xx to "
+        "learn whether its write landed.",
     ]
     return section
 
