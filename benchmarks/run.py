@@ -25,6 +25,7 @@ from types import FrameType
 
 import large
 import misc
+import objectstore
 import small
 import tuning
 from common import Row, Section, filesystem, loop_xfs
@@ -50,10 +51,22 @@ class Plan:
     tuning_n: int  # writes per configuration, level and repetition (what tuning is worth)
     tuning_reps: int
     first_reps: int  # fresh processes per configuration and level (a process's first writes)
+    s3_n: int  # object-store operations per contender and repetition
+    s3_reps: int
+    s3_updates: int  # updates per contending process
+    s3_contend_reps: int
+    s3_sizes: tuple[int, ...]  # bytes of the large copies to and from the store
+    s3_large_reps: int
 
 
-FULL = Plan(20, 61, 1000, 7, 1 << 30, 11, 21, True, 4 << 30, 1000, 20, 101, 41)
-QUICK = Plan(10, 9, 200, 2, 64 << 20, 2, 5, False, 512 << 20, 100, 10, 9, 5)
+FULL = Plan(
+    20, 61, 1000, 7, 1 << 30, 11, 21, True, 4 << 30, 1000, 20, 101, 41,
+    20, 21, 25, 5, (64 << 20, 256 << 20, 1 << 30), 5,
+)  # fmt: skip
+QUICK = Plan(
+    10, 9, 200, 2, 64 << 20, 2, 5, False, 512 << 20, 100, 10, 9, 5,
+    5, 5, 10, 2, (64 << 20, 256 << 20), 2,
+)  # fmt: skip
 
 
 def main() -> int:
@@ -63,8 +76,9 @@ def main() -> int:
     parser.add_argument("--dir", default="/var/tmp", help="where to write (not a tmpfs)")
     parser.add_argument(
         "--only",
-        choices=["tuning"],
-        help="run one section only (tuning: what each piece of native tuning is worth)",
+        choices=["tuning", "objectstore"],
+        help="run one section only (tuning: what each piece of native tuning is worth; "
+        "objectstore: crashsafe on s3:// URLs against bare boto3, on SeaweedFS and moto)",
     )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
@@ -83,6 +97,9 @@ def main() -> int:
         fs = filesystems[work].split(" (")[0]
         if args.only == "tuning":
             sections += tuning_sections(work, fs, plan, filesystems)
+            return finish(sections, plan, filesystems, started, load_before, args.out)
+        if args.only == "objectstore":
+            sections += objectstore_sections(work, plan)
             return finish(sections, plan, filesystems, started, load_before, args.out)
         step("small writes on", fs)
         for size in (100, 4096):
@@ -162,6 +179,20 @@ def tuning_sections(work: str, fs: str, plan: Plan, filesystems: dict[str, str])
             sections.append(tuning.steady(where, label, plan.tuning_n, plan.tuning_reps))
             sections.append(tuning.first_writes(where, label, plan.first_reps))
     return sections
+
+
+def objectstore_sections(work: str, plan: Plan) -> list[Section]:
+    """crashsafe on s3:// URLs against bare boto3, on servers started on loopback."""
+    return objectstore.sections(
+        work,
+        plan.s3_n,
+        plan.s3_reps,
+        plan.s3_updates,
+        plan.s3_contend_reps,
+        plan.s3_sizes,
+        plan.s3_large_reps,
+        step,
+    )
 
 
 def after_a_wait(plan: Plan, filesystems: dict[str, str]) -> Section:
