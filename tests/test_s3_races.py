@@ -1,0 +1,321 @@
+"""Races on real S3 servers: processes against processes, through lost answers, and the
+refusal where the guarantee cannot be given.
+
+Every race runs in ``multiprocessing`` spawn children (tests/writers/s3_workers.py)
+released together by a barrier, never after a sleep. Each proof runs on every server of the
+``s3`` fixture (SeaweedFS and moto), directly and through the fault proxy
+(tests/harness/s3proxy.py), which loses answers after the server committed (ghosts) and
+resets connections before it did. Its broken twin, a naive read-modify-write with plain
+puts, loses updates in the same race: the race is real. ``rclone serve s3`` ignores
+preconditions: there crashsafe refuses before writing a byte of the user's key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import multiprocessing
+from collections.abc import Callable, Iterator, Mapping
+from multiprocessing.context import SpawnContext, SpawnProcess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import crashsafe
+from tests import children
+from tests.harness.s3proxy import MUTATING, FaultProxy, fault_proxy
+from tests.harness.s3servers import Endpoint, S3Place, Server, empty_bucket, make_bucket
+from tests.writers import s3_workers
+
+# A bound that only turns a hang into a failure; no verdict depends on it.
+HANG = 180.0
+WRITERS = 16
+ROUNDS = 4
+COUNTERS = 8
+INCREMENTS = 25
+
+
+def _ctx() -> SpawnContext:
+    return multiprocessing.get_context("spawn")
+
+
+@contextlib.contextmanager
+def _processes(
+    ctx: SpawnContext, targets: list[tuple[Callable[..., None], tuple[Any, ...]]]
+) -> Iterator[list[SpawnProcess]]:
+    """Start one spawn child per (function, args); on leaving, each must have exited 0 (a
+    child still running after the block is killed and fails the test)."""
+    procs = [ctx.Process(target=f, args=args, daemon=True) for f, args in targets]
+    for p in procs:
+        p.start()
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.join(HANG)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def _collect(queue: Any, n: int) -> list[Any]:
+    return [queue.get(timeout=HANG) for _ in range(n)]
+
+
+def _not_internal(method: str, path: str, query: str) -> bool:
+    """Chaos on the user's writes only: the probe of the endpoint and each child's first
+    write (before the race) are left alone; a lost answer there is another test's matter."""
+    return method in MUTATING and "/.crashsafe/probe/" not in path and "/warm-" not in path
+
+
+def _body(endpoint: Endpoint, bucket: str, key: str) -> bytes:
+    return endpoint.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+# ------------------------------------------------------------------ 1. create-only race
+
+
+def _create_race(place: S3Place, env: Mapping[str, str], tag: str) -> list[list[tuple[int, str]]]:
+    """WRITERS children race atomic_write(overwrite=False) on a fresh key per round; returns
+    per round the (child, outcome) pairs, after checking the outcome is truthful."""
+    ctx = _ctx()
+    barrier = ctx.Barrier(WRITERS, timeout=HANG)
+    results = ctx.Queue()
+    urls = [place.url(f"{tag}-{r}") for r in range(ROUNDS)]
+    targets = [
+        (s3_workers.create_race, (dict(env), urls, me, place.url(f"warm-{tag}-{me}"), barrier, results))
+        for me in range(WRITERS)
+    ]  # fmt: skip
+    with _processes(ctx, targets):
+        outcomes = _collect(results, WRITERS * ROUNDS)
+    rounds: list[list[tuple[int, str]]] = [[] for _ in range(ROUNDS)]
+    for me, round_, outcome, detail in outcomes:
+        rounds[round_].append((me, outcome))
+        assert outcome in ("won", "FileExistsError"), (me, round_, outcome, detail)
+    for round_, got in enumerate(rounds):
+        winners = [me for me, outcome in got if outcome == "won"]
+        assert len(winners) == 1, (round_, got)
+        # The object holds the winner's payload: no loser's write landed while it was told
+        # FileExistsError, and the winner's success was not a lie.
+        stored = _body(place.endpoint, place.bucket, f"{tag}-{round_}")
+        assert stored == s3_workers.payload(winners[0], round_), round_
+    return rounds
+
+
+def test_create_only_race_has_one_winner(s3: S3Place) -> None:
+    _create_race(s3, s3.endpoint.env(), "race")
+
+
+def test_create_only_race_through_lost_answers(s3: S3Place) -> None:
+    """Round 0: EVERY create is ghosted (forwarded, answer dropped), the winner's landed
+    one included: the winner recognises its token and reports success, every loser learns
+    of its 412 by reading back and raises FileExistsError. Later rounds: seeded chaos of
+    ghosts and resets on the user's writes."""
+    with fault_proxy(s3.endpoint) as proxy:
+        proxy.ghost(match=lambda m, p, q: m == "PUT" and p.endswith("/race-0"), times=None)
+        proxy.chaos(15, ghost=0.2, reset=0.1, match=_not_internal)
+        _create_race(s3, proxy.endpoint.env(), "race")
+    first = [x for x in proxy.log if x.method == "PUT" and x.path.endswith("/race-0")]
+    assert {x.action for x in first} == {"ghost"}
+    assert sorted(x.status for x in first) == [200] + [412] * (len(first) - 1), first
+    faults = [x for x in proxy.log if x.action != "forward" and "/race-0" not in x.path]
+    assert faults, "the chaos never struck"
+
+
+# ------------------------------------------------------------------ 2. counter race
+
+
+def _count(place: S3Place, env: Mapping[str, str], key: str) -> int:
+    ctx = _ctx()
+    barrier = ctx.Barrier(COUNTERS, timeout=HANG)
+    results = ctx.Queue()
+    url = place.url(key)
+    targets = [
+        (s3_workers.counter, (dict(env), url, INCREMENTS, place.url(f"warm-{key}-{i}"), barrier, results))
+        for i in range(COUNTERS)
+    ]  # fmt: skip
+    with _processes(ctx, targets):
+        outcomes = _collect(results, COUNTERS)
+    assert outcomes == [("done", "")] * COUNTERS, outcomes
+    value = json.loads(_body(place.endpoint, place.bucket, key))
+    assert isinstance(value, dict)
+    n = value["n"]
+    assert isinstance(n, int)
+    return n
+
+
+def test_update_json_race_is_exact(s3: S3Place) -> None:
+    assert _count(s3, s3.endpoint.env(), "counter") == COUNTERS * INCREMENTS
+
+
+def test_update_json_race_is_exact_through_lost_answers(s3: S3Place) -> None:
+    """The ghost-conflict proof: an update whose landed write lost its answer must not be
+    applied again (a naive retry would double-count) nor mistaken for a conflict."""
+    with fault_proxy(s3.endpoint) as proxy:
+        proxy.chaos(2, ghost=0.1, reset=0.05, match=_not_internal)
+        assert _count(s3, proxy.endpoint.env(), "counter") == COUNTERS * INCREMENTS
+    landed_ghosts = [x for x in proxy.log if x.action == "ghost" and x.status == 200]
+    refused_ghosts = [x for x in proxy.log if x.action == "ghost" and x.status == 412]
+    resets = [x for x in proxy.log if x.action == "reset"]
+    assert landed_ghosts, "no landed write lost its answer: the proof proved nothing"
+    assert refused_ghosts or resets, [x.action for x in proxy.log]
+
+
+def _naive_count(endpoint: Endpoint, bucket: str, key: str) -> int:
+    ctx = _ctx()
+    barrier = ctx.Barrier(COUNTERS, timeout=HANG)
+    results = ctx.Queue()
+    targets = [
+        (s3_workers.naive_counter, (endpoint.env(), bucket, key, INCREMENTS, barrier, results))
+        for _ in range(COUNTERS)
+    ]
+    with _processes(ctx, targets):
+        assert _collect(results, COUNTERS) == [("done", "")] * COUNTERS
+    n = json.loads(_body(endpoint, bucket, key))["n"]
+    assert isinstance(n, int)
+    return n
+
+
+def test_naive_read_modify_write_loses_updates(s3: S3Place) -> None:
+    """The broken twin, in the same race: every child reads before any writes in its first
+    round, so at least COUNTERS - 1 increments are lost for sure."""
+    assert _naive_count(s3.endpoint, s3.bucket, "naive") <= COUNTERS * INCREMENTS - (COUNTERS - 1)
+
+
+# ------------------------------------------------------------------ 3. refusal on rclone
+
+
+@pytest.fixture
+def rclone_place(rclone_server: Server) -> Iterator[S3Place]:
+    bucket = make_bucket(rclone_server.endpoint)
+    try:
+        yield S3Place(rclone_server, rclone_server.endpoint, bucket)
+    finally:
+        empty_bucket(rclone_server.endpoint, bucket)
+
+
+def _keys(place: S3Place) -> list[str]:
+    listing = place.endpoint.client().list_objects_v2(Bucket=place.bucket)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def _refused(call: Callable[[], object], url: str) -> None:
+    with pytest.raises(crashsafe.StoreCapabilityError) as e:
+        call()
+    assert e.value.errno == errno.ENOTSUP
+    assert e.value.filename == url
+
+
+def test_rclone_refuses_before_writing(
+    rclone_place: S3Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    place = rclone_place
+    place.endpoint.client().put_object(Bucket=place.bucket, Key="existing", Body=b'{"n": 7}')
+    with fault_proxy(place.endpoint) as proxy:
+        for key, value in proxy.endpoint.env().items():
+            monkeypatch.setenv(key, value)
+        new, existing = place.url("new"), place.url("existing")
+        _refused(lambda: crashsafe.atomic_write(new, b"x", overwrite=False), new)
+        _refused(lambda: crashsafe.atomic_write(existing, b"x", overwrite=False), existing)
+        for url in (new, existing):
+            _refused(
+                lambda url=url: crashsafe.update_json(  # type: ignore[misc]
+                    url, lambda d: {"n": d["n"] + 1}, default={"n": 0}
+                ),
+                url,
+            )
+            _refused(lambda url=url: crashsafe.update(url, lambda b: b + b"!", default=b""), url)
+
+        def create_in_block() -> None:
+            with crashsafe.atomic_open(new, "xb") as f:
+                f.write(b"never published")
+
+        _refused(create_in_block, new)
+    written = [x for x in proxy.log if x.method in MUTATING]
+    assert written, "not even the probe wrote: the proxy saw nothing"
+    assert all(f"/{place.bucket}/.crashsafe/probe/" in x.path for x in written), written
+    assert _keys(place) == ["existing"]
+    assert _body(place.endpoint, place.bucket, "existing") == b'{"n": 7}'
+
+
+def test_naive_read_modify_write_loses_updates_on_rclone(rclone_place: S3Place) -> None:
+    place = rclone_place
+    n = _naive_count(place.endpoint, place.bucket, "naive")
+    assert n <= COUNTERS * INCREMENTS - (COUNTERS - 1)
+
+
+# ------------------------------------------------------------------ 6. readers vs writer
+
+# Two of them above SINGLE_PUT_MAX (64 MiB): published by a multipart completion.
+VERSION_SIZES = [1 << 20, 66 << 20, 3 << 20, 70 << 20, 2 << 20]
+READERS = 2
+
+
+def test_readers_never_see_a_partial_or_mixed_object(s3: S3Place, workdir: Path) -> None:
+    url = s3.url("versions")
+    crashsafe.atomic_write(url, s3_workers.versioned(0, 1000))
+    ctx = _ctx()
+    reads = ctx.Value("i", 0)
+    done = ctx.Event()
+    results = ctx.Queue()
+    env = s3.endpoint.env()
+    targets: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
+        (s3_workers.version_writer, (env, url, VERSION_SIZES, reads, done, results))
+    ]
+    targets += [
+        (s3_workers.version_reader, (env, url, str(workdir / f"r{i}"), reads, done, results))
+        for i in range(READERS)
+    ]
+    with _processes(ctx, targets):
+        outcomes = _collect(results, 1 + READERS)
+    assert ("done", "") in outcomes, outcomes
+    seen = [json.loads(detail) for what, detail in outcomes if what == "versions"]
+    assert len(seen) == READERS, outcomes
+    last = len(VERSION_SIZES)
+    for versions in seen:
+        # Whole versions only (each read was checked), in the order they were written.
+        assert versions == sorted(versions), versions
+        assert set(versions) <= set(range(last + 1))
+    # Every version was read by someone: reads overlapped every write.
+    assert set().union(*seen) >= set(range(last)), seen
+    assert s3_workers.check_versioned(_body(s3.endpoint, s3.bucket, "versions")) == last
+    for i in range(READERS):
+        (workdir / f"r{i}").unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ 7. fork and spawn
+
+FORK = Path(__file__).parent / "writers" / "s3_fork.py"
+
+
+def test_a_forked_child_uses_the_store_and_so_does_its_parent(s3: S3Place) -> None:
+    """The parent made requests (its client holds pooled connections) and forks; the child
+    makes its own calls and exits 0, and the parent's next call works. A child that reused
+    the parent's sockets could hang: ``timeout`` turns that into exit 124 (and kills the
+    whole group)."""
+    ran = children.run(
+        FORK, s3.url("fork"), wrapper=["timeout", "--signal=KILL", "120"], timeout=HANG
+    )
+    assert ran.returncode == 0, (ran.returncode, ran.stdout, ran.stderr)
+    assert ran.result == {"child": 0, "parent_after": {"n": 3}}
+    assert _body(s3.endpoint, s3.bucket, "fork-child") == b"from the child"
+    assert json.loads(_body(s3.endpoint, s3.bucket, "fork")) == {"n": 3}
+
+
+def test_spawned_children_use_the_store(s3: S3Place) -> None:
+    """A pool of spawn children (the races above use spawn too), after the parent's own
+    requests: each child builds its own client from the environment it inherited."""
+    url = s3.url("spawn")
+    crashsafe.write_json(url, {"n": 0})
+    ctx = _ctx()
+    with ctx.Pool(2) as pool:
+        pool.map(_add_one, [url] * 4)
+    assert crashsafe.read_json(url) == {"n": 4}
+
+
+def _add_one(url: str) -> None:
+    crashsafe.update_json(url, lambda d: {"n": d["n"] + 1})
+
