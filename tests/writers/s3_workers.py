@@ -35,18 +35,21 @@ def _use(env: Mapping[str, str]) -> None:
 
 
 def create_race(
-    env: Mapping[str, str],
-    urls: list[str],
+    rounds: list[tuple[Mapping[str, str], str]],
     me: int,
-    warm_url: str,
+    warm_urls: list[str],
     barrier: Barrier,
     results: Queue[tuple[int, int, str, str]],
 ) -> None:
-    """For each URL in turn, after the barrier, ``atomic_write(url, payload, overwrite=False)``;
-    puts (me, round, outcome, detail) per round: outcome ``won`` or the exception's name."""
-    _use(env)
-    crashsafe.atomic_write(warm_url, b"warm", overwrite=False)
-    for round_, url in enumerate(urls):
+    """For each (environment, URL) in turn, after the barrier,
+    ``atomic_write(url, payload, overwrite=False)`` with that environment; puts (me, round,
+    outcome, detail) per round: outcome ``won`` or the exception's name. The library reads
+    the environment at each call, so one child can race on several endpoints in turn."""
+    for (env, _), warm in zip(_first_of_each(rounds), warm_urls, strict=True):
+        _use(env)
+        crashsafe.atomic_write(warm, b"warm", overwrite=False)
+    for round_, (env, url) in enumerate(rounds):
+        _use(env)
         barrier.wait()
         try:
             crashsafe.atomic_write(url, payload(me, round_), overwrite=False)
@@ -56,39 +59,50 @@ def create_race(
             results.put((me, round_, "won", ""))
 
 
+def _first_of_each(
+    rounds: list[tuple[Mapping[str, str], str]],
+) -> list[tuple[Mapping[str, str], str]]:
+    """The first round of each distinct environment, in order."""
+    seen: list[Mapping[str, str]] = []
+    for env, url in rounds:
+        if env not in seen:
+            seen.append(env)
+    return [next(r for r in rounds if r[0] == env) for env in seen]
+
+
 def payload(me: int, round_: int) -> bytes:
     """What child *me* writes in round *round_*: distinct for every child and round."""
     return f"child {me} round {round_} ".encode() * 64
 
 
 def counter(
-    env: Mapping[str, str],
-    url: str,
+    phases: list[tuple[Mapping[str, str], str, str]],
     times: int,
-    warm_url: str,
     barrier: Barrier,
-    results: Queue[tuple[str, str]],
+    results: Queue[tuple[int, str, str]],
 ) -> None:
-    """``update_json`` adding one to ``n``, *times* times; its first function call waits at
-    the barrier, so every child has read the same (missing) object before any writes: the
-    first round is a sure conflict. Puts ("done", "") or (exception name, message)."""
-    _use(env)
-    crashsafe.write_json(warm_url, {"warm": True})
-    first = [True]
+    """For each phase (environment, URL, warm-up URL): ``update_json`` adding one to ``n``,
+    *times* times. The phase's first call of the function waits at the barrier, so every
+    child has read the same (missing) object before any writes: a sure conflict. Puts
+    (phase, "done", "") or (phase, exception name, message)."""
+    for phase, (env, url, warm) in enumerate(phases):
+        _use(env)
+        crashsafe.write_json(warm, {"warm": True})
+        first = [True]
 
-    def add(doc: dict[str, int]) -> dict[str, int]:
-        if first:
-            first.clear()
-            barrier.wait()
-        return {"n": doc["n"] + 1}
+        def add(doc: dict[str, int], first: list[bool] = first) -> dict[str, int]:
+            if first:
+                first.clear()
+                barrier.wait()
+            return {"n": doc["n"] + 1}
 
-    try:
-        for _ in range(times):
-            crashsafe.update_json(url, add, default={"n": 0})
-    except Exception as e:
-        results.put((type(e).__name__, str(e)))
-    else:
-        results.put(("done", ""))
+        try:
+            for _ in range(times):
+                crashsafe.update_json(url, add, default={"n": 0})
+        except Exception as e:
+            results.put((phase, type(e).__name__, str(e)))
+        else:
+            results.put((phase, "done", ""))
 
 
 def naive_counter(
