@@ -16,7 +16,9 @@ import contextlib
 import errno
 import json
 import multiprocessing
-from collections.abc import Callable, Iterator, Mapping
+import queue as queue_module
+import time
+from collections.abc import Callable, Iterator
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import pytest
 
 import crashsafe
 from tests import children
-from tests.harness.s3proxy import MUTATING, FaultProxy, fault_proxy
+from tests.harness.s3proxy import MUTATING, fault_proxy
 from tests.harness.s3servers import Endpoint, S3Place, Server, empty_bucket, make_bucket
 from tests.writers import s3_workers
 
@@ -61,9 +63,19 @@ def _processes(
     assert [p.exitcode for p in procs] == [0] * len(procs)
 
 
-def _collect(queue: Any, n: int) -> list[Any]:
-    """*n* results from the children, in the order they came."""
-    return [queue.get(timeout=HANG) for _ in range(n)]
+def _collect(queue: Any, n: int, procs: list[SpawnProcess]) -> list[Any]:
+    """*n* results from the children, in the order they came; fails as soon as a child
+    died without giving its results."""
+    got: list[Any] = []
+    deadline = time.monotonic() + HANG
+    while len(got) < n:
+        with contextlib.suppress(queue_module.Empty):
+            got.append(queue.get(timeout=0.5))
+            continue
+        dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+        assert not dead, f"children died: exit codes {dead}; results so far {got}"
+        assert time.monotonic() < deadline, f"no results in {HANG} s; so far {got}"
+    return got
 
 
 def _not_internal(method: str, path: str, query: str) -> bool:
@@ -100,11 +112,12 @@ def test_create_only_race_has_one_truthful_winner(s3: S3Place) -> None:
         barrier = ctx.Barrier(WRITERS, timeout=HANG)
         results = ctx.Queue()
         targets = [
-            (s3_workers.create_race, (rounds, me, [s3.url(f"warm-{me}"), s3.url(f"warm-p{me}")], barrier, results))
+            (s3_workers.create_race, (rounds, me, warm, barrier, results))
             for me in range(WRITERS)
-        ]  # fmt: skip
-        with _processes(ctx, targets):
-            outcomes = _collect(results, WRITERS * len(rounds))
+            for warm in [[s3.url(f"warm-{me}"), s3.url(f"warm-p{me}")]]
+        ]
+        with _processes(ctx, targets) as procs:
+            outcomes = _collect(results, WRITERS * len(rounds), procs)
     by_round: list[list[tuple[int, str]]] = [[] for _ in rounds]
     for me, round_, outcome, detail in outcomes:
         by_round[round_].append((me, outcome))
@@ -141,8 +154,8 @@ def test_update_json_race_is_exact_also_through_lost_answers(s3: S3Place) -> Non
                 (proxy.endpoint.env(), s3.url("counter-proxied"), s3.url(f"warm-p{i}")),
             ]
             targets.append((s3_workers.counter, (phases, INCREMENTS, barrier, results)))
-        with _processes(ctx, targets):
-            outcomes = _collect(results, 2 * COUNTERS)
+        with _processes(ctx, targets) as procs:
+            outcomes = _collect(results, 2 * COUNTERS, procs)
     assert sorted(outcomes) == [(0, "done", "")] * COUNTERS + [(1, "done", "")] * COUNTERS
     for key in ("counter", "counter-proxied"):
         assert json.loads(_body(s3.endpoint, s3.bucket, key)) == {"n": COUNTERS * INCREMENTS}
@@ -160,8 +173,8 @@ def _naive_count(endpoint: Endpoint, bucket: str, key: str) -> int:
         (s3_workers.naive_counter, (endpoint.env(), bucket, key, INCREMENTS, barrier, results))
         for _ in range(COUNTERS)
     ]
-    with _processes(ctx, targets):
-        assert _collect(results, COUNTERS) == [("done", "")] * COUNTERS
+    with _processes(ctx, targets) as procs:
+        assert _collect(results, COUNTERS, procs) == [("done", "")] * COUNTERS
     n = json.loads(_body(endpoint, bucket, key))["n"]
     assert isinstance(n, int)
     return n
@@ -257,8 +270,8 @@ def test_readers_never_see_a_partial_or_mixed_object(s3: S3Place, workdir: Path)
         (s3_workers.version_reader, (env, url, str(workdir / f"r{i}"), reads, done, results))
         for i in range(READERS)
     ]
-    with _processes(ctx, targets):
-        outcomes = _collect(results, 1 + READERS)
+    with _processes(ctx, targets) as procs:
+        outcomes = _collect(results, 1 + READERS, procs)
     assert ("done", "") in outcomes, outcomes
     seen = [json.loads(detail) for what, detail in outcomes if what == "versions"]
     assert len(seen) == READERS, outcomes
