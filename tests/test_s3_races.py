@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import multiprocessing
 import queue as queue_module
@@ -203,6 +204,14 @@ def _keys(place: S3Place) -> list[str]:
     return sorted(o["Key"] for o in listing.get("Contents", []))
 
 
+def _add(doc: dict[str, int]) -> dict[str, int]:
+    return {"n": doc["n"] + 1}
+
+
+def _bang(data: bytes) -> bytes:
+    return data + b"!"
+
+
 def _refused(call: Callable[[], object], url: str) -> None:
     with pytest.raises(crashsafe.StoreCapabilityError) as e:
         call()
@@ -222,13 +231,8 @@ def test_rclone_refuses_before_writing(
         _refused(lambda: crashsafe.atomic_write(new, b"x", overwrite=False), new)
         _refused(lambda: crashsafe.atomic_write(existing, b"x", overwrite=False), existing)
         for url in (new, existing):
-            _refused(
-                lambda url=url: crashsafe.update_json(  # type: ignore[misc]
-                    url, lambda d: {"n": d["n"] + 1}, default={"n": 0}
-                ),
-                url,
-            )
-            _refused(lambda url=url: crashsafe.update(url, lambda b: b + b"!", default=b""), url)
+            _refused(functools.partial(crashsafe.update_json, url, _add, default={"n": 0}), url)
+            _refused(functools.partial(crashsafe.update, url, _bang, default=b""), url)
 
         def create_in_block() -> None:
             with crashsafe.atomic_open(new, "xb") as f:
