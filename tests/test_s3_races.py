@@ -297,16 +297,18 @@ FORK = Path(__file__).parent / "writers" / "s3_fork.py"
 
 
 def test_a_forked_child_uses_the_store_and_so_does_its_parent(s3: S3Place) -> None:
-    """The parent made requests (its client holds pooled connections) and forks; the child
-    makes its own calls and exits 0, and the parent's next call works. A child that reused
-    the parent's sockets could hang: ``timeout`` turns that into exit 124 (and kills the
-    whole group)."""
+    """The parent made requests (its clients hold pooled connections) and forks; parent
+    and child then read their own documents at the same time (tests/writers/s3_fork.py),
+    the child writes and exits 0, and the parent's next call works. Without the library's
+    at-fork handler the child reuses the parent's pooled socket and reads the parent's
+    answers (seen: "the child read {'who': 'parent'}"); a hang there becomes exit 124
+    under ``timeout``, which kills the whole group."""
     ran = children.run(
         FORK, s3.url("fork"), wrapper=["timeout", "--signal=KILL", "120"], timeout=HANG
     )
     assert ran.returncode == 0, (ran.returncode, ran.stdout, ran.stderr)
     assert ran.result == {"child": 0, "parent_after": {"n": 3}}
-    assert _body(s3.endpoint, s3.bucket, "fork-child") == b"from the child"
+    assert _body(s3.endpoint, s3.bucket, "fork-created") == b"from the child"
     assert json.loads(_body(s3.endpoint, s3.bucket, "fork")) == {"n": 3}
 
 

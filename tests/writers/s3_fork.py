@@ -1,10 +1,15 @@
-"""Makes requests, forks, and has the child use the same endpoint: ``s3_fork.py URL``.
+"""Makes requests, forks, and has parent and child use the same endpoint at once:
+``s3_fork.py URL``.
 
-The parent writes ``{"n": 1}`` at URL and updates it (its client now holds pooled
-connections), then forks. The child writes ``URL-child`` create-only, adds one to URL's
+The parent writes ``{"n": 0}`` at URL and ``{"who": "parent"}`` / ``{"who": "child"}``
+at ``URL-parent`` / ``URL-child``, and reads them (its clients now hold pooled
+connections), then forks. Both then read their own document ROUNDS times at the same
+time: a child that reused its parent's pooled socket would send on the very connection
+the parent sends on, and one would read the other's answer (a wrong document, a broken
+response or a hang). The child then writes ``URL-created`` create-only, adds one to URL's
 ``n`` and exits 0 (1 on any error, printed). The parent waits for it, adds one more, and
 reports the child's exit status and the document it then reads, as one JSON line. Run it
-under ``timeout``: a child that reused its parent's sockets could hang.
+under ``timeout``: a hang must become a failure.
 """
 
 import json
@@ -14,20 +19,36 @@ import traceback
 
 import crashsafe
 
+ROUNDS = 40
+
 url = sys.argv[1]
 crashsafe.write_json(url, {"n": 0})
+for who in ("parent", "child"):
+    crashsafe.write_json(f"{url}-{who}", {"who": who})
+    assert crashsafe.read_json(f"{url}-{who}") == {"who": who}
 crashsafe.update_json(url, lambda d: {"n": d["n"] + 1})
+
+
+def read_own(who: str) -> None:
+    for _ in range(ROUNDS):
+        got = crashsafe.read_json(f"{url}-{who}")
+        if got != {"who": who}:
+            raise AssertionError(f"the {who} read {got}: another process's answer")
+
+
 pid = os.fork()
 if pid == 0:
     code = 0
     try:
-        crashsafe.atomic_write(url + "-child", b"from the child", overwrite=False)
+        read_own("child")
+        crashsafe.atomic_write(url + "-created", b"from the child", overwrite=False)
         crashsafe.update_json(url, lambda d: {"n": d["n"] + 1})
     except BaseException:
         traceback.print_exc()
         code = 1
     sys.stderr.flush()
     os._exit(code)
+read_own("parent")
 _, status = os.waitpid(pid, 0)
 crashsafe.update_json(url, lambda d: {"n": d["n"] + 1})
 result = {"child": os.waitstatus_to_exitcode(status), "parent_after": crashsafe.read_json(url)}
