@@ -30,8 +30,8 @@ from tests.writers import s3_upload
 # A bound that only turns a hang into a failure; no verdict depends on it.
 HANG = 180.0
 UPLOAD = Path(__file__).parent / "writers" / "s3_upload.py"
-# Above SINGLE_PUT_MAX (64 MiB): 5 parts of 16 MiB.
-BIG_MIB = 80
+# Just above SINGLE_PUT_MAX (64 MiB): 5 parts (4 of 16 MiB, one of 2).
+BIG_MIB = 66
 PARTS = 5
 OLD = b"the old object, whole\n" * 1000
 
@@ -168,7 +168,7 @@ def _publishes(method: str, path: str, query: str) -> bool:
 def test_a_large_write_whose_publishing_answer_is_lost_lands_once(
     s3: S3Place, monkeypatch: pytest.MonkeyPatch, mode: str, fault: Action
 ) -> None:
-    """The answer to the request that publishes a 70 MiB object is lost: after it landed
+    """The answer to the request that publishes a large object is lost: after it landed
     (ghost: the write recognises its token and reports success; for "xb" a blind retry
     would meet its own object and report FileExistsError) or before it was sent (reset:
     sent again). Either way the call succeeds, the object is the new one, and no upload or
@@ -181,9 +181,9 @@ def test_a_large_write_whose_publishing_answer_is_lost_lands_once(
             monkeypatch.setenv(key, value)
         (proxy.ghost if fault == "ghost" else proxy.reset)(match=_publishes)
         with crashsafe.atomic_open(s3.url("lost"), mode) as f:
-            for chunk in s3_upload.chunks(70, 5):
+            for chunk in s3_upload.chunks(BIG_MIB, 5):
                 f.write(chunk)
-    assert _body(s3.endpoint, s3.bucket, "lost") == s3_upload.content(70, 5)
+    assert _body(s3.endpoint, s3.bucket, "lost") == s3_upload.content(BIG_MIB, 5)
     assert _uploads(s3.endpoint, s3.bucket) == []
     assert _keys(s3.endpoint, s3.bucket, ".crashsafe/") == []
     publishing = [(x.action, x.status) for x in proxy.log if _publishes(x.method, x.path, x.query)]
@@ -196,7 +196,7 @@ def test_a_large_write_whose_publishing_answer_is_lost_lands_once(
 def test_exception_inside_atomic_open_of_a_large_object_sends_nothing(
     s3: S3Place, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The block's bytes are staged locally; an exception after 70 MiB of them publishes
+    """The block's bytes are staged locally; an exception after BIG_MIB MiB of them publishes
     nothing and starts no upload (the proxy saw no mutating request at all)."""
     direct = s3.endpoint.client()
     old_etag = direct.put_object(Bucket=s3.bucket, Key="big", Body=OLD)["ETag"]
@@ -207,7 +207,7 @@ def test_exception_inside_atomic_open_of_a_large_object_sends_nothing(
             pytest.raises(RuntimeError, match="mid-write"),
             crashsafe.atomic_open(s3.url("big"), "wb") as f,
         ):
-            for chunk in s3_upload.chunks(70, 2):
+            for chunk in s3_upload.chunks(BIG_MIB, 2):
                 f.write(chunk)
             raise RuntimeError("mid-write")
     assert [x for x in proxy.log if x.method in MUTATING] == []

@@ -77,45 +77,57 @@ def payload(me: int, round_: int) -> bytes:
 
 
 def counter(
-    phases: list[tuple[Mapping[str, str], str, str]],
+    phases: list[tuple[str, Mapping[str, str], str, str]],
     times: int,
     barrier: Barrier,
     results: Queue[tuple[int, str, str]],
 ) -> None:
-    """For each phase (environment, URL, warm-up URL): ``update_json`` adding one to ``n``,
-    *times* times. The phase's first call of the function waits at the barrier, so every
-    child has read the same (missing) object before any writes: a sure conflict. Puts
-    (phase, "done", "") or (phase, exception name, message)."""
-    for phase, (env, url, warm) in enumerate(phases):
+    """For each phase (kind, environment, URL, warm-up URL): add one to ``n`` at URL,
+    *times* times, with ``update_json`` (kind ``crashsafe``) or with the naive
+    read-modify-write of :func:`naive_counter` (kind ``naive``). The phase's first write
+    waits at the barrier after every child has read the same (missing) object: a sure
+    conflict. Puts (phase, "done", "") or (phase, exception name, message)."""
+    for phase, (kind, env, url, warm) in enumerate(phases):
         _use(env)
-        crashsafe.write_json(warm, {"warm": True})
-        first = [True]
-
-        def add(doc: dict[str, int], first: list[bool] = first) -> dict[str, int]:
-            if first:
-                first.clear()
-                barrier.wait()
-            return {"n": doc["n"] + 1}
-
         try:
-            for _ in range(times):
-                crashsafe.update_json(url, add, default={"n": 0})
+            if kind == "naive":
+                bucket, _, key = url.removeprefix("s3://").partition("/")
+                _naive(env, bucket, key, times, barrier)
+            else:
+                _counted(url, warm, times, barrier)
         except Exception as e:
             results.put((phase, type(e).__name__, str(e)))
         else:
             results.put((phase, "done", ""))
 
 
-def naive_counter(  # noqa: PLR0917 - a Process target takes its arguments by position
+def _counted(url: str, warm: str, times: int, barrier: Barrier) -> None:
+    crashsafe.write_json(warm, {"warm": True})
+    first = [True]
+
+    def add(doc: dict[str, int]) -> dict[str, int]:
+        if first:
+            first.clear()
+            barrier.wait()
+        return {"n": doc["n"] + 1}
+
+    for _ in range(times):
+        crashsafe.update_json(url, add, default={"n": 0})
+
+
+def naive_counter(
     env: Mapping[str, str],
-    bucket: str,
-    key: str,
+    url: str,
     times: int,
     barrier: Barrier,
-    results: Queue[tuple[str, str]],
+    results: Queue[tuple[int, str, str]],
 ) -> None:
     """The broken twin of :func:`counter`: get, add one, unconditional put, with boto3 and
     nothing else; the first round's put waits at the barrier after every child has read."""
+    counter([("naive", env, url, "")], times, barrier, results)
+
+
+def _naive(env: Mapping[str, str], bucket: str, key: str, times: int, barrier: Barrier) -> None:
     client = boto3.client(
         "s3",
         endpoint_url=env["AWS_ENDPOINT_URL"],
@@ -130,14 +142,12 @@ def naive_counter(  # noqa: PLR0917 - a Process target takes its arguments by po
             request_checksum_calculation="when_required",
         ),
     )
-    client.list_buckets()
     for i in range(times):
         doc = _naive_read(client, bucket, key)
         if i == 0:
             barrier.wait()
         body = json.dumps({"n": doc["n"] + 1}).encode()
         client.put_object(Bucket=bucket, Key=key, Body=body)
-    results.put(("done", ""))
 
 
 def _naive_read(client: Any, bucket: str, key: str) -> dict[str, int]:
