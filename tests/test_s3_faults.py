@@ -16,7 +16,7 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 from urllib.parse import parse_qs
 
 import pytest
@@ -166,7 +166,7 @@ def _publishes(method: str, path: str, query: str) -> bool:
 @pytest.mark.parametrize("fault", ["ghost", "reset"])
 @pytest.mark.parametrize("mode", ["wb", "xb"])
 def test_a_large_write_whose_publishing_answer_is_lost_lands_once(
-    s3: S3Place, monkeypatch: pytest.MonkeyPatch, mode: str, fault: Action
+    s3: S3Place, monkeypatch: pytest.MonkeyPatch, mode: Literal["wb", "xb"], fault: Action
 ) -> None:
     """The answer to the request that publishes a large object is lost: after it landed
     (ghost: the write recognises its token and reports success; for "xb" a blind retry
