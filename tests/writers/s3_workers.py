@@ -104,15 +104,18 @@ def counter(
 def _counted(url: str, warm: str, times: int, barrier: Barrier) -> None:
     crashsafe.write_json(warm, {"warm": True})
     first = [True]
+    wrote = [0]  # the last value this child wrote: no later read may show less
 
     def add(doc: dict[str, int]) -> dict[str, int]:
+        if doc["n"] < wrote[0]:
+            raise AssertionError(f"read n={doc['n']} after writing n={wrote[0]}: a stale read")
         if first:
             first.clear()
             barrier.wait()
         return {"n": doc["n"] + 1}
 
     for _ in range(times):
-        crashsafe.update_json(url, add, default={"n": 0})
+        wrote[0] = crashsafe.update_json(url, add, default={"n": 0})["n"]
 
 
 def naive_counter(
