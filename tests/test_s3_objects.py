@@ -563,3 +563,17 @@ def test_a_child_forked_while_another_thread_held_the_client_lock_still_works(
     assert os.waitstatus_to_exitcode(status) == 0
     crashsafe.atomic_write(s3.url("parent"), b"again")
     assert body(s3, "parent") == b"again"
+
+
+def test_a_probe_whose_answer_is_lost_probes_again_on_a_new_object(s3: S3Place) -> None:
+    with fault_proxy(s3.endpoint) as proxy:
+        # The second probe request: the create-only PUT that must be refused; its 412 lost.
+        proxy.ghost(match=lambda m, p, q: m == "PUT" and "/.crashsafe/probe/" in p, skip=1)
+        store = S3Store(endpoint_url=proxy.endpoint.url)
+        crashsafe.atomic_write(s3.url("after-probe"), b"v", overwrite=False, store=store)
+        with pytest.raises(FileExistsError):
+            crashsafe.atomic_write(s3.url("after-probe"), b"w", overwrite=False, store=store)
+    probes = {e.path for e in proxy.log if "/.crashsafe/probe/" in e.path}
+    assert len(probes) == 2  # the first probe object, and the one probed afresh
+    assert user_keys(s3) == ["after-probe"]
+    assert body(s3, "after-probe") == b"v"

@@ -29,7 +29,9 @@ and its ETag, apply the function, write with ``If-Match`` on that ETag (with
 ``If-None-Match: *`` when there was no object), and on a refusal read again
 after a jittered backoff. Tokens of attempts whose answer was lost are kept
 until the history proves each landed (the update is done: its value is
-returned, and the function is never applied twice) or can no longer land.
+returned, and the function is never applied twice) or can no longer land;
+they are settled at once after every refusal or lost answer, before the
+backoff, while the version they expected is still in the history.
 """
 
 from __future__ import annotations
@@ -218,17 +220,8 @@ def update(
     pending: dict[str, tuple[Expect, bytes]] = {}
     for attempt in range(attempts):
         value, stat = read()
-        for mine, (expected, written) in list(pending.items()):
-            verdict = _verdict(mine, expected, stat)
-            if verdict == _Verdict.LANDED:
-                return written
-            if verdict == _Verdict.DEAD:
-                del pending[mine]
-            elif verdict == _Verdict.UNKNOWN:
-                raise AmbiguousWriteError(
-                    "an update's answer was lost and the object no longer shows whether it landed",
-                    str(url),
-                )
+        if pending and (landed := _settle(pending, stat, url)) is not None:
+            return landed
         expect: Expect = Version.of(stat) if stat is not None else None
         required(caps, expect, url, client.store.endpoint_url or "(AWS)")
         data = apply(value)
@@ -247,10 +240,37 @@ def update(
             pass
         except Ambiguous:
             pending[mine] = (expect, data)
+        # Settled now, not after the backoff: the evidence is the expected
+        # version's writer in the history, and under contention more writers
+        # than the history keeps can land during a backoff.
+        if pending and (landed := _settle(pending, client.head(url), url)) is not None:
+            return landed
         if deadline is not None and time.monotonic() >= deadline:
             break
         time.sleep(wait(attempt))
     raise UpdateConflictError(str(url), attempt + 1)
+
+
+def _settle(
+    pending: dict[str, tuple[Expect, bytes]], now: Stat | None, url: ObjectURL
+) -> bytes | None:
+    """What *now* tells of the writes whose answers were lost: the bytes of one
+    that landed, or None after forgetting those that never will.
+
+    Raises :class:`AmbiguousWriteError` when the evidence for one is gone.
+    """
+    for mine, (expected, written) in list(pending.items()):
+        verdict = _verdict(mine, expected, now)
+        if verdict == _Verdict.LANDED:
+            return written
+        if verdict == _Verdict.DEAD:
+            del pending[mine]
+        elif verdict == _Verdict.UNKNOWN:
+            raise AmbiguousWriteError(
+                "an update's answer was lost and the object no longer shows whether it landed",
+                str(url),
+            )
+    return None
 
 
 def _jitter(attempt: int) -> float:

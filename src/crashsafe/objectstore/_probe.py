@@ -31,6 +31,7 @@ from crashsafe.objectstore._url import ObjectURL
 __all__ = ["Capabilities", "capabilities", "upload_capabilities"]
 
 PROBE_PREFIX: Final = ".crashsafe/probe/"
+PROBE_TRIES: Final = 3
 _WRONG_ETAG: Final = '"00000000000000000000000000000000"'
 
 
@@ -77,7 +78,9 @@ def capabilities(client: Client, bucket: str) -> Capabilities:
         with _lock:
             found = _known.get(key)
             if found is None:
-                found = _known[key] = _probe(client, ObjectURL(bucket, _probe_key()))
+                found = _known[key] = _afresh(
+                    bucket, "conditional writes", lambda url: _probe(client, url)
+                )
     return found
 
 
@@ -86,13 +89,26 @@ def upload_capabilities(client: Client, bucket: str) -> Capabilities:
     caps = capabilities(client, bucket)
     if caps.create_upload is None:
         with _lock:
-            url = ObjectURL(bucket, _probe_key())
-            caps = _known[(client.store, bucket)] = _probe_uploads(client, url, caps)
+            first = caps
+            caps = _known[(client.store, bucket)] = _afresh(
+                bucket, "conditional uploads", lambda url: _probe_uploads(client, url, first)
+            )
     return caps
 
 
-def _probe_key() -> str:
-    return PROBE_PREFIX + secrets.token_hex(8)
+def _afresh(bucket: str, what: str, probe: Callable[[ObjectURL], Capabilities]) -> Capabilities:
+    """Run *probe* on an object of its own, again on a new one after a lost answer
+    (which could hide whether a condition held), up to :data:`PROBE_TRIES` times."""
+    for _ in range(PROBE_TRIES):
+        url = ObjectURL(bucket, PROBE_PREFIX + secrets.token_hex(8))
+        try:
+            return probe(url)
+        except Ambiguous as e:
+            lost = e
+    raise ObjectStoreError(
+        f"could not probe the endpoint's {what}: an answer was lost {PROBE_TRIES} times",
+        str(url),
+    ) from lost
 
 
 def _probe(client: Client, url: ObjectURL) -> Capabilities:
@@ -112,10 +128,6 @@ def _probe(client: Client, url: ObjectURL) -> Capabilities:
                 replace = _refused(
                     lambda: client.put(url, b"x", metadata={}, if_match=wrong)
                 ) and not _refused(lambda: client.put(url, b"b", metadata={}, if_match=bare))
-    except Ambiguous as e:
-        raise ObjectStoreError(
-            "could not probe the endpoint's conditional writes: an answer was lost", str(url)
-        ) from e
     finally:
         _quietly_delete(client, url)
     return Capabilities(create=create, replace=replace, quoted=quoted)
@@ -128,10 +140,6 @@ def _probe_uploads(client: Client, url: ObjectURL, caps: Capabilities) -> Capabi
         replaces = _completion_refused(
             client, url, if_none_match=False, if_match=caps.etag(_WRONG_ETAG)
         )
-    except Ambiguous as e:
-        raise ObjectStoreError(
-            "could not probe the endpoint's conditional uploads: an answer was lost", str(url)
-        ) from e
     finally:
         _quietly_delete(client, url)
     return dataclasses.replace(caps, create_upload=create, replace_upload=replaces)
