@@ -28,6 +28,7 @@ import io
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -160,12 +161,15 @@ class _Sending:
                 upload.append(client.start_upload(url, meta))
                 _record(client, url, upload[0])
                 done = 0
+                ahead = _Readahead(self.source)
                 while done < size:
                     chunk = _read_exactly(self.source, min(part_size, size - done), url)
+                    ahead.next(part_size)  # the disk reads the next part while this one goes
                     if self.hasher is not None:
                         self.hasher.update(chunk)
                     parts.append(client.upload_part(url, upload[0], len(parts) + 1, chunk))
                     done += len(chunk)
+                    del chunk  # or two parts are held while the next is read
                     if self.report is not None:
                         self.report(done)
                 if self.before_commit is not None:
@@ -184,6 +188,26 @@ class _Sending:
             raise
         _forget(client, url, upload[0])
         return "multipart"
+
+
+class _Readahead:
+    """Asks the kernel to read a file source's next part while the current one is sent
+    (``POSIX_FADV_WILLNEED``); nothing for a source without a descriptor."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        try:
+            self._fd: int | None = source.fileno()
+        except (OSError, ValueError, AttributeError):
+            self._fd = None
+        self._source = source
+
+    def next(self, length: int) -> None:
+        if self._fd is None or sys.platform in ("win32", "darwin"):  # no posix_fadvise
+            return
+        try:
+            os.posix_fadvise(self._fd, self._source.tell(), length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            self._fd = None  # a pipe or a file system without it: no hint, no harm
 
 
 def _record(client: Client, url: ObjectURL, upload_id: str) -> None:
