@@ -501,8 +501,8 @@ def test_an_update_that_landed_and_was_built_upon_is_not_applied_again(s3: S3Pla
         s3,
         "n.json",
         fault="ghost",
-        readback="GET",
-        skip=1,
+        readback="HEAD",
+        skip=0,
         call=lambda store: crashsafe.update_json(url, lambda d: {"n": d["n"] + 1}, store=store),
         meanwhile=lambda: crashsafe.update_json(url, lambda d: {"n": d["n"] + 1}),
     )
@@ -518,8 +518,8 @@ def test_an_update_that_did_not_land_is_applied_on_the_newer_version(s3: S3Place
         s3,
         "m.json",
         fault="reset",
-        readback="GET",
-        skip=1,
+        readback="HEAD",
+        skip=0,
         call=lambda store: crashsafe.update_json(url, lambda d: {"n": d["n"] + 1}, store=store),
         meanwhile=lambda: crashsafe.update_json(url, lambda d: {"n": d["n"] + 10}),
     )
@@ -536,8 +536,8 @@ def test_an_update_whose_evidence_a_foreign_writer_erased_is_reported(s3: S3Plac
         s3,
         "f.json",
         fault="ghost",
-        readback="GET",
-        skip=1,
+        readback="HEAD",
+        skip=0,
         call=lambda store: crashsafe.update_json(url, lambda d: {"n": d["n"] + 1}, store=store),
         meanwhile=lambda: client.put_object(Bucket=s3.bucket, Key="f.json", Body=b'{"n": 5}'),
     )
