@@ -180,3 +180,12 @@ def loop_xfs(parent: str, size: int) -> Iterator[str]:
             for dev in run(["losetup", "-l", "-n", "-O", "NAME", "-j", image]).split():
                 subprocess.run(["losetup", "-d", dev], check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``): memory of this process."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")

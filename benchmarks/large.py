@@ -26,6 +26,7 @@ from common import (
     interleave,
     paired_ratio,
     ratio_interval,
+    status_kib,
 )
 
 import crashsafe
@@ -96,14 +97,6 @@ KINDS: dict[str, Callable[[str, str, int, bytes], None]] = {
 }
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def child(kind: str, src: str, dst: str, size: int) -> None:
     """Time one KIND and measure its peak RSS growth; print both as JSON.
 
@@ -114,11 +107,11 @@ def child(kind: str, src: str, dst: str, size: int) -> None:
     buf = os.urandom(CHUNK) if kind.startswith("stream") else b""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM, the peak RSS, to the current RSS
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     start = time.perf_counter()
     KINDS[kind](src, dst, size, buf)
     elapsed = time.perf_counter() - start
-    print(json.dumps({"seconds": elapsed, "rss_kib": _status_kib("VmHWM") - before}))
+    print(json.dumps({"seconds": elapsed, "rss_kib": status_kib("VmHWM") - before}))
 
 
 def make_source(path: str, size: int) -> None:

@@ -41,6 +41,7 @@ from common import (
     paired_ratio,
     per_op,
     ratio_interval,
+    status_kib,
 )
 
 import crashsafe
@@ -489,14 +490,6 @@ KINDS: dict[str, Callable[[str, str, str, S3Client], None]] = {
 }
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def child(kind: str, local: str, bucket: str, key: str) -> None:
     """Time one KIND and measure its peak RSS growth; print both as JSON.
 
@@ -514,11 +507,11 @@ def child(kind: str, local: str, bucket: str, key: str) -> None:
     _transfer_config()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM, the peak RSS, to the current RSS
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     start = time.perf_counter()
     KINDS[kind](local, bucket, key, s3)
     elapsed = time.perf_counter() - start
-    print(json.dumps({"seconds": elapsed, "rss_kib": _status_kib("VmHWM") - before}))
+    print(json.dumps({"seconds": elapsed, "rss_kib": status_kib("VmHWM") - before}))
 
 
 class Copies:
