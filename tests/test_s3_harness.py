@@ -298,10 +298,14 @@ def _signed_chunked_put(endpoint: Endpoint, bucket: str, key: str, pieces: list[
 
 def test_proxy_carries_chunked_uploads(s3: S3Place) -> None:
     pieces = [b"a" * 70000, b"b" * 3, b"c" * 100000]
+    # Ceph RGW 16 refuses a body without a Content-Length (411 Length Required): the
+    # proxy carries the request and that answer through, and nothing is written.
+    expected = 411 if s3.endpoint.name == "ceph" else 200
     with fault_proxy(s3.endpoint) as proxy:
-        assert _signed_chunked_put(proxy.endpoint, s3.bucket, "chunked", pieces) == 200
-    assert _body(s3.endpoint, s3.bucket, "chunked") == b"".join(pieces)
-    assert [(x.method, x.status) for x in proxy.log] == [("PUT", 200)]
+        assert _signed_chunked_put(proxy.endpoint, s3.bucket, "chunked", pieces) == expected
+    assert [(x.method, x.status) for x in proxy.log] == [("PUT", expected)]
+    if expected == 200:
+        assert _body(s3.endpoint, s3.bucket, "chunked") == b"".join(pieces)
 
 
 def test_proxy_streams_large_bodies(s3: S3Place, tmp_path: Path) -> None:
