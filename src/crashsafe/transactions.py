@@ -47,21 +47,12 @@ from crashsafe._checks import BytesLike, Durability, as_data
 from crashsafe._target import Target
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError
+from crashsafe.objectstore._url import is_url
 
 if TYPE_CHECKING:
     from crashsafe.objectstore._manifest import Store
 
 __all__ = ["Snapshot", "Transaction", "recover", "snapshot", "transaction"]
-
-
-def _is_url(path: object) -> bool:
-    # The object-store modules are imported only for a URL: a local call
-    # pays one isinstance and one substring test.
-    if not (isinstance(path, str) and "://" in path):
-        return False
-    from crashsafe.objectstore._url import is_url
-
-    return is_url(path)
 
 
 # The protocol's names in the directory, as recovery and tests know them.
@@ -344,7 +335,7 @@ def transaction(
     the prefix once older than its *min_age*, which must exceed the longest
     transaction.
     """
-    if _is_url(directory):
+    if is_url(directory):
         from crashsafe.objectstore import _manifest
 
         with _manifest.transaction(
@@ -379,7 +370,7 @@ def recover(directory: str | os.PathLike[str]) -> bool:
     done (what a killed commit left is garbage for :func:`crashsafe.sweep`).
     It raises :class:`ValueError` for a URL it cannot parse.
     """
-    if _is_url(directory):
+    if is_url(directory):
         from crashsafe.objectstore._manifest import prefix_of
 
         prefix_of(os.fspath(directory))
@@ -445,7 +436,7 @@ def snapshot(
     no commit yet is an empty generation. The snapshot also has
     ``names()`` and ``generation``.
     """
-    if _is_url(directory):
+    if is_url(directory):
         from crashsafe.objectstore import _manifest
 
         with _manifest.snapshot(os.fspath(directory), store=store) as remote:
