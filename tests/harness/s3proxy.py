@@ -14,8 +14,11 @@ Faults, decided per request, in the order requests reach the proxy:
   client's connection without answering: the write landed, the client sees a lost response;
 - :meth:`FaultProxy.reset`: reset the client's connection before forwarding anything:
   nothing landed;
-- :meth:`FaultProxy.hold`: forward nothing yet, set :attr:`Hold.arrived`, and wait until the
-  test calls :meth:`Hold.release` with what to do then (forward, ghost or reset);
+- :meth:`FaultProxy.hold`: read the whole request (answering an ``Expect: 100-continue``
+  so that its body comes), forward nothing yet, set :attr:`Hold.arrived`, and wait until
+  the test calls :meth:`Hold.release` with what to do then (forward, ghost or reset). A
+  client killed once the hold has arrived has sent everything: a forwarded request is
+  whole, however late its sender was killed;
 - :meth:`FaultProxy.chaos`: each matching request ghosted or reset with given
   probabilities, drawn from ``random.Random(seed)``, so the sequence of decisions repeats
   (which request gets which decision follows the order requests arrive in, which only a
@@ -44,7 +47,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 from tests.harness.s3servers import Endpoint
@@ -148,8 +151,8 @@ class Rule:
 @dataclass
 class Hold(Rule):
     """A rule that stops a request before it is forwarded: :attr:`arrived` is set when the
-    request's head has arrived (its body, if any, is not read yet); :meth:`release` lets it
-    go on as told. Unreleased when the proxy stops, it is released as a reset."""
+    whole request, head and body, is at the proxy; :meth:`release` lets it go on as told.
+    Unreleased when the proxy stops, it is released as a reset."""
 
     arrived: threading.Event = field(default_factory=threading.Event)
     then: Action = "forward"
@@ -397,7 +400,15 @@ class FaultProxy:
         headers = _headers(head)
         index, rule, action = self._decide(method, path, query)
         held = isinstance(rule, Hold)
+        expects = headers.get("expect", "").lower() == "100-continue"
+        body: _Buffer | None = None
         if isinstance(rule, Hold):
+            # Read to the end before saying it arrived: a test that kills the sender then
+            # knows the request is whole, however slowly a loaded machine sent it.
+            if expects:
+                client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = _Buffer()
+            _copy_body(cin, body, headers, request=True)
             rule.arrived.set()
             action = rule.then if rule._released.wait(HOLD_TIMEOUT) else "reset"
         if action == "reset":
@@ -405,13 +416,16 @@ class FaultProxy:
             return "reset"
         status: int | None = None
         try:
-            if headers.get("expect", "").lower() == "100-continue":
+            if expects and body is None:
                 client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             upstream.sendall(b"".join(h for h in head if not h.lower().startswith(b"expect:")))
             # The upstream may answer early (a 412 before the body) and close: its answer,
             # if any, is still read below.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                _copy_body(cin, upstream, headers, request=True)
+                if body is None:
+                    _copy_body(cin, upstream, headers, request=True)
+                else:
+                    upstream.sendall(body.data())
             resp_head, resp_headers = _read_response_head(uin, client, action)
             status = int(resp_head.split(b" ", 2)[1])
             sink = client if action == "forward" else None
@@ -451,7 +465,24 @@ def _headers(head: list[bytes]) -> dict[str, str]:
     return out
 
 
-def _copy_exact(src: io.BufferedReader, dst: socket.socket | None, n: int) -> None:
+class _Sink(Protocol):
+    def sendall(self, data: bytes, /) -> None: ...
+
+
+class _Buffer:
+    """A sink that keeps what it is sent: a held request's body, until it is forwarded."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+
+    def sendall(self, data: bytes, /) -> None:
+        self._pieces.append(bytes(data))
+
+    def data(self) -> bytes:
+        return b"".join(self._pieces)
+
+
+def _copy_exact(src: io.BufferedReader, dst: _Sink | None, n: int) -> None:
     while n > 0:
         piece = src.read1(min(n, CHUNK))
         if not piece:
@@ -461,7 +492,7 @@ def _copy_exact(src: io.BufferedReader, dst: socket.socket | None, n: int) -> No
         n -= len(piece)
 
 
-def _copy_chunked(src: io.BufferedReader, dst: socket.socket | None) -> None:
+def _copy_chunked(src: io.BufferedReader, dst: _Sink | None) -> None:
     """Copy a chunked body as it is (sizes, extensions and trailers included)."""
     while True:
         size_line = src.readline(65536)
@@ -483,7 +514,7 @@ def _copy_chunked(src: io.BufferedReader, dst: socket.socket | None) -> None:
 
 
 def _copy_body(
-    src: io.BufferedReader, dst: socket.socket | None, headers: dict[str, str], *, request: bool
+    src: io.BufferedReader, dst: _Sink | None, headers: dict[str, str], *, request: bool
 ) -> bool:
     """Copy a message body framed by its headers; False if it is delimited by the close of
     the connection (a response only), which then cannot carry another message."""
