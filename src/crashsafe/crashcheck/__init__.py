@@ -1,0 +1,1 @@
+"""crashcheck: find the crash bugs of any program."""
