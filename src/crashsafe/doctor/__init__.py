@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -123,8 +124,9 @@ def diagnose(path: str | os.PathLike[str], *, crash_probe: bool = False) -> Diag
     capabilities, fsync latency and the crashsafe guarantees that follow.
 
     A scratch directory inside *path* is created for the probes and removed
-    afterwards. Raises ``NotADirectoryError``/``FileNotFoundError`` naming
-    *path* if it is not an existing directory, ``OSError(ENOTSUP)`` on a
+    afterwards. Raises the ``OSError`` of ``stat`` (``FileNotFoundError``,
+    ``PermissionError``) or ``NotADirectoryError``, naming *path*, if it is not
+    a directory this process can reach, ``OSError(ENOTSUP)`` on a
     system other than Linux, and ``PermissionError`` for *crash_probe*
     without root.
     """
@@ -132,9 +134,11 @@ def diagnose(path: str | os.PathLike[str], *, crash_probe: bool = False) -> Diag
     # Written as a test of "win32", so that type checkers skip the rest for Windows.
     if sys.platform == "win32" or not sys.platform.startswith("linux"):  # pragma: no cover
         raise OSError(errno.ENOTSUP, _LINUX_ONLY, where)
-    if not os.path.exists(where):
-        raise FileNotFoundError(errno.ENOENT, "no such directory", where)
-    if not os.path.isdir(where):
+    try:
+        st = os.stat(where)
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, where) from None
+    if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", where)
     if crash_probe and os.geteuid() != 0:
         raise PermissionError(

@@ -34,7 +34,7 @@ from crashsafe.doctor._report import CrashReport, Finding  # noqa: E402
 
 _SHUTDOWN: Final = 0x8004587D  # _IOR('X', 125, __u32)
 _NOLOGFLUSH: Final = 2
-REPEATS: Final = 3
+REPEATS: Final = 5
 _IMAGE_MB: Final = 320  # above mkfs.xfs's and mkfs.btrfs's minimum sizes
 _MKFS: Final = {
     "ext4": ("mkfs.ext4", "-q", "-F"),
@@ -161,7 +161,7 @@ def _append_without_fsync(d: str) -> None:
 PROBES: Final = (
     _Probe(
         "rename_without_fsync",
-        "rename without fsync: what does the target hold?",
+        "rename over a file, no fsync, journal committed",
         "write target.tmp, rename over target, no fsync; another file fsynced; cut",
         _rename_without_fsync,
         True,
@@ -169,7 +169,7 @@ PROBES: Final = (
     ),
     _Probe(
         "fsynced_new_file",
-        "fsynced new file, no directory fsync: is it there?",
+        "new file fsynced, its directory not",
         "create target, write, fsync it, no directory fsync; cut",
         _fsynced_new_file,
         False,
@@ -177,7 +177,7 @@ PROBES: Final = (
     ),
     _Probe(
         "truncate_then_write",
-        "truncate then write, no fsync: can it be empty?",
+        "truncate + write, no fsync, journal committed",
         "open target O_TRUNC, write, close, no fsync; another file fsynced; cut",
         _truncate_then_write,
         True,
@@ -185,7 +185,7 @@ PROBES: Final = (
     ),
     _Probe(
         "append_without_fsync",
-        "append without fsync: zeros at the end?",
+        "append, no fsync, journal committed",
         "open target O_APPEND, write, close, no fsync; another file fsynced; cut",
         _append_without_fsync,
         True,

@@ -42,7 +42,12 @@ class CrashReport:
         lines = [f"  crash probe ({self.fstype}{', ' + self.options if self.options else ''}):"]
         if self.note:
             lines.append(f"    {self.note}")
+        else:
+            lines.append(
+                "    each: its steps in a fresh directory (journal committed: another file "
+                "fsynced), shutdown ioctl NOLOGFLUSH, remount, read the file"
+            )
         for f in self.findings:
             seen = ", ".join(f"{k} {v}" for k, v in sorted(f.outcomes.items()))
-            lines.append(f"    {f.question:<58} {seen}  (of {f.trials})")
+            lines.append(f"    {f.question:<48} {seen} (of {f.trials})")
         return lines

@@ -117,14 +117,14 @@ def _conclude(
         consistent = ("no", f"{fstype} lives in memory: a power cut loses everything")
     elif backing is not None and backing.fstype in MEMORY_TYPES:
         consistent = ("no", f"loop device backed by a file on {backing.fstype}: in memory")
+    elif barriers_off and (disk is None or disk.write_cache != "write through"):
+        consistent = ("no", "barriers off with a write-back cache: fsync does not flush it")
     elif fsync is not None and fsync.median_us < FAST_FSYNC_US:
         consistent = (
             "no",
             f"fsync took {fsync.median_us:.0f} µs (median), under {FAST_FSYNC_US:.0f} µs: "
             "faster than a disk flush; the cache is likely not flushed",
         )
-    elif barriers_off and (disk is None or disk.write_cache != "write through"):
-        consistent = ("no", "barriers off with a write-back cache: fsync does not flush it")
     elif fstype in NETWORK_TYPES or fstype.startswith("fuse"):
         consistent = ("unverified", f"{fstype}: the server's durability is not visible here")
     else:
