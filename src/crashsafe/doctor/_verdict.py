@@ -111,7 +111,13 @@ def _conclude(
     fstype = kind.fstype
     backing = disk.backing_mount if disk else None
     fsync = measured.fsync
-    barriers_off = mount.option("nobarrier") is not None or mount.option("barrier") == "0"
+    # A loop device's flush is an fsync of its backing file: barriers off
+    # there lose it as surely as here.
+    barriers_off = any(
+        m.option("nobarrier") is not None or m.option("barrier") == "0"
+        for m in (kind, backing)
+        if m is not None
+    )
     consistent: tuple[str, str]
     if fstype in MEMORY_TYPES:
         consistent = ("no", f"{fstype} lives in memory: a power cut loses everything")
