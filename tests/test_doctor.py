@@ -152,11 +152,14 @@ def test_ext4_without_barriers_is_only_atomic() -> None:
 
 @pytest.mark.parametrize("upper_fs", ["tmpfs", "xfs"])
 def test_overlay_is_judged_by_its_upper_layer(upper_fs: str) -> None:
+    """Facts, guarantee and the crash probe's filesystem are the upper layer's."""
     require_root()
     with filesystem(upper_fs) as under, overlay(under) as mnt:
-        d = diagnose(mnt)
+        d = diagnose(mnt, crash_probe=True)
         assert_scratch_removed(mnt)
     assert d.fstype == "overlay"
+    assert d.crash_probe is not None and d.crash_probe.fstype == upper_fs
+    assert bool(d.crash_probe.findings) is (upper_fs == "xfs")
     assert fact(d, "overlay upper") == f"{upper_fs} at {under}"
     if upper_fs == "tmpfs":
         assert d.guarantee == "atomic"
@@ -289,6 +292,8 @@ def test_crash_probe_findings(label: str) -> None:
     if label == "ext4-noauto_da_alloc":
         assert seen["truncate_then_write"].get("empty", 0) >= 1
     assert set(seen["append_without_fsync"]) <= {"old", "old+new", "old+zeros"}
+    # Without a journal commit the rename itself may be lost, never made empty or torn.
+    assert set(seen["rename_uncommitted"]) <= {"old", "new"}
     assert _leftover_scratch() == []
 
 

@@ -168,6 +168,14 @@ PROBES: Final = (
         _OLD,
     ),
     _Probe(
+        "rename_uncommitted",
+        "rename over a file, no fsync, nothing committed",
+        "write target.tmp, rename over target, no fsync; cut at once",
+        _rename_without_fsync,
+        False,
+        _OLD,
+    ),
+    _Probe(
         "fsynced_new_file",
         "new file fsynced, its directory not",
         "create target, write, fsync it, no directory fsync; cut",

@@ -30,6 +30,9 @@ _CAPABILITY_NAMES = {
 }
 
 
+_FUA = {True: "yes", False: "no", None: "unknown"}
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -89,7 +92,7 @@ def _disk_facts(disk: Disk | None, kind: str) -> list[Fact]:
     facts = [
         Fact(
             "write cache",
-            f"{disk.write_cache or 'unknown'} (FUA {'yes' if disk.fua else 'no'}) on {disk.name}",
+            f"{disk.write_cache or 'unknown'} (FUA {_FUA[disk.fua]}) on {disk.name}",
             disk.evidence,
         )
     ]
