@@ -150,17 +150,21 @@ def test_ext4_without_barriers_is_only_atomic() -> None:
         assert "barriers off" in d.conclusions["consistent"][1]
 
 
-@pytest.mark.parametrize("upper_fs", ["tmpfs", "xfs"])
-def test_overlay_is_judged_by_its_upper_layer(upper_fs: str) -> None:
-    """Facts, guarantee and the crash probe's filesystem are the upper layer's."""
+@pytest.mark.parametrize("upper", ["tmpfs", "xfs", "ext4-noauto_da_alloc"])
+def test_overlay_is_judged_by_its_upper_layer(upper: str) -> None:
+    """Facts, options, guarantee and the crash probe's filesystem are the upper layer's."""
     require_root()
-    with filesystem(upper_fs) as under, overlay(under) as mnt:
+    upper_fs = upper.partition("-")[0]
+    with filesystem(upper) as under, overlay(under) as mnt:
         d = diagnose(mnt, crash_probe=True)
         assert_scratch_removed(mnt)
     assert d.fstype == "overlay"
     assert d.crash_probe is not None and d.crash_probe.fstype == upper_fs
-    assert bool(d.crash_probe.findings) is (upper_fs == "xfs")
+    assert bool(d.crash_probe.findings) is (upper_fs != "tmpfs")
     assert fact(d, "overlay upper") == f"{upper_fs} at {under}"
+    if upper_fs == "ext4":
+        assert fact(d, "ext4 auto_da_alloc") == "off"
+        assert d.crash_probe.options == "noauto_da_alloc"
     if upper_fs == "tmpfs":
         assert d.guarantee == "atomic"
         assert "tmpfs lives in memory" in d.conclusions["consistent"][1]

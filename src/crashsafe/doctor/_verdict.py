@@ -41,14 +41,9 @@ def _size(n: float) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _mount_facts(mount: Mount, upper: Mount | None) -> list[Fact]:
-    facts = [
-        Fact(
-            "filesystem",
-            f"{mount.fstype} on {mount.source}, mounted at {mount.mount_point}",
-            "/proc/self/mountinfo",
-        )
-    ]
+def _option_facts(mount: Mount) -> list[Fact]:
+    """The options of *mount* that change what a crash leaves."""
+    facts = []
     if mount.read_only:
         facts.append(Fact("mounted", "read-only", "option ro"))
     if mount.fstype == "ext4":
@@ -75,9 +70,23 @@ def _mount_facts(mount: Mount, upper: Mount | None) -> list[Fact]:
         facts.append(
             Fact("barriers", "off", "option nobarrier/barrier=0: no cache flushes", say_why=True)
         )
+    return facts
+
+
+def _mount_facts(mount: Mount, upper: Mount | None) -> list[Fact]:
+    facts = [
+        Fact(
+            "filesystem",
+            f"{mount.fstype} on {mount.source}, mounted at {mount.mount_point}",
+            "/proc/self/mountinfo",
+        )
+    ]
+    facts += _option_facts(mount)
     if mount.fstype == "overlay":
         where = f"{upper.fstype} at {upper.mount_point}" if upper else "unknown"
         facts.append(Fact("overlay upper", where, f"upperdir={mount.option('upperdir')}"))
+        if upper is not None:  # where the data goes: its options are what count
+            facts += _option_facts(upper)
     if mount.fstype.startswith("fuse"):
         subtype = mount.fstype.partition(".")[2] or mount.option("subtype") or "unknown"
         facts.append(Fact("FUSE subtype", subtype, f"type {mount.fstype}: a user-space server"))
