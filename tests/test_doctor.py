@@ -41,8 +41,10 @@ JSON_KEYS = {
     "conclusions",
     "guarantee",
     "refused",
-    "fsync_median_us",
+    "disk",
+    "latency_us",
     "free_bytes",
+    "total_bytes",
     "crash_probe",
     "ok",
 }
@@ -97,6 +99,10 @@ def test_facts_match_the_filesystem_set_up(label: str) -> None:
         d = diagnose(mnt)
         found = run("findmnt", "-n", "-o", "FSTYPE,SOURCE", "--mountpoint", str(mnt)).split()
         avail = int(run("df", "-B1", "--output=avail", str(mnt)).split()[-1])
+        backing = cache = ""
+        if found[1].startswith("/dev/loop"):  # asked while the device is attached
+            backing = run("losetup", "-n", "-O", "BACK-FILE", found[1]).strip()
+            cache = Path(f"/sys/block/{found[1][5:]}/queue/write_cache").read_text().strip()
         assert_scratch_removed(mnt)
     assert d.ok and d.refused is None
     assert [d.fstype, d.source] == found == [fstype, d.source]
@@ -108,7 +114,8 @@ def test_facts_match_the_filesystem_set_up(label: str) -> None:
     assert d.capabilities["rename_noreplace"] is True
     assert d.capabilities["dir_fsync"] is True
     assert d.capabilities["reflink"] is reflinks
-    assert d.fsync_median_us is not None and d.fsync_median_us > 0
+    fsync = d.latency_us["fsync"]
+    assert 0 < fsync["median"] <= fsync["p99"] and fsync["rounds"] == 20
     if fstype == "tmpfs":
         assert fact(d, "disk") == "none"
         assert d.guarantee == "atomic"
@@ -116,10 +123,14 @@ def test_facts_match_the_filesystem_set_up(label: str) -> None:
         return
     device = Path(d.source).name
     assert device.startswith("loop")
-    cache = Path(f"/sys/block/{device}/queue/write_cache").read_text().strip()
-    assert fact(d, "write cache").startswith(cache)
-    assert fact(d, "loop backing").startswith(
-        run("losetup", "-n", "-O", "BACK-FILE", d.source).strip()
+    assert cache and fact(d, "write cache").startswith(cache)
+    assert backing.endswith("/img")
+    assert fact(d, "loop backing").startswith(f"{backing} on ")
+    assert d.disk is not None
+    assert (d.disk["name"], d.disk["write_cache"], d.disk["backing_file"]) == (
+        device,
+        cache,
+        backing,
     )
     assert d.guarantee == ("atomic" if images_in_memory() else "durable")
     if fstype == "ext4":
@@ -199,6 +210,7 @@ def test_cli_json_has_every_fact_with_its_evidence() -> None:
     out = json.loads(done.stdout)
     assert set(out) == JSON_KEYS
     assert out["ok"] is True and out["fstype"] == "tmpfs" and out["guarantee"] == "atomic"
+    assert out["disk"] is None and set(out["latency_us"]) == {"fsync", "dir_fsync"}
     assert set(out["capabilities"]) == {*CAPABILITIES, "dir_fsync"}
     assert all(set(f) == {"name", "value", "evidence"} for f in out["facts"])
     assert all(f["evidence"] for f in out["facts"] if f["name"] != "guarantee")

@@ -59,7 +59,9 @@ class Diagnosis:
     ``"atomic"`` that holds there (``"none"`` if the filesystem refuses what
     crashsafe needs: then ``refused`` says what). ``facts`` are the lines the
     command prints, in order; ``capabilities`` the probes' yes/no;
-    ``conclusions`` each level with yes/no/unverified and why.
+    ``conclusions`` each level with yes/no/unverified and why; ``disk`` the
+    block device's name, write cache, FUA and loop backing (None without one);
+    ``latency_us`` the ``"fsync"`` and ``"dir_fsync"`` times (median, p99, rounds).
     """
 
     path: str
@@ -72,8 +74,10 @@ class Diagnosis:
     conclusions: dict[str, tuple[str, str]]
     guarantee: str
     refused: str | None
-    fsync_median_us: float | None
+    disk: dict[str, str | bool | None] | None
+    latency_us: dict[str, dict[str, float]]
     free_bytes: int
+    total_bytes: int
     crash_probe: CrashReport | None = field(default=None)
 
     @property

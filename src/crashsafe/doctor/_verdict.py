@@ -157,6 +157,18 @@ def _conclude(
     return {"atomic": atomic, "consistent": consistent, "durable": durable}
 
 
+def _disk_json(disk: Disk) -> dict[str, str | bool | None]:
+    on = disk.backing_mount
+    return {
+        "name": disk.name,
+        "write_cache": disk.write_cache,
+        "fua": disk.fua,
+        "backing_file": disk.backing_file,
+        "backing_fstype": on.fstype if on else None,
+        "backing_mount_point": on.mount_point if on else None,
+    }
+
+
 def build(where: str, *, crash_probe: bool) -> Diagnosis:
     """The diagnosis of the existing directory *where* (see :func:`diagnose`)."""
     mount = mount_of(where)
@@ -216,7 +228,13 @@ def build(where: str, *, crash_probe: bool) -> Diagnosis:
         conclusions=conclusions,
         guarantee=guarantee,
         refused=measured.refused,
-        fsync_median_us=measured.fsync.median_us if measured.fsync else None,
+        disk=None if disk is None else _disk_json(disk),
+        latency_us={
+            key: {"median": lat.median_us, "p99": lat.p99_us, "rounds": lat.rounds}
+            for key, lat in (("fsync", measured.fsync), ("dir_fsync", measured.dir_fsync))
+            if lat is not None
+        },
         free_bytes=free,
+        total_bytes=st.f_blocks * st.f_frsize,
         crash_probe=report,
     )
