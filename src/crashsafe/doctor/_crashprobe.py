@@ -136,7 +136,11 @@ class _Probe:
     steps: str
     act: Callable[[str], None]  # in the trial's directory, after its set-up
     commit: bool  # fsync an unrelated file before the cut, as any other process might
-    expect_old: bytes  # what the file held before
+    observe: Callable[[str], str]  # after the remount: what the trial's directory holds
+
+
+def _target(old: bytes, new: bytes) -> Callable[[str], str]:
+    return lambda d: _outcome(f"{d}/target", old, new)
 
 
 def _rename_without_fsync(d: str) -> None:
@@ -158,6 +162,21 @@ def _append_without_fsync(d: str) -> None:
     _write(f"{d}/target", _NEW, os.O_APPEND)
 
 
+def _create_then_fsynced_rename(d: str) -> None:
+    _write(f"{d}/first", b"created first")
+    _write(f"{d}/target.tmp", _NEW, sync=True)
+    os.rename(f"{d}/target.tmp", f"{d}/target")
+    _write(f"{d}/target", b"", os.O_APPEND, sync=True)  # fsync the renamed file
+
+
+def _order(d: str) -> str:
+    created = os.path.exists(f"{d}/first")
+    renamed = _outcome(f"{d}/target", _OLD, _NEW) == "new"
+    if created == renamed:
+        return "both" if created else "neither"
+    return "rename, not the create" if renamed else "create, not the rename"
+
+
 PROBES: Final = (
     _Probe(
         "rename_without_fsync",
@@ -165,7 +184,7 @@ PROBES: Final = (
         "write target.tmp, rename over target, no fsync; another file fsynced; cut",
         _rename_without_fsync,
         True,
-        _OLD,
+        _target(_OLD, _NEW),
     ),
     _Probe(
         "rename_uncommitted",
@@ -173,7 +192,7 @@ PROBES: Final = (
         "write target.tmp, rename over target, no fsync; cut at once",
         _rename_without_fsync,
         False,
-        _OLD,
+        _target(_OLD, _NEW),
     ),
     _Probe(
         "fsynced_new_file",
@@ -181,7 +200,7 @@ PROBES: Final = (
         "create target, write, fsync it, no directory fsync; cut",
         _fsynced_new_file,
         False,
-        b"",
+        _target(b"", _NEW),
     ),
     _Probe(
         "truncate_then_write",
@@ -189,7 +208,7 @@ PROBES: Final = (
         "open target O_TRUNC, write, close, no fsync; another file fsynced; cut",
         _truncate_then_write,
         True,
-        _OLD,
+        _target(_OLD, _NEW),
     ),
     _Probe(
         "append_without_fsync",
@@ -197,7 +216,16 @@ PROBES: Final = (
         "open target O_APPEND, write, close, no fsync; another file fsynced; cut",
         _append_without_fsync,
         True,
-        _OLD,
+        _target(_OLD, _OLD + _NEW),
+    ),
+    _Probe(
+        "create_then_rename",
+        "create, then rename + fsync: create kept too?",
+        "create first (no fsync), write and fsync target.tmp, rename over target, "
+        "fsync target, no directory fsync; cut",
+        _create_then_fsynced_rename,
+        False,
+        _order,
     ),
 )
 
@@ -222,8 +250,7 @@ def _trial(probe: _Probe, dev: str, mnt: str, options: str, n: int) -> str:
     _shutdown(mnt)
     _umount(mnt)
     _run("mount", *(["-o", options] if options else []), dev, mnt)
-    expected_new = probe.expect_old + _NEW if probe.act is _append_without_fsync else _NEW
-    return _outcome(f"{d}/target", probe.expect_old, expected_new)
+    return probe.observe(d)
 
 
 def run(kind: Mount, *, repeats: int = REPEATS) -> CrashReport:
