@@ -343,3 +343,22 @@ def test_mount_point_with_a_space_is_found(tmp_path: Path) -> None:
     finally:
         run("umount", str(where))
     assert d.mount_point == str(where) and d.fstype == "tmpfs"
+
+
+def test_public_names_and_no_cost_to_import_crashsafe() -> None:
+    """``crashsafe.doctor`` exports what it says; ``import crashsafe`` does not load it."""
+    import crashsafe.doctor
+
+    assert sorted(crashsafe.doctor.__all__) == [
+        "CrashReport",
+        "Diagnosis",
+        "Fact",
+        "Finding",
+        "diagnose",
+    ]
+    assert all(hasattr(crashsafe.doctor, name) for name in crashsafe.doctor.__all__)
+    code = (
+        "import sys, crashsafe; print(any(m.startswith('crashsafe.doctor') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
