@@ -267,30 +267,38 @@ def run(kind: Mount, *, repeats: int = REPEATS) -> CrashReport:
         note = f"cannot probe {fstype}: {_MKFS[fstype][0]} or losetup is not installed"
         return CrashReport(fstype, "", note, ())
     options = _kept_options(fstype, kind)
-    findings = []
-    with _scratch_filesystem(fstype, options) as (dev, mnt):
-        try:
-            _shutdown_supported(mnt)
-        except OSError as e:
-            note = f"cannot crash {fstype} here: its shutdown ioctl failed ({e.strerror})"
-            return CrashReport(fstype, options, note, ())
-        for probe in PROBES:
-            seen = Counter(_trial(probe, dev, mnt, options, n) for n in range(repeats))
-            findings.append(Finding(probe.name, probe.question, probe.steps, dict(seen)))
+    findings: list[Finding] = []
+    try:
+        with _scratch_filesystem(fstype, options) as (dev, mnt):
+            why = _cannot_shut_down(mnt)
+            if why is not None:
+                return CrashReport(fstype, options, f"cannot crash {fstype} here: {why}", ())
+            for probe in PROBES:
+                seen = Counter(_trial(probe, dev, mnt, options, n) for n in range(repeats))
+                findings.append(Finding(probe.name, probe.question, probe.steps, dict(seen)))
+    except subprocess.CalledProcessError as e:
+        # A tool that failed (losetup with no free device, mkfs, a remount
+        # refused) ends the probes; what ran before it is still reported.
+        said = (e.stderr or "").strip().splitlines()[-1:] or [f"exit status {e.returncode}"]
+        note = f"stopped: {' '.join(map(str, e.cmd))}: {said[0]}"
+        return CrashReport(fstype, options, note, tuple(findings))
     return CrashReport(fstype, options, "", tuple(findings))
 
 
-def _shutdown_supported(mnt: str) -> None:
-    """Raise the shutdown ioctl's error where the kernel has none for this type
-    (btrfs before Linux 6.x has none: ENOTTY). Probed on a directory that is
-    then thrown away, by a first cut and remount."""
+def _cannot_shut_down(mnt: str) -> str | None:
+    """Why the shutdown ioctl cannot crash the filesystem at *mnt* (btrfs on
+    Linux 6.18 has none: ENOTTY), or None if it can.
+
+    Asked with a flag no filesystem defines: one that has the ioctl refuses
+    it with EINVAL and shuts nothing down.
+    """
     fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        # An invalid flag is refused with EINVAL by a filesystem that has the
-        # ioctl, ENOTTY by one that has none; nothing is shut down either way.
         fcntl.ioctl(fd, _SHUTDOWN, struct.pack("I", 0x7FFFFFFF))
     except OSError as e:
-        if e.errno != errno.EINVAL:  # the ioctl exists
-            raise
+        if e.errno == errno.EINVAL:
+            return None
+        return f"its shutdown ioctl failed ({e.strerror})"
     finally:
         os.close(fd)
+    return "its shutdown ioctl took an undefined flag; its answers cannot be trusted"
