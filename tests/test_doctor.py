@@ -362,3 +362,36 @@ def test_public_names_and_no_cost_to_import_crashsafe() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _doctor_with_fsync_error(
+    where: Path, error: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """doctor under strace, its first fsync (the directory fsync probe) failing with *error*."""
+    require_tools("strace")
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync"]
+    inject += ["-e", f"inject=fsync:error={error}:when=1"]
+    return subprocess.run(
+        [*inject, *CLI, *args, str(where)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_a_directory_fsync_refused_with_einval_means_consistent_at_best(workdir: Path) -> None:
+    """What some FUSE and network filesystems answer; here injected with strace."""
+    done = _doctor_with_fsync_error(workdir, "EINVAL", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["capabilities"]["dir_fsync"] is False
+    assert "dir_fsync" not in out["latency_us"]
+    assert out["conclusions"]["durable"]["holds"] == "no"
+    assert "directory fsync unsupported" in out["conclusions"]["durable"]["why"]
+    assert out["guarantee"] == ("atomic" if images_in_memory() else "consistent")
+    assert os.listdir(workdir) == []
+
+
+def test_an_io_error_during_the_probes_exits_1_and_cleans_up(workdir: Path) -> None:
+    done = _doctor_with_fsync_error(workdir, "EIO", "--json")
+    assert done.returncode == 1
+    assert f"{workdir}: Input/output error" in done.stderr
+    assert json.loads(done.stdout)["exit_status"] == 1
+    assert os.listdir(workdir) == []

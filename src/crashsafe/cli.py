@@ -332,6 +332,13 @@ def _doctor(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"ok": False, "exit_status": EXIT_USAGE, "error": message})
         return EXIT_USAGE
+    except OSError as e:
+        # A failure no probe expects (EIO, say): the probing stopped there.
+        message = f"doctor: {e.filename or args.directory}: {e.strerror or e}"
+        print(f"crashsafe: {message}", file=sys.stderr)
+        if args.json:
+            _print_json({"ok": False, "exit_status": EXIT_FAILED, "error": message})
+        return EXIT_FAILED
     if args.json:
         _print_json(diagnosis.to_json())
     else:
