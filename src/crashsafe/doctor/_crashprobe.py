@@ -71,26 +71,74 @@ def _umount(mnt: str) -> None:
     subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
 
 
-@contextlib.contextmanager
-def _scratch_filesystem(fstype: str, options: str) -> Iterator[tuple[str, str]]:
-    """A fresh *fstype* on a loop device, mounted with *options*: (device, mount point)."""
-    base = tempfile.mkdtemp(prefix="crashsafe-doctor-crash-")
-    img, mnt = os.path.join(base, "img"), os.path.join(base, "mnt")
-    try:
-        os.mkdir(mnt)
-        with open(img, "wb") as f:
-            f.truncate(_IMAGE_MB << 20)
-        dev = _run("losetup", "--find", "--show", img).strip()
+@dataclass
+class _Loop:
+    """The scratch filesystem: its image, the loop device attached to it (None
+    once detached), its mount point and options."""
+
+    base: str
+    img: str
+    dev: str | None
+    mnt: str
+    options: str
+    mounted: bool = False
+
+    def mount(self) -> None:
+        assert self.dev is not None
+        _run("mount", *(["-o", self.options] if self.options else []), self.dev, self.mnt)
+        self.mounted = True
+
+    def unmount(self) -> None:
+        _umount(self.mnt)
+        self.mounted = False
+
+    def detach(self) -> None:
+        if self.dev is not None:
+            subprocess.run(["losetup", "-d", self.dev], check=False, capture_output=True)
+            self.dev = None
+
+    def cut_by_shutdown(self) -> None:
+        """The shutdown ioctl: no more I/O, the page cache and the unwritten log lost."""
+        fd = os.open(self.mnt, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            _run(*_MKFS[fstype], dev)
-            _run("mount", *(["-o", options] if options else []), dev, mnt)
-            try:
-                yield dev, mnt
-            finally:
-                _umount(mnt)
+            fcntl.ioctl(fd, _SHUTDOWN, struct.pack("I", _NOLOGFLUSH))
         finally:
-            subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+            os.close(fd)
+        self.unmount()
+        self.mount()
+
+    def cut_by_copy(self, n: int) -> None:
+        """A copy of the image now: every write the filesystem has issued to the
+        loop device (it writes through the image's page cache, read here), none
+        after; the copy is then mounted in the original's place."""
+        copy = os.path.join(self.base, f"img-{n}")
+        _run("cp", "--sparse=always", self.img, copy)
+        self.unmount()
+        self.detach()
+        os.unlink(self.img)
+        self.img = copy
+        self.dev = _run("losetup", "--find", "--show", copy).strip()
+        self.mount()
+
+
+@contextlib.contextmanager
+def _scratch_filesystem(fstype: str, options: str) -> Iterator[_Loop]:
+    """A fresh *fstype* on a loop device, mounted with *options*; unmounted,
+    detached and removed afterwards, whatever happened."""
+    base = tempfile.mkdtemp(prefix="crashsafe-doctor-crash-")
+    loop = _Loop(base, os.path.join(base, "img"), None, os.path.join(base, "mnt"), options)
+    try:
+        os.mkdir(loop.mnt)
+        with open(loop.img, "wb") as f:
+            f.truncate(_IMAGE_MB << 20)
+        loop.dev = _run("losetup", "--find", "--show", loop.img).strip()
+        _run(*_MKFS[fstype], loop.dev)
+        loop.mount()
+        yield loop
     finally:
+        if loop.mounted:
+            loop.unmount()
+        loop.detach()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -230,32 +278,29 @@ PROBES: Final = (
 )
 
 
-def _shutdown(mnt: str) -> None:
-    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, _SHUTDOWN, struct.pack("I", _NOLOGFLUSH))
-    finally:
-        os.close(fd)
-
-
-def _trial(probe: _Probe, dev: str, mnt: str, options: str, n: int) -> str:
-    d = f"{mnt}/{probe.name}-{n}"
+def _trial(probe: _Probe, loop: _Loop, n: int, *, by_copy: bool) -> str:
+    d = f"{loop.mnt}/{probe.name}-{n}"
     os.mkdir(d)
     _write(f"{d}/target", _OLD, sync=True)
     _sync_dir(d)
-    _sync_dir(mnt)
+    _sync_dir(loop.mnt)
     probe.act(d)
     if probe.commit:
-        _write(f"{mnt}/{_UNRELATED}", os.urandom(4096), sync=True)
-    _shutdown(mnt)
-    _umount(mnt)
-    _run("mount", *(["-o", options] if options else []), dev, mnt)
+        _write(f"{loop.mnt}/{_UNRELATED}", os.urandom(4096), sync=True)
+    if by_copy:
+        loop.cut_by_copy(n)
+    else:
+        loop.cut_by_shutdown()
     return probe.observe(d)
 
 
-def run(kind: Mount, *, repeats: int = REPEATS) -> CrashReport:
+def run(kind: Mount, *, repeats: int = REPEATS, by_copy: bool = False) -> CrashReport:
     """Run every probe *repeats* times on a scratch filesystem like *kind*
-    (its type, and its options that matter); report what each left."""
+    (its type, and its options that matter); report what each left.
+
+    Each cut is the shutdown ioctl where the filesystem has one, else (or with
+    *by_copy*, to compare the two) a copy of its loop image at that moment.
+    """
     fstype = kind.fstype
     if fstype in MEMORY_TYPES:
         note = f"{fstype} lives in memory: a power cut loses everything; no probe needed"
@@ -268,21 +313,29 @@ def run(kind: Mount, *, repeats: int = REPEATS) -> CrashReport:
         return CrashReport(fstype, "", note, ())
     options = _kept_options(fstype, kind)
     findings: list[Finding] = []
+    method = "shutdown ioctl NOLOGFLUSH"
     try:
-        with _scratch_filesystem(fstype, options) as (dev, mnt):
-            why = _cannot_shut_down(mnt)
+        with _scratch_filesystem(fstype, options) as loop:
+            why = _cannot_shut_down(loop.mnt)
+            if why is None and by_copy:
+                why = "asked for"
             if why is not None:
-                return CrashReport(fstype, options, f"cannot crash {fstype} here: {why}", ())
+                # The cut as a disk would see it: the image copied at that moment.
+                method = f"a copy of the loop image at the cut ({why})"
+            serial = iter(range(1 << 30))
             for probe in PROBES:
-                seen = Counter(_trial(probe, dev, mnt, options, n) for n in range(repeats))
+                seen = Counter(
+                    _trial(probe, loop, next(serial), by_copy=why is not None)
+                    for _ in range(repeats)
+                )
                 findings.append(Finding(probe.name, probe.question, probe.steps, dict(seen)))
     except subprocess.CalledProcessError as e:
         # A tool that failed (losetup with no free device, mkfs, a remount
         # refused) ends the probes; what ran before it is still reported.
         said = (e.stderr or "").strip().splitlines()[-1:] or [f"exit status {e.returncode}"]
         note = f"stopped: {' '.join(map(str, e.cmd))}: {said[0]}"
-        return CrashReport(fstype, options, note, tuple(findings))
-    return CrashReport(fstype, options, "", tuple(findings))
+        return CrashReport(fstype, options, note, tuple(findings), method)
+    return CrashReport(fstype, options, "", tuple(findings), method)
 
 
 def _cannot_shut_down(mnt: str) -> str | None:
@@ -298,7 +351,7 @@ def _cannot_shut_down(mnt: str) -> str | None:
     except OSError as e:
         if e.errno == errno.EINVAL:
             return None
-        return f"its shutdown ioctl failed ({e.strerror})"
+        return f"no shutdown ioctl: {e.strerror}"
     finally:
         os.close(fd)
-    return "its shutdown ioctl took an undefined flag; its answers cannot be trusted"
+    return "its shutdown ioctl took an undefined flag"

@@ -25,12 +25,13 @@ class Finding:
 @dataclass(frozen=True)
 class CrashReport:
     """The crash probes run on a scratch filesystem of type *fstype* mounted
-    with *options*; *note* says why none ran where *findings* is empty."""
+    with *options*, crashed by *method*; *note* says why none (or not all) ran."""
 
     fstype: str
     options: str
     note: str
     findings: tuple[Finding, ...]
+    method: str = ""
 
     def to_json(self) -> dict[str, Any]:
         result = asdict(self)
@@ -42,10 +43,10 @@ class CrashReport:
         lines = [f"  crash probe ({self.fstype}{', ' + self.options if self.options else ''}):"]
         if self.note:
             lines.append(f"    {self.note}")
-        else:
+        if self.findings:
             lines.append(
                 "    each: its steps in a fresh directory (journal committed: another file "
-                "fsynced), shutdown ioctl NOLOGFLUSH, remount, read the file"
+                f"fsynced), cut by {self.method}, remount, read"
             )
         for f in self.findings:
             seen = ", ".join(f"{k} {v}" for k, v in sorted(f.outcomes.items()))
