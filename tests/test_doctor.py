@@ -224,13 +224,14 @@ def test_cli_json_has_every_fact_with_its_evidence() -> None:
     assert all(v["why"] for v in out["conclusions"].values())
 
 
-def test_cli_text_is_aligned_lines() -> None:
+def test_cli_text_is_aligned_lines_for_the_current_directory_by_default() -> None:
     require_root()
     with tmpfs(size_kb=16 << 10) as mnt:
-        done = doctor(str(mnt))
+        done = subprocess.run(CLI, capture_output=True, text=True, cwd=mnt, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     first, *rows = done.stdout.splitlines()
-    assert first == f"crashsafe doctor: {mnt}"
+    assert first == "crashsafe doctor: ."
+    assert rows[0].split()[:2] == ["filesystem", "tmpfs"]
     assert 8 <= len(rows) <= 16  # read in ten seconds
     # The value column starts at one offset on every line.
     starts = {len(r) - len(r[2:].split("  ", 1)[1].lstrip()) for r in rows}
@@ -422,3 +423,11 @@ def test_an_io_error_during_the_probes_exits_1_and_cleans_up(workdir: Path) -> N
     assert f"{workdir}: Input/output error" in done.stderr
     assert json.loads(done.stdout)["exit_status"] == 1
     assert os.listdir(workdir) == []
+
+
+def test_help_names_the_options_and_exit_statuses() -> None:
+    done = doctor("--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for needed in ("DIR", "--json", "--crash-probe", "exit status: 0 probed", "2 bad usage"):
+        assert needed in text

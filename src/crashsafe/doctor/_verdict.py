@@ -108,6 +108,9 @@ def _disk_facts(disk: Disk | None, kind: str) -> list[Fact]:
     if disk.backing_file is not None:
         on = disk.backing_mount
         lives = f"{on.fstype} at {on.mount_point}" if on else "unknown"
+        under = disk_of(on) if on else None
+        if under is not None:  # where the loop device's flushes end up
+            lives += f" ({under.name}: {under.write_cache or 'unknown'})"
         facts.append(Fact("loop backing", f"{disk.backing_file} on {lives}", "loop/backing_file"))
     return facts
 
