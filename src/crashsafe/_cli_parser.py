@@ -42,6 +42,17 @@ exit status: 0 copied; 1 failed or rejected, DST unchanged; 2 bad usage;
 3 copied, but the directory fsync failed or was interrupted;
 130 interrupted, DST unchanged."""
 
+_DOCTOR_EPILOG = """\
+examples:
+  crashsafe doctor /var/lib/app        # what holds there, in ten lines
+  crashsafe doctor --json . | jq .guarantee
+  sudo crashsafe doctor --crash-probe /srv/data
+
+exit status: 0 probed (whatever the guarantee); 1 DIR's filesystem refuses
+  something crashsafe needs (creating or renaming files: read-only, no
+  permission); 2 bad usage: DIR is not an existing directory, or
+  --crash-probe without root."""
+
 _CHECK_EPILOG = """\
 exit status: 0 every FILE is complete and valid; 1 one is not (or cannot be
 read, or its format is unknown), and the message says why; 2 bad usage."""
@@ -270,5 +281,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="age after which an unprovable temporary file counts as orphaned (default 60; "
         "for an s3:// prefix, 86400: no writer's liveness can be proven across machines)",
+    )
+    doctor = commands.add_parser(
+        "doctor",
+        help="probe DIR's filesystem: what it does, and which guarantees hold there",
+        description="Read DIR's mount (type, the options that matter: ext4 data= and "
+        "auto_da_alloc, barriers, overlay, FUSE, network filesystems) and its disk's write "
+        "cache and FUA from /sys; measure in a scratch directory inside DIR (removed "
+        "afterwards) O_TMPFILE, no-replace and exchange renames, reflink, directory fsync, "
+        "fsync latency (median and p99 of 20) and free space; then say which crashsafe "
+        "guarantees follow there (durable, consistent, only atomic), each with its reason.",
+        epilog=_DOCTOR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    doctor.add_argument(
+        "directory", metavar="DIR", nargs="?", default=".", help="default: the current directory"
+    )
+    doctor.add_argument(
+        "--json",
+        action="store_true",
+        help="print every fact and its evidence as one JSON object on standard output",
+    )
+    doctor.add_argument(
+        "--crash-probe",
+        action="store_true",
+        help="(root) also crash a scratch loop filesystem of DIR's type and options with the "
+        "shutdown ioctl, and report what a rename, an fsync, a truncate and an append "
+        "without fsync left",
     )
     return parser

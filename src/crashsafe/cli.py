@@ -320,6 +320,35 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from crashsafe.doctor import diagnose
+
+    try:
+        diagnosis = diagnose(args.directory, crash_probe=args.crash_probe)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        # Bad usage, not a finding: DIR is not a directory, or the probe needs root.
+        message = f"doctor: {args.directory}: {e.strerror}"
+        print(f"crashsafe: {message}", file=sys.stderr)
+        if args.json:
+            _print_json({"ok": False, "exit_status": EXIT_USAGE, "error": message})
+        return EXIT_USAGE
+    except OSError as e:
+        # A failure no probe expects (EIO, say): the probing stopped there.
+        message = f"doctor: {e.filename or args.directory}: {e.strerror or e}"
+        print(f"crashsafe: {message}", file=sys.stderr)
+        if args.json:
+            _print_json({"ok": False, "exit_status": EXIT_FAILED, "error": message})
+        return EXIT_FAILED
+    if args.json:
+        _print_json(diagnosis.to_json())
+    else:
+        print(diagnosis.text())
+    if not diagnosis.ok:
+        print(f"crashsafe: {args.directory}: refused {diagnosis.refused}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -329,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "copy": _copy,
         "check": _check,
         "sweep": _sweep,
+        "doctor": _doctor,
     }
     try:
         return commands[args.command](args)

@@ -1,4 +1,4 @@
-"""Real filesystems for tests: loop-mounted xfs and ext4, sized tmpfs.
+"""Real filesystems for tests: loop-mounted xfs, ext4 and btrfs, sized tmpfs, overlayfs.
 
 Each context manager unmounts exactly what it mounted and detaches exactly the
 loop device it attached, even when the test fails.
@@ -44,14 +44,18 @@ def _umount(mnt: Path) -> None:
 
 @contextlib.contextmanager
 def loop_mount(fstype: str, *, size_mb: int = 320, options: str = "") -> Iterator[Path]:
-    """Mount a fresh *fstype* ("xfs" or "ext4") filesystem from a sparse image.
+    """Mount a fresh *fstype* ("xfs", "ext4" or "btrfs") filesystem from a sparse image.
 
     *options* go to ``mount -o`` (for example ``noauto_da_alloc`` for ext4, so
     that ext4 shows the empty-file-after-rename bug that its default hides).
     Yields the mount point.
     """
     require_root()
-    mkfs = {"xfs": ["mkfs.xfs", "-q", "-f"], "ext4": ["mkfs.ext4", "-q", "-F"]}[fstype]
+    mkfs = {
+        "xfs": ["mkfs.xfs", "-q", "-f"],
+        "ext4": ["mkfs.ext4", "-q", "-F"],
+        "btrfs": ["mkfs.btrfs", "-q", "-f"],
+    }[fstype]
     require_tools(mkfs[0], "losetup")
     with _scratch() as base:
         img, mnt = base / "img", base / "mnt"
@@ -99,6 +103,26 @@ def tmpfs(*, size_kb: int) -> Iterator[Path]:
         mnt = base / "mnt"
         mnt.mkdir()
         run("mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt))
+        try:
+            yield mnt
+        finally:
+            _umount(mnt)
+
+
+@contextlib.contextmanager
+def overlay(upper: Path) -> Iterator[Path]:
+    """Mount an overlayfs whose lower layer is an empty directory and whose upper
+    and work directories are made under *upper* (a mounted filesystem: a tmpfs or
+    a loop filesystem). Yields the merged mount point; removes what it made."""
+    require_root()
+    lower, up, work = upper / "lower", upper / "upper", upper / "work"
+    for d in (lower, up, work):
+        d.mkdir()
+    with _scratch() as base:
+        mnt = base / "mnt"
+        mnt.mkdir()
+        options = f"lowerdir={lower},upperdir={up},workdir={work}"
+        run("mount", "-t", "overlay", "-o", options, "overlay", str(mnt))
         try:
             yield mnt
         finally:

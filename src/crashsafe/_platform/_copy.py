@@ -47,7 +47,7 @@ def copy_data(
     the caller compares. *progress(done)* is called after every step of at
     most 16 MiB. Neither descriptor's file position is used.
     """
-    if _clone(src_fd, dst_fd):
+    if reflink(src_fd, dst_fd):
         done = os.fstat(dst_fd).st_size
         if progress is not None:
             progress(done)
@@ -89,7 +89,10 @@ _NO_FAST_COPY: Final = frozenset(
 )
 
 
-def _clone(src_fd: int, dst_fd: int) -> bool:
+def reflink(src_fd: int, dst_fd: int) -> bool:
+    """Make *dst_fd* share *src_fd*'s blocks (``FICLONE``, copy-on-write, O(1));
+    False where the files cannot (not Linux, another filesystem, no reflink on
+    this one). Real failures (``EIO``, ``ENOSPC``) raise."""
     if not sys.platform.startswith("linux"):
         return False  # pragma: no cover - FICLONE is Linux's
     import fcntl

@@ -24,6 +24,7 @@ _O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
 # FUSE servers without tmpfile, NFS, older kernels); a named file follows.
 _NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 _RENAME_NOREPLACE: Final = 1
+_RENAME_EXCHANGE: Final = 2
 
 # O_TMPFILE needs linkat() through /proc to give the file a name (AT_EMPTY_PATH
 # would need CAP_DAC_READ_SEARCH).
@@ -80,13 +81,24 @@ def proc_path(fd: int) -> str | None:
 def renameat2_noreplace(dir_fd: int, src: str, dst: str) -> None:
     """renameat2(RENAME_NOREPLACE) within *dir_fd*: for filesystems without hard
     links. ``ENOSYS`` where the C library has no renameat2."""
+    _renameat2(dir_fd, src, dst, _RENAME_NOREPLACE, "no atomic create-only rename")
+
+
+def renameat2_exchange(dir_fd: int, a: str, b: str) -> None:
+    """renameat2(RENAME_EXCHANGE) within *dir_fd*: swap the entries *a* and *b*
+    atomically. ``EINVAL`` or ``EOPNOTSUPP`` where the filesystem cannot,
+    ``ENOSYS`` where the C library has no renameat2."""
+    _renameat2(dir_fd, a, b, _RENAME_EXCHANGE, "no atomic exchange of two names")
+
+
+def _renameat2(dir_fd: int, src: str, dst: str, flags: int, missing: str) -> None:
     import ctypes  # only here: rare path, and ctypes costs import time
 
     libc = ctypes.CDLL(None, use_errno=True)
     func = getattr(libc, "renameat2", None)
     if func is None:
-        raise OSError(errno.ENOSYS, "no atomic create-only rename on this system", dst)
-    rc = func(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), _RENAME_NOREPLACE)
+        raise OSError(errno.ENOSYS, f"{missing} on this system", dst)
+    rc = func(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), flags)
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), dst)
