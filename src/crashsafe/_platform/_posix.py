@@ -43,6 +43,7 @@ __all__ = [
     "copy_data",
     "copy_into",
     "create_private",
+    "directory_sync_unsupported",
     "fsync_file",
     "lock",
     "lock_file_linked",
@@ -306,7 +307,7 @@ class Directory:
         and links in it durable.
 
         A filesystem that cannot sync directories at all (see
-        :func:`_directory_sync_unsupported`) is not an error: there is nothing
+        :func:`directory_sync_unsupported`) is not an error: there is nothing
         more this write could do.
         """
         try:
@@ -314,7 +315,7 @@ class Directory:
             # leaves the rename in the drive's cache.
             fsync_file(self.fd)
         except OSError as e:
-            if not _directory_sync_unsupported(e):
+            if not directory_sync_unsupported(e):
                 raise
 
     def replace(self, src: str, dst: str) -> bool:
@@ -394,7 +395,7 @@ def unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _directory_sync_unsupported(error: OSError) -> bool:
+def directory_sync_unsupported(error: OSError) -> bool:
     """Whether a directory fsync error means "this filesystem cannot sync directories".
 
     Some FUSE, CIFS and virtual-machine shares answer EINVAL (or ENOTSUP) to

@@ -20,7 +20,7 @@ assert sys.platform != "win32", "crashsafe.doctor is for Linux"
 
 from crashsafe._platform import _linux  # noqa: E402
 from crashsafe._platform._copy import reflink  # noqa: E402
-from crashsafe._platform._posix import _directory_sync_unsupported, fsync_file  # noqa: E402
+from crashsafe._platform._posix import directory_sync_unsupported, fsync_file  # noqa: E402
 
 SCRATCH_PREFIX = ".crashsafe-doctor-"
 ROUNDS = 20
@@ -148,7 +148,7 @@ def _dir_fsync(dir_fd: int) -> Probe:
     try:
         fsync_file(dir_fd)
     except OSError as e:
-        if not _directory_sync_unsupported(e):
+        if not directory_sync_unsupported(e):
             raise
         return Probe(False, f"fsync of a directory: {_why(e)}; renames cannot be made durable")
     return Probe(True, "fsync of a directory returned 0")
