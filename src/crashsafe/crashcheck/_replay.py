@@ -239,6 +239,7 @@ class Model:
 
     def event(self, event: Syscall | Exit | Started) -> None:
         if isinstance(event, Started):
+            self.process(event.pid)
             if event.name in ("clone", "clone3", "fork", "vfork"):
                 self.cloning[event.pid] = _clone_flags(event.name, [event.args])
             return
@@ -269,8 +270,8 @@ class Model:
             # whose clone has not returned (the latest, if several)
             parent = next(reversed(self.cloning))
             proc = _child(self.procs[parent], self.cloning[parent])
-        else:
-            proc = _child(self.procs[self.root], 0)
+        else:  # a thread that was there before the trace began
+            proc = _child(self.procs[self.root], CLONE_FILES | CLONE_FS)
         self.procs[pid] = proc
         return proc
 
@@ -530,32 +531,24 @@ class Model:
     on_sendfile64 = on_sendfile
 
     def on_ioctl(self, c: Syscall, args: list[str], result: int) -> None:
+        """FICLONE and FICLONERANGE: a write of the bytes cloned (a whole-file clone
+        writes the source over the start of the destination, whose tail stays)."""
         request = _int(args, 1)
         if request == FICLONE:
-            source = self.desc(args[2])
-            if source is None:
-                return
-            n = len(self.data(source.inode)) if source.inode is not None else _size(source)
-            self.clone_into(args[0], args[2], 0, n, 0, whole=True)
+            src, at, n, to = args[2], 0, 0, 0
         elif request == FICLONERANGE:
             f = {k: int_arg(v) or 0 for k, v in _FIELD.findall(args[2])}
-            source = self.desc(str(f.get("src_fd", -1)))
-            n = f.get("src_length", 0)
-            if n == 0 and source is not None:  # to the source's end
-                size = len(self.data(source.inode)) if source.inode is not None else _size(source)
-                n = max(0, size - f.get("src_offset", 0))
-            self.clone_into(args[0], str(f.get("src_fd", -1)), f.get("src_offset", 0), n,
-                            f.get("dest_offset", 0), whole=False)  # fmt: skip
-
-    def clone_into(self, dst: str, src: str, at: int, n: int, to: int, *, whole: bool) -> None:
-        desc = self.desc(dst)
-        if desc is None or desc.inode is None:
+            src, at, n, to = str(f.get("src_fd", -1)), f.get("src_offset", 0), 0, 0
+            n, to = f.get("src_length", 0), f.get("dest_offset", 0)
+        else:
             return
-        data = self.read_from(src, at, n)
-        self.write(dst, data, to)
-        if whole and len(self.data(desc.inode)) > n:
-            del self.data(desc.inode)[n:]
-            self.emit(Truncate(self.call, desc.inode, n))
+        dst, source = self.desc(args[0]), self.desc(src)
+        if dst is None or dst.inode is None or source is None:
+            return
+        if n == 0:  # up to the source's end
+            size = len(self.data(source.inode)) if source.inode is not None else _size(source)
+            n = max(0, size - at)
+        self.write(args[0], self.read_from(src, at, n), to)
 
     def truncate(self, inode: int | None, size: int) -> None:
         if inode is None:

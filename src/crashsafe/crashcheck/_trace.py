@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -100,7 +99,7 @@ def record(
     directories of *snapshot* (taken just before).
 
     The program's standard output goes through a pipe to *stdout* (an fd or a binary
-    file; None: this process's standard output) and is kept in ``Recording.stdout``;
+    file; None: this process's fd 1) and is kept in ``Recording.stdout``;
     its standard input and error are this process's. The trace is written to
     *trace_file* (kept), or to a temporary file (removed).
 
@@ -133,10 +132,10 @@ def record(
             os.close(err_w)
         printed: list[bytes] = []
         said: list[bytes] = []
-        to = stdout if stdout is not None else sys.stdout.buffer
+        to = stdout if stdout is not None else 1
         pumps = [
             threading.Thread(target=_pump, args=(out_r, to, printed), daemon=True),
-            threading.Thread(target=_pump, args=(err_r, sys.stderr.buffer, said), daemon=True),
+            threading.Thread(target=_pump, args=(err_r, 2, said), daemon=True),
         ]
         for p in pumps:
             p.start()
@@ -178,7 +177,9 @@ def _pump(fd: int, to: int | IO[bytes], kept: list[bytes]) -> None:
 def _check_started(argv: Sequence[str], said: bytes, path: str, returncode: int) -> None:
     """Raise if strace could not trace *argv* at all."""
     messages = [
-        line for line in said.decode(errors="replace").splitlines() if line.startswith("strace: ")
+        line
+        for line in said.decode(errors="replace").splitlines()
+        if line.split(": ", 1)[0].rsplit("/", 1)[-1] == "strace"  # "strace: ", "/usr/bin/strace: "
     ]
     empty = not os.path.exists(path) or os.path.getsize(path) == 0
     if not messages or not (empty or (returncode != 0 and _no_exec(path))):
