@@ -774,3 +774,23 @@ def test_sqlite_transaction_parses_into_journal_operations(tmp_path: Path) -> No
     assert ("unlink", "db-journal") in shown
     # sqlite3's stdout is a pipe, buffered: "delete" is written at its exit, and sits there
     assert shown[-1] == ("output", b"delete\n")
+
+
+def test_awkward_names_are_read_back_exactly(tmp_path: Path) -> None:
+    name = 'a>b<c\n"\u00e9\\ ,)'
+    rec, d, _ = run(
+        tmp_path,
+        f"""
+        import os
+        fd = os.open({name!r}, os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"x")
+        os.fsync(fd)
+        os.rename({name!r}, "plain")
+        """,
+    )
+    assert show(rec, d) == [
+        ("create", name, -1, "0o644", True),
+        ("write", -1, 0, b"x", "append"),
+        ("fsync", -1),
+        ("rename", name, "plain", False),
+    ]
