@@ -794,3 +794,133 @@ def test_awkward_names_are_read_back_exactly(tmp_path: Path) -> None:
         ("fsync", -1),
         ("rename", name, "plain", False),
     ]
+
+
+def test_names_moved_or_linked_across_the_roots_edge(tmp_path: Path) -> None:
+    """What comes in from outside is read whole; what leaves is removed."""
+    out = tmp_path / "out"
+    (out / "indir" / "deeper").mkdir(parents=True)
+    (out / "in1").write_bytes(b"from outside")
+    (out / "in2").write_bytes(b"linked in")
+    (out / "indir" / "x").write_bytes(b"x inside")
+    os.symlink("x", out / "indir" / "deeper" / "s")
+    os.chmod(out / "indir", 0o700)
+    rec, d, _ = run(
+        tmp_path,
+        f"""
+        import os
+        out = {str(out)!r}
+        os.rename(out + "/in1", "moved_in")
+        os.rename(out + "/indir", "dir_in")
+        os.link(out + "/in2", "linked_in")
+        os.rename("local", out + "/gone")
+        os.mkdir("ldir")
+        os.rename("ldir", out + "/gonedir")
+        here = os.open(".", os.O_RDONLY)
+        os.symlink("moved_in", "sl", dir_fd=here)
+        os.mkfifo("fifo")  # holds no data: no operation
+        os.unlink("fifo")
+        os.close(os.open("new", os.O_CREAT | os.O_WRONLY, 0o644))
+        os.chmod("new", 0o600, dir_fd=here)
+        """,
+        {"local": b"local"},
+    )
+    assert show(rec, d) == [
+        ("create", "moved_in", -1, "0o644", True),
+        ("write", -1, 0, b"from outside", "append"),
+        ("mkdir", "dir_in", -2, "0o700"),
+        ("mkdir", "dir_in/deeper", -3, "0o755"),
+        ("symlink", "dir_in/deeper/s", "x"),
+        ("create", "dir_in/x", -5, "0o644", True),
+        ("write", -5, 0, b"x inside", "append"),
+        ("create", "linked_in", -6, "0o644", True),
+        ("write", -6, 0, b"linked in", "append"),
+        ("unlink", "local"),
+        ("mkdir", "ldir", -7, "0o755"),
+        ("rmdir", "ldir"),
+        ("symlink", "sl", "moved_in"),
+        ("unlink", "fifo"),
+        ("create", "new", -9, "0o644", True),
+        ("chmod", -9, "0o600"),
+    ]
+
+
+def test_fds_opened_and_closed_every_way(tmp_path: Path) -> None:
+    rec, d, _ = run(
+        tmp_path,
+        LIBC
+        + """
+import struct
+libc.syscall.restype = ctypes.c_long
+a = libc.syscall(85, b"creat", 0o644)  # creat(2)
+os.write(a, b"c")
+b = libc.syscall(2, b"open", os.O_CREAT | os.O_WRONLY, 0o600)  # open(2)
+os.write(b, b"o")
+how = struct.pack("QQQ", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o640, 0)
+c = libc.syscall(437, -100, b"openat2", how, len(how))  # openat2(2)
+os.write(c, b"2")
+os.dup2(a, 30, inheritable=False)  # dup3
+os.write(30, b"3")
+e = libc.dup(b)
+os.write(e, b"d")
+os.closerange(30, 31)  # close_range
+os.write(a, b"a")
+os.set_inheritable(b, True)
+os.execv("/bin/sh", ["sh", "-c", f"echo x >&{b}; echo y >&{e} || true"])
+""",
+    )
+    assert [s for s in show(rec, d) if s[0] != "output"] == [
+        ("create", "creat", -1, "0o644", True),
+        ("write", -1, 0, b"c", "append"),
+        ("create", "open", -2, "0o600", True),
+        ("write", -2, 0, b"o", "append"),
+        ("create", "openat2", -3, "0o640", True),
+        ("write", -3, 0, b"2", "append"),
+        ("write", -1, 1, b"3", "append"),
+        ("write", -2, 1, b"d", "append"),
+        ("write", -1, 2, b"a", "append"),
+        ("write", -2, 2, b"x\n", "append"),  # inherited across execve, offset kept
+        ("write", -2, 4, b"y\n", "append"),  # dup(2) makes no close-on-exec fd
+    ]
+
+
+def test_what_a_trace_cannot_show_is_refused(tmp_path: Path) -> None:
+    rec, _, _ = run(
+        tmp_path,
+        LIBC
+        + """
+fall = libc.fallocate
+fall.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+fd = os.open("f", os.O_RDWR)
+assert fall(fd, 8, 0, 4096) == 0, os.strerror(ctypes.get_errno())  # COLLAPSE_RANGE
+assert libc.renameat2(-100, b"f", -100, b"g", 4) == 0, os.strerror(ctypes.get_errno())
+""",
+        {"f": b"a" * 4096 + b"b" * 4096},
+        exact=False,
+    )
+    assert len(rec.refused) == 2
+    assert rec.refused[0].startswith(f"call {rec.calls - 1} (fallocate(3, 0x8, 0, 4096)) shifts")
+    assert rec.refused[1].endswith("RENAME_WHITEOUT")
+
+
+def test_parse_refuses_writes_without_their_data(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    snapshot = take_snapshot([str(d)], str(tmp_path / "snapshot"))
+    root = snapshot.roots[0]
+    lines = [
+        f'7 openat(-100<{root}>, "f", 0x41, 0644) = 3<{root}/f>\n',
+        f'7 write(3<{root}/f>, ""..., 4) = 4\n',
+        f"7 copy_file_range(5</nowhere/x>, NULL, 3<{root}/f>, NULL, 2, 0) = 2\n",
+        "7 +++ exited with 0 +++\n",
+    ]
+    rec = parse(lines, snapshot, cwd=root)
+    assert show(rec, Path(root)) == [
+        ("create", "f", -1, "0o644", True),
+        ("write", -1, 0, bytes(4), "append"),
+        ("write", -1, 4, bytes(2), "append"),
+    ]
+    assert rec.refused == [
+        'the trace lacks the data of call 2 (write(3, ""..., 4)): record with strace -e write=all',
+        "the content call 3 (copy_file_range(5, NULL, 3, NULL, 2, 0)) copied is unknown",
+    ]

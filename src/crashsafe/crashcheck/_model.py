@@ -50,6 +50,7 @@ RWF_SYNC = 0x4
 RWF_APPEND = 0x10
 FICLONE = 0x40049409
 FICLONERANGE = 0x4020940D
+FIONCLEX, FIOCLEX = 0x5450, 0x5451
 CLONE_FS = 0x200
 CLONE_FILES = 0x400
 PROT_WRITE = 0x2
@@ -117,6 +118,7 @@ class State:
         self.next_inode = -1
         self.procs: dict[int, Proc] = {}
         self.cloning: dict[int, int] = {}  # pid -> clone flags of its unfinished clone
+        self.early: set[int] = set()  # children that acted before their clone returned
         self.first = Proc(Files(), Fs(cwd, umask))
         self.root: int | None = None
         self.status = 0
@@ -227,11 +229,12 @@ class State:
             if event.name in ("clone", "clone3", "fork", "vfork"):
                 self.cloning[event.pid] = clone_flags(event.name, [event.args])
             return
-        proc = self.process(event.pid)
         if isinstance(event, Exit):
             if event.pid == self.root:
                 self.status = event.status
+            self.procs.pop(event.pid, None)  # its pid may be handed out again
             return
+        proc = self.process(event.pid)
         self.count += 1
         self.proc = proc
         self.call = Call(self.count, event.pid, event.text())
@@ -254,8 +257,9 @@ class State:
             # whose clone has not returned (the latest, if several)
             parent = next(reversed(self.cloning))
             proc = child_of(self.procs[parent], self.cloning[parent])
+            self.early.add(pid)
         else:  # a thread that was there before the trace began
-            proc = child_of(self.procs[self.root], CLONE_FILES | CLONE_FS)
+            proc = child_of(self.first, CLONE_FILES | CLONE_FS)
         self.procs[pid] = proc
         return proc
 

@@ -4,6 +4,7 @@ mknod, chmod (see :mod:`._model`)."""
 from __future__ import annotations
 
 import os
+import stat
 
 from ._model import (
     AT_EMPTY_PATH,
@@ -69,21 +70,33 @@ class Names(State):
             self.arrive(dst)
 
     def arrive(self, path: str) -> None:
-        """A file came into the roots from outside them: its content is read now."""
-        node = self.names[path] = Node("file", self.new_inode())
-        if os.path.isdir(path):
-            node.kind = "dir"
-            self.emit(Mkdir(self.call, path, node.inode, 0o755))
-            return
-        self.emit(Create(self.call, path, node.inode, 0o644))
+        """A file, symlink or directory (with all it holds) came into the roots from
+        outside them: what it holds is read now, when the trace is parsed."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(path)
+            elif stat.S_ISDIR(st.st_mode):
+                children = sorted(os.listdir(path))
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
         except OSError:
-            data = b""
-        if data:
-            self.content[node.inode] = bytearray(data)
-            self.emit(Write(self.call, node.inode, 0, data, False, True))
+            return  # gone already: nothing to say about it
+        node = self.names[path] = Node("file", self.new_inode())
+        if stat.S_ISLNK(st.st_mode):
+            node.kind, node.target = "symlink", target
+            self.emit(Symlink(self.call, path, target))
+        elif stat.S_ISDIR(st.st_mode):
+            node.kind = "dir"
+            self.emit(Mkdir(self.call, path, node.inode, stat.S_IMODE(st.st_mode)))
+            for name in children:
+                self.arrive(os.path.join(path, name))
+        else:
+            self.emit(Create(self.call, path, node.inode, stat.S_IMODE(st.st_mode)))
+            if data:
+                self.content[node.inode] = bytearray(data)
+                self.emit(Write(self.call, node.inode, 0, data, False, True))
 
     def on_link(self, c: Syscall, args: list[str], result: int) -> None:
         self.link(self.path(None, args[0]), None, self.path(None, args[1]))

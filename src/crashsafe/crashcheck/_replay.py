@@ -24,6 +24,8 @@ from ._model import (
     FICLONE,
     FICLONERANGE,
     FIELD,
+    FIOCLEX,
+    FIONCLEX,
     MAP_PRIVATE,
     MAP_TYPE,
     O_ACCMODE,
@@ -70,8 +72,9 @@ class Model(Names):
         flags = self.cloning.pop(c.pid, None)
         if flags is None:
             flags = clone_flags(c.name, args)
-        if child not in self.procs:
+        if child not in self.early:
             self.procs[child] = child_of(self.proc, flags)
+        self.early.discard(child)
 
     on_clone3 = on_fork = on_vfork = on_clone
 
@@ -321,8 +324,15 @@ class Model(Names):
 
     def on_ioctl(self, c: Syscall, args: list[str], result: int) -> None:
         """FICLONE and FICLONERANGE: a write of the bytes cloned (a whole-file clone
-        writes the source over the start of the destination, whose tail stays)."""
+        writes the source over the start of the destination, whose tail stays);
+        FIOCLEX and FIONCLEX (how Python sets an fd inheritable): close-on-exec."""
         request = int_at(args, 1)
+        if request in (FIOCLEX, FIONCLEX) and (fd := fd_arg(args[0])) is not None:
+            if request == FIOCLEX:
+                self.proc.files.cloexec.add(fd.fd)
+            else:
+                self.proc.files.cloexec.discard(fd.fd)
+            return
         if request == FICLONE:
             src, at, n, to = args[2], 0, 0, 0
         elif request == FICLONERANGE:
