@@ -774,6 +774,13 @@ def test_sqlite_transaction_parses_into_journal_operations(tmp_path: Path) -> No
     assert ("unlink", "db-journal") in shown
     # sqlite3's stdout is a pipe, buffered: "delete" is written at its exit, and sits there
     assert shown[-1] == ("output", b"delete\n")
+    # WAL mode maps db-shm shared and writable: refused, unless ignored (it is rebuilt)
+    wal = ["sqlite3", "db", "PRAGMA journal_mode=WAL; INSERT INTO t VALUES (3);"]
+    rec2, d2, _ = run(tmp_path / "wal", "", {"db": (d / "db").read_bytes()}, argv=wal)
+    assert len(rec2.refused) == 1 and rec2.refused[0].startswith(f"{d2 / 'db-shm'} is mapped")
+    rec3, _, _ = run(tmp_path / "wal2", "", {"db": (d / "db").read_bytes()}, argv=wal,
+                     ignore_mmap=["*-shm"])  # fmt: skip
+    assert rec3.refused == [] and rec3.stdout == b"wal\n"
 
 
 def test_awkward_names_are_read_back_exactly(tmp_path: Path) -> None:
@@ -924,3 +931,21 @@ def test_parse_refuses_writes_without_their_data(tmp_path: Path) -> None:
         'the trace lacks the data of call 2 (write(3, ""..., 4)): record with strace -e write=all',
         "the content call 3 (copy_file_range(5, NULL, 3, NULL, 2, 0)) copied is unknown",
     ]
+
+
+def test_coreutils_replay_to_what_they_left(tmp_path: Path) -> None:
+    """sed -i and cp -a set the mode through an ACL xattr, read when the trace is parsed."""
+    script = (
+        "sed -i s/a/z/ f && cp -a f g && install -m 600 f h && ln -s h i && mv i j && "
+        "truncate -s 1 g && dd if=/dev/zero of=z bs=4k count=3 conv=fsync status=none && "
+        "tar cf t.tar f g && mkdir x && cd x && tar xf ../t.tar && rm -r ../x"
+    )
+    rec, d, _ = run(tmp_path, "", {"f": b"a\nb\n"}, argv=["/bin/sh", "-c", script])
+    assert rec.status == 0 and rec.refused == []
+    shown = show(rec, d)
+    created = rec.operations[0]
+    assert isinstance(created, Create) and created.mode == 0o600  # sed's temporary file
+    assert shown[1] == ("chmod", -1, "0o644")  # given f's mode through the ACL xattr
+    assert ("rename", shown[0][1], "f", False) in shown
+    assert [s for s in shown if s[0] == "chmod" and s[1] == -3] == [("chmod", -3, "0o600")] * 2
+    assert sum(1 for s in shown if s[0] == "fsync") >= 1  # dd conv=fsync

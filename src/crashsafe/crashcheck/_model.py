@@ -125,6 +125,7 @@ class State:
         self.count = 0
         self.ops: list[Operation] = []
         self.refused: list[str] = []
+        self.later_modes: list[tuple[int, int]] = []  # (index in ops, inode)
         self.call: Call = Call(0, 0, "")
         self.proc = self.first
 

@@ -198,3 +198,41 @@ class Names(State):
     def on_fchmodat(self, c: Syscall, args: list[str], result: int) -> None:
         follow = not (int_at(args, 3) & AT_SYMLINK_NOFOLLOW) if len(args) > 3 else True
         self.chmod(self.path(args[0], args[1], follow), int_at(args, 2))
+
+    # An ACL set through an xattr (``cp -a``, ``sed -i`` copy the source's) changes the
+    # mode bits, but ``-s 0`` hides the xattr's name and value: the mode is read when the
+    # trace is parsed, from the file's last name, and given to a SetMode at the call.
+
+    def xattr(self, inode: int | None) -> None:
+        if inode is not None:
+            self.later_modes.append((len(self.ops), inode))
+            self.emit(SetMode(self.call, inode, 0))
+
+    def on_setxattr(self, c: Syscall, args: list[str], result: int) -> None:
+        path = self.path(None, args[0], follow=not c.name.startswith("l"))
+        node = self.node(path) if path else None
+        self.xattr(node.inode if node else None)
+
+    on_lsetxattr = on_removexattr = on_lremovexattr = on_setxattr
+
+    def on_fsetxattr(self, c: Syscall, args: list[str], result: int) -> None:
+        desc = self.desc(args[0])
+        self.xattr(desc.inode if desc else None)
+
+    on_fremovexattr = on_fsetxattr
+
+    def finish(self) -> None:
+        """Fill in the modes that xattr calls left to be read now."""
+        if not self.later_modes:
+            return
+        last_name = {node.inode: path for path, node in self.names.items()}
+        drop = set()
+        for at, inode in self.later_modes:
+            try:
+                mode = stat.S_IMODE(os.stat(last_name[inode]).st_mode)
+            except (KeyError, OSError):
+                drop.add(at)  # no name left: its mode no longer matters
+                continue
+            self.ops[at] = SetMode(self.ops[at].call, inode, mode)
+        self.ops = [op for i, op in enumerate(self.ops) if i not in drop]
+        self.later_modes = []

@@ -32,6 +32,7 @@ TRACED = (
     "truncate,ftruncate,fallocate,fsync,fdatasync,sync,syncfs,sync_file_range,"
     "rename,renameat,renameat2,link,linkat,symlink,symlinkat,unlink,unlinkat,"
     "mkdir,mkdirat,rmdir,mknod,mknodat,chmod,fchmod,fchmodat,"
+    "setxattr,lsetxattr,fsetxattr,removexattr,lremovexattr,fremovexattr,"
     "copy_file_range,sendfile,ioctl,mmap,"
     "clone,clone3,fork,vfork,execve,execveat,chdir,fchdir,umask"
 )
@@ -81,6 +82,7 @@ def parse(
     model.ignore_mmap = list(ignore_mmap)
     for event in calls(lines):
         model.event(event)
+    model.finish()
     stdout = b"".join(op.data for op in model.ops if isinstance(op, Output))
     return Recording(model.ops, model.count, model.status, stdout, model.refused)
 
