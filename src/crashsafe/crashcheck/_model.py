@@ -126,10 +126,20 @@ class State:
         self.ops: list[Operation] = []
         self.refused: list[str] = []
         self.later_modes: list[tuple[int, int]] = []  # (index in ops, inode)
-        self.call: Call = Call(0, 0, "")
+        self.current: Syscall | None = None  # the call being replayed
+        self.made: Call | None = None  # its Call, made when first needed
         self.proc = self.first
 
     # ---- the model ---------------------------------------------------------------
+
+    @property
+    def call(self) -> Call:
+        """The :class:`~._ops.Call` of the call being replayed (its text is made only for
+        calls that give an operation or a refusal)."""
+        if self.made is None:
+            assert self.current is not None
+            self.made = Call(self.count, self.current.pid, self.current.text())
+        return self.made
 
     def new_inode(self) -> int:
         inode = self.next_inode
@@ -238,7 +248,7 @@ class State:
         proc = self.process(event.pid)
         self.count += 1
         self.proc = proc
-        self.call = Call(self.count, event.pid, event.text())
+        self.current, self.made = event, None
         if not event.ok:
             self.cloning.pop(event.pid, None)
             return

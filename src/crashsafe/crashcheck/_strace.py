@@ -216,11 +216,10 @@ def _split_args(body: str, start: int) -> tuple[list[str], int]:
 
 
 def _annotation_end(text: str, i: int) -> int:
-    """The position after the ``<...>`` that starts at *i* (and its ``(deleted)``)."""
-    j = i + 1
-    while j < len(text) and text[j] != ">":
-        j += 2 if text[j] == "\\" else 1
-    j += 1
+    """The position after the ``<...>`` that starts at *i* (and its ``(deleted)``).
+    strace escapes ``<`` and ``>`` inside it (``\\76``): the first ``>`` closes it."""
+    j = text.find(">", i + 1)
+    j = len(text) if j < 0 else j + 1
     if text.startswith("(deleted)", j):
         j += len("(deleted)")
     return j
@@ -297,8 +296,10 @@ _SIMPLE = {"n": 10, "t": 9, "r": 13, "v": 11, "f": 12, "a": 7, "b": 8, "e": 27}
 
 def _unescape(text: str) -> bytes:
     """The bytes a string strace escaped (``\\n``, ``\\"``, ``\\123``, ``\\x41``) holds."""
-    out = bytearray()
     raw = os.fsencode(text)
+    if b"\\" not in raw:
+        return raw
+    out = bytearray()
     i = 0
     n = len(raw)
     while i < n:
