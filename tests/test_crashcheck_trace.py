@@ -872,6 +872,10 @@ e = libc.dup(b)
 os.write(e, b"d")
 os.closerange(30, 31)  # close_range
 os.write(a, b"a")
+class Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
+iov = Iovec(b"PQ", 2)
+assert libc.syscall(296, a, ctypes.byref(iov), 1, ctypes.c_long(7), ctypes.c_long(0)) == 2
 os.set_inheritable(b, True)
 os.execv("/bin/sh", ["sh", "-c", f"echo x >&{b}; echo y >&{e} || true"])
 """,
@@ -886,6 +890,7 @@ os.execv("/bin/sh", ["sh", "-c", f"echo x >&{b}; echo y >&{e} || true"])
         ("write", -1, 1, b"3", "append"),
         ("write", -2, 1, b"d", "append"),
         ("write", -1, 2, b"a", "append"),
+        ("write", -1, 7, b"PQ", "append"),  # pwritev(2), past the end
         ("write", -2, 2, b"x\n", "append"),  # inherited across execve, offset kept
         ("write", -2, 4, b"y\n", "append"),  # dup(2) makes no close-on-exec fd
     ]
