@@ -954,3 +954,22 @@ def test_coreutils_replay_to_what_they_left(tmp_path: Path) -> None:
     assert ("rename", shown[0][1], "f", False) in shown
     assert [s for s in shown if s[0] == "chmod" and s[1] == -3] == [("chmod", -3, "0o600")] * 2
     assert sum(1 for s in shown if s[0] == "fsync") >= 1  # dd conv=fsync
+
+
+def test_data_spliced_from_a_pipe_is_refused(tmp_path: Path) -> None:
+    rec, d, _ = run(
+        tmp_path,
+        """
+        import os
+        r, w = os.pipe()
+        src = os.open("src", os.O_RDONLY)
+        os.splice(src, w, 3)  # a file into a pipe: moves src's offset only
+        dst = os.open("dst", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.splice(r, dst, 3)
+        os.sendfile(dst, src, None, 2)
+        """,
+        {"src": b"abcdef"},
+        exact=False,
+    )
+    assert len(rec.refused) == 1 and rec.refused[0].endswith(f"into {d / 'dst'}")
+    assert show(rec, d)[-1] == ("write", -1, 3, b"de", "append")

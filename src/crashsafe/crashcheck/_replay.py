@@ -79,10 +79,10 @@ class Model(Names):
     on_clone3 = on_fork = on_vfork = on_clone
 
     def on_execve(self, c: Syscall, args: list[str], result: int) -> None:
+        # the new program gets a table of its own, without the close-on-exec fds
         files = self.proc.files
-        for fd in files.cloexec:
-            files.fds.pop(fd, None)
-        files.cloexec.clear()
+        kept = {fd: desc for fd, desc in files.fds.items() if fd not in files.cloexec}
+        self.proc.files = Files(kept, set())
 
     on_execveat = on_execve
 
@@ -321,6 +321,20 @@ class Model(Names):
         self.write(args[0], self.read_from(args[1], int_arg(args[2]), result), None)
 
     on_sendfile64 = on_sendfile
+
+    def on_splice(self, c: Syscall, args: list[str], result: int) -> None:
+        """Data spliced from a pipe into a file is in no trace: refused (its offset still
+        moves). A file spliced into a pipe only moves the file's offset."""
+        source, target = self.desc(args[0]), self.desc(args[2])
+        if source is not None and int_arg(args[1]) is None:
+            source.offset += result
+        if target is not None and int_arg(args[3]) is None:
+            target.offset += result
+        if target is not None and target.inode is not None:
+            self.refused.append(
+                f"call {self.call.index} ({self.call.text}) splices data the trace does "
+                f"not show into {target.path}"
+            )
 
     def on_ioctl(self, c: Syscall, args: list[str], result: int) -> None:
         """FICLONE and FICLONERANGE: a write of the bytes cloned (a whole-file clone
