@@ -38,6 +38,7 @@ from crashsafe.crashcheck._ops import (
     Write,
     take_snapshot,
 )
+from crashsafe.crashcheck._strace import Fd, fd_arg, int_arg, str_arg
 from crashsafe.crashcheck._trace import Recording, parse, record
 from tests.harness.replay import actual, replay
 from tests.harness.require import require_tools
@@ -285,6 +286,8 @@ def test_names_created_moved_linked_and_removed(tmp_path: Path) -> None:
         fd = os.open("b", os.O_RDONLY)
         os.fchmod(fd, 0o640)
         os.unlink("s")
+        os.link("b", "b2", follow_symlinks=False)  # linkat(..., 0)
+        os.setxattr("b", "user.k", b"v")  # may change the mode (an ACL would): read after
         os.open("missing", os.O_RDONLY)  # fails: no operation, status 1
         """,
         {"old": b"old"},
@@ -302,6 +305,8 @@ def test_names_created_moved_linked_and_removed(tmp_path: Path) -> None:
         ("chmod", old, "0o600"),
         ("chmod", -2, "0o640"),
         ("unlink", "s"),
+        ("link", "b2", -2),
+        ("chmod", -2, "0o640"),
     ]
 
 
@@ -973,3 +978,31 @@ def test_data_spliced_from_a_pipe_is_refused(tmp_path: Path) -> None:
     )
     assert len(rec.refused) == 1 and rec.refused[0].endswith(f"into {d / 'dst'}")
     assert show(rec, d)[-1] == ("write", -1, 3, b"de", "append")
+
+
+def test_strace_quirks_in_arguments_and_lines(tmp_path: Path) -> None:
+    assert int_arg("0644") == 0o644 and int_arg("0x1|0x40") == 0x41 and int_arg("-100") == -100
+    assert int_arg("[10] => [13]") == 10 and int_arg("NULL") is None and int_arg("0") == 0
+    assert str_arg('"a\\x41\\101\\t\\\\"') == "aAA\t\\"
+    assert str_arg('""...') is None and str_arg("0x1") is None
+    fd = fd_arg("3</a/b\\76c>(deleted)")
+    assert fd == Fd(3, "/a/b>c", True) and fd_arg("0x7f") is None and fd_arg("3x") is None
+    d = tmp_path / "d"
+    d.mkdir()
+    snapshot = take_snapshot([str(d)], str(tmp_path / "snapshot"))
+    root = snapshot.roots[0]
+    lines = [
+        "strace: Process 5 attached\n",
+        "5 <... write resumed>) = 1\n",  # its first half came before the trace began
+        "5 getpid(\n",  # cut short: no result
+        "5 weird line\n",
+        f'5 openat(-100<{root}>, "f", 0x41, 0644) = 3<{root}/f>\n',
+        f'5 write(3<{root}/f>, ""..., 2) = 2\n',
+        " | 00000  68 69                                             hi               |\n",
+    ]
+    rec = parse(lines, snapshot, cwd=root)
+    assert show(rec, Path(root)) == [
+        ("create", "f", -1, "0o644", True),
+        ("write", -1, 0, b"hi", "append"),
+    ]
+    assert rec.calls == 2
