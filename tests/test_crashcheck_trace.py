@@ -928,6 +928,7 @@ def test_parse_refuses_writes_without_their_data(tmp_path: Path) -> None:
     lines = [
         f'7 openat(-100<{root}>, "f", 0x41, 0644) = 3<{root}/f>\n',
         f'7 write(3<{root}/f>, ""..., 4) = 4\n',
+        '7 write(4<pipe:[9]>, ""..., 4) = 4\n',  # to a pipe: its data does not matter
         f"7 copy_file_range(5</nowhere/x>, NULL, 3<{root}/f>, NULL, 2, 0) = 2\n",
         "7 +++ exited with 0 +++\n",
     ]
@@ -939,7 +940,7 @@ def test_parse_refuses_writes_without_their_data(tmp_path: Path) -> None:
     ]
     assert rec.refused == [
         'the trace lacks the data of call 2 (write(3, ""..., 4)): record with strace -e write=all',
-        "the content call 3 (copy_file_range(5, NULL, 3, NULL, 2, 0)) copied is unknown",
+        "the content call 4 (copy_file_range(5, NULL, 3, NULL, 2, 0)) copied is unknown",
     ]
 
 

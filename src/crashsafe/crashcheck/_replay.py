@@ -263,29 +263,34 @@ class Model(Names):
             return path == self.stdout_id
         return desc is None or desc.inode is None
 
-    def written(self, c: Syscall, n: int) -> bytes:
-        if len(c.data) < n:
+    def written(self, c: Syscall, n: int, fdarg: str) -> bytes:
+        """The *n* bytes call *c* wrote through *fdarg*, from strace's hex dumps (refused
+        if they are missing where they matter: into a file under the roots, or output)."""
+        if len(c.data) >= n:
+            return c.data[:n]
+        fd, desc = fd_arg(fdarg), self.desc(fdarg)
+        output = fd is not None and fd.fd == 1 and self.is_stdout(fd.path, desc)
+        if output or (desc is not None and desc.inode is not None):
             self.refused.append(
                 f"the trace lacks the data of call {self.call.index} ({self.call.text}): "
                 "record with strace -e write=all"
             )
-            return c.data + bytes(n - len(c.data))
-        return c.data[:n]
+        return c.data.ljust(n, b"\0")
 
     def on_write(self, c: Syscall, args: list[str], result: int) -> None:
-        self.write(args[0], self.written(c, result), None)
+        self.write(args[0], self.written(c, result, args[0]), None)
 
     on_writev = on_write
 
     def on_pwrite64(self, c: Syscall, args: list[str], result: int) -> None:
-        self.write(args[0], self.written(c, result), int_at(args, 3))
+        self.write(args[0], self.written(c, result, args[0]), int_at(args, 3))
 
     on_pwritev = on_pwrite64
 
     def on_pwritev2(self, c: Syscall, args: list[str], result: int) -> None:
         at, flags = int_at(args, 3), int_at(args, 4)
         sync = bool(flags & (RWF_DSYNC | RWF_SYNC))
-        data = self.written(c, result)
+        data = self.written(c, result, args[0])
         self.write(
             args[0], data, None if at == -1 else at, append=bool(flags & RWF_APPEND), sync=sync
         )
