@@ -1007,3 +1007,22 @@ def test_strace_quirks_in_arguments_and_lines(tmp_path: Path) -> None:
         ("write", -1, 0, b"hi", "append"),
     ]
     assert rec.calls == 2
+
+
+def test_parse_reads_a_trace_without_pids(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    snapshot = take_snapshot([str(d)], str(tmp_path / "snapshot"))
+    root = snapshot.roots[0]
+    lines = [
+        f'openat(-100<{root}>, "f", 0x41, 0644) = 3<{root}/f>\n',
+        f'write(3<{root}/f>, ""..., 1) = 1\n',
+        " | 00000  7a                                                z                |\n",
+        "+++ exited with 4 +++\n",
+    ]
+    rec = parse(lines, snapshot, cwd=root)
+    assert show(rec, Path(root)) == [
+        ("create", "f", -1, "0o644", True),
+        ("write", -1, 0, b"z", "append"),
+    ]
+    assert rec.status == 4 and rec.operations[0].call.pid == 0

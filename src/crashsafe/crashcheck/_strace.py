@@ -126,10 +126,12 @@ def _done(call: Syscall) -> Syscall:
 
 def _event(line: str, pending: dict[int, str]) -> Syscall | Exit | Started | None:
     m = _PID.match(line)
-    if m is None:
+    if m is not None:
+        pid, body = int(m.group(1) or m.group(2)), line[m.end() :]
+    elif _NAME.match(line) or line.startswith(("<...", "+++", "---")):
+        pid, body = 0, line  # a trace of one process (no -f): no pid column
+    else:
         return None  # strace's own messages, blank lines
-    pid = int(m.group(1) or m.group(2))
-    body = line[m.end() :]
     if body.startswith("+++"):
         return _exit(pid, body)
     if body.startswith("---"):
