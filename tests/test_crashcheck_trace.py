@@ -1026,3 +1026,12 @@ def test_parse_reads_a_trace_without_pids(tmp_path: Path) -> None:
         ("write", -1, 0, b"z", "append"),
     ]
     assert rec.status == 4 and rec.operations[0].call.pid == 0
+
+
+def test_a_missing_working_directory_raises_and_leaks_no_fd(tmp_path: Path) -> None:
+    require_tools("strace")
+    snapshot = take_snapshot([str(tmp_path)], str(tmp_path.parent / f"{tmp_path.name}-snap"))
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(FileNotFoundError):
+        record(["true"], snapshot, cwd=str(tmp_path / "nowhere"))
+    assert len(os.listdir("/proc/self/fd")) == before

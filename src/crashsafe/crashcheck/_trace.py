@@ -103,8 +103,9 @@ def record(
     directories of *snapshot* (taken just before).
 
     The program's standard output goes through a pipe to *stdout* (an fd or a binary
-    file; None: this process's fd 1) and is kept in ``Recording.stdout``;
-    its standard input and error are this process's. The trace is written to
+    file; None: this process's fd 1) and is kept in ``Recording.stdout``; its standard
+    error goes through a pipe too (where strace's own messages are looked for) to this
+    process's fd 2; its standard input is this process's. The trace is written to
     *trace_file* (kept), or to a temporary file (removed).
 
     Raises :class:`CrashcheckError` when strace is not installed, when the kernel does
@@ -131,6 +132,10 @@ def record(
             child = subprocess.Popen(
                 command, cwd=cwd, env=env, stdout=out_w, stderr=err_w, close_fds=True
             )
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
         finally:
             os.close(out_w)
             os.close(err_w)
@@ -174,8 +179,8 @@ def _pump(fd: int, to: int | IO[bytes], kept: list[bytes]) -> None:
             else:
                 to.write(chunk)
                 to.flush()
-        except OSError:
-            pass  # the reader went away: keep draining so the program is not blocked
+        except (OSError, ValueError):
+            pass  # the reader went away (or was closed): keep draining, never block
 
 
 def _check_started(argv: Sequence[str], said: bytes, path: str, returncode: int) -> None:
