@@ -28,7 +28,6 @@ _KILLED = re.compile(r"^\+\+\+ killed by (SIG\w+)")
 _NAME = re.compile(r"^(\w+)\(")
 _NUMBER = re.compile(r"^(-?(?:0x[0-9a-fA-F]+|\d+))")
 _ERRNO = re.compile(r"^\s*(E[A-Z0-9]+)")
-_DUMP = re.compile(r"^ \| [0-9a-f]+  ")
 _UNFINISHED = " <unfinished ...>"
 
 
@@ -103,7 +102,7 @@ def calls(lines: Iterable[str]) -> Iterator[Syscall | Exit | Started]:
     for raw in lines:
         line = raw.rstrip("\n")
         if line.startswith((" | ", " * ")):  # " * N bytes in buffer K" precedes dumps
-            if last is not None and _DUMP.match(line):
+            if last is not None and line.startswith(" | "):
                 last.dumped.append(_dump_bytes(line))
             continue
         if last is not None:
@@ -332,6 +331,5 @@ def _unescape(text: str) -> bytes:
 def _dump_bytes(line: str) -> bytes:
     """The bytes of one ``-e write=`` hex dump line: 16 at most, in the 49 columns after
     the offset (the ASCII column after them is not read)."""
-    m = _DUMP.match(line)
-    assert m is not None
-    return bytes.fromhex(line[m.end() : m.end() + 49])
+    start = line.find("  ", 3) + 2  # after " | OFFSET  " (the offset grows past 5 digits)
+    return bytes.fromhex(line[start : start + 49])
