@@ -287,6 +287,10 @@ def test_names_created_moved_linked_and_removed(tmp_path: Path) -> None:
         os.fchmod(fd, 0o640)
         os.unlink("s")
         os.link("b", "b2", follow_symlinks=False)  # linkat(..., 0)
+        os.rename("b", "b2")  # two names of one file: nothing happens
+        os.rename("b", "b")
+        os.symlink("b", "s3")
+        os.link("s3", "s4", follow_symlinks=False)  # a hard link to a symlink
         os.setxattr("b", "user.k", b"v")  # may change the mode (an ACL would): read after
         os.open("missing", os.O_RDONLY)  # fails: no operation, status 1
         """,
@@ -306,6 +310,8 @@ def test_names_created_moved_linked_and_removed(tmp_path: Path) -> None:
         ("chmod", -2, "0o640"),
         ("unlink", "s"),
         ("link", "b2", -2),
+        ("symlink", "s3", "b"),
+        ("symlink", "s4", "b"),
         ("chmod", -2, "0o640"),
     ]
 

@@ -52,7 +52,9 @@ class Names(State):
             return
         inside_src, inside_dst = self.snapshot.inside(src), self.snapshot.inside(dst)
         exchange = bool(flags & RENAME_EXCHANGE)
-        moving = self.names.get(src)
+        moving, over = self.names.get(src), self.names.get(dst)
+        if src == dst or (moving is not None and moving == over and moving.kind == "file"):
+            return  # a name, or two names of one file: the kernel changes nothing
         if exchange:
             self.move(src, "\0swap")
             self.move(dst, src)
@@ -121,6 +123,9 @@ class Names(State):
         if old is not None:
             node = self.node(old)
             inode = node.inode if node else None
+            if node is not None and node.kind == "symlink" and self.snapshot.inside(new):
+                self.symlink(node.target, new)  # a hard link to a symlink is a symlink
+                return
         if not self.snapshot.inside(new):
             return
         if inode is None:
