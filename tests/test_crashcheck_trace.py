@@ -205,6 +205,7 @@ def must(r):
     assert r == 0, os.strerror(ctypes.get_errno())
 old = os.open("old", os.O_WRONLY | os.O_TRUNC)
 empty = os.open("empty", os.O_WRONLY | os.O_TRUNC)  # already empty: nothing to record
+ro = os.open("ro", os.O_RDONLY | os.O_TRUNC)  # Linux truncates all the same
 fd = os.open("f", os.O_CREAT | os.O_RDWR, 0o644)
 os.write(fd, b"x" * 100)
 os.posix_fallocate(fd, 0, 200)
@@ -215,11 +216,13 @@ must(fall(fd, 0x11, 240, 100))  # ZERO_RANGE | KEEP_SIZE: up to the end only
 os.ftruncate(fd, 50)
 os.truncate("f", 60)
 """,
-        {"old": b"old content", "empty": b""},
+        {"old": b"old content", "empty": b"", "ro": b"read only?"},
     )
     old = snap.entries[str(d / "old")].inode
+    ro = snap.entries[str(d / "ro")].inode
     assert show(rec, d) == [
         ("truncate", old, 0),
+        ("truncate", ro, 0),
         ("create", "f", -1, "0o644", True),
         ("write", -1, 0, b"x" * 100, "append"),
         ("truncate", -1, 200),

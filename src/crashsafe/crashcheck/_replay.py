@@ -28,7 +28,6 @@ from ._model import (
     FIONCLEX,
     MAP_PRIVATE,
     MAP_TYPE,
-    O_ACCMODE,
     O_APPEND,
     O_CLOEXEC,
     O_CREAT,
@@ -133,7 +132,8 @@ class Model(Names):
         elif node is None:
             node = self.node(path, "dir" if flags & O_DIRECTORY else "file")
             assert node is not None
-        elif flags & O_TRUNC and flags & O_ACCMODE and self.data(node.inode):
+        elif flags & O_TRUNC and node.kind == "file" and self.data(node.inode):
+            # even with O_RDONLY: Linux truncates
             self.data(node.inode).clear()
             self.emit(Truncate(self.call, node.inode, 0))
         self.proc.files.fds[fd] = Desc(path, node.inode, 0, append, sync)
