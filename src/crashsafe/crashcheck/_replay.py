@@ -111,7 +111,7 @@ class Model(Names):
         if flags & O_CLOEXEC:
             self.proc.files.cloexec.add(fd)
         append, sync = bool(flags & O_APPEND), bool(flags & O_DSYNC)
-        if flags & O_TMPFILE and path is not None:
+        if flags & O_TMPFILE and path is not None:  # Create(named=False): path = its dir
             inside = self.snapshot.inside(path)
             inode = self.new_inode() if inside else None
             if inode is not None:
