@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ._ops import Call, Operation, Snapshot
+from ._ops import Call, Operation, Snapshot, Truncate, Write
 from ._strace import AT_FDCWD, Exit, Started, Syscall, fd_arg, int_arg, str_arg
 
 __all__ = ["State"]
@@ -110,7 +110,7 @@ class State:
         self.ignore_mmap: list[str] = []
         self.names: dict[str, Node] = {}
         self.origin: dict[int, str] = {}  # a pre-existing inode's path in the snapshot
-        self.content: dict[int, bytearray] = {}
+        self.sizes: dict[int, int] = {}  # the size of each inode the run changed
         for path, entry in snapshot.entries.items():
             self.names[path] = Node(entry.kind, entry.inode, entry.target)
             if entry.kind == "file":
@@ -144,22 +144,37 @@ class State:
     def new_inode(self) -> int:
         inode = self.next_inode
         self.next_inode -= 1
-        self.content[inode] = bytearray()
+        self.sizes[inode] = 0
         return inode
 
-    def data(self, inode: int) -> bytearray:
-        """The content of *inode* as the run has left it so far."""
-        if inode not in self.content:
+    def size(self, inode: int) -> int:
+        """The size of *inode* as the run has left it so far."""
+        if inode not in self.sizes:
             origin = self.origin.get(inode)
-            base = b""
-            if origin is not None:
-                try:
-                    with open(self.snapshot.source(origin), "rb") as f:
-                        base = f.read()
-                except OSError:
-                    base = b""
-            self.content[inode] = bytearray(base)
-        return self.content[inode]
+            try:
+                self.sizes[inode] = os.stat(self.snapshot.source(origin)).st_size if origin else 0
+            except OSError:
+                self.sizes[inode] = 0
+        return self.sizes[inode]
+
+    def data(self, inode: int) -> bytes:
+        """The content of *inode* as the run has left it so far: its content before the
+        run with the operations so far replayed over it. Only copies need it, so it is
+        not kept (the operations hold the data already)."""
+        content = bytearray()
+        if (origin := self.origin.get(inode)) is not None:
+            try:
+                with open(self.snapshot.source(origin), "rb") as f:
+                    content[:] = f.read()
+            except OSError:
+                pass
+        for op in self.ops:
+            if isinstance(op, Write) and op.inode == inode:
+                put(content, op.offset, op.data)
+            elif isinstance(op, Truncate) and op.inode == inode:
+                del content[op.size :]
+                content.extend(bytes(op.size - len(content)))
+        return bytes(content)
 
     def node(self, path: str, kind: str = "file") -> Node | None:
         """The node at *path* under the roots (one the model missed is made up now, with

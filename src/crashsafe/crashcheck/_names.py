@@ -97,7 +97,7 @@ class Names(State):
         else:
             self.emit(Create(self.call, path, node.inode, stat.S_IMODE(st.st_mode)))
             if data:
-                self.content[node.inode] = bytearray(data)
+                self.sizes[node.inode] = len(data)
                 self.emit(Write(self.call, node.inode, 0, data, False, True))
 
     def on_link(self, c: Syscall, args: list[str], result: int) -> None:

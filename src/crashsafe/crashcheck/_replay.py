@@ -45,7 +45,6 @@ from ._model import (
     child_of,
     clone_flags,
     int_at,
-    put,
     size_of,
 )
 from ._names import Names
@@ -132,10 +131,8 @@ class Model(Names):
         elif node is None:
             node = self.node(path, "dir" if flags & O_DIRECTORY else "file")
             assert node is not None
-        elif flags & O_TRUNC and node.kind == "file" and self.data(node.inode):
-            # even with O_RDONLY: Linux truncates
-            self.data(node.inode).clear()
-            self.emit(Truncate(self.call, node.inode, 0))
+        elif flags & O_TRUNC and node.kind == "file" and self.size(node.inode):
+            self.truncate(node.inode, 0)  # even through O_RDONLY: Linux truncates
         self.proc.files.fds[fd] = Desc(path, node.inode, 0, append, sync)
 
     def on_open(self, c: Syscall, args: list[str], result: int) -> None:
@@ -248,13 +245,12 @@ class Model(Names):
             if at is None:
                 desc.offset += len(data)
             return
-        content = self.data(desc.inode)
-        size = len(content)
+        size = self.size(desc.inode)
         append = append or desc.append
         offset = size if append else desc.offset if at is None else at
         synced = sync or desc.sync
         self.emit(Write(self.call, desc.inode, offset, data, synced, append or offset >= size))
-        put(content, offset, data)
+        self.sizes[desc.inode] = max(size, offset + len(data))
         if at is None:
             desc.offset = offset + len(data)
 
@@ -304,7 +300,7 @@ class Model(Names):
         if at is None:
             desc.offset += n
         if desc.inode is not None:
-            chunk = bytes(self.data(desc.inode)[offset : offset + n])
+            chunk = self.data(desc.inode)[offset : offset + n]
         else:
             try:
                 with open(desc.path or "", "rb") as f:
@@ -364,18 +360,14 @@ class Model(Names):
         if dst is None or dst.inode is None or source is None:
             return
         if n == 0:  # up to the source's end
-            size = len(self.data(source.inode)) if source.inode is not None else size_of(source)
+            size = self.size(source.inode) if source.inode is not None else size_of(source)
             n = max(0, size - at)
         self.write(args[0], self.read_from(src, at, n), to)
 
     def truncate(self, inode: int | None, size: int) -> None:
         if inode is None:
             return
-        content = self.data(inode)
-        if size < len(content):
-            del content[size:]
-        else:
-            content.extend(bytes(size - len(content)))
+        self.sizes[inode] = size
         self.emit(Truncate(self.call, inode, size))
 
     def on_ftruncate(self, c: Syscall, args: list[str], result: int) -> None:
@@ -392,7 +384,7 @@ class Model(Names):
         if desc is None or desc.inode is None:
             return
         mode, offset, length = int_at(args, 1), int_at(args, 2), int_at(args, 3)
-        size = len(self.data(desc.inode))
+        size = self.size(desc.inode)
         end = offset + length
         if mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE):
             self.refused.append(
