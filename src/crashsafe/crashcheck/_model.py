@@ -1,12 +1,13 @@
 """The model of the directories, fds and processes that a trace is replayed over.
 
 :class:`~._replay.Model` replays the calls of a trace (read by :mod:`._strace`) over a
-model of the directories: which name is which inode (starting from the snapshot's entries; files the
-run creates get -1, -2, ... in order), what each inode holds (starting from the snapshot's
-copy), which fd of which process is which open file description (its inode, offset,
-``O_APPEND``, ``O_SYNC``/``O_DSYNC``), each process's working directory and umask. Calls
-that failed change nothing; calls on paths outside the snapshot's roots become no
-operation, but still move offsets and names.
+model of the directories: which name is which inode (starting from the snapshot's
+entries; files, directories and symlinks the run creates get -1, -2, ... in order), each
+changed inode's size (its content is the snapshot's copy with the operations so far
+replayed over it), which fd of which process is which open file description (its inode,
+offset, ``O_APPEND``, ``O_SYNC``/``O_DSYNC``), each process's working directory and
+umask. Calls that failed change nothing; calls on paths outside the snapshot's roots
+become no operation, but still move offsets and names.
 
 Where the model cannot know a file's content from the trace (``copy_file_range``,
 ``sendfile`` or a reflink whose source is outside the directories; a file moved or linked
