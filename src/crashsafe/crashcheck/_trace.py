@@ -106,7 +106,9 @@ def record(
     file; None: this process's fd 1) and is kept in ``Recording.stdout``; its standard
     error goes through a pipe too (where strace's own messages are looked for) to this
     process's fd 2; its standard input is this process's. The trace is written to
-    *trace_file* (kept), or to a temporary file (removed).
+    *trace_file* (kept), or to a temporary file (removed). *ignore_mmap*: as for
+    :func:`parse` (patterns matched against a mapped file's basename and its path
+    relative to its root).
 
     Raises :class:`CrashcheckError` when strace is not installed, when the kernel does
     not let it trace (ptrace not permitted), or when it could not start *argv*.
