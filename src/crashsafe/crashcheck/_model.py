@@ -52,6 +52,7 @@ RWF_APPEND = 0x10
 FICLONE = 0x40049409
 FICLONERANGE = 0x4020940D
 FIONCLEX, FIOCLEX = 0x5450, 0x5451
+CLONE_VM = 0x100
 CLONE_FS = 0x200
 CLONE_FILES = 0x400
 PROT_WRITE = 0x2
@@ -96,9 +97,24 @@ class Fs:
 
 
 @dataclass
+class Maps:
+    """A process's shared maps of files under the roots that are not writable (yet):
+    ``(start, end, path)``; an ``mprotect`` that makes one writable is refused."""
+
+    shared: list[tuple[int, int, str]] = field(default_factory=list)
+
+    def drop(self, start: int, end: int) -> None:
+        self.shared = [m for m in self.shared if m[1] <= start or m[0] >= end]
+
+    def within(self, start: int, end: int) -> list[str]:
+        return [m[2] for m in self.shared if m[0] < end and start < m[1]]
+
+
+@dataclass
 class Proc:
     files: Files
     fs: Fs
+    maps: Maps = field(default_factory=Maps)
 
 
 class State:
@@ -320,4 +336,5 @@ def child_of(parent: Proc, flags: int) -> Proc:
     if not flags & CLONE_FILES:
         files = Files(dict(files.fds), set(files.cloexec))
     fs = parent.fs if flags & CLONE_FS else Fs(parent.fs.cwd, parent.fs.umask)
-    return Proc(files, fs)
+    maps = parent.maps if flags & CLONE_VM else Maps(list(parent.maps.shared))
+    return Proc(files, fs, maps)

@@ -41,6 +41,7 @@ from ._model import (
     RWF_SYNC,
     Desc,
     Files,
+    Maps,
     Node,
     child_of,
     clone_flags,
@@ -81,6 +82,7 @@ class Model(Names):
         files = self.proc.files
         kept = {fd: desc for fd, desc in files.fds.items() if fd not in files.cloexec}
         self.proc.files = Files(kept, set())
+        self.proc.maps = Maps()
 
     on_execveat = on_execve
 
@@ -211,19 +213,37 @@ class Model(Names):
     on_readv = on_read
 
     def on_mmap(self, c: Syscall, args: list[str], result: int) -> None:
-        prot, flags = int_at(args, 2), int_at(args, 3)
-        if not prot & PROT_WRITE or flags & MAP_TYPE == MAP_PRIVATE:
+        length, prot, flags = int_at(args, 1), int_at(args, 2), int_at(args, 3)
+        self.proc.maps.drop(result, result + length)  # what it replaced is gone
+        if flags & MAP_TYPE == MAP_PRIVATE:
             return
         desc = self.desc(args[4]) if len(args) > 4 else None
-        if desc is None or desc.inode is None or desc.path is None:
+        if desc is None or desc.inode is None or desc.path is None or self.ignored(desc.path):
             return
-        root = next(r for r in self.snapshot.roots if self.snapshot.inside(desc.path))
-        relative = os.path.relpath(desc.path, root)
-        base = os.path.basename(desc.path)
-        if any(fnmatch.fnmatch(n, p) for p in self.ignore_mmap for n in (relative, base)):
-            return
+        if prot & PROT_WRITE:
+            self.refuse_map(desc.path)
+        else:
+            self.proc.maps.shared.append((result, result + length, desc.path))
+
+    def on_mprotect(self, c: Syscall, args: list[str], result: int) -> None:
+        start, length, prot = int_at(args, 0), int_at(args, 1), int_at(args, 2)
+        if prot & PROT_WRITE:
+            for path in self.proc.maps.within(start, start + length):
+                self.refuse_map(path)
+            self.proc.maps.drop(start, start + length)
+
+    def on_munmap(self, c: Syscall, args: list[str], result: int) -> None:
+        start = int_at(args, 0)
+        self.proc.maps.drop(start, start + int_at(args, 1))
+
+    def ignored(self, path: str) -> bool:
+        root = next(r for r in self.snapshot.roots if self.snapshot.inside(path))
+        names = (os.path.relpath(path, root), os.path.basename(path))
+        return any(fnmatch.fnmatch(n, p) for p in self.ignore_mmap for n in names)
+
+    def refuse_map(self, path: str) -> None:
         self.refused.append(
-            f"{desc.path} is mapped writable and shared ({self.call.text}, call "
+            f"{path} is mapped writable and shared ({self.call.text}, call "
             f"{self.call.index}): writes through the map are invisible to a syscall trace "
             f"(give --ignore-mmap for a file that is rebuilt after a crash)"
         )

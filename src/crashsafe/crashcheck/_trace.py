@@ -33,7 +33,7 @@ _CALLS = (
     "rename,renameat,renameat2,link,linkat,symlink,symlinkat,unlink,unlinkat,"
     "mkdir,mkdirat,rmdir,mknod,mknodat,chmod,fchmod,fchmodat,"
     "setxattr,lsetxattr,fsetxattr,removexattr,lremovexattr,fremovexattr,"
-    "copy_file_range,sendfile,splice,ioctl,mmap,"
+    "copy_file_range,sendfile,splice,ioctl,mmap,mprotect,munmap,"
     "clone,clone3,fork,vfork,execve,execveat,chdir,fchdir,umask"
 )
 # "?name": no error where the architecture lacks the call (arm64 has no open, rename, ...)
