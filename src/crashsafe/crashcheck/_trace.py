@@ -1,0 +1,211 @@
+"""Recording a program under strace, and turning the trace into crashcheck's operations.
+
+:func:`record` runs the program under ``strace -f`` (its threads and children too) and
+:func:`parse` reads the trace (see :mod:`._strace` for the lines, :mod:`._replay` for how
+calls become :mod:`._ops` operations).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+from ._errors import CrashcheckError
+from ._ops import Operation, Output, Snapshot
+from ._replay import Model
+from ._strace import calls
+
+__all__ = ["TRACED", "Recording", "parse", "record"]
+
+# The calls that change files, names or durability, and those the model needs to follow
+# fds, offsets, working directories and processes. Reads move offsets (pread/preadv do
+# not, so they are left out); stat-like calls change nothing and are left out too.
+_CALLS = (
+    "open,openat,openat2,creat,close,close_range,dup,dup2,dup3,fcntl,"
+    "read,readv,lseek,write,writev,pwrite64,pwritev,pwritev2,"
+    "truncate,ftruncate,fallocate,fsync,fdatasync,sync,syncfs,sync_file_range,"
+    "rename,renameat,renameat2,link,linkat,symlink,symlinkat,unlink,unlinkat,"
+    "mkdir,mkdirat,rmdir,mknod,mknodat,chmod,fchmod,fchmodat,"
+    "setxattr,lsetxattr,fsetxattr,removexattr,lremovexattr,fremovexattr,"
+    "copy_file_range,sendfile,splice,ioctl,mmap,mprotect,munmap,"
+    "clone,clone3,fork,vfork,execve,execveat,chdir,fchdir,umask"
+)
+# "?name": no error where the architecture lacks the call (arm64 has no open, rename, ...)
+TRACED = "?" + _CALLS.replace(",", ",?")
+
+
+@dataclass
+class Recording:
+    """What a traced run did.
+
+    *operations* in the order the kernel completed their calls; *calls* how many system
+    calls the trace had (crash points are 1..calls, and each operation's ``call.index``
+    is among them); *status* the program's exit status (minus the signal that killed
+    it); *stdout* all it printed; *refused* why the trace cannot be trusted (a writable
+    shared memory map of a file in the directories), empty if it can.
+    """
+
+    operations: list[Operation]
+    calls: int
+    status: int
+    stdout: bytes
+    refused: list[str] = field(default_factory=list)
+
+
+def parse(
+    lines: Iterable[str],
+    snapshot: Snapshot,
+    *,
+    cwd: str | None = None,
+    umask: int = 0o022,
+    stdout_id: str | None = None,
+    ignore_mmap: Sequence[str] = (),
+) -> Recording:
+    """The operations of a trace of a program that started in *cwd* (default: the current
+    directory) with *umask*, over the directories of *snapshot*.
+
+    The trace is what ``strace -f -y -X raw -q -s 0 -e write=all -o FILE`` writes (see
+    :data:`TRACED` for the calls :func:`record` asks for). *stdout_id* is what ``-y``
+    shows for the program's standard output (``pipe:[123]``): a write to fd 1 becomes an
+    :class:`~._ops.Output` while fd 1 is that (when None: while fd 1 is no file under the
+    roots). A writable shared memory map of a file under the roots makes an entry in
+    ``refused`` unless one of the :func:`fnmatch.fnmatch` patterns *ignore_mmap* matches
+    the file's basename or its path relative to its root (``*-shm``, ``db/*.map``).
+    Content the trace does not show (a copy from a file outside the roots) is read from
+    that file as it is now.
+    """
+    model = Model(snapshot, os.path.realpath(cwd or os.getcwd()), umask, stdout_id)
+    model.ignore_mmap = list(ignore_mmap)
+    for event in calls(lines):
+        model.event(event)
+    model.finish()
+    stdout = b"".join(op.data for op in model.ops if isinstance(op, Output))
+    return Recording(model.ops, model.count, model.status, stdout, model.refused)
+
+
+def record(
+    argv: Sequence[str],
+    snapshot: Snapshot,
+    *,
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: int | IO[bytes] | None = None,
+    ignore_mmap: Sequence[str] = (),
+    trace_file: str | None = None,
+) -> Recording:
+    """Run *argv* under strace in *cwd* with *env* and return what it did to the
+    directories of *snapshot* (taken just before).
+
+    The program's standard output goes through a pipe to *stdout* (an fd or a binary
+    file; None: this process's fd 1) and is kept in ``Recording.stdout``; its standard
+    error goes through a pipe too (where strace's own messages are looked for) to this
+    process's fd 2; its standard input is this process's. The trace is written to
+    *trace_file* (kept), or to a temporary file (removed). *ignore_mmap*: as for
+    :func:`parse` (patterns matched against a mapped file's basename and its path
+    relative to its root).
+
+    Raises :class:`CrashcheckError` when strace is not installed, when the kernel does
+    not let it trace (ptrace not permitted), or when it could not start *argv*.
+    """
+    if not argv:
+        raise ValueError("no program to record")
+    strace = shutil.which("strace")
+    if strace is None:
+        raise CrashcheckError(
+            f"cannot record {argv[0]}: strace is not installed (install strace: "
+            "apt-get install strace)"
+        )
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with tempfile.TemporaryDirectory(prefix="crashcheck-trace-") as tmp:
+        path = os.path.abspath(trace_file) if trace_file else os.path.join(tmp, "trace")
+        command = [strace, "--seccomp-bpf", "-f", "-y", "-X", "raw", "-q", "-s", "0",
+                   "-e", "write=all", "-e", f"trace={TRACED}", "-o", path, "--", *argv]  # fmt: skip
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        stdout_id = f"pipe:[{os.fstat(out_w).st_ino}]"
+        try:
+            child = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=out_w, stderr=err_w, close_fds=True
+            )
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        printed: list[bytes] = []
+        said: list[bytes] = []
+        to = stdout if stdout is not None else 1
+        pumps = [
+            threading.Thread(target=_pump, args=(out_r, to, printed), daemon=True),
+            threading.Thread(target=_pump, args=(err_r, 2, said), daemon=True),
+        ]
+        for p in pumps:
+            p.start()
+        returncode = child.wait()
+        for p in pumps:
+            p.join()
+        os.close(out_r)
+        os.close(err_r)
+        _check_started(argv, b"".join(said), path, returncode)
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            recording = parse(
+                f,
+                snapshot,
+                cwd=cwd,
+                umask=umask,
+                stdout_id=stdout_id,
+                ignore_mmap=ignore_mmap,
+            )
+    recording.stdout = b"".join(printed)
+    return recording
+
+
+def _pump(fd: int, to: int | IO[bytes], kept: list[bytes]) -> None:
+    """Copy what comes out of *fd* to *to*, keeping it."""
+    while chunk := os.read(fd, 65536):
+        kept.append(chunk)
+        try:
+            if isinstance(to, int):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(to, view) :]
+            else:
+                to.write(chunk)
+                to.flush()
+        except (OSError, ValueError):
+            pass  # the reader went away (or was closed): keep draining, never block
+
+
+def _check_started(argv: Sequence[str], said: bytes, path: str, returncode: int) -> None:
+    """Raise if strace could not trace *argv* at all."""
+    messages = [
+        line
+        for line in said.decode(errors="replace").splitlines()
+        if line.split(": ", 1)[0].rsplit("/", 1)[-1] == "strace"  # "strace: ", "/usr/bin/strace: "
+    ]
+    empty = not os.path.exists(path) or os.path.getsize(path) == 0
+    if not messages or not (empty or (returncode != 0 and _no_exec(path))):
+        return
+    text = "; ".join(messages)
+    if "Operation not permitted" in text:
+        raise CrashcheckError(
+            f"cannot record {argv[0]}: ptrace is not permitted here ({text}); run as "
+            "root, outside a tracer, or allow it (sysctl kernel.yama.ptrace_scope=0, "
+            "or the SYS_PTRACE capability in a container)"
+        )
+    raise CrashcheckError(f"cannot record {argv[0]}: strace could not run it ({text})")
+
+
+def _no_exec(path: str) -> bool:
+    """Whether the trace shows no successful execve (the program never started)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return not any("execve(" in line and ") = 0" in line for line in f)
