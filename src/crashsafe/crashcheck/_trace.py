@@ -7,21 +7,26 @@ calls become :mod:`._ops` operations).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, NoReturn
 
 from ._errors import CrashcheckError
 from ._ops import Operation, Output, Snapshot
 from ._replay import Model
 from ._strace import calls
 
-__all__ = ["TRACED", "Recording", "parse", "record"]
+__all__ = ["TRACED", "Recording", "parse", "record", "record_call"]
 
 # The calls that change files, names or durability, and those the model needs to follow
 # fds, offsets, working directories and processes. Reads move offsets (pread/preadv do
@@ -115,18 +120,11 @@ def record(
     """
     if not argv:
         raise ValueError("no program to record")
-    strace = shutil.which("strace")
-    if strace is None:
-        raise CrashcheckError(
-            f"cannot record {argv[0]}: strace is not installed (install strace: "
-            "apt-get install strace)"
-        )
-    umask = os.umask(0o022)
-    os.umask(umask)
+    strace = _strace(argv[0])
+    umask = _umask()
     with tempfile.TemporaryDirectory(prefix="crashcheck-trace-") as tmp:
         path = os.path.abspath(trace_file) if trace_file else os.path.join(tmp, "trace")
-        command = [strace, "--seccomp-bpf", "-f", "-y", "-X", "raw", "-q", "-s", "0",
-                   "-e", "write=all", "-e", f"trace={TRACED}", "-o", path, "--", *argv]  # fmt: skip
+        command = [*_strace_command(strace, path), "--", *argv]
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         stdout_id = f"pipe:[{os.fstat(out_w).st_ino}]"
@@ -167,6 +165,137 @@ def record(
             )
     recording.stdout = b"".join(printed)
     return recording
+
+
+def record_call(
+    fn: Callable[[], object],
+    snapshot: Snapshot,
+    *,
+    stdout: int | IO[bytes] | None = None,
+    ignore_mmap: Sequence[str] = (),
+    trace_file: str | None = None,
+) -> Recording:
+    """Call *fn* in a forked child of this process, traced, and return what it did to
+    the directories of *snapshot* (taken just before).
+
+    The child starts as a copy of this process (its working directory, environment and
+    open files), is traced by ``strace -p`` from before its first step, calls *fn* and
+    exits: status 0 when *fn* returned, 1 when it raised (the traceback goes to standard
+    error). What it prints (``print()`` and anything written to fd 1) goes through a pipe
+    to *stdout* and into ``Recording.stdout``. Raises :class:`CrashcheckError` as
+    :func:`record` does.
+    """
+    name = getattr(fn, "__qualname__", repr(fn))
+    strace = _strace(name)
+    umask = _umask()
+    out_r, out_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        _child(fn, out_r, out_w, go_r, go_w)
+    os.close(out_w)
+    os.close(go_r)
+    stdout_id = f"pipe:[{os.fstat(out_r).st_ino}]"
+    printed: list[bytes] = []
+    pump = threading.Thread(
+        target=_pump, args=(out_r, stdout if stdout is not None else 1, printed), daemon=True
+    )
+    pump.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="crashcheck-trace-") as tmp:
+            path = os.path.abspath(trace_file) if trace_file else os.path.join(tmp, "trace")
+            tracer = subprocess.Popen(
+                [*_strace_command(strace, path), "-p", str(pid)],
+                stderr=subprocess.PIPE,
+                close_fds=True,
+            )
+            try:
+                _wait_traced(pid, tracer, name)
+            finally:
+                os.write(go_w, b"g")  # start fn, or (untraced) let the child exit
+                os.close(go_w)
+                _, status = os.waitpid(pid, 0)
+                tracer.wait()
+                pump.join()
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                recording = parse(
+                    f, snapshot, cwd=os.getcwd(), umask=umask, stdout_id=stdout_id,
+                    ignore_mmap=ignore_mmap,
+                )  # fmt: skip
+    finally:
+        os.close(out_r)
+    recording.status = os.waitstatus_to_exitcode(status)
+    recording.stdout = b"".join(printed)
+    return recording
+
+
+def _child(fn: Callable[[], object], out_r: int, out_w: int, go_r: int, go_w: int) -> NoReturn:
+    """The forked child of :func:`record_call`: wait to be traced, call *fn*, exit."""
+    code = 1
+    try:
+        os.close(out_r)
+        os.close(go_w)
+        os.dup2(out_w, 1)
+        os.close(out_w)
+        # A fresh stdout on fd 1, whatever this process had (pytest's capture): what fn
+        # prints must be a write to fd 1 for the trace to see it.
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+        if os.read(go_r, 1):
+            fn()
+            code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+        os._exit(code)
+
+
+def _wait_traced(pid: int, tracer: subprocess.Popen[bytes], name: str) -> None:
+    """Wait until strace has attached to *pid*; raise if it cannot."""
+    while not _tracer_of(pid):
+        if tracer.poll() is not None:
+            assert tracer.stderr is not None
+            said = tracer.stderr.read().decode(errors="replace").strip()
+            if "Operation not permitted" in said:
+                raise CrashcheckError(
+                    f"cannot record {name}: ptrace is not permitted here ({said}); run as "
+                    "root, outside a tracer, or allow it (sysctl kernel.yama.ptrace_scope=0, "
+                    "or the SYS_PTRACE capability in a container)"
+                )
+            raise CrashcheckError(f"cannot record {name}: strace could not attach ({said})")
+        time.sleep(0.001)  # a condition polled, not a timing guessed
+
+
+def _tracer_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _strace(name: str) -> str:
+    strace = shutil.which("strace")
+    if strace is None:
+        raise CrashcheckError(
+            f"cannot record {name}: strace is not installed (install strace: "
+            "apt-get install strace)"
+        )
+    return strace
+
+
+def _strace_command(strace: str, path: str) -> list[str]:
+    return [strace, "--seccomp-bpf", "-f", "-y", "-X", "raw", "-q", "-s", "0",
+            "-e", "write=all", "-e", f"trace={TRACED}", "-o", path]  # fmt: skip
+
+
+def _umask() -> int:
+    # Read by setting and restoring: crashcheck records one program at a time, and the
+    # mode of each file the program creates depends on it.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _pump(fd: int, to: int | IO[bytes], kept: list[bytes]) -> None:
