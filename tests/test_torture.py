@@ -11,13 +11,14 @@ import dataclasses
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from crashsafe import _torture, cli
+from crashsafe import _torture, _torture_child, cli
 from crashsafe._torture import CRASHSAFE, NAIVE, WriterResult, classify, torture
 from crashsafe._torture_child import PIECE, TARGET, content
 from tests.harness.require import require_tools
@@ -338,3 +339,62 @@ def test_a_writer_that_fails_is_an_error_not_a_result(
     assert "crashsafe: torture could not run: the failing writer failed" in captured.err
     assert json.loads(captured.out)["ok"] is False
     assert sorted(p.name for p in tmp_path.iterdir()) == ([] if strace else ["bin"])
+
+
+def test_a_writer_that_fails_before_it_is_ready_is_an_error(tmp_path: Path) -> None:
+    unready = dataclasses.replace(CRASHSAFE, name="unready", setup="raise SystemExit('no go')\n")
+    with pytest.raises(RuntimeError, match=r"^the unready writer failed: no go$"):
+        torture(tmp_path, n=1, writers=[unready])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("strace", [True, False])
+def test_a_writer_that_hangs_is_killed_and_an_error(
+    strace: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if strace:
+        require_tools("strace")
+    else:
+        monkeypatch.setenv("PATH", _without_strace(tmp_path))
+    # It waits for ever, whatever the time allowed: the guard only has to be shorter.
+    monkeypatch.setattr(_torture_child, "TIMEOUT", 1.0)
+    hangs = dataclasses.replace(CRASHSAFE, name="hangs", write="select.select([], [], [])\n")
+    with pytest.raises(RuntimeError, match=r"^a writer child did not finish in 1 s$"):
+        torture(tmp_path, n=1, writers=[hangs])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if strace else ["bin"])
+
+
+def test_interrupted_exits_130_and_removes_its_scratch_directory(tmp_path: Path) -> None:
+    require_tools("strace")
+    proc = subprocess.Popen(
+        [*CLI, str(tmp_path), "-n", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        # Interrupted once its kills run: a writer's directory holds its target.
+        while not list(tmp_path.glob("crashsafe-torture-*/*/" + TARGET)):
+            assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err == b"crashsafe: interrupted; the scratch directory is removed\n"
+    assert out == b""
+    assert list(tmp_path.iterdir()) == []
+    assert _processes_naming(tmp_path) == []  # no writer, no strace left running
+
+
+def _processes_naming(path: Path) -> list[str]:
+    """The command lines of running processes that name *path* (a writer names
+    its target, strace its log)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace")
+        except OSError:  # it exited meanwhile
+            continue
+        if str(path) in args:
+            found.append(args.replace("\0", " "))
+    return found

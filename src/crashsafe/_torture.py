@@ -338,8 +338,9 @@ def torture(
             progress(done, total)
 
     scratch = Path(tempfile.mkdtemp(prefix="crashsafe-torture-", dir=directory))
+    labs: list[Lab] = []
     try:
-        labs = [Lab(w.name, w.setup, w.write, scratch / w.name, size) for w in chosen]
+        labs += [Lab(w.name, w.setup, w.write, scratch / w.name, size) for w in chosen]
         method, note, dry = _choose_method(labs)
         results = []
         for lab, writer in zip(labs, chosen, strict=True):
@@ -349,6 +350,8 @@ def torture(
                 results.append(_timed_kills(lab, writer, n, seed=seed, tick=tick))
         filesystem = _filesystem(scratch)
     finally:
+        for lab in labs:
+            lab.end()  # the children of an interrupted run
         shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.monotonic() - began
     return TortureResult(

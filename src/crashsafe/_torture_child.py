@@ -12,13 +12,16 @@ reaps exactly the processes it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -115,6 +118,7 @@ class Lab:
         self.old = content(size, new=False)
         self.log = directory.parent / f"{name}.trace"
         self.errors = directory.parent / f"{name}.stderr"
+        self.running: list[subprocess.Popen[bytes]] = []
         directory.mkdir()
 
     @property
@@ -135,7 +139,7 @@ class Lab:
     def _start(self, mode: str) -> subprocess.Popen[bytes]:
         package = str(Path(__file__).resolve().parent.parent)
         args = [mode, str(self.target), str(self.size), self.setup, self.write]
-        with open(self.errors, "wb") as errors:
+        with open(self.errors, "wb") as errors, _interrupt_held():
             # -I -S: no site hooks, user paths or environment variables whose
             # work could differ between the dry run and the kills.
             child = subprocess.Popen(
@@ -145,11 +149,12 @@ class Lab:
                 stderr=errors,
                 start_new_session=True,
             )
+            self.running.append(child)
         try:
             if _read_line(child, time.monotonic() + TIMEOUT) != b"ready\n":
                 raise RuntimeError(f"the {self.name} writer failed: {self._stderr()}")
         except BaseException:
-            _end(child)
+            self.end()
             raise
         return child
 
@@ -165,13 +170,15 @@ class Lab:
         if inject is not None:
             cmd += ["-e", f"inject={inject}"]
         self.log.unlink(missing_ok=True)
-        tracer = subprocess.Popen(
-            [*cmd, "-p", str(child.pid)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        with _interrupt_held():
+            tracer = subprocess.Popen(
+                [*cmd, "-p", str(child.pid)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            self.running.append(tracer)
         deadline = time.monotonic() + TIMEOUT
         try:
             # A complete line in the log: strace stops the child at every call now.
@@ -186,8 +193,7 @@ class Lab:
             _wait(child, deadline)
             _wait(tracer, deadline)
         finally:
-            _end(child)
-            _end(tracer)
+            self.end()
         if inject is None and child.returncode != 0:
             raise RuntimeError(f"the {self.name} writer failed: {self._stderr()}")
         return child.returncode, parse(_text(self.log))
@@ -208,12 +214,45 @@ class Lab:
             took = time.monotonic() - went
             _wait(child, deadline)
         finally:
-            _end(child)
+            self.end()
         if child.returncode == 0 and line == b"done\n":
             return 0, took
         if delay is None:
             raise RuntimeError(f"the {self.name} writer failed: {self._stderr()}")
         return child.returncode, float("nan")
+
+    def end(self) -> None:
+        """Kill the processes this lab started that still run, reap them, close
+        their pipes. Called again after an interrupt inside it, it finishes."""
+        while self.running:
+            proc = self.running[-1]
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            self.running.pop()
+
+
+@contextlib.contextmanager
+def _interrupt_held() -> Iterator[None]:
+    """Ctrl-C held back while a child is started and recorded, so that it cannot
+    leave one running unrecorded (Popen waits for the exec in between); it is
+    handled right after. The child inherits the block: it runs in a session of
+    its own and is ended with SIGKILL, so it needs no SIGINT."""
+    if sys.platform == "win32":
+        yield
+        return
+    was_blocked: bool | None = None
+    try:
+        was_blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        yield
+    finally:
+        # None: a SIGINT that came just before was handled inside the call above,
+        # after it blocked, and raised: unblock all the same.
+        if not was_blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _text(path: Path) -> str:
@@ -256,13 +295,3 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float) -> None:
     except subprocess.TimeoutExpired:
         _check(deadline)
         raise
-
-
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    """Kill *proc* (one of ours) if it still runs, reap it, close its pipes."""
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
