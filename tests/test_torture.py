@@ -14,6 +14,7 @@ import pty
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -157,7 +158,7 @@ def test_text_report_on_a_pipe_and_the_bar_on_a_terminal(tmp_path: Path) -> None
     piped = _run(str(tmp_path), "-n", "2", "--seed", "9")
     assert piped.returncode == 0, piped.stderr
     assert piped.stderr == ""
-    assert "killed 2 times" in piped.stdout and "--seed 9 chooses the same again" in piped.stdout
+    assert "2 kills of each writer" in piped.stdout and "(--seed 9 repeats them)" in piped.stdout
     assert "crashsafe.atomic_write  " in piped.stdout and "intact (old/new)" in piped.stdout
     assert "crashsafe.atomic_write: every kill left the complete old or new file" in piped.stdout
 
@@ -398,3 +399,13 @@ def _processes_naming(path: Path) -> list[str]:
         if str(path) in args:
             found.append(args.replace("\0", " "))
     return found
+
+
+def test_without_dir_it_works_in_the_temporary_directory_and_removes_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # what TMPDIR would say
+    result = torture(n=1, seed=1, writers=[CRASHSAFE])
+    assert Path(result.directory).parent == tmp_path
+    assert result.writers[0].intact == 1
+    assert list(tmp_path.iterdir()) == []

@@ -29,7 +29,6 @@ instead, and the results vary from run to run.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import shutil
@@ -40,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from crashsafe._torture_child import PIECE, Call, Lab, NoTracer, content
+from crashsafe._torture_child import Call, Lab, NoTracer, content
 
 __all__ = [
     "CRASHSAFE",
@@ -120,9 +119,9 @@ def classify(path: Path, size: int) -> tuple[Outcome, str, int]:
 
 @dataclass(frozen=True)
 class Kill:
-    """One kill: where it was aimed (*at*, ``"write #3"``: before the writer's
-    third write call) or when (*delay*, seconds after the go byte), and what it
-    left. *killed* is False when the writer finished before the kill came."""
+    """One kill: where it landed (*at*, ``"write #3"``: before the writer's third
+    write call) or when it was sent (*delay*, seconds after the write began), and
+    what it left. *killed* is False when the writer finished before the kill came."""
 
     at: str | None
     delay: float | None
@@ -249,7 +248,8 @@ def _strace_kills(
             if status != -9 or (seen and str(seen[-1]) == str(aim)):
                 break
         outcome, detail, size = classify(lab.target, lab.size)
-        kills.append(Kill(str(aim), None, status == -9, outcome, detail, size))
+        at = str(seen[-1]) if status == -9 and seen else str(aim)  # where it landed
+        kills.append(Kill(at, None, status == -9, outcome, detail, size))
         tick()
     leftovers += lab.reset()
     return WriterResult(writer, len(calls), tuple(kills), leftovers)
@@ -367,24 +367,24 @@ def _size(n: int) -> str:
 
 def report(result: TortureResult) -> str:
     """The result as text: what was done, a table per writer, and the verdict."""
-    pieces = math.ceil(result.size / PIECE)
-    on = f"{result.directory} ({result.filesystem})" if result.filesystem else result.directory
+    where = f"{result.filesystem}, " if result.filesystem else ""
     lines = [
-        f"Each writer replaces a {_size(result.size)} file ({pieces} pieces of up to 64 KiB) "
-        f"and is killed {result.n} times,",
-        f"in {on}, removed afterwards.",
+        f"crashsafe torture: {result.n} kills of each writer while it replaces a "
+        f"{_size(result.size)} file,",
+        f"in {result.directory} ({where}removed afterwards), {result.seconds:.1f} s.",
     ]
     if result.method == "strace":
         calls = ", ".join(f"{w.writer.name} {w.syscalls}" for w in result.writers)
-        lines.append(
-            f"Kills before chosen syscalls of the write (strace; syscalls: {calls}); "
-            f"--seed {result.seed} chooses the same again."
-        )
+        lines += [
+            "Each kill comes right before one of the syscalls of the write (strace), chosen",
+            f"by seed {result.seed} (--seed {result.seed} repeats them); syscalls: {calls}.",
+        ]
     else:
-        lines.append(
-            f"Kills at random times during the write: {result.note}, so the results vary "
-            "from run to run (with strace they are repeatable for a seed)."
-        )
+        lines += [
+            f"Each kill comes at a random time during the write, as {result.note}:",
+            "the results vary from run to run (with strace, each kill comes right before",
+            "a syscall of the write chosen by the seed, the same on every run).",
+        ]
     label_width = max(len("writer"), *(len(w.writer.label) for w in result.writers))
     header = f"{'writer':<{label_width}}  {'intact (old/new)':>16}  {'empty':>5}  {'torn':>5}"
     lines += ["", f"{header}  {'missing':>7}"]
@@ -417,5 +417,6 @@ def _verdict(w: WriterResult, n: int) -> list[str]:
         )
         return [f"{name}: every kill left the complete old or new file{leftovers}."]
     if w.damaged:
-        return [f"The {w.writer.name} writer left {w.damaged} of {n} files damaged."]
+        kinds = " or ".join(o for o in ("empty", "torn", "missing") if w.count(o))
+        return [f"The {w.writer.name} writer left {w.damaged} of {n} files damaged ({kinds})."]
     return [f"The {w.writer.name} writer came through intact every time: no kill caught it."]

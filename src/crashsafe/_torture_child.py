@@ -34,11 +34,12 @@ START_MARK: Final = "/.crashsafe-torture-start"
 END_MARK: Final = "/.crashsafe-torture-end"
 TIMEOUT: Final = 60.0  # one child, start to end: only turns a hang into an error
 
-# argv: the directory holding the crashsafe package, the mode ("traced": poll
-# stdin, so that strace's attach shows in its log at once; "timed": block), the
-# target, the size, the writer's setup and write code.
+# argv: the directory holding the crashsafe package, the mode, the target, the
+# size, the writer's setup and write code. "traced": poll stdin, so that
+# strace's attach shows in its log at once; "timed": block, and say when the
+# write starts, the moment the kill's delay counts from.
 _CHILD: Final = f"""\
-import os, select, sys
+import os, select, sys, time
 sys.path.insert(0, sys.argv[1])
 from crashsafe._torture_child import PIECE, content
 mode, path, size = sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -51,10 +52,14 @@ if mode == "traced":
     while not select.select([0], [], [], 0.001)[0]:
         pass
 os.read(0, 1)
+if mode == "timed":
+    os.write(1, b"writing\\n")
 os.access({START_MARK!r}, os.F_OK)
+started = time.monotonic()
 exec(write)
+took = time.monotonic() - started
 os.access({END_MARK!r}, os.F_OK)
-os.write(1, b"done\\n")
+os.write(1, b"done %r\\n" % took)
 """
 
 
@@ -199,24 +204,23 @@ class Lab:
         return child.returncode, parse(_text(self.log))
 
     def timed(self, delay: float | None) -> tuple[int, float]:
-        """Run the writer, killed *delay* seconds after the go byte (None: not
-        killed); returns its exit status and the time from the go byte to its
-        "done" (its wake-up and its write; nan if it did not finish)."""
+        """Run the writer, killed *delay* seconds after it said it starts writing
+        (None: not killed); returns its exit status and the time its write took
+        (nan if it did not finish)."""
         child = self._start("timed")
         deadline = time.monotonic() + TIMEOUT
         try:
             _go(child)
-            went = time.monotonic()
-            if delay is not None:
+            line = _read_line(child, deadline)
+            if delay is not None and line == b"writing\n":
                 time.sleep(delay)
                 child.kill()  # nothing if it already exited
             line = _read_line(child, deadline)
-            took = time.monotonic() - went
             _wait(child, deadline)
         finally:
             self.end()
-        if child.returncode == 0 and line == b"done\n":
-            return 0, took
+        if child.returncode == 0 and line.startswith(b"done "):
+            return 0, float(line.split()[1])
         if delay is None:
             raise RuntimeError(f"the {self.name} writer failed: {self._stderr()}")
         return child.returncode, float("nan")
