@@ -410,12 +410,14 @@ def _verdict(w: WriterResult, n: int) -> list[str]:
             "operating system and the filesystem.",
         ]
     if w.writer.checked:
-        leftovers = (
-            f" (its kills left {w.leftovers} temporary files, which `crashsafe sweep` removes)"
-            if w.leftovers
-            else ""
-        )
-        return [f"{name}: every kill left the complete old or new file{leftovers}."]
+        lines = [f"{name}: every kill left the complete old or new file."]
+        if w.leftovers:
+            files = "file" if w.leftovers == 1 else "files"
+            lines.append(
+                f"(Its kills also left {w.leftovers} temporary {files}, which "
+                "`crashsafe sweep DIR` removes.)"
+            )
+        return lines
     if w.damaged:
         kinds = " or ".join(o for o in ("empty", "torn", "missing") if w.count(o))
         return [f"The {w.writer.name} writer left {w.damaged} of {n} files damaged ({kinds})."]
