@@ -22,7 +22,8 @@ import pytest
 from crashsafe import _torture, _torture_child, cli
 from crashsafe._torture import CRASHSAFE, NAIVE, WriterResult, classify, torture
 from crashsafe._torture_child import PIECE, TARGET, content
-from tests.harness.require import require_tools
+from tests import children
+from tests.harness.require import require, require_root, require_tools
 
 CLI = [sys.executable, "-m", "crashsafe", "torture"]
 SIZE = 1 << 20
@@ -220,26 +221,55 @@ def test_without_strace_the_command_says_so_and_that_results_vary(tmp_path: Path
     assert "strace is not on PATH" in result.stdout and "vary from run to run" in result.stdout
 
 
-def test_strace_that_cannot_attach_falls_back_to_timed_kills(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # What an strace refused ptrace prints (a container without CAP_SYS_PTRACE,
-    # Yama's ptrace_scope), from a program of that name on PATH.
-    fake = tmp_path / "bin" / "strace"
-    fake.parent.mkdir()
-    fake.write_text(
-        "#!/bin/sh\necho 'strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted' >&2\n"
-        "exit 1\n"
-    )
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", str(fake.parent))
-    result = torture(tmp_path, n=2, seed=1, size=SIZE, writers=[CRASHSAFE])
-    assert result.method == "timed"
-    assert result.note == (
-        "strace cannot trace the writer: "
-        "strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted"
-    )
-    assert result.writers[0].intact == 2
+# Run as user nobody, whose strace the kernel refuses a writer that made itself
+# non-dumpable (PR_SET_DUMPABLE 0): what a container without CAP_SYS_PTRACE, or
+# Yama's ptrace_scope, does to every writer.
+NOT_TRACEABLE = """
+import dataclasses, json, sys
+from crashsafe._torture import CRASHSAFE, torture
+setup = "import ctypes\\nctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\\n" + CRASHSAFE.setup
+writer = dataclasses.replace(CRASHSAFE, setup=setup)
+r = torture(sys.argv[1], n=2, seed=1, writers=[writer])
+print(json.dumps({"method": r.method, "note": r.note, "intact": r.writers[0].intact}))
+"""
+
+
+def _python_nobody_can_start_again() -> str:
+    """An interpreter that user nobody can run and that can start itself again as
+    ``sys.executable`` (a virtual environment's python may link into a directory
+    closed to nobody, which the link's own start passes but a second start does not)."""
+    require_root()
+    require_tools("setpriv")
+    again = "import subprocess, sys; subprocess.run([sys.executable, '-c', ''], check=True)"
+    for python in (sys.executable, "/usr/bin/python3"):
+        env = {**os.environ, "PYTHONPATH": children.SRC}
+        probe = [*children.NOBODY, python, "-c", f"import crashsafe; {again}"]
+        if subprocess.run(probe, env=env, capture_output=True, check=False).returncode == 0:
+            return python
+    require(False, "no Python that user nobody can run twice with crashsafe")
+    raise AssertionError("unreachable")
+
+
+def test_strace_refused_by_the_kernel_falls_back_to_timed_kills() -> None:
+    require_tools("strace")
+    python = _python_nobody_can_start_again()
+    with children.root_owned_directory() as shared:
+        shared.chmod(0o777)
+        ran = subprocess.run(
+            [*children.NOBODY, python, "-c", NOT_TRACEABLE, str(shared)],
+            env={**os.environ, "PYTHONPATH": children.SRC},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert list(shared.iterdir()) == []
+    report = json.loads(ran.stdout)
+    assert report["method"] == "timed"
+    assert report["note"].startswith("strace cannot trace the writer: ")
+    assert report["note"].endswith("Operation not permitted")
+    assert report["intact"] == 2
 
 
 # -- what a killed writer left ----------------------------------------------------------
