@@ -53,7 +53,7 @@ if mode == "traced":
         pass
 os.read(0, 1)
 if mode == "timed":
-    os.write(1, b"writing\\n")
+    os.write(1, b"w\\n")
 os.access({START_MARK!r}, os.F_OK)
 started = time.monotonic()
 exec(write)
@@ -212,7 +212,7 @@ class Lab:
         try:
             _go(child)
             line = _read_line(child, deadline)
-            if delay is not None and line == b"writing\n":
+            if delay is not None and line == b"w\n":
                 time.sleep(delay)
                 child.kill()  # nothing if it already exited
             line = _read_line(child, deadline)
