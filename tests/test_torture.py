@@ -343,10 +343,12 @@ def test_library_refuses_bad_arguments_naming_them(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as missing:
         torture(tmp_path / "nowhere")
     assert missing.value.filename == tmp_path / "nowhere"
+    assert missing.value.strerror == "No such file or directory"
     (tmp_path / "f").write_bytes(b"")
     with pytest.raises(NotADirectoryError) as not_dir:
         torture(tmp_path / "f")
     assert not_dir.value.filename == tmp_path / "f"
+    assert not_dir.value.strerror == "Not a directory"
 
 
 @pytest.mark.parametrize("strace", [True, False])

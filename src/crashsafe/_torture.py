@@ -29,6 +29,7 @@ instead, and the results vary from run to run.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -317,16 +318,20 @@ def torture(
 
     Raises ``ValueError`` if *n* or *size* is below 1, ``FileNotFoundError`` or
     ``NotADirectoryError`` naming *directory* if it is not a directory, and
-    ``RuntimeError`` if a writer fails or hangs. Its children are killed and
-    reaped and the scratch directory removed in every case.
+    ``RuntimeError`` if a writer fails or hangs, or on a system that is not
+    POSIX. Its children are killed and reaped and the scratch directory
+    removed in every case.
     """
+    if os.name != "posix":  # pragma: no cover - the suite runs on Linux
+        raise RuntimeError("torture needs a POSIX system: it talks to its writers over pipes")
     if n < 1:
         raise ValueError(f"n={n}: the number of kills must be at least 1")
     if size < 1:
         raise ValueError(f"size={size}: the file must have at least 1 byte")
     if directory is not None and not os.path.isdir(directory):
-        error = NotADirectoryError if os.path.exists(directory) else FileNotFoundError
-        raise error(20 if os.path.exists(directory) else 2, "not a directory", directory)
+        code = errno.ENOTDIR if os.path.exists(directory) else errno.ENOENT
+        error = NotADirectoryError if code == errno.ENOTDIR else FileNotFoundError
+        raise error(code, os.strerror(code), directory)
     chosen = tuple(WRITERS if writers is None else writers)
     began = time.monotonic()
     total, done = n * len(chosen), 0
