@@ -23,6 +23,7 @@ from crashsafe import _torture, _torture_child, cli
 from crashsafe._torture import CRASHSAFE, NAIVE, WriterResult, classify, torture
 from crashsafe._torture_child import PIECE, TARGET, content
 from tests import children
+from tests.harness.mounts import loop_mount
 from tests.harness.require import require, require_root, require_tools
 
 CLI = [sys.executable, "-m", "crashsafe", "torture"]
@@ -112,18 +113,20 @@ def test_a_damaged_crashsafe_result_exits_1_and_says_how_to_report(
     require_tools("strace")
     broken = dataclasses.replace(NAIVE, name="broken", label="in place", checked=True)
     monkeypatch.setattr(_torture, "WRITERS", (broken,))
-    status = cli.main(["torture", str(tmp_path), "-n", "30", "--seed", "1"])
+    # 20 kills at 20 different calls: the few calls where an in-place write is
+    # intact (before its open, after its last write) cannot take them all.
+    status = cli.main(["torture", str(tmp_path), "-n", "20", "--seed", "1"])
     out, _ = capsys.readouterr()
     assert status == 1
     assert "in place left " in out and "files damaged: that is a bug in crashsafe" in out
     assert "report it" in out and "--json" in out and "crashsafe --version" in out
 
-    status = cli.main(["torture", str(tmp_path), "-n", "30", "--seed", "1", "--json"])
+    status = cli.main(["torture", str(tmp_path), "-n", "5", "--seed", "1", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert status == 1
     assert report["ok"] is False and report["exit_status"] == 1
     assert report["writers"][0]["checked"] is True
-    assert report["writers"][0]["empty"] + report["writers"][0]["torn"] >= PIECES
+    assert report["writers"][0]["empty"] + report["writers"][0]["torn"] >= 1
     assert list(tmp_path.iterdir()) == []
 
 
@@ -444,3 +447,30 @@ def test_without_dir_it_works_in_the_temporary_directory_and_removes_its_own(
     assert Path(result.directory).parent == tmp_path
     assert result.writers[0].intact == 1
     assert list(tmp_path.iterdir()) == []
+
+
+# -- on a real xfs, with either way of staging --------------------------------------------
+
+NAMED = dataclasses.replace(
+    CRASHSAFE,
+    name="named",
+    label="atomic_write, named staging",
+    setup=CRASHSAFE.setup + "import crashsafe._platform._posix as p\np.use_tmpfile = False\n",
+)
+
+
+def test_on_xfs_atomic_write_is_intact_at_every_syscall_with_either_staging() -> None:
+    require_tools("strace")
+    with loop_mount("xfs") as mnt:
+        result = torture(mnt, n=40, seed=11, writers=[CRASHSAFE, NAMED])
+        assert list(mnt.iterdir()) == []
+    assert result.filesystem == "xfs" and result.method == "strace"
+    for w in result.writers:
+        assert w.syscalls is not None and w.syscalls <= 40
+        assert len(_by_aim(w)) == w.syscalls  # every call a kill point
+        assert w.intact == 40 and w.count("old") >= 1 and w.count("new") >= 1
+        assert w.leftovers >= 1  # a named temporary file before the rename: sweep's
+    anonymous, named = result.writers
+    # Named staging leaves its temporary file from its creation to the rename,
+    # anonymous staging only between the link and the rename.
+    assert named.leftovers > anonymous.leftovers
