@@ -122,9 +122,13 @@ def test_a_damaged_crashsafe_result_exits_1_and_says_how_to_report(
     assert "report it" in out and "--json" in out and "crashsafe --version" in out
 
     status = cli.main(["torture", str(tmp_path), "-n", "5", "--seed", "1", "--json"])
-    report = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    report = json.loads(out)
     assert status == 1
     assert report["ok"] is False and report["exit_status"] == 1
+    assert report["error"].startswith("in place left ")
+    assert "that is a bug in crashsafe. Please report it" in report["error"]
+    assert err == f"crashsafe: {report['error']}\n"
     assert report["writers"][0]["checked"] is True
     assert report["writers"][0]["empty"] + report["writers"][0]["torn"] >= 1
     assert list(tmp_path.iterdir()) == []

@@ -62,6 +62,13 @@ OUTCOMES: Final[tuple[Outcome, ...]] = ("old", "new", "empty", "torn", "missing"
 ATTEMPTS: Final = 3  # a kill that lands on another call than aimed is tried again
 
 
+_REPORT_IT: Final = (
+    "Please report it as a crashsafe issue, with this output, the output of the same "
+    "command with --json (what each kill left), `crashsafe --version`, the operating "
+    "system and the filesystem."
+)
+
+
 @dataclass(frozen=True)
 class Writer:
     """A way to replace a file, run in a child. *setup* runs before the go byte
@@ -194,6 +201,14 @@ class TortureResult:
     @property
     def ok(self) -> bool:
         return all(w.damaged == 0 for w in self.writers if w.writer.checked)
+
+    def bug(self) -> str | None:
+        """None if :attr:`ok`, else what went wrong and how to report it."""
+        damaged = [w for w in self.writers if w.writer.checked and w.damaged]
+        if not damaged:
+            return None
+        what = ", ".join(f"{w.writer.label} left {w.damaged} of {self.n}" for w in damaged)
+        return f"{what} files damaged: that is a bug in crashsafe. {_REPORT_IT}"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -409,10 +424,8 @@ def _verdict(w: WriterResult, n: int) -> list[str]:
     name = w.writer.label
     if w.writer.checked and w.damaged:
         return [
-            f"{name} left {w.damaged} of {n} files damaged: that is a bug in crashsafe. "
-            "Please report it as a crashsafe issue, with this output, the output of the "
-            "same command with --json (what each kill left), `crashsafe --version`, the "
-            "operating system and the filesystem.",
+            f"{name} left {w.damaged} of {n} files damaged: that is a bug in crashsafe.",
+            _REPORT_IT,
         ]
     if w.writer.checked:
         lines = [f"{name}: every kill left the complete old or new file."]

@@ -359,11 +359,15 @@ def _torture(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.finish()
+    bug = result.bug()
     if args.json:
-        _print_json(result.to_json() if result.ok else {**result.to_json(), "exit_status": 1})
+        failed = {} if bug is None else {"exit_status": EXIT_FAILED, "error": bug}
+        _print_json({**result.to_json(), **failed})
+        if bug is not None:
+            print(f"crashsafe: {bug}", file=sys.stderr)
     else:
         print(report(result))
-    return 0 if result.ok else EXIT_FAILED
+    return 0 if bug is None else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
