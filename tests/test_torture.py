@@ -414,8 +414,13 @@ def test_interrupted_exits_130_and_removes_its_scratch_directory(tmp_path: Path)
     )
     try:
         # Interrupted once its kills run: a writer's directory holds its target.
-        while not list(tmp_path.glob("crashsafe-torture-*/*/" + TARGET)):
-            assert proc.poll() is None, proc.communicate()
+        children.wait_until(
+            lambda: (
+                bool(list(tmp_path.glob(f"crashsafe-torture-*/*/{TARGET}")))
+                or proc.poll() is not None
+            )
+        )
+        assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
