@@ -152,6 +152,15 @@ def _add_target(
     )
 
 
+_TORTURE_DESCRIPTION = """\
+A naive writer (open with truncation, write, close) and crashsafe.atomic_write
+each replace a file of known content and are killed (SIGKILL) N times while
+they do; then each file is read: intact (the complete old or new content),
+empty, torn (a prefix, a mix, zeros) or missing. With strace on PATH, each
+kill comes right before a syscall of the write, chosen by --seed; without it,
+at a random time during the write (the results then vary). A progress bar is
+shown when standard error is a terminal."""
+
 _TORTURE_EPILOG = """\
 examples:
   crashsafe torture                   # 50 kills per writer in a temporary directory
@@ -187,13 +196,7 @@ def _add_torture(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     torture = commands.add_parser(
         "torture",
         help="kill a naive writer and atomic_write N times each, mid-write; show what each left",
-        description="A naive writer (open with truncation, write, close) and "
-        "crashsafe.atomic_write each replace a file of known content and are killed "
-        "(SIGKILL) N times while they do; then each file is read: intact (the complete "
-        "old or new content), empty, torn (a prefix, a mix, zeros) or missing. With "
-        "strace on PATH, each kill comes right before a syscall of the write, chosen "
-        "by --seed; without it, at a random time during the write (the results then "
-        "vary). A progress bar is shown when standard error is a terminal.",
+        description=_TORTURE_DESCRIPTION,
         epilog=_TORTURE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
