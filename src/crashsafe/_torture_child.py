@@ -73,8 +73,10 @@ def content(size: int, *, new: bool) -> bytes:
     return b"".join(pieces)
 
 
-class NoTracer(Exception):
-    """strace is on PATH but cannot trace the child (no ptrace permission, say)."""
+class NoTracer(RuntimeError):
+    """strace is on PATH but cannot trace the child (no ptrace permission, say).
+    Before the dry run, a reason to kill at random times instead; after it
+    (strace refusing an ``inject=`` it cannot do), a failure of the run."""
 
 
 @dataclass(frozen=True)
