@@ -314,6 +314,7 @@ def test_every_kind_of_damage_is_told_apart(tmp_path: Path) -> None:
         (["-n", "many"], "argument -n: 'many' is not a number of kills >= 1"),
         (["--size", "0"], "argument --size: '0' is not a number of bytes >= 1"),
         (["--seed", "-1"], "argument --seed: '-1' is not a seed"),
+        (["--seed", "\u00b2"], "argument --seed: '\u00b2' is not a seed"),  # a digit, not ASCII
         (["a", "b"], "unrecognized arguments: b"),
     ],
 )

@@ -187,7 +187,7 @@ def _at_least_one(what: str) -> Callable[[str], int]:
 
 
 def _seed(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed (a whole number >= 0)")
     return int(text)
 
