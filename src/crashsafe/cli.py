@@ -349,6 +349,56 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+class _KillBar:
+    """torture's progress: one line on standard error, redrawn at each kill."""
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = 30 * done // total
+        sys.stderr.write(f"\rkilling {done}/{total} [{'#' * filled}{'.' * (30 - filled)}]\x1b[K")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+def _torture(args: argparse.Namespace) -> int:
+    import secrets
+
+    from crashsafe._torture import report, torture
+
+    where = args.directory
+    if where is not None and not os.path.isdir(where):
+        why = "not a directory" if os.path.exists(where) else "no such directory"
+        print(f"crashsafe torture: error: DIR {where}: {why}", file=sys.stderr)
+        return EXIT_USAGE
+    seed = secrets.randbelow(1_000_000) if args.seed is None else args.seed
+    bar = _KillBar() if sys.stderr.isatty() and not args.json else None
+    try:
+        result = torture(where, args.n, seed, args.size, progress=bar)
+    except RuntimeError as e:  # a writer child failed or hung: nothing was measured
+        status, message = EXIT_FAILED, f"torture could not run: {e}"
+        print(f"crashsafe: {message}", file=sys.stderr)
+        if args.json:
+            _print_json({"ok": False, "exit_status": status, "error": message})
+        return status
+    except KeyboardInterrupt:
+        print("crashsafe: interrupted; the scratch directory is removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if bar is not None:
+            bar.finish()
+    bug = result.bug()
+    if args.json:
+        failed = {} if bug is None else {"exit_status": EXIT_FAILED, "error": bug}
+        _print_json({**result.to_json(), **failed})
+        if bug is not None:
+            print(f"crashsafe: {bug}", file=sys.stderr)
+    else:
+        print(report(result))
+    return 0 if bug is None else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -359,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _check,
         "sweep": _sweep,
         "doctor": _doctor,
+        "torture": _torture,
     }
     try:
         return commands[args.command](args)

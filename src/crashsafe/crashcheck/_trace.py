@@ -186,6 +186,8 @@ def record_call(
     :func:`record` does.
     """
     name = getattr(fn, "__qualname__", repr(fn))
+    if sys.platform == "win32":
+        raise CrashcheckError(f"cannot record {name}: crashcheck needs Linux and strace")
     strace = _strace(name)
     umask = _umask()
     out_r, out_w = os.pipe()
