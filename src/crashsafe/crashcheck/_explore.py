@@ -1,0 +1,590 @@
+"""Which crash states a run allows, checking each, and the vulnerabilities they show.
+
+The model of persistence is the project's conservative one (CONTRACT.md):
+
+- a crash point is "after operation k" (k = 0 .. n, 0 before any);
+- operation i <= k is *durable at k* when a barrier s, i < s <= k, covers it: a write,
+  truncate or mode change of inode I is covered by an fsync of I (an fdatasync covers
+  data and size, not a mode) or by ``sync()``; a write through an ``O_SYNC``/``O_DSYNC``
+  descriptor is durable at once; a create, mkdir, symlink, link, unlink or rmdir of P by
+  a sync of the directory inode that held P's name when the operation ran, a rename by a
+  sync of the directory that held its destination (it is atomic, the source goes with
+  it); ``sync()`` covers everything. An ``O_TMPFILE`` create and the program's output are
+  never lost;
+- everything not durable at k may be lost or persist, in any combination; a write may
+  persist in part, as any set of its pieces split at 4096-byte file offsets, and a write
+  that grows the file may leave its new size with zeros or garbage where its data did
+  not land;
+- the check is told the standard output written by operations <= k.
+
+The families of states looked at (by default, the ones that found ALICE's bugs): every
+*prefix* (operations 1..k all persisted); *one left out* (1..k but one operation j < k
+not durable at k); *torn* (1..k-1 and write k in part: each proper prefix of its pieces,
+each piece alone, capped, and for a growing write the new size with zeros and with
+garbage). ``exhaustive=True`` instead enumerates at every k every combination of the
+operations not durable at k and of the pieces of their writes, up to a cap.
+
+A broken state is classified as ALICE does: a prefix or torn state is *atomicity*
+(consecutive broken prefix points are one finding); a state with operations lost is
+*durability* if the prefix before the first lost operation j, told the same standard
+output, is broken too (losing j breaks it by itself), otherwise *ordering* (a later
+operation persisted without j).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from ._checkrun import Check, remove_tree, run_check
+from ._errors import CrashcheckError
+from ._model import Base, State, pieces
+from ._ops import (
+    Create,
+    Link,
+    Mkdir,
+    Operation,
+    Output,
+    Rename,
+    Rmdir,
+    SetMode,
+    Snapshot,
+    Symlink,
+    Sync,
+    SyncAll,
+    Truncate,
+    Unlink,
+    Write,
+)
+from ._report import CrashPoint, Family, Kind, Report, Vulnerability
+
+__all__ = ["explore_operations"]
+
+_NEVER = 1 << 62  # covered_at of an operation no barrier covers
+_STATEFUL = (Create, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, Write, Truncate, SetMode)
+
+# A torn write: (operation number, indexes of the pieces that landed, fill or None).
+Torn = tuple[int, tuple[int, ...], str | None]
+Key = tuple[bytes, int]  # (fingerprint, which standard output): identical states
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """One crash state: after operation *k*, *lost* not persisted, *torn* in part, told
+    the standard output of operations <= *told*."""
+
+    k: int
+    family: Family
+    lost: frozenset[int] = frozenset()
+    torn: tuple[Torn, ...] = ()
+    told: int = -1  # -1: k
+
+    @property
+    def stdout_of(self) -> int:
+        return self.k if self.told < 0 else self.told
+
+
+class _Run:
+    """The facts of the whole run, from one replay of every operation in order."""
+
+    def __init__(self, base: Base, ops: Sequence[Operation]) -> None:
+        self.ops = ops
+        n = len(ops)
+        self.covered = [0] * (n + 1)  # the barrier making op i durable; 0: never lost
+        self.grows = [False] * (n + 1)  # a write ending past the file's size
+        self.descs = [""] * (n + 1)
+        self.stdout = [b""] * (n + 1)
+        self.stdout_id = [0] * (n + 1)  # equal ids, equal standard output
+        roots = base.roots
+        names: dict[int, str] = {}
+        for path in sorted(base.snapshot.entries, reverse=True):
+            names[base.snapshot.entries[path].inode] = path
+        self._roots = roots
+        state = base.state()
+        self._pending: dict[int, list[int]] = {}  # by the inode whose sync covers them
+        self._pending_mode: dict[int, list[int]] = {}  # mode changes: fdatasync skips them
+        self._uncovered: set[int] = set()
+        for i, op in enumerate(ops, 1):
+            self.stdout[i] = self.stdout[i - 1]
+            self.stdout_id[i] = self.stdout_id[i - 1]
+            self.descs[i] = self._describe(op, names)
+            if isinstance(op, Output) and op.data:
+                self.stdout[i] += op.data
+                self.stdout_id[i] += 1
+            elif isinstance(op, Create) and not op.named:
+                names[op.inode] = "<unnamed file in " + self.show(op.path) + ">"
+            self._cover(i, op, state)
+            if isinstance(op, Write):
+                size = state.size(op.inode)
+                self.grows[i] = size is not None and op.offset + len(op.data) > size
+            self._rename_names(state, op, names)
+            state.apply(op)
+
+    def _cover(self, i: int, op: Operation, state: State) -> None:
+        """Note which barrier makes *op* (number *i*) durable, or what it makes durable."""
+        if isinstance(op, Sync):
+            tables = (self._pending, self._pending_mode) if op.kind == "fsync" else (self._pending,)
+            for table in tables:
+                for j in table.pop(op.inode, []):
+                    if j in self._uncovered:
+                        self.covered[j] = i
+                        self._uncovered.discard(j)
+        elif isinstance(op, SyncAll):
+            for j in self._uncovered:
+                self.covered[j] = i
+            self._uncovered.clear()
+            self._pending.clear()
+            self._pending_mode.clear()
+        elif isinstance(op, _STATEFUL) and not (isinstance(op, Create) and not op.named):
+            if isinstance(op, Write) and op.synced:
+                self.covered[i] = i
+                return
+            self._uncovered.add(i)
+            self.covered[i] = _NEVER
+            key: int | None
+            if isinstance(op, Write | Truncate | SetMode):
+                key = op.inode
+            else:
+                key = state.parent_inode(op.dst if isinstance(op, Rename) else op.path)
+            table = self._pending_mode if isinstance(op, SetMode) else self._pending
+            if key is not None:
+                table.setdefault(key, []).append(i)
+
+    @staticmethod
+    def _rename_names(state: State, op: Operation, names: dict[int, str]) -> None:
+        if isinstance(op, Create | Mkdir | Link) and not (isinstance(op, Create) and not op.named):
+            names[op.inode] = op.path
+        elif isinstance(op, Rename):
+            src, dst = state.inode_of(op.src), state.inode_of(op.dst)
+            if src is not None:
+                names[src] = op.dst
+            if op.exchange and dst is not None:
+                names[dst] = op.src
+
+    def show(self, path: str) -> str:
+        """*path* relative to its root (prefixed by the root's name when there are
+        several), or as it is when it is in none."""
+        for root in self._roots:
+            if path == root or path.startswith(root + "/"):
+                rel = os.path.relpath(path, root)
+                return rel if len(self._roots) == 1 else os.path.join(os.path.basename(root), rel)
+        return path
+
+    def _describe(self, op: Operation, names: dict[int, str]) -> str:  # noqa: PLR0911
+        def name(inode: int) -> str:
+            return self.show(names.get(inode, f"<inode {inode}>"))
+
+        if isinstance(op, Create):
+            return f"create({self.show(op.path)})" if op.named else f"create({name(op.inode)})"
+        if isinstance(op, Mkdir | Rmdir | Unlink):
+            return f"{type(op).__name__.lower()}({self.show(op.path)})"
+        if isinstance(op, Symlink):
+            return f"symlink({self.show(op.path)} -> {op.target})"
+        if isinstance(op, Link):
+            return f"link({name(op.inode)} -> {self.show(op.path)})"
+        if isinstance(op, Rename):
+            arrow = "<->" if op.exchange else "->"
+            return f"rename({self.show(op.src)} {arrow} {self.show(op.dst)})"
+        if isinstance(op, Write):
+            sync = ", O_SYNC" if op.synced else ""
+            return f"write({name(op.inode)}, {op.offset}..{op.offset + len(op.data)}{sync})"
+        if isinstance(op, Truncate):
+            return f"truncate({name(op.inode)}, {op.size})"
+        if isinstance(op, SetMode):
+            return f"chmod({name(op.inode)}, {op.mode:o})"
+        if isinstance(op, Sync):
+            return f"{op.kind}({name(op.inode)})"
+        if isinstance(op, SyncAll):
+            return "sync()"
+        return f"output({op.data[:40]!r})"
+
+    def loseable(self, i: int, k: int) -> bool:
+        """Whether operation i may be lost at crash point k."""
+        return self.covered[i] > k
+
+    def crash_point(self, k: int) -> CrashPoint:
+        if k == 0:
+            return CrashPoint(0, "(before the first operation)")
+        call = self.ops[k - 1].call
+        return CrashPoint(call.index, call.text)
+
+
+def _torn_variants(
+    op: Write, grows: bool, cap: int, every: bool
+) -> list[tuple[tuple[int, ...], str | None]]:
+    """How write *op* may persist in part: (pieces landed, fill)."""
+    count = len(pieces(op.offset, len(op.data)))
+    out: list[tuple[tuple[int, ...], str | None]] = []
+    if every and count <= 8:
+        for r in range(1, count):
+            out.extend((c, None) for c in itertools.combinations(range(count), r))
+    else:
+        prefixes = [tuple(range(m)) for m in range(1, count)]
+        singles = [(p,) for p in range(1, count)]
+        if len(prefixes) + len(singles) > cap:
+            prefixes = prefixes[:: max(1, -(-len(prefixes) // max(1, cap // 2)))]
+            singles = singles[:: max(1, -(-len(singles) // max(1, cap - len(prefixes))))]
+        out.extend((p, None) for p in prefixes + singles)
+    if grows:
+        out.extend([((), "zeros"), ((), "garbage")])
+    return out
+
+
+class _Explorer:
+    def __init__(
+        self,
+        *,
+        snapshot: Snapshot,
+        ops: Sequence[Operation],
+        check: Check,
+        jobs: int,
+        scratch: str,
+        timeout: float | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.base = Base(snapshot)
+        self.ops = ops
+        self.n = len(ops)
+        self.run = _Run(self.base, ops)
+        self.check = check
+        self.scratch = scratch
+        self.timeout = timeout
+        self.progress = progress
+        self.pool = cf.ThreadPoolExecutor(max_workers=jobs)
+        self.numbers: dict[Key, int] = {}
+        self.futures: dict[int, cf.Future[tuple[bool, str]]] = {}
+        self.records: list[tuple[_Spec, Key]] = []
+        self.enumerated = 0
+        self.prefix_fp: list[bytes] = []
+
+    # -- states ---------------------------------------------------------------------
+
+    def replay(self, spec: _Spec) -> State:
+        state = self.base.state()
+        torn = {i: (landed, fill) for i, landed, fill in spec.torn}
+        for i in range(1, spec.k + 1):
+            op = self.ops[i - 1]
+            if i in spec.lost:
+                if isinstance(op, Create | Mkdir):
+                    state.make_inode(op)
+            elif i in torn:
+                assert isinstance(op, Write)
+                ps = pieces(op.offset, len(op.data))
+                state.write(op, [ps[p] for p in torn[i][0]], torn[i][1])
+            else:
+                state.apply(op)
+        return state
+
+    def key(self, spec: _Spec, fingerprint: bytes) -> Key:
+        return fingerprint, self.run.stdout_id[spec.stdout_of]
+
+    def record(self, spec: _Spec, fingerprint: bytes, keep: bool = True) -> Key:
+        """Count *spec*, and have it checked unless an identical state was."""
+        self.enumerated += 1
+        key = self.key(spec, fingerprint)
+        if key not in self.numbers:
+            number = len(self.numbers)
+            self.numbers[key] = number
+            self.futures[number] = self.pool.submit(self._job, number, spec)
+        if keep:
+            self.records.append((spec, key))
+        return key
+
+    def _job(self, number: int, spec: _Spec) -> tuple[bool, str]:
+        state = self.replay(spec)
+        where = os.path.join(self.scratch, f"state-{number}")
+        os.mkdir(where)
+        try:
+            dirs = [os.path.join(where, str(i)) for i in range(len(self.base.roots))]
+            state.materialise(dirs)
+            stdout = self.run.stdout[spec.stdout_of]
+            stdout_file = os.path.join(where, "stdout")
+            with open(stdout_file, "wb") as f:
+                f.write(stdout)
+            return run_check(self.check, dirs, stdout, stdout_file, self.timeout)
+        finally:
+            remove_tree(where)
+
+    def result(self, key: Key) -> tuple[bool, str]:
+        return self.futures[self.numbers[key]].result()
+
+    def wait(self) -> None:
+        total = len(self.futures)
+        done = sum(f.done() for f in self.futures.values())
+        pending = [f for f in self.futures.values() if not f.done()]
+        if self.progress:
+            self.progress(done, total)
+        for future in cf.as_completed(pending):
+            future.result()
+            done += 1
+            if self.progress:
+                self.progress(done, total)
+
+    # -- enumeration ----------------------------------------------------------------
+
+    def sanity(self) -> None:
+        state = self.base.state()
+        self.prefix_fp = [state.fingerprint()]
+        for op in self.ops:
+            state.apply(op)
+            changed = isinstance(op, _STATEFUL)
+            self.prefix_fp.append(state.fingerprint() if changed else self.prefix_fp[-1])
+        before = self.record(_Spec(0, "prefix"), self.prefix_fp[0], keep=False)
+        after = self.record(_Spec(self.n, "prefix"), self.prefix_fp[self.n], keep=False)
+        for key, when in ((before, "before the run"), (after, "after the whole run")):
+            broken, output = self.result(key)
+            if broken:
+                why = (
+                    "so it cannot tell a crash state from a good one"
+                    if key == before
+                    else "with every operation persisted: the check or the program is wrong"
+                )
+                raise CrashcheckError(
+                    f"the check {self._name()} fails on the directories as they are {when}, "
+                    f"{why}; its output:\n{output}"
+                )
+
+    def _name(self) -> str:
+        return (
+            repr(self.check)
+            if isinstance(self.check, str)
+            else getattr(self.check, "__qualname__", repr(self.check))
+        )
+
+    def targeted(self, max_torn: int) -> None:
+        run = self.run
+        for k in range(self.n + 1):
+            self.record(_Spec(k, "prefix"), self.prefix_fp[k])
+        for j in range(1, self.n + 1):
+            if not isinstance(self.ops[j - 1], _STATEFUL) or not run.loseable(j, j + 1):
+                continue
+            state = self.replay(_Spec(j, "one-left-out", frozenset([j])))
+            fingerprint = b""
+            for k in range(j + 1, self.n + 1):
+                if not run.loseable(j, k):
+                    break
+                op = self.ops[k - 1]
+                state.apply(op)
+                if isinstance(op, _STATEFUL) or not fingerprint:
+                    fingerprint = state.fingerprint()
+                self.record(_Spec(k, "one-left-out", frozenset([j])), fingerprint)
+        for k in range(1, self.n + 1):
+            op = self.ops[k - 1]
+            if not isinstance(op, Write) or not run.loseable(k, k):
+                continue
+            before = self.replay(_Spec(k - 1, "torn"))
+            variants = _torn_variants(op, run.grows[k], max_torn, every=False)
+            for landed, fill in variants:
+                state = before.clone()
+                state.write(op, [pieces(op.offset, len(op.data))[p] for p in landed], fill)
+                self.record(_Spec(k, "torn", torn=((k, landed, fill),)), state.fingerprint())
+
+    def _exhaustive_specs(self, max_torn: int) -> Iterator[_Spec]:
+        run = self.run
+        for k in range(self.n + 1):
+            relevant = [
+                i
+                for i in range(1, k + 1)
+                if isinstance(self.ops[i - 1], _STATEFUL) and run.loseable(i, k)
+            ]
+            for r in range(len(relevant) + 1):
+                for lost in itertools.combinations(relevant, r):
+                    writes = [
+                        i for i in relevant if i not in lost and isinstance(self.ops[i - 1], Write)
+                    ]
+                    options: list[list[tuple[tuple[int, ...], str | None] | None]] = []
+                    for i in writes:
+                        op = self.ops[i - 1]
+                        assert isinstance(op, Write)
+                        options.append([None, *_torn_variants(op, run.grows[i], max_torn, True)])
+                    for choice in itertools.product(*options):
+                        torn = tuple(
+                            (i, c[0], c[1]) for i, c in zip(writes, choice, strict=True) if c
+                        )
+                        yield _Spec(k, "exhaustive", frozenset(lost), torn)
+
+    def exhaustive(self, max_states: int, max_torn: int) -> bool:
+        """Enumerate until *max_states*; return whether it stopped before the end."""
+        for spec in self._exhaustive_specs(max_torn):
+            if self.enumerated >= max_states:
+                return True
+            self.record(spec, self.replay(spec).fingerprint())
+        return False
+
+    # -- classification -------------------------------------------------------------
+
+    def _kept(self, spec: _Spec, upto: int) -> list[str]:
+        """The operations <= *upto* not durable at the crash point that *spec* kept."""
+        torn = {i: (landed, fill) for i, landed, fill in spec.torn}
+        out = []
+        for i in range(1, upto + 1):
+            if not isinstance(self.ops[i - 1], _STATEFUL) or not self.run.loseable(i, spec.k):
+                continue
+            if i in spec.lost:
+                continue
+            out.append(self._torn_desc(i, *torn[i]) if i in torn else self.run.descs[i])
+        return out
+
+    def _torn_desc(self, i: int, landed: tuple[int, ...], fill: str | None) -> str:
+        op = self.ops[i - 1]
+        assert isinstance(op, Write)
+        ps = pieces(op.offset, len(op.data))
+        got = ", ".join(f"{ps[p][0]}..{ps[p][1]}" for p in landed) or "none of its data"
+        rest = f", its new size with {fill}" if fill else ""
+        return f"{self.run.descs[i]} in part: {got}{rest}"
+
+    def _gone(self, spec: _Spec) -> frozenset[int]:
+        """The operations *spec* lost, with its torn writes that a later operation
+        persisted after (a write torn under later operations is an ordering question,
+        not a torn end)."""
+        later = [
+            i
+            for i in range(1, spec.k + 1)
+            if isinstance(self.ops[i - 1], _STATEFUL) and i not in spec.lost
+        ]
+        last = later[-1] if later else 0
+        return spec.lost | {i for i, _, _ in spec.torn if i != last}
+
+    def classify(self, max_states_reached: bool) -> Report:
+        run = self.run
+        found: dict[tuple[str, str, int], Vulnerability] = {}
+        broken_prefix: dict[int, Key] = {}
+        auxiliary: list[tuple[_Spec, Key, Key]] = []
+        for spec, key in self.records:
+            if not self.result(key)[0]:
+                continue
+            gone = self._gone(spec)
+            if not gone and not spec.torn:
+                broken_prefix.setdefault(spec.k, key)
+            elif gone:
+                j = min(gone)
+                told = _Spec(j - 1, "prefix", told=spec.k)
+                auxiliary.append((spec, key, self.record(told, self.prefix_fp[j - 1], keep=False)))
+        self.wait()
+        prefix_keys = set(broken_prefix.values())
+        points = sorted(broken_prefix)
+        for start, group in itertools.groupby(enumerate(points), lambda e: e[1] - e[0]):
+            del start
+            ks = [k for _, k in group]
+            first, last = ks[0], ks[-1]
+            spec = _Spec(first, "exhaustive" if self._exhaustive else "prefix")
+            needed = [
+                run.descs[i]
+                for i in range(first + 1, min(last + 1, self.n) + 1)
+                if isinstance(self.ops[i - 1], _STATEFUL)
+            ]
+            found[("atomicity", "prefix", first)] = Vulnerability(
+                "atomicity",
+                run.crash_point(first),
+                tuple(self._kept(spec, first)),
+                tuple(needed),
+                self.result(broken_prefix[first])[1],
+                spec.family,
+            )
+        for spec, key in self.records:
+            if self._gone(spec) or not spec.torn or not self.result(key)[0]:
+                continue
+            i = spec.torn[-1][0]
+            if ("atomicity", "torn", i) not in found:
+                found[("atomicity", "torn", i)] = Vulnerability(
+                    "atomicity",
+                    run.crash_point(spec.k),
+                    tuple(self._kept(spec, spec.k)),
+                    (f"the rest of {run.descs[i]}",),
+                    self.result(key)[1],
+                    spec.family,
+                )
+        for spec, key, aux in auxiliary:
+            if key in prefix_keys:
+                continue  # the very state of a broken prefix: that finding explains it
+            kind: Kind = "durability" if self.result(aux)[0] else "ordering"
+            gone = self._gone(spec)
+            j = min(gone)
+            if (kind, "lost", j) not in found:
+                found[(kind, "lost", j)] = Vulnerability(
+                    kind,
+                    run.crash_point(spec.k),
+                    tuple(self._kept(spec, spec.k)),
+                    tuple(
+                        run.descs[i] if i in spec.lost else f"the rest of {run.descs[i]}"
+                        for i in sorted(gone)
+                    ),
+                    self.result(key)[1],
+                    spec.family,
+                )
+        order = {"atomicity": 0, "ordering": 1, "durability": 2}
+        vulnerabilities = sorted(
+            found.values(), key=lambda v: (v.crash_point.syscall, order[v.kind], v.lost)
+        )
+        return Report(self.enumerated, len(self.numbers), vulnerabilities, max_states_reached)
+
+    _exhaustive = False
+
+
+def explore_operations(
+    snapshot: Snapshot,
+    operations: Sequence[Operation],
+    check: Check,
+    *,
+    exhaustive: bool = False,
+    max_states: int = 100_000,
+    jobs: int | None = None,
+    scratch: str | None = None,
+    timeout: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    max_torn: int = 16,
+) -> Report:
+    """Check every crash state of a run and report the vulnerabilities they show.
+
+    *snapshot* holds the directories before the run, *operations* what the run did to
+    them (see :mod:`._ops`). *check* is a shell command or a callable (see
+    :func:`._checkrun.run_check` for what each is given): it runs once on each distinct
+    state, materialised under *scratch* (a fresh temporary directory by default, removed
+    at the end) as ``state-N/0``, ``state-N/1``, ... (one per root), each removed after its
+    check. Up to *jobs* checks (default ``os.cpu_count()``) run at once in threads: a
+    callable check must be thread-safe, or pass ``jobs=1``. *progress* is called as
+    ``progress(done, total)`` from the calling thread while checks finish (*total* grows
+    when findings need a further state checked).
+
+    The states are ALICE's targeted families, or with *exhaustive* every combination the
+    model allows, up to *max_states* enumerated (the report then says ``stopped_early``).
+    A torn write is tried as at most *max_torn* part-states (plus the two fills of a
+    write that grows the file). *timeout*: seconds a check may run before its state counts
+    as broken.
+
+    Raises :class:`CrashcheckError` if the check fails on the directories before the run
+    or after the whole run (with every operation persisted): then the check, or the
+    program, is wrong, and no crash state could be judged. Errors materialising a state
+    (``OSError``) propagate.
+    """
+    own_scratch = scratch is None
+    where = tempfile.mkdtemp(prefix="crashcheck-") if scratch is None else scratch
+    explorer = _Explorer(
+        snapshot=snapshot,
+        ops=operations,
+        check=check,
+        jobs=jobs or os.cpu_count() or 1,
+        scratch=where,
+        timeout=timeout,
+        progress=progress,
+    )
+    try:
+        explorer.sanity()
+        stopped = False
+        if exhaustive:
+            explorer._exhaustive = True
+            stopped = explorer.exhaustive(max_states, max_torn)
+        else:
+            explorer.targeted(max_torn)
+        explorer.wait()
+        return explorer.classify(stopped)
+    finally:
+        for future in explorer.futures.values():
+            future.cancel()
+        explorer.pool.shutdown(wait=True)
+        if own_scratch:
+            remove_tree(where)
