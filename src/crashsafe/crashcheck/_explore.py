@@ -45,27 +45,16 @@ from ._errors import CrashcheckError
 from ._model import Base, State, pieces
 from ._ops import (
     Create,
-    Link,
     Mkdir,
     Operation,
-    Output,
-    Rename,
-    Rmdir,
-    SetMode,
     Snapshot,
-    Symlink,
-    Sync,
-    SyncAll,
-    Truncate,
-    Unlink,
     Write,
 )
-from ._report import CrashPoint, Family, Kind, Report, Vulnerability
+from ._report import Family, Kind, Report, Vulnerability
+from ._run import STATEFUL, Run
 
 __all__ = ["explore_operations"]
 
-_NEVER = 1 << 62  # covered_at of an operation no barrier covers
-_STATEFUL = (Create, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, Write, Truncate, SetMode)
 
 # A torn write: (operation number, indexes of the pieces that landed, fill or None).
 Torn = tuple[int, tuple[int, ...], str | None]
@@ -86,131 +75,6 @@ class _Spec:
     @property
     def stdout_of(self) -> int:
         return self.k if self.told < 0 else self.told
-
-
-class _Run:
-    """The facts of the whole run, from one replay of every operation in order."""
-
-    def __init__(self, base: Base, ops: Sequence[Operation]) -> None:
-        self.ops = ops
-        n = len(ops)
-        self.covered = [0] * (n + 1)  # the barrier making op i durable; 0: never lost
-        self.grows = [False] * (n + 1)  # a write ending past the file's size
-        self.descs = [""] * (n + 1)
-        self.stdout = [b""] * (n + 1)
-        self.stdout_id = [0] * (n + 1)  # equal ids, equal standard output
-        roots = base.roots
-        names: dict[int, str] = {}
-        for path in sorted(base.snapshot.entries, reverse=True):
-            names[base.snapshot.entries[path].inode] = path
-        self._roots = roots
-        state = base.state()
-        self._pending: dict[int, list[int]] = {}  # by the inode whose sync covers them
-        self._pending_mode: dict[int, list[int]] = {}  # mode changes: fdatasync skips them
-        self._uncovered: set[int] = set()
-        for i, op in enumerate(ops, 1):
-            self.stdout[i] = self.stdout[i - 1]
-            self.stdout_id[i] = self.stdout_id[i - 1]
-            self.descs[i] = self._describe(op, names)
-            if isinstance(op, Output) and op.data:
-                self.stdout[i] += op.data
-                self.stdout_id[i] += 1
-            elif isinstance(op, Create) and not op.named:
-                names[op.inode] = "<unnamed file in " + self.show(op.path) + ">"
-            self._cover(i, op, state)
-            if isinstance(op, Write):
-                size = state.size(op.inode)
-                self.grows[i] = size is not None and op.offset + len(op.data) > size
-            self._rename_names(state, op, names)
-            state.apply(op)
-
-    def _cover(self, i: int, op: Operation, state: State) -> None:
-        """Note which barrier makes *op* (number *i*) durable, or what it makes durable."""
-        if isinstance(op, Sync):
-            tables = (self._pending, self._pending_mode) if op.kind == "fsync" else (self._pending,)
-            for table in tables:
-                for j in table.pop(op.inode, []):
-                    if j in self._uncovered:
-                        self.covered[j] = i
-                        self._uncovered.discard(j)
-        elif isinstance(op, SyncAll):
-            for j in self._uncovered:
-                self.covered[j] = i
-            self._uncovered.clear()
-            self._pending.clear()
-            self._pending_mode.clear()
-        elif isinstance(op, _STATEFUL) and not (isinstance(op, Create) and not op.named):
-            if isinstance(op, Write) and op.synced:
-                self.covered[i] = i
-                return
-            self._uncovered.add(i)
-            self.covered[i] = _NEVER
-            key: int | None
-            if isinstance(op, Write | Truncate | SetMode):
-                key = op.inode
-            else:
-                key = state.parent_inode(op.dst if isinstance(op, Rename) else op.path)
-            table = self._pending_mode if isinstance(op, SetMode) else self._pending
-            if key is not None:
-                table.setdefault(key, []).append(i)
-
-    @staticmethod
-    def _rename_names(state: State, op: Operation, names: dict[int, str]) -> None:
-        if isinstance(op, Create | Mkdir | Link) and not (isinstance(op, Create) and not op.named):
-            names[op.inode] = op.path
-        elif isinstance(op, Rename):
-            src, dst = state.inode_of(op.src), state.inode_of(op.dst)
-            if src is not None:
-                names[src] = op.dst
-            if op.exchange and dst is not None:
-                names[dst] = op.src
-
-    def show(self, path: str) -> str:
-        """*path* relative to its root (prefixed by the root's name when there are
-        several), or as it is when it is in none."""
-        for root in self._roots:
-            if path == root or path.startswith(root + "/"):
-                rel = os.path.relpath(path, root)
-                return rel if len(self._roots) == 1 else os.path.join(os.path.basename(root), rel)
-        return path
-
-    def _describe(self, op: Operation, names: dict[int, str]) -> str:  # noqa: PLR0911
-        def name(inode: int) -> str:
-            return self.show(names.get(inode, f"<inode {inode}>"))
-
-        if isinstance(op, Create):
-            return f"create({self.show(op.path)})" if op.named else f"create({name(op.inode)})"
-        if isinstance(op, Mkdir | Rmdir | Unlink):
-            return f"{type(op).__name__.lower()}({self.show(op.path)})"
-        if isinstance(op, Symlink):
-            return f"symlink({self.show(op.path)} -> {op.target})"
-        if isinstance(op, Link):
-            return f"link({name(op.inode)} -> {self.show(op.path)})"
-        if isinstance(op, Rename):
-            arrow = "<->" if op.exchange else "->"
-            return f"rename({self.show(op.src)} {arrow} {self.show(op.dst)})"
-        if isinstance(op, Write):
-            sync = ", O_SYNC" if op.synced else ""
-            return f"write({name(op.inode)}, {op.offset}..{op.offset + len(op.data)}{sync})"
-        if isinstance(op, Truncate):
-            return f"truncate({name(op.inode)}, {op.size})"
-        if isinstance(op, SetMode):
-            return f"chmod({name(op.inode)}, {op.mode:o})"
-        if isinstance(op, Sync):
-            return f"{op.kind}({name(op.inode)})"
-        if isinstance(op, SyncAll):
-            return "sync()"
-        return f"output({op.data[:40]!r})"
-
-    def loseable(self, i: int, k: int) -> bool:
-        """Whether operation i may be lost at crash point k."""
-        return self.covered[i] > k
-
-    def crash_point(self, k: int) -> CrashPoint:
-        if k == 0:
-            return CrashPoint(0, "(before the first operation)")
-        call = self.ops[k - 1].call
-        return CrashPoint(call.index, call.text)
 
 
 def _torn_variants(
@@ -249,7 +113,7 @@ class _Explorer:
         self.base = Base(snapshot)
         self.ops = ops
         self.n = len(ops)
-        self.run = _Run(self.base, ops)
+        self.run = Run(self.base, ops)
         self.check = check
         self.scratch = scratch
         self.timeout = timeout
@@ -331,7 +195,7 @@ class _Explorer:
         self.prefix_fp = [state.fingerprint()]
         for op in self.ops:
             state.apply(op)
-            changed = isinstance(op, _STATEFUL)
+            changed = isinstance(op, STATEFUL)
             self.prefix_fp.append(state.fingerprint() if changed else self.prefix_fp[-1])
         before = self.record(_Spec(0, "prefix"), self.prefix_fp[0], keep=False)
         after = self.record(_Spec(self.n, "prefix"), self.prefix_fp[self.n], keep=False)
@@ -360,7 +224,7 @@ class _Explorer:
         for k in range(self.n + 1):
             self.record(_Spec(k, "prefix"), self.prefix_fp[k])
         for j in range(1, self.n + 1):
-            if not isinstance(self.ops[j - 1], _STATEFUL) or not run.loseable(j, j + 1):
+            if not isinstance(self.ops[j - 1], STATEFUL) or not run.loseable(j, j + 1):
                 continue
             state = self.replay(_Spec(j, "one-left-out", frozenset([j])))
             fingerprint = b""
@@ -369,7 +233,7 @@ class _Explorer:
                     break
                 op = self.ops[k - 1]
                 state.apply(op)
-                if isinstance(op, _STATEFUL) or not fingerprint:
+                if isinstance(op, STATEFUL) or not fingerprint:
                     fingerprint = state.fingerprint()
                 self.record(_Spec(k, "one-left-out", frozenset([j])), fingerprint)
         for k in range(1, self.n + 1):
@@ -389,7 +253,7 @@ class _Explorer:
             relevant = [
                 i
                 for i in range(1, k + 1)
-                if isinstance(self.ops[i - 1], _STATEFUL) and run.loseable(i, k)
+                if isinstance(self.ops[i - 1], STATEFUL) and run.loseable(i, k)
             ]
             for r in range(len(relevant) + 1):
                 for lost in itertools.combinations(relevant, r):
@@ -422,7 +286,7 @@ class _Explorer:
         torn = {i: (landed, fill) for i, landed, fill in spec.torn}
         out = []
         for i in range(1, upto + 1):
-            if not isinstance(self.ops[i - 1], _STATEFUL) or not self.run.loseable(i, spec.k):
+            if not isinstance(self.ops[i - 1], STATEFUL) or not self.run.loseable(i, spec.k):
                 continue
             if i in spec.lost:
                 continue
@@ -444,7 +308,7 @@ class _Explorer:
         later = [
             i
             for i in range(1, spec.k + 1)
-            if isinstance(self.ops[i - 1], _STATEFUL) and i not in spec.lost
+            if isinstance(self.ops[i - 1], STATEFUL) and i not in spec.lost
         ]
         last = later[-1] if later else 0
         return spec.lost | {i for i, _, _ in spec.torn if i != last}
@@ -475,7 +339,7 @@ class _Explorer:
             needed = [
                 run.descs[i]
                 for i in range(first + 1, min(last + 1, self.n) + 1)
-                if isinstance(self.ops[i - 1], _STATEFUL)
+                if isinstance(self.ops[i - 1], STATEFUL)
             ]
             found[("atomicity", "prefix", first)] = Vulnerability(
                 "atomicity",
