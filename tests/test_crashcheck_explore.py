@@ -448,3 +448,77 @@ def test_check_timeout_counts_as_broken(tmp_path: Path) -> None:
     report = t.explore("test -e a || sleep 60", timeout=1)
     (v,) = report.vulnerabilities
     assert v.kind == "atomicity" and "timed out after 1 s" in v.check_output
+
+
+# -- the model itself ------------------------------------------------------------------
+
+
+def test_model_directories_links_and_no_ops(tmp_path: Path) -> None:
+    t = Trace(tmp_path, {"x": b"x" * 100})
+    (t.root / "sub").mkdir()
+    os.rename(t.root / "x", t.root / "sub" / "x")
+    os.link(t.root / "sub" / "x", t.root / "h")
+    os.symlink("sub/x", t.root / "s")
+    t.snapshot = take_snapshot([str(t.root)], str(tmp_path / "snap2"))
+    x = t.inode("sub/x")
+    e, f = t.new_inode(), t.new_inode()
+    ops: list[Operation] = [
+        Rename(t.call("rename"), t.path("sub"), t.path("moved")),
+        Rename(t.call("rename"), t.path("moved"), t.path("moved/inner")),  # into itself
+        Rename(t.call("rename"), t.path("missing"), t.path("y")),
+        Link(t.call("link"), t.path("z"), 12345678),  # an inode the model does not know
+        Write(t.call("write"), 12345678, 0, b"lost"),
+        Create(t.call("creat"), t.path("nodir/f"), -9, 0o644),  # its directory is missing
+        Truncate(t.call("ftruncate"), x, 3000),
+        Write(t.call("pwrite"), x, 5000, b"tail"),
+        Mkdir(t.call("mkdir"), t.path("e"), e, 0o755),
+        Create(t.call("creat"), t.path("e/f"), f, 0o640),
+        SetMode(t.call("chmod"), e, 0o500),
+        Unlink(t.call("unlink"), t.path("moved")),  # a directory: unlink leaves it
+    ]
+    base = Base(t.snapshot)
+    one, two = base.state(), base.state()
+    for op in ops:
+        one.apply(op)
+        two.apply(op)
+    assert one.fingerprint() == two.fingerprint()
+    assert one.fingerprint() != base.state().fingerprint()
+    out = tmp_path / "out"
+    one.materialise([str(out)])
+    data = (out / "moved" / "x").read_bytes()
+    assert data == b"x" * 100 + bytes(2900) + bytes(2000) + b"tail"
+    assert (out / "moved" / "x").stat().st_ino == (out / "h").stat().st_ino
+    assert os.readlink(out / "s") == "sub/x"
+    assert (out / "e").stat().st_mode & 0o777 == 0o500
+    assert (out / "e" / "f").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in out.iterdir()) == ["e", "h", "moved", "s"]
+    # The snapshot's own copy is untouched by the replay.
+    assert (tmp_path / "snap2" / "0" / "sub" / "x").read_bytes() == b"x" * 100
+    # An exchange with a missing side, and a write of nothing, change nothing.
+    three = base.state()
+    three.apply(Rename(t.call("rename"), t.path("h"), t.path("none"), exchange=True))
+    three.apply(Write(t.call("write"), x, 10**6, b""))
+    assert three.fingerprint() == base.state().fingerprint()
+
+
+def test_fingerprint_sees_content_mode_and_links(tmp_path: Path) -> None:
+    t = Trace(tmp_path, {"a": b"1", "b": b"1"})
+    base = Base(t.snapshot)
+    a, b = t.inode("a"), t.inode("b")
+
+    def after(*ops: Operation) -> bytes:
+        state = base.state()
+        for op in ops:
+            state.apply(op)
+        return state.fingerprint()
+
+    plain = after()
+    assert after(Write(t.call("w"), a, 0, b"2")) != plain
+    assert after(Write(t.call("w"), a, 0, b"2")) == after(Write(t.call("w"), a, 0, b"2"))
+    assert after(SetMode(t.call("chmod"), a, 0o600)) != plain
+    # b replaced by a second name of a: same bytes, but one inode now.
+    assert after(Link(t.call("link"), t.path("b"), a)) != plain
+    assert after(Unlink(t.call("unlink"), t.path("b"))) != after(
+        Unlink(t.call("unlink"), t.path("a"))
+    )
+    del b

@@ -7,6 +7,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,10 @@ def run_check(
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            if sys.platform == "win32":  # crashcheck traces Linux programs; typed anyway
+                proc.kill()
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
             return True, _clip(out.decode("utf-8", "replace") + f"[timed out after {timeout} s]")
     return proc.returncode != 0, _clip(out.decode("utf-8", "replace"))

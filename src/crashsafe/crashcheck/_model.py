@@ -66,6 +66,10 @@ Entry = tuple[str, int | str]
 _TOP = -(1 << 62)  # the synthetic "/" and the roots' ancestors: never a real inode
 
 
+def _digest(data: bytes | bytearray = b"") -> hashlib.blake2b:
+    return hashlib.blake2b(data, digest_size=20)
+
+
 def pieces(offset: int, length: int) -> list[tuple[int, int]]:
     """The pieces ``(start, end)`` a write of *length* bytes at *offset* may persist as:
     split at every multiple of :data:`BLOCK` of the file offset."""
@@ -314,6 +318,8 @@ class State:
         """Replay *op* in part: only the byte ranges *landed* of its data. With *fill*
         ``"zeros"`` or ``"garbage"`` the file also takes the size the write gave it, the
         space it added that no landed piece covers holding zeros or :data:`GARBAGE`."""
+        if not op.data:
+            return  # a write of nothing changes nothing, not even the size
         f = self._file_for_change(op.inode)
         if f is None or f.data is None:
             return
@@ -374,11 +380,14 @@ class State:
     def _file_token(self, inode: int) -> bytes:
         f = self._file(inode)
         assert f is not None
-        if f.data is None:
-            return b"%o base %d" % (f.mode, inode)
         if f.digest is None:
-            f.digest = hashlib.blake2b(f.data, digest_size=20).digest()
-        return b"%o %d " % (f.mode, len(f.data)) + f.digest
+            if f.data is None:  # unchanged since before the run: hashed once, not kept
+                assert f.source is not None
+                with open(f.source, "rb") as source:
+                    f.digest = hashlib.file_digest(source, _digest).digest()
+            else:
+                f.digest = _digest(f.data).digest()
+        return b"%o " % f.mode + f.digest
 
     def materialise(self, dests: list[str]) -> None:
         """Write each root's tree into the fresh directory ``dests[i]`` (created here;

@@ -67,7 +67,8 @@ class Run:
             self._cover(i, op, state)
             if isinstance(op, Write):
                 size = state.size(op.inode)
-                self.grows[i] = size is not None and op.offset + len(op.data) > size
+                end = op.offset + len(op.data)
+                self.grows[i] = size is not None and bool(op.data) and end > size
             self._rename_names(state, op, names)
             state.apply(op)
 
