@@ -522,3 +522,18 @@ def test_fingerprint_sees_content_mode_and_links(tmp_path: Path) -> None:
         Unlink(t.call("unlink"), t.path("a"))
     )
     del b
+
+
+def test_long_lists_are_shortened(tmp_path: Path) -> None:
+    t = Trace(tmp_path)
+    for n in range(30):
+        t.create(f"f{n}")
+    t.add(Unlink(t.call("unlink(a)"), t.path("a")))
+    t.add(Create(t.call("creat(a)"), t.path("a"), -99, 0o644))
+    report = t.explore("test -e a")
+    (v,) = report.vulnerabilities
+    assert v.kind == "atomicity" and v.crash_point.call == "unlink(a)"
+    assert len(v.persisted) == 20
+    assert v.persisted[0] == "(12 earlier operations)"
+    assert v.persisted[-1] == "unlink(a)"
+    assert v.lost == ("create(a)",)

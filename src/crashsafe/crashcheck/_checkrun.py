@@ -102,12 +102,13 @@ def run_check(
 def remove_tree(path: str) -> None:
     """Remove *path* and everything under it, even directories the state or a check
     left without write or search permission (which stop a non-root user)."""
-    if not os.path.isdir(path) or os.path.islink(path):
-        return
-    os.chmod(path, stat.S_IRWXU)
-    for dirpath, dirnames, _ in os.walk(path):
-        for name in dirnames:
-            sub = os.path.join(dirpath, name)
-            if not os.path.islink(sub):
-                os.chmod(sub, stat.S_IRWXU)
-    shutil.rmtree(path)
+    try:
+        shutil.rmtree(path)
+    except PermissionError:
+        os.chmod(path, stat.S_IRWXU)
+        for dirpath, dirnames, _ in os.walk(path):
+            for name in dirnames:
+                sub = os.path.join(dirpath, name)
+                if not os.path.islink(sub):
+                    os.chmod(sub, stat.S_IRWXU)
+        shutil.rmtree(path)

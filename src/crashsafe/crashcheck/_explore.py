@@ -28,7 +28,11 @@ A broken state is classified as ALICE does: a prefix or torn state is *atomicity
 (consecutive broken prefix points are one finding); a state with operations lost is
 *durability* if the prefix before the first lost operation j, told the same standard
 output, is broken too (losing j breaks it by itself), otherwise *ordering* (a later
-operation persisted without j).
+operation persisted without j). A state with operations lost is not reported when the
+prefix at the same crash point (nothing lost) is broken too: stopping there already
+breaks it, and that atomicity finding is the one to fix. One finding per broken run of
+prefix points, per torn write, and per (kind, first lost operation), at the earliest
+crash point that shows it.
 """
 
 from __future__ import annotations
@@ -53,7 +57,11 @@ from ._ops import (
 from ._report import Family, Kind, Report, Vulnerability
 from ._run import STATEFUL, Run
 
-__all__ = ["explore_operations"]
+__all__ = ["LISTED", "explore_operations"]
+
+LISTED = 20
+"""At most this many operations are named in a finding's *persisted*: the latest ones,
+after a note of how many earlier ones it kept too."""
 
 
 # A torn write: (operation number, indexes of the pieces that landed, fill or None).
@@ -291,6 +299,8 @@ class _Explorer:
             if i in spec.lost:
                 continue
             out.append(self._torn_desc(i, *torn[i]) if i in torn else self.run.descs[i])
+        if len(out) > LISTED:  # a run with no sync at all keeps hundreds
+            out = [f"({len(out) - LISTED + 1} earlier operations)", *out[-LISTED + 1 :]]
         return out
 
     def _torn_desc(self, i: int, landed: tuple[int, ...], fill: str | None) -> str:
@@ -318,13 +328,13 @@ class _Explorer:
         found: dict[tuple[str, str, int], Vulnerability] = {}
         broken_prefix: dict[int, Key] = {}
         auxiliary: list[tuple[_Spec, Key, Key]] = []
-        for spec, key in self.records:
-            if not self.result(key)[0]:
-                continue
-            gone = self._gone(spec)
-            if not gone and not spec.torn:
+        broken = [(spec, key) for spec, key in self.records if self.result(key)[0]]
+        for spec, key in broken:
+            if not spec.lost and not spec.torn:
                 broken_prefix.setdefault(spec.k, key)
-            elif gone:
+        for spec, key in broken:
+            gone = self._gone(spec)
+            if gone and spec.k not in broken_prefix:
                 j = min(gone)
                 told = _Spec(j - 1, "prefix", told=spec.k)
                 auxiliary.append((spec, key, self.record(told, self.prefix_fp[j - 1], keep=False)))
@@ -341,6 +351,8 @@ class _Explorer:
                 for i in range(first + 1, min(last + 1, self.n) + 1)
                 if isinstance(self.ops[i - 1], STATEFUL)
             ]
+            if len(needed) > LISTED:
+                needed = [*needed[: LISTED - 1], f"({len(needed) - LISTED + 1} more operations)"]
             found[("atomicity", "prefix", first)] = Vulnerability(
                 "atomicity",
                 run.crash_point(first),
@@ -363,8 +375,10 @@ class _Explorer:
                     spec.family,
                 )
         for spec, key, aux in auxiliary:
-            if key in prefix_keys:
-                continue  # the very state of a broken prefix: that finding explains it
+            if key in prefix_keys or spec.k in broken_prefix:
+                # Stopping at k breaks the state with nothing lost: that atomicity
+                # finding explains this state too, whatever else it lost.
+                continue
             kind: Kind = "durability" if self.result(aux)[0] else "ordering"
             gone = self._gone(spec)
             j = min(gone)
