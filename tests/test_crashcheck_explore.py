@@ -25,6 +25,7 @@ from crashsafe.crashcheck._ops import (
     Operation,
     Output,
     Rename,
+    Rmdir,
     SetMode,
     Snapshot,
     Symlink,
@@ -537,3 +538,32 @@ def test_long_lists_are_shortened(tmp_path: Path) -> None:
     assert v.persisted[0] == "(12 earlier operations)"
     assert v.persisted[-1] == "unlink(a)"
     assert v.lost == ("create(a)",)
+
+
+def test_synced_write_big_file_rmdir_and_clipped_output(tmp_path: Path) -> None:
+    big = bytes(range(256)) * 6144  # 1.5 MiB: copied from the snapshot, not kept in memory
+    t = Trace(tmp_path, {"a": OLD, "big": big})
+    (t.root / "d").mkdir()
+    t.snapshot = take_snapshot([str(t.root)], str(tmp_path / "snap2"))
+    t.add(Write(t.call("write"), t.inode("a"), 0, NEW, synced=True))
+    t.add(Rmdir(t.call("rmdir(d)"), t.path("d")))
+    t.add(Mkdir(t.call("mkdir(d)"), t.path("d"), -1, 0o700))
+    t.fsync(t.inode())
+    check = (
+        f"test $(wc -c < big) = {len(big)} || exit 2; "
+        'test -d d || { head -c 10000 /dev/zero | tr "\\0" x; exit 1; }'
+    )
+    report = t.explore(check)
+    (v,) = report.vulnerabilities
+    assert v.kind == "atomicity" and v.crash_point.call == "rmdir(d)"
+    assert v.persisted == ("rmdir(d)",)  # the O_SYNC write was durable at once
+    assert v.check_output == "x" * 4096 + "\n[... 5904 more characters]"
+
+
+def test_exhaustive_tears_writes_every_way(tmp_path: Path) -> None:
+    t = Trace(tmp_path, {"a": b""})
+    t.write(t.inode("a"), 0, b"y" * 3 * 4096)
+    report = t.explore("true", exhaustive=True)
+    # 2 sanity states; k=0; k=1: whole, 6 proper subsets of 3 pieces, 2 fills, lost.
+    assert report.states_enumerated == 2 + 1 + 9 + 1
+    assert report.states_checked == 1 + 9
