@@ -440,12 +440,12 @@ class State:
                 made[inode] = path
                 return
         # One open and one write: states are made by the thousand.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fchmod(fd, f.mode)
+            os.chmod(fd, f.mode)
         finally:
             os.close(fd)
         made[inode] = path
