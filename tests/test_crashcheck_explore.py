@@ -567,3 +567,10 @@ def test_exhaustive_tears_writes_every_way(tmp_path: Path) -> None:
     # 2 sanity states; k=0; k=1: whole, 6 proper subsets of 3 pieces, 2 fills, lost.
     assert report.states_enumerated == 2 + 1 + 9 + 1
     assert report.states_checked == 1 + 9
+
+
+def test_a_run_that_did_nothing(tmp_path: Path) -> None:
+    t = Trace(tmp_path)
+    report = t.explore('test "$(cat a)" = "old content"')
+    assert (report.states_enumerated, report.states_checked) == (3, 1)
+    assert report.vulnerabilities == [] and not report.stopped_early

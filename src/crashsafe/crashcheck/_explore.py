@@ -88,7 +88,9 @@ class _Spec:
 def _torn_variants(
     op: Write, grows: bool, cap: int, every: bool
 ) -> list[tuple[tuple[int, ...], str | None]]:
-    """How write *op* may persist in part: (pieces landed, fill)."""
+    """How write *op* may persist in part: (pieces landed, fill). Its proper prefixes
+    and its pieces alone, at most *cap* of them spread evenly; with *every*, every proper
+    subset when it has at most 8 pieces; and the two fills when it *grows* the file."""
     count = len(pieces(op.offset, len(op.data)))
     out: list[tuple[tuple[int, ...], str | None]] = []
     if every and count <= 8:
@@ -100,13 +102,16 @@ def _torn_variants(
         if len(prefixes) + len(singles) > cap:
             prefixes = prefixes[:: max(1, -(-len(prefixes) // max(1, cap // 2)))]
             singles = singles[:: max(1, -(-len(singles) // max(1, cap - len(prefixes))))]
-        out.extend((p, None) for p in prefixes + singles)
+        out.extend((p, None) for p in (prefixes + singles)[:cap])
     if grows:
         out.extend([((), "zeros"), ((), "garbage")])
     return out
 
 
 class _Explorer:
+    """One exploration: enumerates states, has each distinct one checked by a pool of
+    threads, and classifies the broken ones."""
+
     def __init__(
         self,
         *,
@@ -431,7 +436,8 @@ def explore_operations(
     The states are ALICE's targeted families, or with *exhaustive* every combination the
     model allows, up to *max_states* enumerated (the report then says ``stopped_early``).
     A torn write is tried as at most *max_torn* part-states (plus the two fills of a
-    write that grows the file). *timeout*: seconds a check may run before its state counts
+    write that grows the file); the exhaustive enumeration tears a write of up to 8
+    pieces every way. *timeout*: seconds a check may run before its state counts
     as broken.
 
     Raises :class:`CrashcheckError` if the check fails on the directories before the run
