@@ -8,7 +8,10 @@ snapshot of a temporary directory.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,7 @@ from crashsafe.crashcheck._ops import (
     take_snapshot,
 )
 from crashsafe.crashcheck._report import Report
+from tests.children import NOBODY, nobody_python
 
 OLD = b"old content\n"
 NEW = b"new content, longer than the old\n"
@@ -574,3 +578,30 @@ def test_a_run_that_did_nothing(tmp_path: Path) -> None:
     report = t.explore('test "$(cat a)" = "old content"')
     assert (report.states_enumerated, report.states_checked) == (3, 1)
     assert report.vulnerabilities == [] and not report.stopped_early
+
+
+def test_scratch_removed_even_when_a_state_locks_its_directories() -> None:
+    python, src = nobody_python()
+    # Under /tmp itself: nobody cannot reach into pytest's own root-only directory.
+    place = Path(tempfile.mkdtemp(prefix="crashcheck-test-"))
+    try:
+        place.chmod(0o777)  # nobody may remove the top directory it was given
+        top = place / "scratch"
+        (top / "d" / "e").mkdir(parents=True)
+        (top / "d" / "e" / "f").write_bytes(b"f")
+        for p in (top, top / "d", top / "d" / "e", top / "d" / "e" / "f"):
+            os.chown(p, 65534, 65534)
+        (top / "d" / "e").chmod(0o000)
+        (top / "d").chmod(0o500)
+        code = "import sys; from crashsafe.crashcheck._checkrun import remove_tree; "
+        done = subprocess.run(
+            [*NOBODY, python, "-c", code + "remove_tree(sys.argv[1])", str(top)],
+            env={**os.environ, "PYTHONPATH": src},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert not top.exists()
+    finally:
+        shutil.rmtree(place)
