@@ -605,3 +605,31 @@ def test_scratch_removed_even_when_a_state_locks_its_directories() -> None:
         assert not top.exists()
     finally:
         shutil.rmtree(place)
+
+
+def test_an_interrupted_exploration_kills_its_running_checks(tmp_path: Path) -> None:
+    t = Trace(tmp_path)
+    protocol(t, dir_fsync=True)
+    pids = tmp_path / "pids"
+    # Hangs on every state that shows the temporary file (none before or after the run).
+    check = f"if [ -e a.tmp ]; then echo $$ >> {pids}; exec sleep 600; fi"
+
+    class Stop(Exception):
+        pass
+
+    def progress(done: int, total: int) -> None:
+        del done, total
+        while not pids.exists():  # until one check hangs, then the user presses Ctrl-C
+            os.sched_yield()
+        raise Stop
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(Stop):
+        t.explore(check, scratch=str(scratch), progress=progress, jobs=2)
+    hung = [int(p) for p in pids.read_text().split()]
+    assert hung
+    for pid in hung:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert list(scratch.iterdir()) == []

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OUTPUT_LIMIT", "STDOUT_ENV_LIMIT", "Check", "CheckContext", "remove_tree", "run_check"]
+__all__ = [
+    "OUTPUT_LIMIT",
+    "STDOUT_ENV_LIMIT",
+    "Check",
+    "CheckContext",
+    "Running",
+    "remove_tree",
+    "run_check",
+]
 
 OUTPUT_LIMIT = 4096
 """How much of a check's output a report keeps (the start, then a note of what was cut)."""
@@ -48,8 +58,51 @@ def _clip(text: str) -> str:
     return text[:OUTPUT_LIMIT] + f"\n[... {len(text) - OUTPUT_LIMIT} more characters]"
 
 
+class Running:
+    """The process groups of the command checks running now, to kill them all when an
+    exploration stops early (an error, an interrupt): a check in its own session does
+    not get the terminal's Ctrl-C."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: set[int] = set()
+        self._stopped = False
+
+    def add(self, pid: int) -> bool:
+        """Note the group *pid*; False (and nothing noted) once :meth:`stop` was called."""
+        with self._lock:
+            if not self._stopped:
+                self._groups.add(pid)
+            return not self._stopped
+
+    def discard(self, pid: int) -> None:
+        with self._lock:
+            self._groups.discard(pid)
+
+    def stop(self) -> None:
+        """Kill every group noted, and every one started from now on."""
+        with self._lock:
+            self._stopped = True
+            for pid in self._groups:
+                _kill_group(pid)
+
+
+def _kill_group(pid: int) -> None:
+    if sys.platform == "win32":  # crashcheck traces Linux programs; typed anyway
+        os.kill(pid, signal.SIGTERM)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 def run_check(
-    check: Check, dirs: list[str], stdout: bytes, stdout_file: str, timeout: float | None
+    check: Check,
+    dirs: list[str],
+    stdout: bytes,
+    stdout_file: str,
+    *,
+    timeout: float | None = None,
+    running: Running | None = None,
 ) -> tuple[bool, str]:
     """Run *check* on the state in *dirs*; return (broken, its output clipped).
 
@@ -59,7 +112,8 @@ def run_check(
     bytes; NUL bytes, which no environment string can hold, are dropped; only the last
     :data:`STDOUT_ENV_LIMIT` bytes), ``CRASHCHECK_STDOUT_FILE`` a file holding all of it.
     Its stdout and stderr together are its output. Past *timeout* seconds its process
-    group is killed and the state counts as broken.
+    group is killed and the state counts as broken. It is noted in *running* while it
+    runs (killed at once if *running* was stopped).
 
     A callable returning False, or raising any exception (``AssertionError`` is the usual
     one), marks the state broken; the exception's text is the output. It runs in a worker
@@ -87,15 +141,17 @@ def run_check(
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, to kill whole on a timeout
     ) as proc:
+        if running is not None and not running.add(proc.pid):
+            _kill_group(proc.pid)
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            if sys.platform == "win32":  # crashcheck traces Linux programs; typed anyway
-                proc.kill()
-            else:
-                os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc.pid)
             out, _ = proc.communicate()
             return True, _clip(out.decode("utf-8", "replace") + f"[timed out after {timeout} s]")
+        finally:
+            if running is not None:
+                running.discard(proc.pid)
     return proc.returncode != 0, _clip(out.decode("utf-8", "replace"))
 
 

@@ -44,7 +44,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ._checkrun import Check, remove_tree, run_check
+from ._checkrun import Check, Running, remove_tree, run_check
 from ._errors import CrashcheckError
 from ._model import Base, State, pieces
 from ._ops import (
@@ -132,6 +132,7 @@ class _Explorer:
         self.timeout = timeout
         self.progress = progress
         self.pool = cf.ThreadPoolExecutor(max_workers=jobs)
+        self.running = Running()
         self.numbers: dict[Key, int] = {}
         self.futures: dict[int, cf.Future[tuple[bool, str]]] = {}
         self.records: list[tuple[_Spec, Key]] = []
@@ -182,7 +183,9 @@ class _Explorer:
             stdout_file = os.path.join(where, "stdout")
             with open(stdout_file, "wb") as f:
                 f.write(stdout)
-            return run_check(self.check, dirs, stdout, stdout_file, self.timeout)
+            return run_check(
+                self.check, dirs, stdout, stdout_file, timeout=self.timeout, running=self.running
+            )
         finally:
             remove_tree(where)
 
@@ -466,9 +469,12 @@ def explore_operations(
             explorer.targeted(max_torn)
         explorer.wait()
         return explorer.classify(stopped)
-    finally:
+    except BaseException:
         for future in explorer.futures.values():
             future.cancel()
+        explorer.running.stop()  # checks run in sessions of their own: Ctrl-C misses them
+        raise
+    finally:
         explorer.pool.shutdown(wait=True)
         if own_scratch:
             remove_tree(where)
