@@ -633,3 +633,19 @@ def test_an_interrupted_exploration_kills_its_running_checks(tmp_path: Path) -> 
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert list(scratch.iterdir()) == []
+
+
+def test_a_write_in_two_calls_is_one_finding_per_point(tmp_path: Path) -> None:
+    t = Trace(tmp_path, {"a": b""})
+    a = t.inode("a")
+    t.write(a, 0, b"x" * 6000)
+    t.write(a, 6000, b"y" * 6000)
+    t.fsync(a)
+    check = "test ! -s a || test $(wc -c < a) = 12000"
+    report = t.explore(check)
+    # Stopping after the first write breaks it, whole or torn: one finding for that
+    # point; the second write torn is one more; nothing lost is reported on its own.
+    assert [(v.kind, v.family, v.crash_point.syscall) for v in report.vulnerabilities] == [
+        ("atomicity", "prefix", 1),
+        ("atomicity", "torn", 3),
+    ]

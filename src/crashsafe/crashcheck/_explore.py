@@ -28,11 +28,12 @@ A broken state is classified as ALICE does: a prefix or torn state is *atomicity
 (consecutive broken prefix points are one finding); a state with operations lost is
 *durability* if the prefix before the first lost operation j, told the same standard
 output, is broken too (losing j breaks it by itself), otherwise *ordering* (a later
-operation persisted without j). A state with operations lost is not reported when the
-prefix at the same crash point (nothing lost) is broken too: stopping there already
-breaks it, and that atomicity finding is the one to fix. One finding per broken run of
-prefix points, per torn write, and per (kind, first lost operation), at the earliest
-crash point that shows it.
+operation persisted without j). A state with operations lost or a write torn is not
+reported when the prefix at the same crash point (everything whole) is broken too:
+stopping there already breaks it, and that atomicity finding is the one to fix (so is a
+state identical to a broken prefix state). One finding per broken run of prefix points,
+per torn write, and per (kind, first lost operation), at the earliest crash point that
+shows it.
 """
 
 from __future__ import annotations
@@ -332,30 +333,74 @@ class _Explorer:
         return spec.lost | {i for i, _, _ in spec.torn if i != last}
 
     def classify(self, max_states_reached: bool) -> Report:
-        run = self.run
+        """The findings of the checked states (checking the few more they need)."""
         found: dict[tuple[str, str, int], Vulnerability] = {}
-        broken_prefix: dict[int, Key] = {}
-        auxiliary: list[tuple[_Spec, Key, Key]] = []
         broken = [(spec, key) for spec, key in self.records if self.result(key)[0]]
+        broken_prefix: dict[int, Key] = {}
         for spec, key in broken:
             if not spec.lost and not spec.torn:
                 broken_prefix.setdefault(spec.k, key)
+        # A state broken with something lost, and not at a broken prefix point: is the
+        # prefix before the first loss, told the same output, broken too?
+        auxiliary: list[tuple[_Spec, Key, Key]] = []
+        prefix_keys = set(broken_prefix.values())
         for spec, key in broken:
             gone = self._gone(spec)
-            if gone and spec.k not in broken_prefix:
+            if gone and spec.k not in broken_prefix and key not in prefix_keys:
                 j = min(gone)
                 told = _Spec(j - 1, "prefix", told=spec.k)
                 auxiliary.append((spec, key, self.record(told, self.prefix_fp[j - 1], keep=False)))
         self.wait()
-        prefix_keys = set(broken_prefix.values())
+        self._prefix_findings(broken_prefix, found)
+        for spec, key in broken:
+            whole = spec.k in broken_prefix or key in prefix_keys
+            if spec.torn and not whole and not self._gone(spec):
+                i = spec.torn[-1][0]
+                found.setdefault(
+                    ("atomicity", "torn", i),
+                    Vulnerability(
+                        "atomicity",
+                        self.run.crash_point(spec.k),
+                        tuple(self._kept(spec, spec.k)),
+                        (f"the rest of {self.run.descs[i]}",),
+                        self.result(key)[1],
+                        spec.family,
+                    ),
+                )
+        for spec, key, aux in auxiliary:
+            kind: Kind = "durability" if self.result(aux)[0] else "ordering"
+            gone = self._gone(spec)
+            found.setdefault(
+                (kind, "lost", min(gone)),
+                Vulnerability(
+                    kind,
+                    self.run.crash_point(spec.k),
+                    tuple(self._kept(spec, spec.k)),
+                    tuple(
+                        self.run.descs[i] if i in spec.lost else f"the rest of {self.run.descs[i]}"
+                        for i in sorted(gone)
+                    ),
+                    self.result(key)[1],
+                    spec.family,
+                ),
+            )
+        order = {"atomicity": 0, "ordering": 1, "durability": 2}
+        vulnerabilities = sorted(
+            found.values(), key=lambda v: (v.crash_point.syscall, order[v.kind], v.lost)
+        )
+        return Report(self.enumerated, len(self.numbers), vulnerabilities, max_states_reached)
+
+    def _prefix_findings(
+        self, broken_prefix: dict[int, Key], found: dict[tuple[str, str, int], Vulnerability]
+    ) -> None:
+        """One atomicity finding per run of consecutive broken prefix points."""
         points = sorted(broken_prefix)
-        for start, group in itertools.groupby(enumerate(points), lambda e: e[1] - e[0]):
-            del start
+        for _, group in itertools.groupby(enumerate(points), lambda e: e[1] - e[0]):
             ks = [k for _, k in group]
             first, last = ks[0], ks[-1]
             spec = _Spec(first, "exhaustive" if self._exhaustive else "prefix")
             needed = [
-                run.descs[i]
+                self.run.descs[i]
                 for i in range(first + 1, min(last + 1, self.n) + 1)
                 if isinstance(self.ops[i - 1], STATEFUL)
             ]
@@ -363,50 +408,12 @@ class _Explorer:
                 needed = [*needed[: LISTED - 1], f"({len(needed) - LISTED + 1} more operations)"]
             found[("atomicity", "prefix", first)] = Vulnerability(
                 "atomicity",
-                run.crash_point(first),
+                self.run.crash_point(first),
                 tuple(self._kept(spec, first)),
                 tuple(needed),
                 self.result(broken_prefix[first])[1],
                 spec.family,
             )
-        for spec, key in self.records:
-            if self._gone(spec) or not spec.torn or not self.result(key)[0]:
-                continue
-            i = spec.torn[-1][0]
-            if ("atomicity", "torn", i) not in found:
-                found[("atomicity", "torn", i)] = Vulnerability(
-                    "atomicity",
-                    run.crash_point(spec.k),
-                    tuple(self._kept(spec, spec.k)),
-                    (f"the rest of {run.descs[i]}",),
-                    self.result(key)[1],
-                    spec.family,
-                )
-        for spec, key, aux in auxiliary:
-            if key in prefix_keys or spec.k in broken_prefix:
-                # Stopping at k breaks the state with nothing lost: that atomicity
-                # finding explains this state too, whatever else it lost.
-                continue
-            kind: Kind = "durability" if self.result(aux)[0] else "ordering"
-            gone = self._gone(spec)
-            j = min(gone)
-            if (kind, "lost", j) not in found:
-                found[(kind, "lost", j)] = Vulnerability(
-                    kind,
-                    run.crash_point(spec.k),
-                    tuple(self._kept(spec, spec.k)),
-                    tuple(
-                        run.descs[i] if i in spec.lost else f"the rest of {run.descs[i]}"
-                        for i in sorted(gone)
-                    ),
-                    self.result(key)[1],
-                    spec.family,
-                )
-        order = {"atomicity": 0, "ordering": 1, "durability": 2}
-        vulnerabilities = sorted(
-            found.values(), key=lambda v: (v.crash_point.syscall, order[v.kind], v.lost)
-        )
-        return Report(self.enumerated, len(self.numbers), vulnerabilities, max_states_reached)
 
     _exhaustive = False
 
