@@ -41,6 +41,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -422,6 +423,25 @@ class _Explorer:
     _exhaustive = False
 
 
+def _memory_dir(snapshot: Snapshot, jobs: int) -> str | None:
+    """``/dev/shm`` if it is a memory filesystem with room for the states, else None."""
+    shm = "/dev/shm"
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            kinds = {line.split()[1]: line.split()[2] for line in mounts if line.count(" ") >= 3}
+        if kinds.get(shm) != "tmpfs" or not os.access(shm, os.W_OK | os.X_OK):
+            return None
+        size = sum(
+            os.lstat(snapshot.source(path)).st_size
+            for path, entry in snapshot.entries.items()
+            if entry.kind == "file"
+        )
+        free = shutil.disk_usage(shm).free
+    except OSError:
+        return None
+    return shm if free > 2 * jobs * size + (64 << 20) else None
+
+
 def explore_operations(
     snapshot: Snapshot,
     operations: Sequence[Operation],
@@ -442,7 +462,10 @@ def explore_operations(
     :func:`._checkrun.run_check` for what each is given): it runs once on each distinct
     state, materialised under *scratch* (a fresh temporary directory by default, removed
     at the end) as ``state-N/0``, ``state-N/1``, ... (one per root), each removed after its
-    check. Up to *jobs* checks (default ``os.cpu_count()``) run at once in threads: a
+    check (by default in ``/dev/shm`` when it is a memory filesystem with room for
+    twice *jobs* copies of the directories and 64 MiB more, since making and removing
+    thousands of copies on a disk costs several times more; else in the system's
+    temporary directory). Up to *jobs* checks (default ``os.cpu_count()``) run at once in threads: a
     callable check must be thread-safe, or pass ``jobs=1``. *progress* is called as
     ``progress(done, total)`` from the calling thread while checks finish (*total* grows
     when findings need a further state checked).
@@ -460,12 +483,13 @@ def explore_operations(
     (``OSError``) propagate.
     """
     own_scratch = scratch is None
-    where = tempfile.mkdtemp(prefix="crashcheck-") if scratch is None else scratch
+    workers = jobs or os.cpu_count() or 1
+    where = scratch or tempfile.mkdtemp(prefix="crashcheck-", dir=_memory_dir(snapshot, workers))
     explorer = _Explorer(
         snapshot=snapshot,
         ops=operations,
         check=check,
-        jobs=jobs or os.cpu_count() or 1,
+        jobs=workers,
         scratch=where,
         timeout=timeout,
         progress=progress,
