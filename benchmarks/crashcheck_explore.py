@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=50)
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--scratch", help="where states are materialised (default: /tmp)")
+    parser.add_argument("--scratch", help="where states are made (default: the explorer's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp, "data")
@@ -86,7 +86,7 @@ def main() -> None:
                 f"{report.states_enumerated} enumerated, {report.states_checked} checked "
                 f"in {took:.2f} s: {report.states_checked / took:.0f} checked/s, "
                 f"{report.states_enumerated / took:.0f} enumerated/s "
-                f"(jobs={args.jobs}, scratch {args.scratch or tempfile.gettempdir()}, "
+                f"(jobs={args.jobs}, scratch {args.scratch or 'default'}, "
                 f"{len(report.vulnerabilities)} findings)"
             )
 
