@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from crashsafe.crashcheck._checkrun import CheckContext
+from crashsafe.crashcheck._checkrun import CheckContext, memory_dir
 from crashsafe.crashcheck._errors import CrashcheckError
-from crashsafe.crashcheck._explore import _memory_dir, explore_operations
+from crashsafe.crashcheck._explore import explore_operations
 from crashsafe.crashcheck._model import GARBAGE, Base, pieces
 from crashsafe.crashcheck._ops import (
     Call,
@@ -657,10 +657,10 @@ def test_states_made_in_memory_when_there_is_room(tmp_path: Path) -> None:
     t.add(Create(t.call("creat(a)"), t.path("a"), -1, 0o644))
     (v,) = t.explore('test -e a || { echo "$PWD"; exit 1; }').vulnerabilities
     shm = Path("/dev/shm")
-    in_memory = _memory_dir(t.snapshot, 2) is not None
+    in_memory = memory_dir(t.snapshot, 2) is not None
     assert in_memory == (shm.is_dir() and os.access(shm, os.W_OK))
     if in_memory:
         assert v.check_output.startswith("/dev/shm/crashcheck-")
         assert not Path(v.check_output.strip()).parent.parent.exists()  # removed whole
     # No room for so many copies: the system's temporary directory instead.
-    assert _memory_dir(t.snapshot, 10**12) is None
+    assert memory_dir(t.snapshot, 10**12) is None

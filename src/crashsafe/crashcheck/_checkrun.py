@@ -14,12 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._ops import Snapshot
+
 __all__ = [
     "OUTPUT_LIMIT",
     "STDOUT_ENV_LIMIT",
     "Check",
     "CheckContext",
     "Running",
+    "memory_dir",
     "remove_tree",
     "run_check",
 ]
@@ -168,3 +171,22 @@ def remove_tree(path: str) -> None:
                 if not os.path.islink(sub):
                     os.chmod(sub, stat.S_IRWXU)
         shutil.rmtree(path)
+
+
+def memory_dir(snapshot: Snapshot, jobs: int) -> str | None:
+    """``/dev/shm`` if it is a memory filesystem with room for the states, else None."""
+    shm = "/dev/shm"
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            kinds = {line.split()[1]: line.split()[2] for line in mounts if line.count(" ") >= 3}
+        if kinds.get(shm) != "tmpfs" or not os.access(shm, os.W_OK | os.X_OK):
+            return None
+        size = sum(
+            os.lstat(snapshot.source(path)).st_size
+            for path, entry in snapshot.entries.items()
+            if entry.kind == "file"
+        )
+        free = shutil.disk_usage(shm).free
+    except OSError:
+        return None
+    return shm if free > 2 * jobs * size + (64 << 20) else None

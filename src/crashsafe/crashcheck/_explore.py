@@ -41,12 +41,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ._checkrun import Check, Running, remove_tree, run_check
+from ._checkrun import Check, Running, memory_dir, remove_tree, run_check
 from ._errors import CrashcheckError
 from ._model import Base, State, pieces
 from ._ops import (
@@ -423,25 +422,6 @@ class _Explorer:
     _exhaustive = False
 
 
-def _memory_dir(snapshot: Snapshot, jobs: int) -> str | None:
-    """``/dev/shm`` if it is a memory filesystem with room for the states, else None."""
-    shm = "/dev/shm"
-    try:
-        with open("/proc/self/mounts", encoding="utf-8") as mounts:
-            kinds = {line.split()[1]: line.split()[2] for line in mounts if line.count(" ") >= 3}
-        if kinds.get(shm) != "tmpfs" or not os.access(shm, os.W_OK | os.X_OK):
-            return None
-        size = sum(
-            os.lstat(snapshot.source(path)).st_size
-            for path, entry in snapshot.entries.items()
-            if entry.kind == "file"
-        )
-        free = shutil.disk_usage(shm).free
-    except OSError:
-        return None
-    return shm if free > 2 * jobs * size + (64 << 20) else None
-
-
 def explore_operations(
     snapshot: Snapshot,
     operations: Sequence[Operation],
@@ -484,7 +464,7 @@ def explore_operations(
     """
     own_scratch = scratch is None
     workers = jobs or os.cpu_count() or 1
-    where = scratch or tempfile.mkdtemp(prefix="crashcheck-", dir=_memory_dir(snapshot, workers))
+    where = scratch or tempfile.mkdtemp(prefix="crashcheck-", dir=memory_dir(snapshot, workers))
     explorer = _Explorer(
         snapshot=snapshot,
         ops=operations,
