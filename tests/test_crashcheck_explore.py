@@ -503,6 +503,7 @@ def test_model_directories_links_and_no_ops(tmp_path: Path) -> None:
     three = base.state()
     three.apply(Rename(t.call("rename"), t.path("h"), t.path("none"), exchange=True))
     three.apply(Write(t.call("write"), x, 10**6, b""))
+    three.apply(Rename(t.call("rename"), t.path("h"), t.path("sub/x")))  # one file: no-op
     assert three.fingerprint() == base.state().fingerprint()
 
 
