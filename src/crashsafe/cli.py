@@ -349,12 +349,16 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-class _KillBar:
-    """torture's progress: one line on standard error, redrawn at each kill."""
+class _CountBar:
+    """Progress as one line on standard error, redrawn at each step: "VERB done/total"."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
 
     def __call__(self, done: int, total: int) -> None:
-        filled = 30 * done // total
-        sys.stderr.write(f"\rkilling {done}/{total} [{'#' * filled}{'.' * (30 - filled)}]\x1b[K")
+        filled = 30 * done // max(total, 1)
+        bar = "#" * filled + "." * (30 - filled)
+        sys.stderr.write(f"\r{self.verb} {done}/{total} [{bar}]\x1b[K")
         sys.stderr.flush()
 
     def finish(self) -> None:
@@ -373,7 +377,7 @@ def _torture(args: argparse.Namespace) -> int:
         print(f"crashsafe torture: error: DIR {where}: {why}", file=sys.stderr)
         return EXIT_USAGE
     seed = secrets.randbelow(1_000_000) if args.seed is None else args.seed
-    bar = _KillBar() if sys.stderr.isatty() and not args.json else None
+    bar = _CountBar("killing") if sys.stderr.isatty() and not args.json else None
     try:
         result = torture(where, args.n, seed, args.size, progress=bar)
     except RuntimeError as e:  # a writer child failed or hung: nothing was measured
@@ -399,6 +403,48 @@ def _torture(args: argparse.Namespace) -> int:
     return 0 if bug is None else EXIT_FAILED
 
 
+def _crashcheck(args: argparse.Namespace) -> int:
+    from crashsafe.crashcheck import CrashcheckError, explore
+
+    program = args.program[1:] if args.program[:1] == ["--"] else args.program
+    if not program:
+        print("crashsafe crashcheck: error: no PROGRAM given (after --)", file=sys.stderr)
+        return EXIT_USAGE
+    bar = _CountBar("checking") if sys.stderr.isatty() and not args.json else None
+    started = time.monotonic()
+    try:
+        report = explore(
+            program,
+            args.check,
+            dirs=args.dirs or ["."],
+            exhaustive=args.exhaustive,
+            max_states=args.max_states,
+            jobs=args.jobs,
+            timeout=args.timeout,
+            ignore_mmap=args.ignore_mmap,
+            # With --json, standard output is the report's alone.
+            stdout=2 if args.json else None,
+            progress=bar,
+        )
+    except (CrashcheckError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        message = str(e).removeprefix("crashcheck: ")
+        print(f"crashsafe crashcheck: {message}", file=sys.stderr)
+        if args.json:
+            _print_json({"ok": False, "exit_status": EXIT_USAGE, "error": message})
+        return EXIT_USAGE
+    finally:
+        if bar is not None:
+            bar.finish()
+    report.seconds = time.monotonic() - started
+    status = EXIT_FAILED if report.vulnerabilities else 0
+    if args.json:
+        _print_json({"ok": not report.vulnerabilities, "exit_status": status,
+                     "program": program, **report.to_dict()})  # fmt: skip
+    else:
+        print(report.text())
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -410,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep": _sweep,
         "doctor": _doctor,
         "torture": _torture,
+        "crashcheck": _crashcheck,
     }
     try:
         return commands[args.command](args)

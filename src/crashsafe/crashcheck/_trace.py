@@ -206,13 +206,13 @@ def record_call(
     try:
         with tempfile.TemporaryDirectory(prefix="crashcheck-trace-") as tmp:
             path = os.path.abspath(trace_file) if trace_file else os.path.join(tmp, "trace")
-            tracer = subprocess.Popen(
-                [*_strace_command(strace, path), "-p", str(pid)],
-                stderr=subprocess.PIPE,
-                close_fds=True,
-            )
+            said = os.path.join(tmp, "strace-said")
+            with open(said, "wb") as err:
+                tracer = subprocess.Popen(
+                    [*_strace_command(strace, path), "-p", str(pid)], stderr=err, close_fds=True
+                )
             try:
-                _wait_traced(pid, tracer, name)
+                _wait_traced(pid, tracer, name, said)
             finally:
                 os.write(go_w, b"g")  # start fn, or (untraced) let the child exit
                 os.close(go_w)
@@ -253,12 +253,13 @@ def _child(fn: Callable[[], object], out_r: int, out_w: int, go_r: int, go_w: in
         os._exit(code)
 
 
-def _wait_traced(pid: int, tracer: subprocess.Popen[bytes], name: str) -> None:
-    """Wait until strace has attached to *pid*; raise if it cannot."""
+def _wait_traced(pid: int, tracer: subprocess.Popen[bytes], name: str, log: str) -> None:
+    """Wait until strace has attached to *pid*; raise if it cannot (*log* holds what
+    strace said)."""
     while not _tracer_of(pid):
         if tracer.poll() is not None:
-            assert tracer.stderr is not None
-            said = tracer.stderr.read().decode(errors="replace").strip()
+            with open(log, encoding="utf-8", errors="replace") as f:
+                said = f.read().strip()
             if "Operation not permitted" in said:
                 raise CrashcheckError(
                     f"cannot record {name}: ptrace is not permitted here ({said}); run as "
