@@ -7,6 +7,7 @@ snapshot of a temporary directory.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -667,6 +668,15 @@ def test_states_made_in_memory_when_there_is_room(tmp_path: Path) -> None:
     assert memory_dir(t.snapshot, 10**12) is None
 
 
+def _exchange(a: Path, b: Path) -> None:
+    """``renameat2(a, b, RENAME_EXCHANGE)``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a))
+
+
 def _tree(root: Path) -> dict[str, tuple[object, ...]]:
     """Every path under *root*: kind, mode, content or target, and which names share a
     file (by the first name of each inode, in sorted order)."""
@@ -705,7 +715,7 @@ def test_model_agrees_with_the_kernel(tmp_path: Path, seed: int) -> None:
         kind = rng.choice(
             [
                 *("create", "write", "truncate", "rename", "link"),
-                *("unlink", "mkdir", "rmdir", "symlink", "chmod"),
+                *("unlink", "mkdir", "rmdir", "symlink", "chmod", "exchange"),
             ]
         )
         p, q = rng.choice(names), rng.choice(names)
@@ -753,6 +763,16 @@ def test_model_agrees_with_the_kernel(tmp_path: Path, seed: int) -> None:
                     for k, v in moved.items():
                         del table[k]
                         table[q + k[len(p) :]] = v
+            elif kind == "exchange":
+                _exchange(real_p, real_q)
+                t.rename(p, q, exchange=True)
+                for table in (ids, dirs) if p != q else ():
+                    under_p = {k: v for k, v in table.items() if k == p or k.startswith(p + "/")}
+                    under_q = {k: v for k, v in table.items() if k == q or k.startswith(q + "/")}
+                    for k in [*under_p, *under_q]:
+                        del table[k]
+                    table.update({q + k[len(p) :]: v for k, v in under_p.items()})
+                    table.update({p + k[len(q) :]: v for k, v in under_q.items()})
             elif kind == "link" and p in ids and not real_p.is_symlink():
                 os.link(real_p, real_q, follow_symlinks=False)
                 ids[q] = ids[p]
