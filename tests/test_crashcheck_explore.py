@@ -7,6 +7,7 @@ snapshot of a temporary directory.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -665,3 +666,137 @@ def test_states_made_in_memory_when_there_is_room(tmp_path: Path) -> None:
         assert not Path(v.check_output.strip()).parent.parent.exists()  # removed whole
     # No room for so many copies: the system's temporary directory instead.
     assert memory_dir(t.snapshot, 10**12) is None
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """``renameat2(a, b, RENAME_EXCHANGE)``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a))
+
+
+def _tree(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path under *root*: kind, mode, content or target, and which names share a
+    file (by the first name of each inode, in sorted order)."""
+    out: dict[str, tuple[object, ...]] = {}
+    first: dict[int, str] = {}
+    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                out[rel] = ("l", os.readlink(path))
+            elif os.path.isdir(path):
+                out[rel] = ("d", st.st_mode & 0o7777)
+            else:
+                same = first.setdefault(st.st_ino, rel)
+                out[rel] = ("f", st.st_mode & 0o7777, Path(path).read_bytes(), same)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_model_agrees_with_the_kernel(tmp_path: Path, seed: int) -> None:
+    """Random operations done for real and replayed in the model end the same."""
+    import random
+
+    rng = random.Random(seed)
+    t = Trace(tmp_path, {"a": b"A" * 5000, "b": b"B"})
+    (t.root / "d").mkdir()
+    os.link(t.root / "a", t.root / "d" / "a2")
+    t.snapshot = take_snapshot([str(t.root)], str(tmp_path / "snap2"))
+    ids = {rel: t.inode(rel) for rel in ("a", "b", "d/a2")}
+    dirs = {"d": t.inode("d")}
+    names = ["a", "b", "c", "d/a2", "d/x", "e/y", "e"]
+    for _ in range(60):
+        kind = rng.choice(
+            [
+                *("create", "write", "truncate", "rename", "link"),
+                *("unlink", "mkdir", "rmdir", "symlink", "chmod", "exchange"),
+            ]
+        )
+        p, q = rng.choice(names), rng.choice(names)
+        real_p, real_q = t.root / p, t.root / q
+        if any(os.path.islink(x.parent) for x in (real_p, real_q)):
+            continue  # a tracer names paths with their directories' symlinks resolved
+        try:
+            if kind == "create":
+                flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                os.close(os.open(real_p, flags, 0o644))
+                ids[p] = t.new_inode()
+                t.add(Create(t.call(kind), str(real_p), ids[p], 0o644))
+            elif kind in ("write", "truncate", "chmod") and p in ids and not real_p.is_symlink():
+                inode = ids[p]
+                if kind == "write":
+                    offset, data = (
+                        rng.randrange(0, 9000),
+                        bytes([rng.randrange(256)]) * rng.randrange(1, 6000),
+                    )
+                    with open(real_p, "r+b") as f:
+                        f.seek(offset)
+                        f.write(data)
+                    t.add(Write(t.call(kind), inode, offset, data))
+                elif kind == "truncate":
+                    size = rng.randrange(0, 9000)
+                    os.truncate(real_p, size)
+                    t.add(Truncate(t.call(kind), inode, size))
+                else:
+                    mode = rng.choice([0o600, 0o640, 0o755])
+                    os.chmod(real_p, mode)
+                    t.add(SetMode(t.call(kind), inode, mode))
+            elif kind == "rename":
+                same = (
+                    os.path.lexists(real_p)
+                    and os.path.lexists(real_q)
+                    and os.lstat(real_p).st_ino == os.lstat(real_q).st_ino
+                )
+                os.rename(real_p, real_q)
+                t.rename(p, q)
+                for table in () if same else (ids, dirs):  # one file's two names: no-op
+                    moved = {k: v for k, v in table.items() if k == p or k.startswith(p + "/")}
+                    for k in list(table):
+                        if k == q or k.startswith(q + "/"):
+                            del table[k]
+                    for k, v in moved.items():
+                        del table[k]
+                        table[q + k[len(p) :]] = v
+            elif kind == "exchange":
+                _exchange(real_p, real_q)
+                t.rename(p, q, exchange=True)
+                for table in (ids, dirs) if p != q else ():
+                    under_p = {k: v for k, v in table.items() if k == p or k.startswith(p + "/")}
+                    under_q = {k: v for k, v in table.items() if k == q or k.startswith(q + "/")}
+                    for k in [*under_p, *under_q]:
+                        del table[k]
+                    table.update({q + k[len(p) :]: v for k, v in under_p.items()})
+                    table.update({p + k[len(q) :]: v for k, v in under_q.items()})
+            elif kind == "link" and p in ids and not real_p.is_symlink():
+                os.link(real_p, real_q, follow_symlinks=False)
+                ids[q] = ids[p]
+                t.add(Link(t.call(kind), str(real_q), ids[q]))
+            elif kind == "unlink":
+                os.unlink(real_p)
+                ids.pop(p, None)
+                t.add(Unlink(t.call(kind), str(real_p)))
+            elif kind == "mkdir":
+                os.mkdir(real_p, 0o755)
+                dirs[p] = t.new_inode()
+                t.add(Mkdir(t.call(kind), str(real_p), dirs[p], 0o755))
+            elif kind == "rmdir":
+                os.rmdir(real_p)
+                dirs.pop(p, None)
+                t.add(Rmdir(t.call(kind), str(real_p)))
+            elif kind == "symlink":
+                os.symlink(q, real_p)
+                t.add(Symlink(t.call(kind), str(real_p), q))
+        except OSError:
+            pass  # the kernel refused it: nothing to record
+    state = Base(t.snapshot).state()
+    for op in t.ops:
+        state.apply(op)
+    out = tmp_path / "out"
+    state.materialise([str(out)])
+    assert _tree(out) == _tree(t.root)

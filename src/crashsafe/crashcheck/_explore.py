@@ -440,15 +440,17 @@ def explore_operations(
     *snapshot* holds the directories before the run, *operations* what the run did to
     them (see :mod:`._ops`). *check* is a shell command or a callable (see
     :func:`._checkrun.run_check` for what each is given): it runs once on each distinct
-    state, materialised under *scratch* (a fresh temporary directory by default, removed
-    at the end) as ``state-N/0``, ``state-N/1``, ... (one per root), each removed after its
-    check (by default in ``/dev/shm`` when it is a memory filesystem with room for
-    twice *jobs* copies of the directories and 64 MiB more, since making and removing
-    thousands of copies on a disk costs several times more; else in the system's
-    temporary directory). Up to *jobs* checks (default ``os.cpu_count()``) run at once in threads: a
-    callable check must be thread-safe, or pass ``jobs=1``. *progress* is called as
+    state, made under *scratch* as ``state-N/0``, ``state-N/1``, ... (one per root) and
+    removed after its check. By default *scratch* is a fresh directory, removed at the
+    end, in ``/dev/shm`` when that is a memory filesystem with room for twice *jobs*
+    copies of the directories and 64 MiB more (making and removing thousands of copies
+    on a disk costs several times more), else in the system's temporary directory.
+
+    Up to *jobs* checks (default ``os.cpu_count()``) run at once, in threads: a callable
+    check must be thread-safe, or pass ``jobs=1``. *progress* is called as
     ``progress(done, total)`` from the calling thread while checks finish (*total* grows
-    when findings need a further state checked).
+    when findings need a further state checked); an exception it raises stops the
+    exploration, killing the checks still running.
 
     The states are ALICE's targeted families, or with *exhaustive* every combination the
     model allows, up to *max_states* enumerated (the report then says ``stopped_early``).

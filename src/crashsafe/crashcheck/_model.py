@@ -310,7 +310,7 @@ class State:
             return
         if entry[0] == "d" and (op.dst + "/").startswith(op.src.rstrip("/") + "/"):
             return  # a directory into itself: the kernel refuses it
-        if self._dirs[dst[0]].get(dst[1]) == entry:
+        if entry[0] == "f" and self._dirs[dst[0]].get(dst[1]) == entry:
             return  # two names of one file: rename does nothing (POSIX)
         if op.exchange:
             other = self._dirs[dst[0]].get(dst[1])
