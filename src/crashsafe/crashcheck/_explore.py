@@ -26,19 +26,23 @@ operations not durable at k and of the pieces of their writes, up to a cap.
 
 A broken state is classified as ALICE does: a prefix or torn state is *atomicity*
 (consecutive broken prefix points are one finding); a state with operations lost is
-*durability* if the prefix before the first lost operation j, told the same standard
-output, is broken too (losing j breaks it by itself), otherwise *ordering* (a later
-operation persisted without j). A state with operations lost or a write torn is not
+*durability* if the same files are fine when told only the standard output written
+before the first lost operation j (what the program printed since, that it had done
+what was lost, is what the loss betrays), otherwise *ordering* (broken whatever was
+printed: a later operation persisted without j); it is not reported at all when it
+holds the very files of a broken prefix state (the atomicity finding there is the one
+to fix). A state with operations lost or a write torn is not
 reported when the prefix at the same crash point (everything whole) is broken too:
 stopping there already breaks it, and that atomicity finding is the one to fix (so is a
 state identical to a broken prefix state). One finding per broken run of prefix points,
-per torn write, and per (kind, first lost operation), at the earliest crash point that
+per torn write, and per first lost operation (whatever its kind), at the earliest crash point that
 shows it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import itertools
 import os
 import tempfile
@@ -344,16 +348,16 @@ class _Explorer:
         for spec, key in broken:
             if not spec.lost and not spec.torn:
                 broken_prefix.setdefault(spec.k, key)
-        # A state broken with something lost, and not at a broken prefix point: is the
-        # prefix before the first loss, told the same output, broken too?
+        # A state broken with something lost, and not at a broken prefix point: are the
+        # same files broken when told only what the program had printed before the first
+        # loss? If not, what it printed since is what the loss betrays.
         auxiliary: list[tuple[_Spec, Key, Key]] = []
         prefix_keys = set(broken_prefix.values())
         for spec, key in broken:
             gone = self._gone(spec)
             if gone and spec.k not in broken_prefix and key not in prefix_keys:
-                j = min(gone)
-                told = _Spec(j - 1, "prefix", told=spec.k)
-                auxiliary.append((spec, key, self.record(told, self.prefix_fp[j - 1], keep=False)))
+                told = dataclasses.replace(spec, told=min(gone) - 1)
+                auxiliary.append((spec, key, self.record(told, key[0], keep=False)))
         self.wait()
         self._prefix_findings(broken_prefix, found)
         for spec, key in broken:
@@ -372,10 +376,15 @@ class _Explorer:
                     ),
                 )
         for spec, key, aux in auxiliary:
-            kind: Kind = "durability" if self.result(aux)[0] else "ordering"
             gone = self._gone(spec)
+            j = min(gone)
+            # A loss that leaves the very files of a broken prefix state adds nothing to
+            # the atomicity finding there.
+            if j - 1 in broken_prefix and key[0] == self.prefix_fp[j - 1]:
+                continue
+            kind: Kind = "ordering" if self.result(aux)[0] else "durability"
             found.setdefault(
-                (kind, "lost", min(gone)),
+                ("lost", "", j),  # one finding per lost operation, the earliest
                 Vulnerability(
                     kind,
                     self.run.crash_point(spec.k),
