@@ -55,13 +55,17 @@ class Syscall:
         return self.result is not None and self.result >= 0 and not self.error
 
     def text(self) -> str:
-        """The call without fd paths or data, e.g. ``renameat2(AT_FDCWD, "a.tmp", ...)``."""
+        """The call without data, an fd with the path it had (a pipe, a socket as strace
+        names it), e.g. ``write(3</srv/a.tmp>, ..., 4096)`` or ``renameat2(AT_FDCWD,
+        "a.tmp", AT_FDCWD, "a", 0)``."""
         shown = []
         for arg in self.args:
             fd = fd_arg(arg)
             a = arg
             if fd is not None and fd.path is not None:
-                a = "AT_FDCWD" if fd.fd == AT_FDCWD else str(fd.fd)
+                a = "AT_FDCWD" if fd.fd == AT_FDCWD else f"{fd.fd}<{fd.path}>"
+            elif arg == '""...':  # data, which -s 0 leaves out
+                a = "..."
             shown.append(a if len(a) <= 120 else a[:117] + "...")
         return f"{self.name}({', '.join(shown)})"
 
