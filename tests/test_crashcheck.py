@@ -270,3 +270,47 @@ def test_the_pytest_fixture_passes_a_safe_save_and_fails_an_unsafe_one(tmp_path:
     assert done.returncode == 1, done.stdout
     assert "1 failed, 1 passed" in done.stdout
     assert "test_in_place" in done.stdout and "atomicity" in done.stdout
+
+
+def test_a_fifo_in_the_directory_is_refused_by_name(data: Path) -> None:
+    os.mkfifo(data / "pipe")
+    with pytest.raises(CrashcheckError, match="pipe: not a regular file"):
+        explore(["true"], "true", dirs=[data])
+
+
+def test_a_terminated_command_leaves_no_scratch_behind(data: Path, tmp_path: Path) -> None:
+    # The check terminates crashcheck itself (its parent's parent) the first time it runs
+    # on a crash state, then waits; SIGTERM must stop it and remove every scratch copy.
+    marker = tmp_path / "started"
+    check = f'test -e {marker} || {{ touch {marker}; kill -TERM "$CRASHCHECK_PARENT"; sleep 60; }}'
+    scratch = tmp_path.parent / f"{tmp_path.name}-tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    before = set(Path("/dev/shm").glob("crashcheck-*"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, sys; os.environ['CRASHCHECK_PARENT'] = str(os.getpid()); "
+         "from crashsafe.cli import main; sys.exit(main(sys.argv[1:]))",
+         "crashcheck", "--jobs", "1", "--check", check, "--",
+         sys.executable, "-c", IN_PLACE],
+        cwd=data, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert marker.exists()
+    assert list(scratch.iterdir()) == []
+    scratch.rmdir()
+    assert set(Path("/dev/shm").glob("crashcheck-*")) <= before
+    # The check it was waiting for was stopped too.
+    assert subprocess.run(["pgrep", "-f", f"touch {marker}"], check=False).returncode == 1
+
+
+def test_a_temporary_directory_inside_a_checked_one_is_refused(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(data / "tmp"))
+    (data / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    with pytest.raises(CrashcheckError, match="set TMPDIR"):
+        explore(["true"], "true", dirs=[data])
+    assert list((data / "tmp").iterdir()) == []

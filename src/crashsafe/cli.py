@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -411,6 +412,9 @@ def _crashcheck(args: argparse.Namespace) -> int:
         print("crashsafe crashcheck: error: no PROGRAM given (after --)", file=sys.stderr)
         return EXIT_USAGE
     bar = _CountBar("checking") if sys.stderr.isatty() and not args.json else None
+    # A SIGTERM unwinds like an exception, so the checks running are stopped and the
+    # scratch copies removed, as after Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.monotonic()
     try:
         report = explore(

@@ -99,6 +99,7 @@ def explore(
     name = _name(workload)
     scratch = tempfile.mkdtemp(prefix="crashcheck-")
     try:
+        _outside(scratch, roots)
         snapshot = take_snapshot(roots, os.path.join(scratch, "before"))
         if callable(workload):
             recording = record_call(workload, snapshot, stdout=stdout, ignore_mmap=ignore_mmap)
@@ -147,3 +148,15 @@ def _name(workload: Workload) -> str:
     if not workload:
         raise ValueError("crashcheck needs a program to run")
     return str(workload[0])
+
+
+def _outside(scratch: str, roots: list[str]) -> None:
+    """Refuse a scratch directory inside a directory being checked: the snapshot would
+    copy itself, and every crash state would hold the others."""
+    where = os.path.realpath(scratch)
+    for root in roots:
+        if (where + "/").startswith(os.path.realpath(root) + "/"):
+            raise CrashcheckError(
+                f"cannot check {root}: the temporary directory {os.path.dirname(scratch)} is "
+                "inside it; set TMPDIR to a directory outside it"
+            )

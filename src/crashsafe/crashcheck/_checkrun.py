@@ -176,6 +176,8 @@ def remove_tree(path: str) -> None:
 def memory_dir(snapshot: Snapshot, jobs: int) -> str | None:
     """``/dev/shm`` if it is a memory filesystem with room for the states, else None."""
     shm = "/dev/shm"
+    if any("/dev/shm/".startswith(root + "/") for root in snapshot.roots):
+        return None  # a directory being checked holds it: states would nest in it
     try:
         with open("/proc/self/mounts", encoding="utf-8") as mounts:
             kinds = {line.split()[1]: line.split()[2] for line in mounts if line.count(" ") >= 3}

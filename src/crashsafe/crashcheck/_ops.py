@@ -214,16 +214,23 @@ class Snapshot:
 
 
 def take_snapshot(roots: list[str], copy: str) -> Snapshot:
-    """Read and copy the directories *roots* into *copy* (which must not exist)."""
+    """Read and copy the directories *roots* into *copy* (which must not exist).
+
+    Raises ``ValueError`` if one root is inside another, and
+    :class:`~._errors.CrashcheckError` for an entry that is not a regular file, a
+    directory or a symlink (a FIFO, a socket, a device: crashcheck cannot copy or model
+    it), naming it.
+    """
+    from ._errors import CrashcheckError
+
     resolved = [os.path.realpath(r) for r in roots]
     for a in resolved:
         for b in resolved:
             if a != b and (b + "/").startswith(a + "/"):
                 raise ValueError(f"{b!r} is inside {a!r}: give each directory once")
-    os.makedirs(copy)
     snapshot = Snapshot(resolved, copy)
-    for i, root in enumerate(resolved):
-        shutil.copytree(root, os.path.join(copy, str(i)), symlinks=True)
+    # Read first, copy after: copying a FIFO would block on opening it.
+    for root in resolved:
         for dirpath, dirnames, filenames in os.walk(root):
             for name in [".", *dirnames, *filenames]:
                 path = os.path.normpath(os.path.join(dirpath, name))
@@ -232,7 +239,15 @@ def take_snapshot(roots: list[str], copy: str) -> Snapshot:
                     entry = BaseEntry("symlink", st.st_ino, 0o777, os.readlink(path))
                 elif stat.S_ISDIR(st.st_mode):
                     entry = BaseEntry("dir", st.st_ino, stat.S_IMODE(st.st_mode))
-                else:
+                elif stat.S_ISREG(st.st_mode):
                     entry = BaseEntry("file", st.st_ino, stat.S_IMODE(st.st_mode))
+                else:
+                    raise CrashcheckError(
+                        f"cannot check {path}: not a regular file, a directory or a symlink "
+                        "(a FIFO, a socket or a device); move it out of the directory"
+                    )
                 snapshot.entries[path] = entry
+    os.makedirs(copy)
+    for i, root in enumerate(resolved):
+        shutil.copytree(root, os.path.join(copy, str(i)), symlinks=True)
     return snapshot
