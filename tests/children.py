@@ -381,3 +381,31 @@ def root_owned_directory() -> Iterator[Path]:
         yield base
     finally:
         shutil.rmtree(base)
+
+
+def run_on_terminal(argv: Sequence[str], timeout: float) -> tuple[int, bytes, bytes]:
+    """Run *argv* with its standard error on a pseudo-terminal (so that it draws its
+    progress bar); return its exit status, its standard output, and what it drew."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            list(argv), stderr=follower, stdout=subprocess.PIPE, timeout=timeout, check=False
+        )
+        os.close(follower)
+        follower = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    return done.returncode, done.stdout, seen

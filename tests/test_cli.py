@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from crashsafe.staging import MARKER
+from tests.children import run_on_terminal
 from tests.harness.checks import leftovers
 
 CLI = [sys.executable, "-m", "crashsafe"]
@@ -275,35 +276,10 @@ def test_copy_usage_errors_exit_2(workdir: Path) -> None:
 
 
 def test_copy_shows_progress_bar_on_a_terminal(workdir: Path) -> None:
-    import pty
-
     source = workdir / "big"
     source.write_bytes(os.urandom(1 << 20) * 40)
-    leader, follower = pty.openpty()
-    try:
-        result = subprocess.run(
-            [*CLI, "copy", str(source), str(workdir / "dst")],
-            stderr=follower,
-            stdout=subprocess.PIPE,
-            timeout=60,
-            check=False,
-        )
-        os.close(follower)
-        follower = -1
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # EIO: the terminal's other end is closed
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(leader)
-        if follower != -1:
-            os.close(follower)
-    assert result.returncode == 0
+    status, _, seen = run_on_terminal([*CLI, "copy", str(source), str(workdir / "dst")], 60)
+    assert status == 0
     assert b"100% [##############################]" in seen
     assert b"40.0 MiB / 40.0 MiB" in seen
     assert seen.endswith(b"\r\x1b[K")  # the bar is cleared before the summary

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -173,35 +172,14 @@ def test_text_report_on_a_pipe_and_the_bar_on_a_terminal(tmp_path: Path) -> None
     assert "crashsafe.atomic_write  " in piped.stdout and "intact (old/new)" in piped.stdout
     assert "crashsafe.atomic_write: every kill left the complete old or new file" in piped.stdout
 
-    leader, follower = pty.openpty()
-    try:
-        shown = subprocess.run(
-            [*CLI, str(tmp_path), "-n", "2", "--seed", "9"],
-            stderr=follower,
-            stdout=subprocess.PIPE,
-            timeout=120,
-            check=False,
-        )
-        os.close(follower)
-        follower = -1
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # EIO: the terminal's other end is closed
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(leader)
-        if follower != -1:
-            os.close(follower)
-    assert shown.returncode == 0
+    status, out, seen = children.run_on_terminal(
+        [*CLI, str(tmp_path), "-n", "2", "--seed", "9"], 120
+    )
+    assert status == 0
     assert b"\rkilling 1/4 [#######" in seen and b"\rkilling 4/4 [" + b"#" * 30 + b"]" in seen
     assert seen.endswith(b"\r\x1b[K")  # cleared before the table
     # The same seed, the same kills: the same table (line 1 names the scratch directory).
-    assert shown.stdout.decode().splitlines()[2:] == piped.stdout.splitlines()[2:]
+    assert out.decode().splitlines()[2:] == piped.stdout.splitlines()[2:]
 
 
 # -- without strace: kills at random times ----------------------------------------------
