@@ -28,7 +28,7 @@ for entry in (str(REPO / "src"), str(REPO)):
 
 from tests.harness import workloads as w  # noqa: E402
 
-from crashsafe.crashcheck import Report, explore  # noqa: E402
+from crashsafe.crashcheck import Report  # noqa: E402
 
 WORKLOADS = [
     w.SQLITE_FULL, w.SQLITE_EXTRA, w.SQLITE_WAL, w.SQLITE_OFF, w.GIT_DEFAULT, w.GIT_FSYNC_ALL,
@@ -41,18 +41,7 @@ def once(workload: w.Workload, jobs: int | None, exhaustive: bool) -> tuple[Repo
         directory = Path(tmp) / "work"
         workload.prepare(directory)
         started = time.perf_counter()
-        report = explore(
-            workload.argv,
-            workload.check,
-            dirs=[directory],
-            cwd=directory,
-            env=workload.environ(),
-            ignore_mmap=workload.ignore_mmap,
-            jobs=jobs,
-            exhaustive=exhaustive,
-            max_states=100_000,
-            stdout=2,
-        )
+        report = workload.explore(directory, jobs=jobs, exhaustive=exhaustive, max_states=100_000)
         return report, time.perf_counter() - started
 
 

@@ -12,24 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from crashsafe.crashcheck import Report, explore
+from crashsafe.crashcheck import Report
 from tests.harness import workloads as w
 from tests.harness.require import require_tools
 
 
 def run(workload: w.Workload, tmp_path: Path) -> Report:
     require_tools("strace", "sqlite3", "git")
-    directory = tmp_path / "work"
-    workload.prepare(directory)
-    return explore(
-        workload.argv,
-        workload.check,
-        dirs=[directory],
-        cwd=directory,
-        env=workload.environ(),
-        ignore_mmap=workload.ignore_mmap,
-        stdout=2,
-    )
+    workload.prepare(tmp_path / "work")
+    return workload.explore(tmp_path / "work")
 
 
 def kinds(report: Report) -> Counter[str]:

@@ -17,6 +17,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from crashsafe.crashcheck import Report, explore
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "crashcheck",
@@ -47,6 +50,20 @@ class Workload:
 
     def environ(self) -> dict[str, str]:
         return {**os.environ, **self.env}
+
+    def explore(self, directory: Path, **options: Any) -> Report:
+        """Run and explore this workload in *directory*, prepared before (the program's
+        output goes to standard error); *options* are :func:`explore`'s."""
+        return explore(
+            self.argv,
+            self.check,
+            dirs=[directory],
+            cwd=directory,
+            env=self.environ(),
+            ignore_mmap=self.ignore_mmap,
+            stdout=2,
+            **options,
+        )
 
 
 def _sh(directory: Path, script: str, env: dict[str, str] | None = None) -> None:
