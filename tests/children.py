@@ -383,15 +383,23 @@ def root_owned_directory() -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-def run_on_terminal(argv: Sequence[str], timeout: float) -> tuple[int, bytes, bytes]:
-    """Run *argv* with its standard error on a pseudo-terminal (so that it draws its
-    progress bar); return its exit status, its standard output, and what it drew."""
+def run_on_terminal(
+    argv: Sequence[str], timeout: float, cwd: Path | None = None
+) -> tuple[int, bytes, bytes]:
+    """Run *argv* (in *cwd*) with its standard error on a pseudo-terminal (so that it
+    draws its progress bar); return its exit status, its standard output, and what it
+    drew."""
     import pty
 
     leader, follower = pty.openpty()
     try:
         done = subprocess.run(
-            list(argv), stderr=follower, stdout=subprocess.PIPE, timeout=timeout, check=False
+            list(argv),
+            cwd=cwd,
+            stderr=follower,
+            stdout=subprocess.PIPE,
+            timeout=timeout,
+            check=False,
         )
         os.close(follower)
         follower = -1

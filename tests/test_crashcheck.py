@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 import crashsafe
 from crashsafe.crashcheck import CheckContext, CrashcheckError, explore
+from tests.children import run_on_terminal
 from tests.harness.require import require_tools
 
 OLD = b"old " * 2000
@@ -314,3 +316,13 @@ def test_a_temporary_directory_inside_a_checked_one_is_refused(
     with pytest.raises(CrashcheckError, match="set TMPDIR"):
         explore(["true"], "true", dirs=[data])
     assert list((data / "tmp").iterdir()) == []
+
+
+def test_the_command_draws_a_progress_bar_on_a_terminal(data: Path) -> None:
+    argv = [sys.executable, "-m", "crashsafe", "crashcheck", "--check", CHECK,
+            "--", sys.executable, "-c", IN_PLACE]  # fmt: skip
+    status, out, seen = run_on_terminal(argv, 120, cwd=data)
+    assert status == 1
+    assert re.search(rb"\rchecking (\d+)/\1 \[#{30}\]", seen), seen
+    assert seen.endswith(b"\r\x1b[K")  # cleared before the report
+    assert b"atomicity" in out
