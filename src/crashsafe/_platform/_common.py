@@ -84,3 +84,13 @@ def lock_file_linked(path: str, fd: int) -> bool:
         return False
     held = os.fstat(fd)
     return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def directory_sync_unsupported(error: OSError) -> bool:
+    """Whether a directory fsync error means "this filesystem cannot sync directories".
+
+    Some FUSE, CIFS and virtual-machine shares answer EINVAL (or ENOTSUP) to
+    fsync of a directory: they offer no directory durability at all. That is a
+    property of the filesystem, not a failure of this write.
+    """
+    return error.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)

@@ -150,6 +150,11 @@ class Backend(Protocol):
         """Flush the open file *fd* to stable storage, the strongest way the
         platform has."""
 
+    def directory_sync_unsupported(self, error: OSError) -> bool:
+        """Whether *error*, from syncing a directory, means the filesystem cannot
+        sync directories at all (some FUSE, CIFS and shared folders) rather than a
+        failure of this write."""
+
     def set_metadata(self, fd: int, mode: int, owner: tuple[int, int] | None) -> None:
         """Give the open file *fd* the *owner* (uid, gid), where permitted, then
         exactly *mode*."""

@@ -17,6 +17,7 @@ from typing import Final
 from crashsafe._platform import _linux
 from crashsafe._platform._common import (
     create_private,
+    directory_sync_unsupported,
     fresh_name,
     lock_file_linked,
     open_lock_file,
@@ -393,16 +394,6 @@ def unlock(fd: int) -> None:
     import fcntl
 
     fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def directory_sync_unsupported(error: OSError) -> bool:
-    """Whether a directory fsync error means "this filesystem cannot sync directories".
-
-    Some FUSE, CIFS and virtual-machine shares answer EINVAL (or ENOTSUP) to
-    fsync of a directory: they offer no directory durability at all. That is a
-    property of the filesystem, not a failure of this write.
-    """
-    return error.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 def set_metadata(fd: int, mode: int, owner: tuple[int, int] | None) -> None:

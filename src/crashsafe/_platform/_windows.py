@@ -21,6 +21,7 @@ from typing import Final
 
 from crashsafe._platform._common import (
     create_private,
+    directory_sync_unsupported,
     fresh_name,
     lock_file_linked,
     open_lock_file,
@@ -35,6 +36,7 @@ __all__ = [
     "copy_data",
     "copy_into",
     "create_private",
+    "directory_sync_unsupported",
     "fsync_file",
     "lock",
     "lock_file_linked",

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 
 assert sys.platform != "win32", "crashsafe.doctor is for Linux"
 
-from crashsafe._platform import _linux  # noqa: E402
+from crashsafe._platform import (  # noqa: E402
+    _linux,
+    directory_sync_unsupported,
+    fsync_file,
+)
 from crashsafe._platform._copy import reflink  # noqa: E402
-from crashsafe._platform._posix import directory_sync_unsupported, fsync_file  # noqa: E402
 
 SCRATCH_PREFIX = ".crashsafe-doctor-"
 ROUNDS = 20
