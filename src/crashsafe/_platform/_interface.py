@@ -154,6 +154,14 @@ class Backend(Protocol):
         """Give the open file *fd* the *owner* (uid, gid), where permitted, then
         exactly *mode*."""
 
+    def make_directories(self, path: str, *, sync: bool) -> None:
+        """Create the missing directories of *path* (mode 0o777 less the umask),
+        never following a symlink in the part it creates; with *sync*, each of
+        them and the existing directory that holds the first are made durable
+        before it returns. A non-directory in the way raises
+        :class:`NotADirectoryError` naming it; directories made before an
+        error stay, as :func:`os.makedirs` leaves them."""
+
     def lock(self, fd: int, *, shared: bool = False, blocking: bool = True) -> bool:
         """Lock the open file *fd*, shared or exclusive; return whether it is held.
 
