@@ -286,3 +286,25 @@ def test_a_read_only_ancestor_is_permission_error_naming_the_directory() -> None
         assert result == {"raised": None}
         assert (readonly / "open" / "x" / "y" / "f").read_bytes() == b"nobody's"
         assert (readonly / "open" / "x").stat().st_uid != 0
+
+
+def test_the_windows_backend_makes_parents_as_makedirs(tmp_path: Path) -> None:
+    # Pure os calls, so it runs here: the chain made, a file in the way named.
+    from crashsafe._platform import _windows
+
+    _windows.make_directories(str(tmp_path / "a" / "b"), sync=True)
+    _windows.make_directories(str(tmp_path / "a" / "b"), sync=False)  # there already: fine
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError) as caught:
+        _windows.make_directories(str(tmp_path / "file"), sync=True)
+    assert caught.value.filename == str(tmp_path / "file")
+
+
+def test_a_directory_that_cannot_be_made_names_itself(tmp_path: Path) -> None:
+    # ENAMETOOLONG from mkdirat, named by the path the caller gave.
+    long_name = "n" * 300
+    with pytest.raises(OSError) as caught:
+        crashsafe.atomic_write(tmp_path / long_name / "f", b"x", parents=True)
+    assert caught.value.filename == str(tmp_path / long_name)
+    assert list(tmp_path.iterdir()) == []
