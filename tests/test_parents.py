@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -308,3 +309,36 @@ def test_a_directory_that_cannot_be_made_names_itself(tmp_path: Path) -> None:
         crashsafe.atomic_write(tmp_path / long_name / "f", b"x", parents=True)
     assert caught.value.filename == str(tmp_path / long_name)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parents_on_an_s3_url_is_accepted_and_does_nothing(
+    moto_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A key needs no directory: parents=True is accepted there, so one call serves
+    # local paths and URLs; a download to a local file makes the file's directories.
+    from tests.harness.s3servers import empty_bucket, make_bucket
+
+    endpoint = moto_server.endpoint
+    bucket = make_bucket(endpoint)
+    for key, value in endpoint.env().items():
+        monkeypatch.setenv(key, value)
+    try:
+        url = f"s3://{bucket}/a/b/c/f"
+        crashsafe.atomic_write(url, b"written", parents=True)
+        with crashsafe.atomic_open(f"s3://{bucket}/a/o", "wb", parents=True) as f:
+            f.write(b"opened")
+        crashsafe.write_json(f"s3://{bucket}/a/doc.json", [1], parents=True)
+        crashsafe.update_json(f"s3://{bucket}/a/doc.json", lambda d: [*d, 2], parents=True)
+        local = tmp_path / "x" / "y" / "f"
+        crashsafe.atomic_copy(url, local, parents=True)
+        assert local.read_bytes() == b"written"
+        crashsafe.atomic_copy(url, tmp_path / "z" / "o", parents=True)
+        client = endpoint.client()
+        got = {
+            key: client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            for key in ("a/b/c/f", "a/o")
+        }
+        assert got == {"a/b/c/f": b"written", "a/o": b"opened"}
+        assert crashsafe.read_json(f"s3://{bucket}/a/doc.json") == [1, 2]
+    finally:
+        empty_bucket(endpoint, bucket)

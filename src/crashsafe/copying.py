@@ -456,6 +456,7 @@ def atomic_copy(
             progress=progress,
             store=store,
             hasher_for=_hasher,
+            parents=parents,
         )
         return CopyResult(copied, how, hexdigest)
     hasher = _hasher(digest)
