@@ -342,3 +342,17 @@ def test_parents_on_an_s3_url_is_accepted_and_does_nothing(
         assert crashsafe.read_json(f"s3://{bucket}/a/doc.json") == [1, 2]
     finally:
         empty_bucket(endpoint, bucket)
+
+
+def test_a_removed_working_directory_is_named_by_the_directory_not_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "." still opens, but the kernel refuses new entries in a removed directory:
+    # mkdirat's ENOENT names the directory it would have made.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(FileNotFoundError) as caught:
+        crashsafe.atomic_write("a/b/f", b"x", parents=True)
+    assert caught.value.filename == "a"

@@ -81,7 +81,8 @@ def update(
     Takes ``FileLock(path, timeout=timeout)``, reads the whole file (*default*
     if it does not exist), calls *fn* with those bytes and writes what it
     returns with :func:`crashsafe.atomic_write`, passing *write_keywords*
-    (``perm``, ``durability``, ``follow_symlinks``, ...). The lock is held
+    (``perm``, ``durability``, ``follow_symlinks``, ...; with ``parents``,
+    missing directories are made first, before the lock file). The lock is held
     from the read through the commit, so concurrent updates of one path, in
     threads or processes, never lose one another. Returns the new content.
     A thread that already holds the lock on *path* may call this (the lock is
