@@ -293,8 +293,10 @@ def test_the_windows_backend_makes_parents_as_makedirs(tmp_path: Path) -> None:
     # Pure os calls, so it runs here: the chain made, a file in the way named.
     from crashsafe._platform import _windows
 
-    _windows.make_directories(str(tmp_path / "a" / "b"), sync=True)
-    _windows.make_directories(str(tmp_path / "a" / "b"), sync=False)  # there already: fine
+    _windows.make_directories(str(tmp_path / "a" / "b"), sync=True).close()
+    made = _windows.make_directories(str(tmp_path / "a" / "b"), sync=False)  # there: fine
+    assert made.path == str(tmp_path / "a" / "b")
+    made.close()
     assert (tmp_path / "a" / "b").is_dir()
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(NotADirectoryError) as caught:
@@ -356,3 +358,24 @@ def test_a_removed_working_directory_is_named_by_the_directory_not_made(
     with pytest.raises(FileNotFoundError) as caught:
         crashsafe.atomic_write("a/b/f", b"x", parents=True)
     assert caught.value.filename == "a"
+
+
+def test_the_directory_made_is_the_one_written_not_the_path_again(tmp_path: Path) -> None:
+    # Between making the chain and publishing, the new directory is renamed away
+    # and a symlink to elsewhere is put at its name: the file still goes into the
+    # directory that was made (and synced), never through the link.
+    from crashsafe import _platform
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    directory = _platform.make_directories(str(tmp_path / "a" / "b"), sync=True)
+    try:
+        (tmp_path / "a" / "b").rename(tmp_path / "a" / "moved")
+        (tmp_path / "a" / "b").symlink_to(elsewhere)
+        fd, temp, _ = directory.create_temp("f", None)
+        os.write(fd, b"made")
+        directory.publish(fd, temp, "f", replace=True)
+    finally:
+        directory.close()
+    assert (tmp_path / "a" / "moved" / "f").read_bytes() == b"made"
+    assert list(elsewhere.iterdir()) == []

@@ -120,8 +120,12 @@ def _open_making(
         return _open(head, opened)
     except (FileNotFoundError, NotADirectoryError):
         pass  # a missing component, or a file in the way: make_directories names it
-    _platform.make_directories(head, sync=sync)
-    return _open(head, opened)
+    # The directory made, as made: opening *head* again would follow a link
+    # put in the new part meanwhile.
+    directory = _platform.make_directories(head, sync=sync)
+    if opened is not None:
+        opened[head or "."] = directory
+    return directory
 
 
 def replaced_file(

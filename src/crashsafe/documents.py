@@ -313,7 +313,7 @@ def _make_parents(
     check_flag("parents", parents)
     if parents:
         head = os.path.dirname(os.fsdecode(os.fspath(path)))
-        _platform.make_directories(head, sync=durability in (None, "durable"))
+        _platform.make_directories(head, sync=durability in (None, "durable")).close()
 
 
 def _local_only(store: object, path: str | os.PathLike[str]) -> None:

@@ -368,7 +368,7 @@ class Directory:
             raise _name_error(e, self._join(name)) from None
 
 
-def make_directories(path: str, *, sync: bool) -> None:
+def make_directories(path: str, *, sync: bool) -> Directory:
     """Create the missing directories of *path*, each mode 0o777 less the umask
     (or as the parent's default ACL says), as :func:`os.makedirs` does.
 
@@ -392,6 +392,10 @@ def make_directories(path: str, *, sync: bool) -> None:
     ``ENOSPC``) naming the directory it would have made; the error of opening
     the deepest existing ancestor other than a missing entry. Directories made
     before an error stay, as :func:`os.makedirs` leaves them.
+
+    Returns *path*'s directory, open: the very one made (or found) at the end
+    of the chain, not *path* resolved again, so that a rename or a link put
+    in the chain since cannot send the write elsewhere. The caller closes it.
     """
     fd, head, missing = _deepest_existing(path)
     chain, paths = [fd], [head or "."]
@@ -409,9 +413,15 @@ def make_directories(path: str, *, sync: bool) -> None:
                 except OSError as e:
                     if not directory_sync_unsupported(e):
                         raise _name_error(e, where) from None
-    finally:
+    except BaseException:
         for directory in chain:
             os.close(directory)
+        raise
+    for directory in chain[:-1]:
+        os.close(directory)
+    made = object.__new__(Directory)  # Directory() would open the path again
+    made.path, made.fd = path or ".", chain[-1]
+    return made
 
 
 def _deepest_existing(path: str) -> tuple[int, str, list[str]]:
