@@ -379,3 +379,45 @@ def test_the_directory_made_is_the_one_written_not_the_path_again(tmp_path: Path
         directory.close()
     assert (tmp_path / "a" / "moved" / "f").read_bytes() == b"made"
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_transaction_makes_its_directory_and_parents(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "b" / "tx"
+    with crashsafe.transaction(directory, parents=True) as tx:
+        tx.write("one", b"1")
+        tx.write("two", b"2")
+    assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == [
+        "one",
+        "two",
+    ]
+    assert (directory / "two").read_bytes() == b"2"
+    with pytest.raises(FileNotFoundError), crashsafe.transaction(tmp_path / "missing") as tx:
+        tx.write("one", b"1")
+    flag: Any = "yes"
+    with pytest.raises(TypeError, match="parents must be True or False"):
+        crashsafe.transaction(tmp_path / "x", parents=flag).__enter__()
+    assert not (tmp_path / "x").exists()
+
+
+def test_crashcheck_finds_nothing_in_a_transaction_with_parents(tmp_path: Path) -> None:
+    require_tools("strace")
+    directory = tmp_path / "a" / "b" / "tx"
+
+    def workload() -> None:
+        with crashsafe.transaction(directory, parents=True) as tx:
+            tx.write("one", DATA)
+            tx.write("two", DATA)
+        print("saved", flush=True)
+
+    def check(state: CheckContext) -> bool:
+        where = state.dir / "a" / "b" / "tx"
+        if where.is_dir():
+            crashsafe.recover(where)  # what the next transaction or snapshot does first
+        files = [where / "one", where / "two"]
+        if all(f.exists() for f in files):
+            return all(f.read_bytes() == DATA for f in files)
+        return not any(f.exists() for f in files) and b"saved" not in state.stdout
+
+    report = explore(workload, check, dirs=[tmp_path], jobs=2)
+    assert report.states_checked > 0
+    assert report.vulnerabilities == [], report.text()
