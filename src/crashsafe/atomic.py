@@ -128,7 +128,8 @@ class AtomicFile(Generic[_F_co]):
     *parents*: a missing directory of *path* is created first (each mode
     0o777 less the umask, as :func:`os.makedirs`), from the deepest existing
     one down, never following a symlink in the part it creates; a directory
-    a racing process made meanwhile serves as well. With ``"durable"``, every
+    a racing process made meanwhile serves as well, and the file goes into
+    the directory made, held open (not the path resolved again). With ``"durable"``, every
     directory of that part is fsynced, and the one that holds the first of
     them, before the file is published: a returned commit survives a power
     cut, the new directories included. With ``"consistent"`` and ``"none"``
