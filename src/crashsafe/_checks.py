@@ -58,6 +58,7 @@ class OpenOptions(TypedDict, total=False):
     perm: int | None
     durability: Durability
     follow_symlinks: bool
+    parents: bool
     validate: Validate
     encoding: str | None
     errors: str | None

@@ -37,6 +37,9 @@ def locate(
     path: str,
     follow_symlinks: bool,
     opened: dict[str, _platform.Directory] | None = None,
+    *,
+    parents: bool = False,
+    sync_parents: bool = True,
 ) -> Target:
     """Open the directory that will hold *path*; return it, the target's name in it,
     and the target's own status (None if there is no such entry).
@@ -52,7 +55,14 @@ def locate(
     added to *opened* (keyed by the path they were opened by), which owns
     them: one descriptor serves every file in a directory.
 
+    With *parents*, a missing directory of *path* (not of a symlink's target)
+    is created first, by :func:`crashsafe._platform.make_directories`, made
+    durable with the directories it created when *sync_parents* says so. A
+    directory that exists costs nothing more than without it.
+
     Raises :class:`IsADirectoryError` for a path ending in a directory name,
+    :class:`NotADirectoryError` (with *parents*) for a non-directory where a
+    directory of *path* goes,
     :class:`OSError` (``ELOOP``) after 40 links, and the :class:`OSError` of
     opening a directory or reading an entry.
     """
@@ -64,7 +74,7 @@ def locate(
     head, name = os.path.split(path)
     if name in ("", ".", ".."):
         raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-    directory = _open(head, opened)
+    directory = _open_making(head, opened, sync_parents) if parents else _open(head, opened)
     try:
         # The common case (no symlink) before the loop: 2 % of a write after an
         # fsync's wait, when every bytecode costs double (docs/benchmarks.md).
@@ -100,6 +110,21 @@ def _open(head: str, opened: dict[str, _platform.Directory] | None) -> _platform
     directory = opened.get(head)
     if directory is None:
         directory = opened[head] = _platform.Directory(head)
+    return directory
+
+
+def _open_making(
+    head: str, opened: dict[str, _platform.Directory] | None, sync: bool
+) -> _platform.Directory:
+    try:
+        return _open(head, opened)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a missing component, or a file in the way: make_directories names it
+    # The directory made, as made: opening *head* again would follow a link
+    # put in the new part meanwhile.
+    directory = _platform.make_directories(head, sync=sync)
+    if opened is not None:
+        opened[head or "."] = directory
     return directory
 
 

@@ -58,6 +58,7 @@ def atomic_open(
     perm: int | None = None,
     durability: Durability = "durable",
     follow_symlinks: bool = True,
+    parents: bool = False,
     validate: Validate = None,
     encoding: str | None = None,
     errors: str | None = None,
@@ -85,8 +86,11 @@ def atomic_open(
     ``AWS_*`` environment): the block writes to an anonymous local file, and
     its end publishes it as one object (see the README's object-storage
     section); *perm*, *follow_symlinks* and a *durability* other than
-    ``"durable"`` raise :class:`ValueError` there.
+    ``"durable"`` raise :class:`ValueError` there, and *parents* is accepted
+    and has nothing to do (a key needs no directory).
     """
+    if parents is not False and parents is not True:
+        check_flag("parents", parents)
     if is_url(path):
         from crashsafe.objectstore import _objects
 
@@ -113,6 +117,7 @@ def atomic_open(
         perm=perm,
         durability=durability,
         follow_symlinks=follow_symlinks,
+        parents=parents,
         validate=validate,
         encoding=encoding,
         errors=errors,
@@ -130,6 +135,7 @@ def atomic_write(
     durability: Durability = "durable",
     overwrite: bool = True,
     follow_symlinks: bool = True,
+    parents: bool = False,
     validate: Validate = None,
     encoding: str = DEFAULT_ENCODING,
     store: S3Store | None = None,
@@ -141,17 +147,21 @@ def atomic_write(
     anything is created. With *overwrite* False, any entry at *path*
     (a symlink too, dangling or not) raises :class:`FileExistsError`,
     atomically, as mode ``xb`` of :class:`AtomicFile` does. The other keywords and the
-    errors are those of :class:`AtomicFile`; a wrong type of *data*, or an
-    *overwrite* that is not a bool, raises :class:`TypeError`.
+    errors are those of :class:`AtomicFile` (*parents*: missing directories
+    made first, durably with ``"durable"``); a wrong type of *data*, or an
+    *overwrite* or *parents* that is not a bool, raises :class:`TypeError`.
 
     *path* may be an ``s3://bucket/key`` URL (*store* an
     :class:`~crashsafe.objectstore.S3Store`, else the ``AWS_*`` environment):
     one object, never partial; with *overwrite* False, :class:`FileExistsError`
-    even against writers on other machines. See the README's object-storage
-    section for what holds there and the errors it adds.
+    even against writers on other machines; *parents* is accepted and has
+    nothing to do. See the README's object-storage section for what holds
+    there and the errors it adds.
     """
     if overwrite is not True and overwrite is not False:  # no frame per write
         check_flag("overwrite", overwrite)
+    if parents is not False and parents is not True:
+        check_flag("parents", parents)
     if isinstance(data, str):
         data = data.encode(encoding)
     elif not isinstance(data, bytes):
@@ -174,6 +184,7 @@ def atomic_write(
         perm=perm,
         durability=durability,
         follow_symlinks=follow_symlinks,
+        parents=parents,
         validate=validate,
     ) as staged:
         staged.write_all(data)

@@ -125,6 +125,23 @@ class AtomicFile(Generic[_F_co]):
     False, the link itself is replaced by a regular file. Create-only modes
     follow no link: a link at *path* is an existing entry.
 
+    *parents*: a missing directory of *path* is created first (each mode
+    0o777 less the umask, as :func:`os.makedirs`), from the deepest existing
+    one down, never following a symlink in the part it creates; a directory
+    a racing process made meanwhile serves as well, and the file goes into
+    the directory made, held open (not the path resolved again). With ``"durable"``, every
+    directory of that part is fsynced, and the one that holds the first of
+    them, before the file is published: a returned commit survives a power
+    cut, the new directories included. With ``"consistent"`` and ``"none"``
+    they are not synced: a power cut may take the new directories and the
+    file with them (as it may take a new file's name), never leave the file
+    torn. Directories made before an error (of the write or of a later
+    directory) stay, as :func:`os.makedirs` leaves them; the target is
+    untouched. A non-directory where a directory goes (a file, a symlink,
+    dangling or not) raises :class:`NotADirectoryError` naming it. Without
+    it, a missing directory raises :class:`FileNotFoundError`. A symlink at
+    the target that points into a missing directory does not create it.
+
     *validate*: a callable, or a sequence of them, each called by
     :meth:`commit` with the complete staged content as a read-only binary
     file positioned at its start, before the fsync and the rename. A
@@ -136,7 +153,7 @@ class AtomicFile(Generic[_F_co]):
     Raises, before anything is created: :class:`ValueError` for a bad *mode*,
     *perm* or *durability*, or an *encoding* with a binary mode;
     :class:`TypeError` for a *validate* that is not callable or a
-    *follow_symlinks* that is not a bool;
+    *follow_symlinks* or *parents* that is not a bool;
     :class:`IsADirectoryError` if *path* is a directory; :class:`OSError`
     (``EINVAL``) if it is another kind of non-regular file (a FIFO, a device),
     which crashsafe never replaces; :class:`FileExistsError` for ``x`` modes
@@ -172,13 +189,14 @@ class AtomicFile(Generic[_F_co]):
         perm: int | None = None,
         durability: Durability = "durable",
         follow_symlinks: bool = True,
+        parents: bool = False,
         validate: Validate = None,
         encoding: str | None = None,
         errors: str | None = None,
         newline: str | None = None,
     ) -> None:
         self._setup(path, mode, perm, durability, follow_symlinks, validate,
-                    encoding, errors, newline, None, None)  # fmt: skip
+                    encoding, errors, newline, None, None, parents)  # fmt: skip
 
     def _setup(  # noqa: PLR0917 - one body for __init__ and stage(), no frame between
         self,
@@ -193,11 +211,14 @@ class AtomicFile(Generic[_F_co]):
         newline: str | None,
         target: Target | None,
         new_file_perm: int | None,
+        parents: bool,
     ) -> None:
         self._state = "new"  # so that __del__ is quiet if __init__ fails early
         check_options(mode, perm, durability)
         if follow_symlinks is not True and follow_symlinks is not False:  # no frame per write
             check_flag("follow_symlinks", follow_symlinks)
+        if parents is not False and parents is not True:
+            check_flag("parents", parents)
         self._validators = () if validate is None else validators_of(validate)
         file_mode, self._replace, keep_old = MODES[mode]
         binary = "b" in file_mode
@@ -212,7 +233,12 @@ class AtomicFile(Generic[_F_co]):
         # A target given by a sibling is in a directory that sibling owns.
         self._owns_dir = target is None
         if target is None:
-            target = locate(self.path, follow_symlinks and self._replace)
+            target = locate(
+                self.path,
+                follow_symlinks and self._replace,
+                parents=parents,
+                sync_parents=durability == "durable",
+            )
         self._dir, self._name, old = target
         self._fd: int | None = None
         self._temp: str | None = None
@@ -441,6 +467,7 @@ class AtomicFile(Generic[_F_co]):
         follow_symlinks: bool = True,
         validate: Validate = None,
         new_file_perm: int | None = None,
+        parents: bool = False,
     ) -> AtomicFile[BinaryIO]:
         """Internal door: a binary staged file, as ``AtomicFile(path, mode, ...)``.
 
@@ -454,7 +481,7 @@ class AtomicFile(Generic[_F_co]):
         """
         staged = cast("AtomicFile[BinaryIO]", object.__new__(AtomicFile))
         staged._setup(path, mode, perm, durability, follow_symlinks, validate,
-                      None, None, None, target, new_file_perm)  # fmt: skip
+                      None, None, None, target, new_file_perm, parents)  # fmt: skip
         return staged
 
     @property

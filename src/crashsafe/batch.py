@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import BinaryIO, Final
 
 from crashsafe import _platform
-from crashsafe._checks import BytesLike, Durability, as_data, check_options
+from crashsafe._checks import BytesLike, Durability, as_data, check_flag, check_options
 from crashsafe._target import Target, locate
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError
@@ -40,6 +40,7 @@ def write_many(
     *,
     durability: Durability = "durable",
     perm: int | None = None,
+    parents: bool = False,
 ) -> None:
     """Write every ``path: data`` of *items*, each file all or nothing, as
     :func:`~crashsafe.atomic_write` would, but with the fsyncs overlapped and
@@ -52,7 +53,10 @@ def write_many(
 
     *data* is bytes (or any buffer) or str, encoded as UTF-8; symlinks are
     followed; *perm* and the permission rules are those of
-    :class:`~crashsafe.AtomicFile`.
+    :class:`~crashsafe.AtomicFile`. *parents*: each file's missing
+    directories are made as :class:`~crashsafe.AtomicFile` makes them
+    (durably with ``"durable"``), while the paths are resolved, before any
+    file is written; they stay if the call then fails.
 
     Raises :class:`TypeError` for *items* that is not a mapping, a path or
     data of another type, and :class:`ValueError`
@@ -66,6 +70,7 @@ def write_many(
     whose fsync failed: its files were replaced but may not survive a power cut.
     """
     check_options("wb", perm, durability)
+    check_flag("parents", parents)
     if not isinstance(items, Mapping):
         raise TypeError(f"items must be a mapping of paths to data, not {type(items).__name__}")
     batch = [(_text(path), as_data(data)) for path, data in items.items()]
@@ -74,7 +79,9 @@ def write_many(
     directories: dict[str, _platform.Directory] = {}
     published: set[_platform.Directory] = set()
     try:
-        targets = _locate_distinct([path for path, _ in batch], directories)
+        targets = _locate_distinct(
+            [path for path, _ in batch], directories, parents, durability == "durable"
+        )
         for start in range(0, len(batch), _BATCH):
             end = start + _BATCH
             _write_batch(batch[start:end], targets[start:end], durability, perm, published)
@@ -87,7 +94,10 @@ def _text(path: str | os.PathLike[str]) -> str:
 
 
 def _locate_distinct(
-    paths: list[str], directories: dict[str, _platform.Directory]
+    paths: list[str],
+    directories: dict[str, _platform.Directory],
+    parents: bool = False,
+    sync_parents: bool = True,
 ) -> list[Target | OSError]:
     """Where each of *paths* lands, resolved once, as the write will use it;
     raise ValueError if two lead to one file, naming both as given.
@@ -108,7 +118,7 @@ def _locate_distinct(
     targets: list[Target | OSError] = []
     for index, path in enumerate(paths):
         try:
-            target = locate(path, True, directories)
+            target = locate(path, True, directories, parents=parents, sync_parents=sync_parents)
             keys = _identities(target, identities)
         except OSError as e:
             targets.append(e)

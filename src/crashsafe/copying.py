@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
 
 from crashsafe import _platform
-from crashsafe._checks import Durability, Validate, unnamed_os_error
+from crashsafe._checks import Durability, Validate, check_flag, unnamed_os_error
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import VerificationError
 from crashsafe.objectstore._url import is_url
@@ -355,6 +355,7 @@ def atomic_copy(
     validate: Validate = None,
     digest: str | None = None,
     progress: Progress | None = None,
+    parents: bool = False,
     store: S3Store | None = None,
 ) -> CopyResult:
     """Copy *src* to *dst* all or nothing: *dst* shows its old content or a complete,
@@ -387,7 +388,9 @@ def atomic_copy(
     :class:`~crashsafe.AtomicFile`, except that without *perm* a new *dst*
     takes *src*'s permission bits (``rwxrwxrwx``; setuid, setgid and sticky
     are not copied), when *src* is a path. An existing *dst* keeps its mode
-    and owner.
+    and owner. *parents*: *dst*'s missing directories are made first, as
+    :class:`~crashsafe.AtomicFile` makes them (durably with ``"durable"``);
+    to a store it has nothing to do.
 
     *digest* (``"sha256"``, ``"blake2b"``, ``"sha512"``, ``"sha1"`` or
     ``"md5"``) is computed over the bytes as they are written, in the same
@@ -434,6 +437,7 @@ def atomic_copy(
     ``"multipart"`` or ``"download"``.
     """
     _hasher(digest)  # an unknown digest is refused before anything is read
+    check_flag("parents", parents)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, not {type(progress).__name__}")
     if store is not None or is_url(src) or is_url(dst):
@@ -452,6 +456,7 @@ def atomic_copy(
             progress=progress,
             store=store,
             hasher_for=_hasher,
+            parents=parents,
         )
         return CopyResult(copied, how, hexdigest)
     hasher = _hasher(digest)
@@ -476,6 +481,7 @@ def atomic_copy(
             durability=durability,
             follow_symlinks=follow_symlinks,
             validate=validate,
+            parents=parents,
         ) as staged:
             # The descriptor itself: a file object would only cost syscalls.
             copied, method = source.copy_to(staged.descriptor, staged.path, hasher, report)

@@ -29,6 +29,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
+from crashsafe import _platform
 from crashsafe._checks import BytesLike, Durability, Validate, check_flag, check_options
 from crashsafe.atomic import atomic_write
 from crashsafe.errors import JSONDocumentError
@@ -58,6 +59,7 @@ class WriteOptions(TypedDict, total=False):
     durability: Durability
     overwrite: bool
     follow_symlinks: bool
+    parents: bool
     validate: Validate
     encoding: str
 
@@ -79,7 +81,8 @@ def update(
     Takes ``FileLock(path, timeout=timeout)``, reads the whole file (*default*
     if it does not exist), calls *fn* with those bytes and writes what it
     returns with :func:`crashsafe.atomic_write`, passing *write_keywords*
-    (``perm``, ``durability``, ``follow_symlinks``, ...). The lock is held
+    (``perm``, ``durability``, ``follow_symlinks``, ...; with ``parents``,
+    missing directories are made first, before the lock file). The lock is held
     from the read through the commit, so concurrent updates of one path, in
     threads or processes, never lose one another. Returns the new content.
     A thread that already holds the lock on *path* may call this (the lock is
@@ -127,6 +130,7 @@ def update(
     check_options("wb", write_keywords.get("perm"), write_keywords.get("durability", "durable"))
     check_flag("overwrite", write_keywords.get("overwrite", True))
     follow = write_keywords.get("follow_symlinks", True)
+    _make_parents(path, write_keywords.get("parents", False), write_keywords.get("durability"))
     with FileLock(path, timeout=timeout, follow_symlinks=follow):
         try:
             with open(path, "rb") as f:
@@ -191,6 +195,7 @@ def write_json(
     durability: Durability = "durable",
     indent: int | str | None = 2,
     timeout: float | None = None,
+    parents: bool = False,
     store: S3Store | None = None,
 ) -> None:
     """Replace *path* with *obj* as a JSON document, all or nothing.
@@ -202,6 +207,8 @@ def write_json(
     :class:`~crashsafe.locking.FileLock` (waiting at most *timeout* seconds),
     it is written with :func:`crashsafe.atomic_write` with *perm* and
     *durability*. *indent*: as for :func:`json.dumps`; None writes one line.
+    *parents*: missing directories are made first, before the lock file, as
+    :class:`~crashsafe.AtomicFile` makes them (durably with ``"durable"``).
 
     Raises, besides those, the errors of
     :class:`~crashsafe.locking.FileLock` (which name *path*, and the lock
@@ -209,8 +216,8 @@ def write_json(
     caller may not write raises here) and of :func:`crashsafe.atomic_write`.
 
     *path* may be an ``s3://bucket/key`` URL: one PUT, no lock (*timeout* is
-    unused), and *perm* or a *durability* other than ``"durable"`` raise
-    :class:`ValueError`.
+    unused, *parents* has nothing to do), and *perm* or a *durability*
+    other than ``"durable"`` raise :class:`ValueError`.
     """
     if is_url(path):
         from crashsafe.objectstore import _documents, _objects
@@ -222,6 +229,7 @@ def write_json(
     _local_only(store, path)
     check_options("wb", perm, durability)  # before the lock file is made
     data = dump_document(obj, indent)
+    _make_parents(path, parents, durability)
     with FileLock(path, timeout=timeout):
         atomic_write(path, data, perm=perm, durability=durability)
 
@@ -235,6 +243,7 @@ def update_json(
     durability: Durability = "durable",
     indent: int | str | None = 2,
     timeout: float | None = None,
+    parents: bool = False,
     store: S3Store | None = None,
 ) -> Any:
     """Replace the document in *path* with ``fn(old document)``, under its lock.
@@ -245,7 +254,7 @@ def update_json(
     object or the old one changed in place, and the result is written as
     :func:`write_json` writes. Returns the new object. *fn* must return the
     document: ``None`` is refused (a document of JSON ``null`` is written
-    with :func:`write_json`).
+    with :func:`write_json`). *parents*: as for :func:`write_json`.
 
     Raises, with *path* untouched: whatever *fn* raises; :class:`TypeError`
     if *fn* returns None;
@@ -272,6 +281,7 @@ def update_json(
         )
     _local_only(store, path)
     check_options("wb", perm, durability)
+    _make_parents(path, parents, durability)
     with FileLock(path, timeout=timeout):
         try:
             old = read_json(path)
@@ -293,6 +303,17 @@ def update_json(
             )
         atomic_write(path, dump_document(new, indent), perm=perm, durability=durability)
     return new
+
+
+def _make_parents(
+    path: str | os.PathLike[str], parents: object, durability: Durability | None
+) -> None:
+    """With *parents*, make *path*'s missing directories before its lock file
+    goes there (the write that follows finds them made)."""
+    check_flag("parents", parents)
+    if parents:
+        head = os.path.dirname(os.fsdecode(os.fspath(path)))
+        _platform.make_directories(head, sync=durability in (None, "durable")).close()
 
 
 def _local_only(store: object, path: str | os.PathLike[str]) -> None:

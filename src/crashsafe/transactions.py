@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, BinaryIO, Final
 
 from crashsafe import _journal, _platform
-from crashsafe._checks import BytesLike, Durability, as_data
+from crashsafe._checks import BytesLike, Durability, as_data, check_flag
 from crashsafe._target import Target
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError
@@ -282,6 +282,7 @@ def transaction(
     directory: str | os.PathLike[str],
     *,
     durability: Durability = "durable",
+    parents: bool = False,
     store: Store | None = None,
 ) -> Iterator[Transaction]:
     """Write and remove several files in *directory* as one all-or-nothing change.
@@ -306,6 +307,14 @@ def transaction(
     the renames would let the journal's removal reach the disk before them,
     and all-or-nothing needs them there first.) ``"none"`` fsyncs nothing: all
     or nothing against a killed process only.
+
+    *parents*: a missing *directory* is made first, with its missing parents,
+    as :class:`~crashsafe.AtomicFile` makes a file's (each mode 0o777 less the
+    umask, no symlink followed in the part it makes); unless *durability* is
+    ``"none"``, each of them and the one holding the first are fsynced before
+    the block runs, so a committed transaction survives a power cut with them.
+    They stay if the transaction then fails or publishes nothing. On an
+    ``s3://`` prefix it is accepted and has nothing to do.
 
     Readers that open the files directly may see some files new and others
     old while a commit is running, and after a crash until recovery has run;
@@ -336,6 +345,7 @@ def transaction(
     transaction.
     """
     if is_url(directory):
+        check_flag("parents", parents)
         from crashsafe.objectstore import _manifest
 
         with _manifest.transaction(
@@ -345,7 +355,10 @@ def transaction(
         return
     if store is not None:
         raise ValueError(f"{directory!r}: store= is for s3:// URLs, not a local directory")
+    check_flag("parents", parents)
     tx = Transaction(directory, durability)  # checks durability before recovery locks
+    if parents:
+        _platform.make_directories(tx.directory, sync=durability != "none").close()
     recover(directory)
     try:
         yield tx

@@ -113,6 +113,10 @@ class Directory(Protocol):
         symlink; read-only where the caller may not create or write it."""
 
 
+# The protocol by another name, for Backend, whose own Directory is a property.
+_OpenDirectory = Directory
+
+
 class Backend(Protocol):
     """The module-level steps, and the types, of a backend."""
 
@@ -158,6 +162,15 @@ class Backend(Protocol):
     def set_metadata(self, fd: int, mode: int, owner: tuple[int, int] | None) -> None:
         """Give the open file *fd* the *owner* (uid, gid), where permitted, then
         exactly *mode*."""
+
+    def make_directories(self, path: str, *, sync: bool) -> _OpenDirectory:
+        """Create the missing directories of *path* (mode 0o777 less the umask),
+        never following a symlink in the part it creates; with *sync*, each of
+        them and the existing directory that holds the first are made durable
+        before it returns. Returns *path*'s directory, open (the one made, not
+        the path resolved again), for the caller to close. A non-directory in
+        the way raises :class:`NotADirectoryError` naming it; directories made
+        before an error stay, as :func:`os.makedirs` leaves them."""
 
     def lock(self, fd: int, *, shared: bool = False, blocking: bool = True) -> bool:
         """Lock the open file *fd*, shared or exclusive; return whether it is held.

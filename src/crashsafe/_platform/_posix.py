@@ -48,6 +48,7 @@ __all__ = [
     "fsync_file",
     "lock",
     "lock_file_linked",
+    "make_directories",
     "open_lock_file",
     "open_reading",
     "process_start",
@@ -366,6 +367,104 @@ class Directory:
                 with contextlib.suppress(OSError):
                     return os.open(name, os.O_RDONLY | flags, dir_fd=self.fd)
             raise _name_error(e, self._join(name)) from None
+
+
+def make_directories(path: str, *, sync: bool) -> Directory:
+    """Create the missing directories of *path*, each mode 0o777 less the umask
+    (or as the parent's default ACL says), as :func:`os.makedirs` does.
+
+    The deepest existing ancestor is opened as a directory (the existing part
+    of *path* is resolved as the kernel resolves it, symlinks included); each
+    missing component is then made in the directory opened before it and
+    opened in turn without following a symlink (``mkdirat``, then ``openat``
+    with ``O_DIRECTORY | O_NOFOLLOW``), so that a symlink planted where a new
+    directory goes is refused, never followed. A directory that a racing
+    creator made first serves as well as one made here.
+
+    With *sync*, every directory in the missing part (whoever made it) is
+    fsynced, deepest first, and then the ancestor that holds the first of
+    them: once this returns, the whole chain survives a power cut. A
+    filesystem that cannot sync directories (see
+    :func:`directory_sync_unsupported`) is not an error.
+
+    Raises :class:`NotADirectoryError` naming the component where a
+    non-directory (a file, a symlink, dangling or not) is in the way; the
+    :class:`OSError` of a failed ``mkdirat`` (``EACCES``, ``EROFS``,
+    ``ENOSPC``) naming the directory it would have made; the error of opening
+    the deepest existing ancestor other than a missing entry. Directories made
+    before an error stay, as :func:`os.makedirs` leaves them.
+
+    Returns *path*'s directory, open: the very one made (or found) at the end
+    of the chain, not *path* resolved again, so that a rename or a link put
+    in the chain since cannot send the write elsewhere. The caller closes it.
+    """
+    fd, head, missing = _deepest_existing(path)
+    chain, paths = [fd], [head or "."]
+    try:
+        for name in missing:
+            head = os.path.join(head, name)
+            chain.append(_make_one(chain[-1], name, head))
+            paths.append(head)
+        if sync and missing:
+            # Deepest first: each fsync makes durable the entry of the
+            # directory below it; the last one, the first new directory's entry.
+            for directory, where in zip(reversed(chain), reversed(paths), strict=True):
+                try:
+                    fsync_file(directory)
+                except OSError as e:
+                    if not directory_sync_unsupported(e):
+                        raise _name_error(e, where) from None
+    except BaseException:
+        for directory in chain:
+            os.close(directory)
+        raise
+    for directory in chain[:-1]:
+        os.close(directory)
+    made = object.__new__(Directory)  # Directory() would open the path again
+    made.path, made.fd = path or ".", chain[-1]
+    return made
+
+
+def _deepest_existing(path: str) -> tuple[int, str, list[str]]:
+    """The deepest existing directory of *path*, open; its path; the names below it."""
+    missing: list[str] = []
+    head = path
+    while True:
+        try:
+            return os.open(head or ".", os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC), head, missing
+        except (FileNotFoundError, NotADirectoryError):
+            # A missing component, or a file where a directory goes: look
+            # higher; the walk down names which component it was.
+            parent, name = os.path.split(head)
+            if parent == head:
+                raise
+            if name:
+                missing.insert(0, name)
+            head = parent
+
+
+def _make_one(parent: int, name: str, path: str) -> int:
+    """Make the directory *name* in *parent* unless one is there; open it, no link followed."""
+    try:
+        os.mkdir(name, 0o777, dir_fd=parent)
+    except FileExistsError:
+        pass  # a racing creator's directory; anything else fails the open below
+    except OSError as e:
+        raise _name_error(e, path) from None
+    try:
+        return os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=parent)
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.ELOOP):
+            why = " (a symlink, not followed here)" if _is_link(parent, name) else ""
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory" + why, path) from None
+        raise _name_error(e, path) from None
+
+
+def _is_link(directory: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def lock(fd: int, *, shared: bool = False, blocking: bool = True) -> bool:

@@ -40,6 +40,7 @@ __all__ = [
     "fsync_file",
     "lock",
     "lock_file_linked",
+    "make_directories",
     "open_lock_file",
     "open_reading",
     "process_start",
@@ -179,6 +180,24 @@ class Directory:
 
     def sync(self) -> None:
         """No directory fsync exists on Windows; MOVEFILE_WRITE_THROUGH did its work."""
+
+
+def make_directories(path: str, *, sync: bool) -> Directory:
+    """Create the missing directories of *path*, as :func:`os.makedirs` does.
+
+    Windows opens no directory to fsync and does not follow a new directory's
+    name through a link planted by an unprivileged user (creating symlinks
+    needs a privilege there), so *sync* adds nothing: NTFS journals the
+    creation itself. A non-directory in the way raises
+    :class:`NotADirectoryError` naming it. Returns *path*'s :class:`Directory`
+    (which holds no handle open on Windows).
+    """
+    del sync
+    try:
+        os.makedirs(path or ".", exist_ok=True)
+    except FileExistsError as e:
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", e.filename) from None
+    return Directory(path)
 
 
 def lock(fd: int, *, shared: bool = False, blocking: bool = True) -> bool:

@@ -145,10 +145,12 @@ def copy(
     progress: Callable[[int, int | None], object] | None,
     store: S3Store | None,
     hasher_for: Callable[[str | None], hashlib._Hash | None],
+    parents: bool = False,
 ) -> tuple[int, str, str | None]:
     """:func:`crashsafe.atomic_copy` with a URL on either side or both.
 
-    Returns ``(bytes, method, hexdigest)``.
+    Returns ``(bytes, method, hexdigest)``. *parents* applies to a local *dst*
+    (a key needs no directory).
     """
     if is_url(dst):
         assert isinstance(dst, str)
@@ -210,6 +212,7 @@ def copy(
             validate=checks,
             digest=digest,
             progress=report,
+            parents=parents,
         )
     return result.bytes, "download", result.digest
 
