@@ -1,0 +1,467 @@
+"""atomic_path: a staged path for libraries and programs that only take a path.
+
+Grouped by promise: real libraries and programs write the staged path and the
+result is published (sqlite3's backup and ``VACUUM INTO``, a shell's ``gzip``,
+the ``sqlite3`` program, a library that renames its own temporary file onto
+the path, an array's ``tofile``); nothing is published on an error and nothing
+is left (an exception, a directory, a symlink or nothing at the staged path,
+a validator, a database still open); modes are exact; crashcheck finds no
+crash state that breaks a database written through it, and finds the naive
+write's; kill -9 and a power cut after every syscall leave old or new, and
+sweep removes what a crash left. The crash writers are
+``tests/writers/path_atomic.py`` and its broken twin ``path_broken.py``.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import os
+import sqlite3
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import crashsafe
+from crashsafe import VerificationError, validators
+from crashsafe.crashcheck import CheckContext, explore
+from crashsafe.staging import is_temp_name
+from tests.harness.checks import leftovers
+from tests.harness.require import require_tools
+
+ROWS_OLD = [(1, "old")]
+ROWS_NEW = [(1, "new"), (2, "new")]
+
+
+def _source_db(rows: list[tuple[int, str]]) -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    db.executemany("INSERT INTO t VALUES (?, ?)", rows)
+    db.commit()
+    return db
+
+
+def _rows(path: str | os.PathLike[str], *, recover: bool = False) -> list[tuple[int, str]]:
+    """The rows of a database, after SQLite's own integrity check; opened read-only
+    (nothing made beside it), or with *recover* as the next program would open
+    it after a crash (rolling back a hot journal)."""
+    uri = Path(path).resolve().as_uri() + ("" if recover else "?mode=ro")
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return db.execute("SELECT k, v FROM t ORDER BY k").fetchall()
+
+
+def _write_db(path: str | os.PathLike[str], rows: list[tuple[int, str]]) -> None:
+    with (
+        contextlib.closing(_source_db(rows)) as src,
+        contextlib.closing(sqlite3.connect(path)) as d,
+    ):
+        src.backup(d)
+
+
+@pytest.fixture
+def old_db(workdir: Path) -> Path:
+    target = workdir / "app.sqlite"
+    _write_db(target, ROWS_OLD)
+    target.chmod(0o640)
+    return target
+
+
+def _only(directory: Path, *names: str) -> None:
+    assert sorted(os.listdir(directory)) == sorted(names)
+
+
+# --------------------------------------------------------------------------- the staged path
+
+
+def test_the_staged_path_is_private_new_and_ends_with_the_targets_suffixes(workdir: Path) -> None:
+    seen = []
+    for name in ("db.sqlite", "a.tar.gz", ".bashrc", "plain"):
+        with crashsafe.atomic_path(str(workdir / name), perm=0o600) as staged:
+            assert isinstance(staged, str)
+            assert os.path.isabs(staged) and os.path.dirname(staged) == str(workdir)
+            base = os.path.basename(staged)
+            assert is_temp_name(base) and base.startswith(f".{name}.")
+            st = os.lstat(staged)
+            assert stat.S_ISREG(st.st_mode) and st.st_size == 0
+            assert stat.S_IMODE(st.st_mode) == 0o600
+            Path(staged).write_bytes(name.encode())
+            seen.append(base)
+        assert (workdir / name).read_bytes() == name.encode()
+    assert seen[0].endswith(".crashsafe-tmp.sqlite")
+    assert seen[1].endswith(".crashsafe-tmp.tar.gz")
+    assert seen[2].endswith(".crashsafe-tmp") and seen[3].endswith(".crashsafe-tmp")
+    _only(workdir, "db.sqlite", "a.tar.gz", ".bashrc", "plain")
+
+
+def test_a_path_argument_gives_a_path(workdir: Path) -> None:
+    with crashsafe.atomic_path(workdir / "f.bin") as staged:
+        assert isinstance(staged, Path)
+        staged.write_bytes(b"x")
+    assert (workdir / "f.bin").read_bytes() == b"x"
+
+
+def test_a_relative_path_gives_an_absolute_staged_path(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(workdir)
+    with crashsafe.atomic_path("rel.txt") as staged:
+        monkeypatch.chdir("/")  # a program started elsewhere still finds it
+        Path(staged).write_text("r")
+    assert (workdir / "rel.txt").read_text() == "r"
+
+
+# --------------------------------------------------------------------------- real writers
+
+
+def test_sqlite_backup_into_the_staged_path_replaces_the_database(old_db: Path) -> None:
+    with crashsafe.atomic_path(old_db) as staged:
+        _write_db(staged, ROWS_NEW)
+        assert _rows(old_db) == ROWS_OLD  # not visible before the block ends
+    assert _rows(old_db) == ROWS_NEW
+    assert stat.S_IMODE(old_db.stat().st_mode) == 0o640  # the existing mode kept
+    _only(old_db.parent, old_db.name)
+
+
+def test_sqlite_vacuum_into_the_staged_path(old_db: Path) -> None:
+    with (
+        contextlib.closing(_source_db(ROWS_NEW)) as src,
+        crashsafe.atomic_path(old_db, validate=validators.sqlite) as staged,
+    ):
+        # VACUUM INTO accepts an existing file only if it is empty: the staged one is.
+        src.execute("VACUUM INTO ?", (str(staged),))
+    assert _rows(old_db) == ROWS_NEW
+    _only(old_db.parent, old_db.name)
+
+
+def test_a_shell_pipeline_writes_the_staged_path(workdir: Path) -> None:
+    require_tools("gzip")
+    target = workdir / "log.gz"
+    with crashsafe.atomic_path(target, validate=validators.gzip) as staged:
+        subprocess.run(["sh", "-c", 'printf "hello\\n" | gzip -c > "$1"', "sh", staged], check=True)
+    out = subprocess.run(["gzip", "-dc", str(target)], capture_output=True, check=True)
+    assert out.stdout == b"hello\n"
+    _only(workdir, "log.gz")
+
+
+def test_the_sqlite3_program_writes_the_staged_path(old_db: Path) -> None:
+    require_tools("sqlite3")
+    sql = (
+        "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT); "
+        "INSERT INTO t VALUES (1, 'new'), (2, 'new');"
+    )
+    with crashsafe.atomic_path(old_db) as staged:
+        subprocess.run(["sqlite3", staged, sql], check=True)
+    assert _rows(old_db) == ROWS_NEW
+    # The program made and removed its -journal beside the staged path: nothing left.
+    _only(old_db.parent, old_db.name)
+
+
+def test_a_library_that_renames_its_own_file_onto_the_staged_path(workdir: Path) -> None:
+    target = workdir / "model.bin"
+    target.write_bytes(b"old")
+    target.chmod(0o604)
+    with crashsafe.atomic_path(target) as staged:
+        # What such a library does: its own temporary file, then a rename onto the path.
+        own = workdir / "libtmp-123"
+        own.write_bytes(b"new")
+        own.chmod(0o600)
+        before = os.stat(staged).st_ino
+        os.replace(own, staged)
+        assert os.stat(staged).st_ino != before
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o604  # the target's mode, not the library's
+    _only(workdir, "model.bin")
+
+
+def test_numpy_save_writes_the_staged_path(workdir: Path) -> None:
+    np = pytest.importorskip("numpy")  # not a dependency: absent, this is skipped
+    target = workdir / "a.npy"
+    with crashsafe.atomic_path(target) as staged:
+        np.save(staged, np.arange(5))
+    assert list(np.load(target)) == [0, 1, 2, 3, 4]
+
+
+def test_an_array_tofile_writes_the_staged_path(workdir: Path) -> None:
+    # What numpy.save(path) does, with the standard library: open by name, write, close.
+    target = workdir / "a.f64"
+    values = array.array("d", [0.5, 1.5, 2.5])
+    with crashsafe.atomic_path(target) as staged, open(staged, "wb") as f:
+        values.tofile(f)
+    back = array.array("d")
+    back.frombytes(target.read_bytes())
+    assert back == values
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_an_exception_publishes_nothing_and_leaves_no_staged_file(old_db: Path) -> None:
+    before = old_db.read_bytes()
+    with pytest.raises(KeyError), crashsafe.atomic_path(old_db) as staged:
+        _write_db(staged, ROWS_NEW)
+        raise KeyError("boom")
+    assert old_db.read_bytes() == before
+    _only(old_db.parent, old_db.name)
+
+
+def test_an_exception_removes_the_side_files_too(old_db: Path) -> None:
+    before = old_db.read_bytes()
+    with pytest.raises(RuntimeError), crashsafe.atomic_path(old_db) as staged:
+        db = sqlite3.connect(staged)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (k)")
+        db.commit()
+        assert os.path.exists(f"{staged}-wal") and os.path.exists(f"{staged}-shm")
+        try:
+            raise RuntimeError("the program failed with its connection open")
+        finally:
+            db.close()
+    assert old_db.read_bytes() == before
+    _only(old_db.parent, old_db.name)
+
+
+def _nothing(staged: str) -> None:
+    os.unlink(staged)
+
+
+def _a_directory(staged: str) -> None:
+    os.unlink(staged)
+    os.mkdir(staged)
+    Path(staged, "inside").write_bytes(b"x")
+
+
+def _a_symlink(staged: str) -> None:
+    os.unlink(staged)
+    os.symlink("/etc/hostname", staged)
+
+
+def _a_fifo(staged: str) -> None:
+    os.unlink(staged)
+    os.mkfifo(staged)
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (_nothing, errno.ENOENT),
+        (_a_directory, errno.EISDIR),
+        (_a_symlink, errno.EINVAL),
+        (_a_fifo, errno.EINVAL),
+    ],
+    ids=["nothing", "directory", "symlink", "fifo"],
+)
+def test_anything_but_a_regular_file_raises_names_both_and_is_removed(
+    workdir: Path, make: Callable[[str], None], code: int
+) -> None:
+    target = workdir / "t.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(OSError) as info, crashsafe.atomic_path(str(target)) as staged:
+        make(staged)
+    e = info.value
+    assert e.errno == code
+    assert (e.filename, e.filename2) == (staged, str(target))
+    assert "nothing was published" in str(e) and staged in str(e) and str(target) in str(e)
+    assert target.read_bytes() == b"old"
+    _only(workdir, "t.bin")
+
+
+def test_a_database_still_open_in_wal_mode_is_refused(old_db: Path) -> None:
+    before = old_db.read_bytes()
+    db = None
+    try:
+        with pytest.raises(OSError) as info, crashsafe.atomic_path(old_db) as staged:
+            db = sqlite3.connect(staged)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE t (k)")
+            db.execute("INSERT INTO t VALUES (1)")
+            db.commit()  # in the -wal, not yet in the database file
+    finally:
+        if db is not None:
+            db.close()
+    assert info.value.errno == errno.EBUSY
+    assert "-wal" in str(info.value) and "close it" in str(info.value)
+    assert old_db.read_bytes() == before
+    _only(old_db.parent, old_db.name)
+
+
+def test_an_unfinished_rollback_journal_is_refused(old_db: Path) -> None:
+    before = old_db.read_bytes()
+    db = None
+    try:
+        with pytest.raises(OSError) as info, crashsafe.atomic_path(old_db) as staged:
+            _write_db(staged, ROWS_NEW)
+            db = sqlite3.connect(staged, isolation_level=None)
+            db.execute("BEGIN")
+            db.execute("DELETE FROM t")  # the journal is live until COMMIT
+            db.execute("PRAGMA cache_spill=1")
+            db.execute("INSERT INTO t SELECT k + 10, v FROM t")
+            assert os.path.getsize(f"{staged}-journal") > 0
+    finally:
+        if db is not None:
+            db.close()
+    assert info.value.errno == errno.EBUSY and "-journal" in str(info.value)
+    assert old_db.read_bytes() == before
+    _only(old_db.parent, old_db.name)
+
+
+def test_a_wal_database_closed_in_the_block_is_published(old_db: Path) -> None:
+    with crashsafe.atomic_path(old_db) as staged:
+        with contextlib.closing(sqlite3.connect(staged)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+            db.executemany("INSERT INTO t VALUES (?, ?)", ROWS_NEW)
+            db.commit()
+        with contextlib.closing(sqlite3.connect(staged)) as db:
+            db.execute("PRAGMA journal_mode=DELETE")  # published files name no -wal
+    assert _rows(old_db) == ROWS_NEW
+    _only(old_db.parent, old_db.name)
+
+
+def test_a_validator_rejects_and_nothing_is_published(old_db: Path) -> None:
+    before = old_db.read_bytes()
+    with (
+        pytest.raises(VerificationError) as info,
+        crashsafe.atomic_path(old_db, validate=validators.sqlite) as staged,
+    ):
+        Path(staged).write_bytes(b"SQLite format 3\x00 but cut short")
+    assert info.value.filename == str(old_db)
+    assert old_db.read_bytes() == before
+    _only(old_db.parent, old_db.name)
+
+
+@pytest.mark.parametrize("perm", [0o600, 0o644, 0o4750, 0o400])
+def test_perm_is_exact_whatever_the_umask_and_the_library(workdir: Path, perm: int) -> None:
+    target = workdir / "p.bin"
+    target.write_bytes(b"old")
+    target.chmod(0o666)
+    old_umask = os.umask(0o077)
+    try:
+        with crashsafe.atomic_path(target, perm=perm) as staged:
+            assert stat.S_IMODE(os.stat(staged).st_mode) == perm  # from its creation on
+            own = workdir / "own"
+            own.write_bytes(b"new")
+            os.replace(own, staged)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(target.stat().st_mode) == perm
+    assert target.read_bytes() == b"new"
+
+
+def test_a_new_file_gets_the_mode_open_would_give(workdir: Path) -> None:
+    old_umask = os.umask(0o027)
+    try:
+        with crashsafe.atomic_path(workdir / "n.bin") as staged:
+            Path(staged).write_bytes(b"n")
+        with open(workdir / "baseline", "wb"):
+            pass
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((workdir / "n.bin").stat().st_mode) == 0o640
+    assert stat.S_IMODE((workdir / "baseline").stat().st_mode) == 0o640
+
+
+def test_a_symlink_at_the_target_is_followed_or_replaced(workdir: Path) -> None:
+    real = workdir / "real.txt"
+    real.write_text("old")
+    link = workdir / "link.txt"
+    link.symlink_to("real.txt")
+    with crashsafe.atomic_path(link) as staged:
+        assert os.path.dirname(staged) == str(workdir)
+        staged.write_text("through")
+    assert link.is_symlink() and real.read_text() == "through"
+    with crashsafe.atomic_path(link, follow_symlinks=False) as staged:
+        staged.write_text("replaced")
+    assert not link.is_symlink() and link.read_text() == "replaced"
+    assert real.read_text() == "through"
+
+
+def test_bad_arguments_raise_before_anything_is_created(workdir: Path) -> None:
+    with pytest.raises(ValueError, match=r"s3://b/k.*atomic_copy"):
+        crashsafe.atomic_path("s3://b/k")
+    with pytest.raises(ValueError, match="durability"):
+        crashsafe.atomic_path(workdir / "x", durability="sometimes")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="perm"):
+        crashsafe.atomic_path(workdir / "x", perm=644)
+    with pytest.raises(TypeError):
+        crashsafe.atomic_path(workdir / "x", follow_symlinks=1)  # type: ignore[call-overload]
+    with pytest.raises(IsADirectoryError):
+        crashsafe.atomic_path(workdir)
+    with pytest.raises(FileNotFoundError):
+        crashsafe.atomic_path(workdir / "missing" / "x")
+    _only(workdir)
+
+
+def test_sweep_removes_a_dead_writers_staged_path_and_side_files(workdir: Path) -> None:
+    target = workdir / "db.sqlite"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child is killed
+        try:
+            with crashsafe.atomic_path(target) as staged:
+                db = sqlite3.connect(staged)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE t (k)")
+                db.commit()
+                os.kill(os.getpid(), 9)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    left = leftovers(workdir)
+    assert len(left) == 3 and {n.rsplit("sqlite", 1)[1] for n in left} == {"", "-wal", "-shm"}
+    removed = crashsafe.sweep(workdir)
+    assert sorted(p.name for p in removed) == left
+    _only(workdir)
+
+
+# --------------------------------------------------------------------------- crashcheck
+
+
+def _db_check(state: CheckContext) -> None:
+    """Every crash state: the database passes SQLite's integrity check and holds the
+    old rows or the new ones; the new ones once "saved" was printed."""
+    rows = _rows(state.dir / "app.sqlite", recover=True)
+    if b"saved" in state.stdout:
+        assert rows == ROWS_NEW, f"saved, then {rows}"
+    else:
+        assert rows in (ROWS_OLD, ROWS_NEW), f"rows {rows}"
+
+
+def test_crashcheck_finds_nothing_in_a_backup_through_atomic_path(old_db: Path) -> None:
+    require_tools("strace")
+
+    def save() -> None:
+        with (
+            contextlib.closing(_source_db(ROWS_NEW)) as src,
+            crashsafe.atomic_path(old_db) as staged,
+            contextlib.closing(sqlite3.connect(staged)) as db,
+        ):
+            src.backup(db)
+        print("saved")
+
+    report = explore(save, _db_check, dirs=[old_db.parent], jobs=1)
+    assert report.vulnerabilities == [], report
+    assert report.states_checked >= 5
+    crashsafe.sweep(old_db.parent)  # what the run left is the run's business: it left nothing
+    _only(old_db.parent, old_db.name)
+    assert _rows(old_db) == ROWS_NEW
+
+
+def test_crashcheck_finds_the_naive_backup_straight_to_the_target(old_db: Path) -> None:
+    require_tools("strace")
+
+    def save() -> None:
+        with (
+            contextlib.closing(_source_db(ROWS_NEW)) as src,
+            contextlib.closing(sqlite3.connect(old_db)) as db,
+        ):
+            src.backup(db)
+        print("saved")
+
+    report = explore(save, _db_check, dirs=[old_db.parent], jobs=1)
+    assert report.vulnerabilities, "crashcheck missed the naive write: it proves nothing"
+    assert any("saved" in v.check_output for v in report.vulnerabilities), report
