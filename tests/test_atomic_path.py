@@ -92,9 +92,9 @@ def test_the_staged_path_is_private_new_and_ends_with_the_targets_suffixes(workd
             Path(staged).write_bytes(name.encode())
             seen.append(base)
         assert (workdir / name).read_bytes() == name.encode()
-    assert seen[0].endswith(".crashsafe-tmp.sqlite")
-    assert seen[1].endswith(".crashsafe-tmp.tar.gz")
-    assert seen[2].endswith(".crashsafe-tmp") and seen[3].endswith(".crashsafe-tmp")
+    assert seen[0].endswith(".crashsafe-tmp-path.sqlite")
+    assert seen[1].endswith(".crashsafe-tmp-path.tar.gz")
+    assert seen[2].endswith(".crashsafe-tmp-path") and seen[3].endswith(".crashsafe-tmp-path")
     _only(workdir, "db.sqlite", "a.tar.gz", ".bashrc", "plain")
 
 

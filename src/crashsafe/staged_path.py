@@ -84,9 +84,10 @@ def atomic_path(
     its final mode already set (*perm*, else the existing target's mode and
     owner, else what ``open()`` would give a new file). Its name is a
     crashsafe temporary name (hidden, unguessable, naming its writer) that
-    ends with *path*'s own suffixes (``app.db`` gives ``.app.db.<...>.db``,
-    ``a.tar.gz`` ``....tar.gz``), so libraries that choose a format by the
-    extension choose the right one.
+    ends with *path*'s own suffixes (``app.db`` gives
+    ``.app.db.<random>.<writer>.crashsafe-tmp-path.db``, ``a.tar.gz``
+    ``....tar.gz``), so libraries that choose a format by the extension
+    choose the right one.
 
     Leaving the block normally publishes whatever regular file is at the
     staged path then: the same file, or one a library renamed onto it. It

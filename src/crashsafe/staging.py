@@ -16,10 +16,12 @@ A temporary name looks like::
   can be reused, a (pid, start time) pair on the same boot cannot.
 
 A staged path of :func:`crashsafe.atomic_path` ends, after the marker, with
-the target's own suffixes (``.db.sqlite.3f9a...crashsafe-tmp.sqlite``), so that
-a library that picks a format from the extension sees the right one; the side
-files SQLite makes beside it (``-journal``, ``-wal``, ``-shm``) carry the same
-name and the same proof of ownership. :func:`sweep` recognises all of them.
+``-path`` and the target's own suffixes
+(``.db.sqlite.3f9a...crashsafe-tmp-path.sqlite``), so that a library that
+picks a format from the extension sees the right one; the side files SQLite
+makes beside it (``-journal``, ``-wal``, ``-shm``) carry the same name and the
+same proof of ownership. :func:`sweep` recognises all of them, and nothing
+else after the marker (a person's ``....crashsafe-tmp.bak`` is left alone).
 """
 
 from __future__ import annotations
@@ -44,14 +46,16 @@ MARKER = ".crashsafe-tmp"
 # journal, write-ahead log, its shared-memory index): atomic_path removes
 # exactly these beside its staged path.
 SIDE_FILES = ("-journal", "-wal", "-shm")
+# After the marker in atomic_path's staged names, before the target's suffixes.
+STAGED_PATH = "-path"
 # At most this many bytes of the target's suffixes end a staged path's name.
 SUFFIX_MAX = 64
 _NAME_MAX = 255
 _TEMP_RE = re.compile(
     r"^\.(?P<stem>.*)\.[0-9a-f]{16}\.(?P<pid>\d+)-(?P<start>\d+)-(?P<host>[0-9a-f]{8})"
     + re.escape(MARKER)
-    # atomic_path's staged names: the target's suffixes, and SQLite's side files.
-    + r"(?:\.[^.]+)*(?:-journal|-wal|-shm)?$",
+    # atomic_path's staged names: a token, the target's suffixes, SQLite's side files.
+    + r"(?:-path(?:\.[^.]+)*(?:-journal|-wal|-shm)?)?$",
     re.DOTALL,
 )
 _UNKNOWN_HOST = "00000000"
@@ -96,11 +100,13 @@ def temp_name(target_name: str, suffix: str = "") -> str:
 
 
 def staged_suffix(target_name: str) -> str:
-    """The suffixes of *target_name* that a staged path ends with: ``.sqlite`` for
-    ``db.sqlite``, ``.tar.gz`` for ``a.tar.gz``, nothing for ``.bashrc``.
+    """What a staged path's name ends with after the marker: ``-path``, then the
+    suffixes of *target_name* (``-path.sqlite`` for ``db.sqlite``, ``-path.tar.gz``
+    for ``a.tar.gz``, ``-path`` for ``.bashrc``).
 
-    As :attr:`pathlib.PurePath.suffixes` splits them, the last ones that fit in
-    :data:`SUFFIX_MAX` bytes (a long run of dotted words keeps its end)."""
+    The suffixes as :attr:`pathlib.PurePath.suffixes` splits them, the last
+    ones that fit in :data:`SUFFIX_MAX` bytes (a long run of dotted words
+    keeps its end)."""
     from pathlib import PurePath
 
     kept = ""
@@ -108,7 +114,7 @@ def staged_suffix(target_name: str) -> str:
         if len(suffix) < 2 or len((suffix + kept).encode(errors="surrogateescape")) > SUFFIX_MAX:
             break  # a lone dot is no suffix, and the name has a bounded length
         kept = suffix + kept
-    return kept
+    return STAGED_PATH + kept
 
 
 def _writer_alive(match: re.Match[str], process_start: Callable[[int], int | None]) -> bool | None:
