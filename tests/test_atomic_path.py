@@ -21,6 +21,7 @@ import os
 import sqlite3
 import stat
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,9 +31,23 @@ import crashsafe
 from crashsafe import VerificationError, validators
 from crashsafe.crashcheck import CheckContext, explore
 from crashsafe.staging import is_temp_name
+from tests.harness import power_cut
 from tests.harness.checks import leftovers
+from tests.harness.one_file import (
+    NEW,
+    OLD,
+    check_durable,
+    commit_of,
+    cut_one_file,
+    damage,
+    durable_marks,
+)
+from tests.harness.payloads import classify, durable_put, payload, read_or_none
+from tests.harness.power_cut import WRITERS
 from tests.harness.require import require_tools
+from tests.harness.summary import module_summary
 
+_note, _print_summary = module_summary("atomic_path crash summary")
 ROWS_OLD = [(1, "old")]
 ROWS_NEW = [(1, "new"), (2, "new")]
 
@@ -451,6 +466,36 @@ def test_crashcheck_finds_nothing_in_a_backup_through_atomic_path(old_db: Path) 
     assert _rows(old_db) == ROWS_NEW
 
 
+def test_crashcheck_finds_nothing_when_a_library_renames_onto_the_staged_path(
+    workdir: Path,
+) -> None:
+    """The library's rename onto the staged path is synced before the publishing
+    rename: under the conservative model, losing it while the publishing rename
+    persisted would publish the empty file atomic_path made."""
+    require_tools("strace")
+    target = workdir / "model.bin"
+    target.write_bytes(b"old " * 2048)
+
+    def save() -> None:
+        with crashsafe.atomic_path(target) as staged:
+            own = workdir / "lib-own.tmp"
+            own.write_bytes(b"new " * 2048)
+            os.replace(own, staged)
+        print("saved")
+
+    def check(state: CheckContext) -> None:
+        content = (state.dir / "model.bin").read_bytes()
+        if b"saved" in state.stdout:
+            assert content == b"new " * 2048, f"saved, then {content[:8]!r}, {len(content)} bytes"
+        else:
+            assert content in (b"old " * 2048, b"new " * 2048), f"{len(content)} bytes"
+
+    report = explore(save, check, dirs=[workdir], jobs=1)
+    assert report.vulnerabilities == [], report
+    crashsafe.sweep(workdir)
+    _only(workdir, "model.bin")
+
+
 def test_crashcheck_finds_the_naive_backup_straight_to_the_target(old_db: Path) -> None:
     require_tools("strace")
 
@@ -465,3 +510,86 @@ def test_crashcheck_finds_the_naive_backup_straight_to_the_target(old_db: Path) 
     report = explore(save, _db_check, dirs=[old_db.parent], jobs=1)
     assert report.vulnerabilities, "crashcheck missed the naive write: it proves nothing"
     assert any("saved" in v.check_output for v in report.vulnerabilities), report
+
+
+# --------------------------------------------------------------------------- crashes
+
+PATH_ATOMIC = WRITERS / "path_atomic.py"
+# Deliberately broken: the staged path renamed over the target with no fsync.
+PATH_BROKEN = WRITERS / "path_broken.py"
+
+
+def _source(tmp_path: Path) -> Path:
+    source = tmp_path / "new.bin"
+    source.write_bytes(payload(NEW))
+    return source
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["write", "rename"])
+def test_power_cut_at_every_syscall_through_atomic_path(
+    cut_fs: tuple[str, Path], tmp_path: Path, how: str
+) -> None:
+    fs, mnt = cut_fs
+    run, directory = cut_one_file(
+        mnt, PATH_ATOMIC, _source(tmp_path), ["durable", how], crashsafe_temps=True
+    )
+    commit, dir_sync = durable_marks(run, directory)
+    _note(
+        power_cut.describe(
+            fs, f"atomic_path {how}", run, f"commit #{commit}, dir fsync #{dir_sync}"
+        )
+    )
+    # Old or new, whole, at every point; old before the rename, new once the
+    # directory fsync returned and after return; the staged files a cut left
+    # (some did) all removed by sweep().
+    check_durable(run, directory, commit, dir_sync)
+
+
+@pytest.mark.slow
+def test_power_cut_harness_catches_a_commit_without_fsync(
+    cut_fs: tuple[str, Path], tmp_path: Path
+) -> None:
+    fs, mnt = cut_fs
+    run, _ = cut_one_file(mnt, PATH_BROKEN, _source(tmp_path), [], crashsafe_temps=False)
+    commit = commit_of(run)
+    caught, caught_text = damage(run)
+    _note(power_cut.describe(fs, "BROKEN path, no fsync", run, f"commit #{commit}") + caught_text)
+    assert caught, "the harness missed the commit without fsync: it proves nothing"
+    assert power_cut.violations(run, commit, None) != []
+
+
+@pytest.mark.parametrize("how", ["write", "rename"])
+def test_kill_at_every_syscall_through_atomic_path(tmp_path: Path, how: str) -> None:
+    directory = tmp_path / "d"
+    directory.mkdir()
+    target = directory / "target"
+    source = _source(tmp_path)
+
+    def prepare() -> None:
+        for name in os.listdir(directory):
+            os.unlink(directory / name)
+        durable_put(target, payload(OLD))
+
+    def inspect() -> str:
+        found = classify(read_or_none(target))
+        return "old" if found == OLD else "new" if found == NEW else str(found)
+
+    run = power_cut.kill_every_syscall(
+        PATH_ATOMIC,
+        [str(target), str(source), "durable", how],
+        prepare=prepare,
+        inspect=inspect,
+        sweep_dir=directory,
+    )
+    commit = commit_of(run)
+    found = sum(len(t.leftovers) for t in run.trials)
+    _note(
+        f"kill      atomic_path {how:<7} {len(run.trials)} kills, one after each syscall: "
+        f"{dict(Counter(t.outcome for t in run.trials))}; staged files left {found} -> "
+        f"left after sweep {sum(len(t.left_after_sweep) for t in run.trials)}; {run.seconds:.1f} s"
+    )
+    assert power_cut.violations(run, commit, run.end) == []
+    assert {t.outcome for t in run.trials} == {"old", "new"}
+    assert found > 0  # kills landed while the staged path existed...
+    assert [t.left_after_sweep for t in run.trials if t.left_after_sweep] == []  # ...all swept

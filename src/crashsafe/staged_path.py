@@ -191,8 +191,12 @@ class _Staged:
             assert temp is not None
             self._temp = temp
             self._done = False  # published or aborted: the staged name is no longer ours
-            # The library opens the path itself; this descriptor has no use.
-            os.close(fd)
+            # The library opens the path itself; this descriptor only tells
+            # which file was made, to see at commit whether it was replaced.
+            try:
+                self._made = _identity(os.fstat(fd))
+            finally:
+                os.close(fd)
         except BaseException:
             self._dir.close()
             raise
@@ -214,9 +218,11 @@ class _Staged:
             kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
             raise self._error(errno.EINVAL, f"{kind} at the staged path, which is never followed")
         fd = self._dir.open_read(self._temp)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # pragma: no cover - swapped since lstat
+        st_now = os.fstat(fd)
+        if not stat.S_ISREG(st_now.st_mode):  # pragma: no cover - swapped since lstat
             os.close(fd)
             raise self._error(errno.EINVAL, "not a regular file at the staged path")
+        self._replaced = _identity(st_now) != self._made
         return fd
 
     def _check_side_files(self) -> None:
@@ -258,6 +264,11 @@ class _Staged:
             # Step 5: the data reaches the disk before any name points to it.
             if self._durability != "none":
                 _platform.fsync_file(fd)
+                if self._replaced:
+                    # A library renamed its own file onto the staged path: that
+                    # rename reaches the disk before the one that publishes the
+                    # name, or a crash could publish the empty file made here.
+                    self._dir.sync()
             self._remove_side_files()
             # Step 6: the platform takes the descriptor and the name; on a
             # failure it has closed the one and removed the other.
@@ -303,6 +314,10 @@ class _Staged:
                 self._dir.remove(self._temp)
         finally:
             self._dir.close()
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def _nonempty(fd: int) -> bool:
