@@ -33,6 +33,8 @@ from crashsafe.crashcheck import CheckContext, explore
 from crashsafe.staging import is_temp_name
 from tests.harness import power_cut
 from tests.harness.checks import leftovers
+from tests.harness.inject import fault, run_traced
+from tests.harness.kill9 import kill9_loop
 from tests.harness.one_file import (
     NEW,
     OLD,
@@ -337,6 +339,22 @@ def test_a_wal_database_closed_in_the_block_is_published(old_db: Path) -> None:
     _only(old_db.parent, old_db.name)
 
 
+def test_a_persistent_journal_with_a_zeroed_header_is_removed_and_the_database_published(
+    old_db: Path,
+) -> None:
+    with crashsafe.atomic_path(old_db) as staged:
+        with contextlib.closing(sqlite3.connect(staged)) as db:
+            db.execute("PRAGMA journal_mode=PERSIST")
+            db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+            db.executemany("INSERT INTO t VALUES (?, ?)", ROWS_NEW)
+            db.commit()
+        journal = Path(f"{staged}-journal")
+        assert journal.stat().st_size > 0  # kept by PERSIST, its header zeroed
+    assert not journal.exists()
+    assert _rows(old_db) == ROWS_NEW
+    _only(old_db.parent, old_db.name)
+
+
 def test_a_validator_rejects_and_nothing_is_published(old_db: Path) -> None:
     before = old_db.read_bytes()
     with (
@@ -517,6 +535,7 @@ def test_crashcheck_finds_the_naive_backup_straight_to_the_target(old_db: Path) 
 PATH_ATOMIC = WRITERS / "path_atomic.py"
 # Deliberately broken: the staged path renamed over the target with no fsync.
 PATH_BROKEN = WRITERS / "path_broken.py"
+KILLS = 100
 
 
 def _source(tmp_path: Path) -> Path:
@@ -593,3 +612,133 @@ def test_kill_at_every_syscall_through_atomic_path(tmp_path: Path, how: str) -> 
     assert {t.outcome for t in run.trials} == {"old", "new"}
     assert found > 0  # kills landed while the staged path existed...
     assert [t.left_after_sweep for t in run.trials if t.left_after_sweep] == []  # ...all swept
+
+
+def _version_db(n: int) -> sqlite3.Connection:
+    """Version *n* of a database: its number, and enough rows to span many pages."""
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    db.executemany("INSERT INTO t VALUES (?, ?)", ((i, f"v{n:06}-{i:06}" * 8) for i in range(2000)))
+    db.execute("CREATE TABLE version (n)")
+    db.execute("INSERT INTO version VALUES (?)", (n,))
+    db.commit()
+    return db
+
+
+def _db_version(target: Path) -> Callable[[], int | str]:
+    def check() -> int | str:
+        if not target.exists():
+            return "missing"
+        try:
+            uri = target.resolve().as_uri() + "?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                if db.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
+                    return "integrity check failed"
+                (n,) = db.execute("SELECT n FROM version").fetchone()
+                rows = db.execute("SELECT count(*) FROM t WHERE v LIKE ?", (f"v{n:06}-%",))
+                return int(n) if rows.fetchone() == (2000,) else "mixed versions"
+        except sqlite3.DatabaseError as e:
+            return f"unreadable: {type(e).__name__}"
+
+    return check
+
+
+@pytest.mark.slow
+def test_kill9_torture_of_sqlite_backups_through_atomic_path(workdir: Path) -> None:
+    target = workdir / "app.sqlite"
+    with (
+        contextlib.closing(_version_db(0)) as src,
+        contextlib.closing(sqlite3.connect(target)) as d,
+    ):
+        src.backup(d)
+
+    def write(n: int) -> None:
+        with (
+            contextlib.closing(_version_db(n)) as src,
+            crashsafe.atomic_path(target) as staged,
+            contextlib.closing(sqlite3.connect(staged)) as db,
+        ):
+            src.backup(db)
+
+    result = kill9_loop(
+        workdir, kills=KILLS, write=write, check=_db_version(target), staging="named"
+    )
+    _note(
+        f"kill -9   atomic_path sqlite backup: {result.kills} kills: {dict(result.outcomes)}, "
+        f"changed after {result.changed}; staged files {result.orphans_before_sweep} -> swept "
+        f"{result.swept} -> left {len(result.left_after_sweep)}; at {result.plan()}, "
+        f"{result.seconds:.1f} s"
+    )
+    assert result.outcomes == Counter(complete=KILLS), result.outcomes
+    assert result.returned_then_lost() == []
+    assert 0 < result.changed < KILLS
+    assert result.orphans_before_sweep > 0
+    assert result.left_after_sweep == []
+    _only(workdir, "app.sqlite")
+
+
+@pytest.mark.slow
+def test_kill9_harness_catches_a_database_written_in_place(workdir: Path) -> None:
+    target = workdir / "app.sqlite"
+    with contextlib.closing(_version_db(0)) as src:
+        target.write_bytes(src.serialize())
+
+    def write(n: int) -> None:
+        # Broken: the database's bytes written over the target, page by page.
+        with contextlib.closing(_version_db(n)) as src:
+            data = src.serialize()
+        with open(target, "wb") as f:
+            for i in range(0, len(data), 1 << 16):
+                f.write(data[i : i + (1 << 16)])
+                f.flush()
+
+    result = kill9_loop(
+        workdir, kills=KILLS, write=write, check=_db_version(target), staging="named"
+    )
+    _note(
+        f"kill -9   BROKEN in place sqlite: {result.kills} kills: caught {result.torn} "
+        f"{dict(result.outcomes)}; {result.seconds:.1f} s"
+    )
+    assert result.torn > 0, "the kill -9 loop missed the database written in place"
+
+
+# --------------------------------------------------------------------------- real errors
+
+_CHILD = """
+target = sys.argv[1]
+def go():
+    with crashsafe.atomic_path(target) as staged:
+        with open(staged, "wb") as f:
+            f.write(b"new")
+report(**attempt(go))
+"""
+
+
+def test_eio_on_the_staged_files_fsync_publishes_nothing_and_is_never_retried(
+    workdir: Path,
+) -> None:
+    target = workdir / "t.bin"
+    target.write_bytes(b"old")
+    child = run_traced(
+        _CHILD, str(target), trace=["fsync"], inject=[fault("fsync", error="EIO", when=1)]
+    )
+    assert child.result["raised"] == "OSError" and child.result["errno"] == errno.EIO
+    assert child.count("fsync") == 1, child.log  # never retried, nothing renamed
+    assert target.read_bytes() == b"old"
+    _only(workdir, "t.bin")
+
+
+def test_eio_on_the_directory_fsync_raises_not_durable_with_the_new_content(
+    workdir: Path,
+) -> None:
+    target = workdir / "t.bin"
+    target.write_bytes(b"old")
+    child = run_traced(
+        _CHILD, str(target), trace=["fsync"], inject=[fault("fsync", error="EIO", when=2)]
+    )
+    result = child.result
+    assert result["raised"] == "NotDurableError", (result, child.stderr)
+    assert (result["errno"], result["filename"]) == (errno.EIO, str(target))
+    assert f"{workdir}>" in child.injected()[0], "the failed fsync was not the directory's"
+    assert target.read_bytes() == b"new"
+    _only(workdir, "t.bin")

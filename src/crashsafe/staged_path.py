@@ -327,4 +327,5 @@ def _nonempty(fd: int) -> bool:
 def _live_journal(fd: int) -> bool:
     # SQLite's journal_mode=PERSIST keeps the file and zeroes its header;
     # TRUNCATE leaves it empty: neither holds anything to roll back.
-    return any(os.pread(fd, _JOURNAL_HEADER, 0))
+    os.lseek(fd, 0, os.SEEK_SET)
+    return any(os.read(fd, _JOURNAL_HEADER))
