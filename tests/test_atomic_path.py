@@ -422,10 +422,18 @@ def test_bad_arguments_raise_before_anything_is_created(workdir: Path) -> None:
         crashsafe.atomic_path(workdir / "x", perm=644)
     with pytest.raises(TypeError):
         crashsafe.atomic_path(workdir / "x", follow_symlinks=1)  # type: ignore[call-overload]
-    with pytest.raises(IsADirectoryError):
-        crashsafe.atomic_path(workdir)
-    with pytest.raises(FileNotFoundError):
-        crashsafe.atomic_path(workdir / "missing" / "x")
+    never_entered = crashsafe.atomic_path(workdir / "x")
+    _only(workdir)  # nothing is made until the block is entered
+    del never_entered
+    with pytest.raises(IsADirectoryError), crashsafe.atomic_path(workdir):
+        pytest.fail("entered")
+    with pytest.raises(FileNotFoundError), crashsafe.atomic_path(workdir / "missing" / "x"):
+        pytest.fail("entered")
+    os.mkfifo(workdir / "fifo")
+    with pytest.raises(OSError, match="regular") as info, crashsafe.atomic_path(workdir / "fifo"):
+        pytest.fail("entered")
+    assert info.value.errno == errno.EINVAL
+    os.unlink(workdir / "fifo")
     _only(workdir)
 
 

@@ -115,13 +115,14 @@ def atomic_path(
     carry crashsafe's temporary names, and :func:`crashsafe.sweep` removes
     them once their writer is dead.
 
-    Raises, before anything is created: :class:`ValueError` for a bad *perm*
-    or *durability*, or an ``s3://`` URL (stage locally and
+    Raises, when called: :class:`ValueError` for a bad *perm* or
+    *durability*, or an ``s3://`` URL (stage locally and
     :func:`~crashsafe.atomic_copy` the file to the URL); :class:`TypeError`
-    for a bad *validate* or *follow_symlinks*; :class:`IsADirectoryError` if
-    *path* is a directory, :class:`OSError` (``EINVAL``) if it is another
-    non-regular file; the :class:`OSError` of a missing or unwritable
-    directory. At the end of the block, with nothing published and the
+    for a bad *validate* or *follow_symlinks*. As the block is entered,
+    before anything is created (nothing is until then):
+    :class:`IsADirectoryError` if *path* is a directory, :class:`OSError`
+    (``EINVAL``) if it is another non-regular file; the :class:`OSError` of
+    a missing or unwritable directory. At the end of the block, with nothing published and the
     staged path removed: :class:`FileNotFoundError` if nothing is at the
     staged path, :class:`IsADirectoryError` for a directory there,
     :class:`OSError` (``EINVAL``) for a symlink or another non-regular file,
@@ -143,14 +144,23 @@ def atomic_path(
     checks = () if validate is None else validators_of(validate)
     as_path = not isinstance(path, str)
     target = os.fsdecode(os.fspath(path))
-    staged = _Staged(target, perm, durability, checks, follow_symlinks)
     if as_path:
-        return _stage(staged, Path)
-    return _stage(staged, str)
+        return _stage(Path, target, perm, durability, checks, follow_symlinks)
+    return _stage(str, target, perm, durability, checks, follow_symlinks)
 
 
 @contextmanager
-def _stage(staged: _Staged, kind: type[_P]) -> Iterator[_P]:
+def _stage(  # noqa: PLR0917 - atomic_path's arguments, checked, passed on as they are
+    kind: type[_P],
+    path: str,
+    perm: int | None,
+    durability: Durability,
+    checks: tuple[Validator, ...],
+    follow_symlinks: bool,
+) -> Iterator[_P]:
+    # Made as the block is entered, not when atomic_path() is called: a
+    # context manager that is never entered leaves nothing behind.
+    staged = _Staged(path, perm, durability, checks, follow_symlinks)
     try:
         yield kind(staged.staged_path)
     except BaseException:
