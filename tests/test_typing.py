@@ -51,7 +51,7 @@ def staged_paths(p: str) -> None:
     from crashsafe import atomic_path
 
     with atomic_path(p) as s:
-        reveal_type(s)  # R: builtins.str
+        reveal_type(s)  # R: str
     with atomic_path(pathlib.Path(p), perm=0o600) as sp:
         reveal_type(sp)  # R: pathlib.Path
 
