@@ -186,6 +186,7 @@ class _Staged:
         # Step 1: the directory, once; a symlink at the target followed as
         # atomic_write follows it.
         self._dir, self._name, old = locate(path, follow_symlinks)
+        fd: int | None = None
         try:
             existing = replaced_file(old, True, path)
             mode_bits = (
@@ -194,20 +195,23 @@ class _Staged:
             self._owner = (existing.st_uid, existing.st_gid) if existing and perm is None else None
             # Steps 2 and 3: a named file (a library opens it by name), made
             # exclusively with its owner and final mode before anything is in it.
+            # The descriptor and the name are kept in the same breath as they
+            # are made, or an interrupt could leave a file nobody removes.
             with _platform.signals_deferred():
                 fd, temp, self._mode = self._dir.create_temp(
                     self._name, mode_bits, self._owner, named_suffix=staged_suffix(self._name)
                 )
-            assert temp is not None
-            self._temp = temp
+                assert temp is not None
+                self._temp = temp
             self._done = False  # published or aborted: the staged name is no longer ours
             # The library opens the path itself; this descriptor only tells
             # which file was made, to see at commit whether it was replaced.
-            try:
-                self._made = _identity(os.fstat(fd))
-            finally:
-                os.close(fd)
+            self._made = _identity(os.fstat(fd))
+            self._replaced = False
+            os.close(fd)
         except BaseException:
+            if fd is not None:
+                self._dir.discard(fd, self._temp)  # closes it, removes the name
             self._dir.close()
             raise
         self.staged_path = os.path.join(os.path.abspath(self._dir.path), temp)
