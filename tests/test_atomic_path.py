@@ -46,7 +46,7 @@ from tests.harness.one_file import (
 )
 from tests.harness.payloads import classify, durable_put, payload, read_or_none
 from tests.harness.power_cut import WRITERS
-from tests.harness.require import require_tools
+from tests.harness.require import require_root, require_tools
 from tests.harness.summary import module_summary
 
 _note, _print_summary = module_summary("atomic_path crash summary")
@@ -385,6 +385,27 @@ def test_perm_is_exact_whatever_the_umask_and_the_library(workdir: Path, perm: i
     assert target.read_bytes() == b"new"
 
 
+@pytest.mark.parametrize("how", ["write", "rename"])
+def test_an_existing_targets_owner_and_setgid_mode_are_kept(workdir: Path, how: str) -> None:
+    require_root()
+    target = workdir / "owned.bin"
+    target.write_bytes(b"old")
+    os.chown(target, 65534, 65534)
+    target.chmod(0o2750)
+    with crashsafe.atomic_path(target) as staged:
+        st = os.stat(staged)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o2750)
+        if how == "write":
+            Path(staged).write_bytes(b"new")
+        else:  # root's own file, renamed onto the staged path
+            own = workdir / "own"
+            own.write_bytes(b"new")
+            os.replace(own, staged)
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o2750)
+    assert target.read_bytes() == b"new"
+
+
 def test_a_new_file_gets_the_mode_open_would_give(workdir: Path) -> None:
     old_umask = os.umask(0o027)
     try:
@@ -586,6 +607,7 @@ def test_power_cut_harness_catches_a_commit_without_fsync(
     assert power_cut.violations(run, commit, None) != []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["write", "rename"])
 def test_kill_at_every_syscall_through_atomic_path(tmp_path: Path, how: str) -> None:
     directory = tmp_path / "d"
