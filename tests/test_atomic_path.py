@@ -772,3 +772,42 @@ def test_eio_on_the_directory_fsync_raises_not_durable_with_the_new_content(
     assert f"{workdir}>" in child.injected()[0], "the failed fsync was not the directory's"
     assert target.read_bytes() == b"new"
     _only(workdir, "t.bin")
+
+
+@pytest.mark.parametrize(
+    ("durability", "how", "fsyncs"),
+    [
+        ("durable", "write", ["file", "dir"]),
+        ("durable", "rename", ["file", "dir", "dir"]),  # the library's rename synced first
+        ("consistent", "write", ["file"]),
+        # Old or new after a power cut needs the library's rename before the publishing one.
+        ("consistent", "rename", ["file", "dir"]),
+        ("none", "write", []),
+    ],
+)
+def test_durability_decides_the_fsyncs(
+    workdir: Path, durability: str, how: str, fsyncs: list[str]
+) -> None:
+    target = workdir / "t.bin"
+    target.write_bytes(b"old")
+    code = f"""
+target = sys.argv[1]
+def go():
+    with crashsafe.atomic_path(target, durability={durability!r}) as staged:
+        name = staged if {how!r} == "write" else target + ".own"
+        with open(name, "wb") as f:
+            f.write(b"new")
+        if name != staged:
+            os.replace(name, staged)
+report(**attempt(go))
+"""
+    child = run_traced(code, str(target), trace=["fsync", "fdatasync"])
+    assert child.result["raised"] is None, child.result
+    seen = [
+        "dir" if line.split("<", 1)[1].startswith(f"{workdir}>") else "file"
+        for line in child.calls("fsync")
+    ]
+    assert seen == fsyncs, child.log
+    assert child.count("fdatasync") == 0
+    assert target.read_bytes() == b"new"
+    _only(workdir, "t.bin")
