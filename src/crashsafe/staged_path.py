@@ -96,9 +96,13 @@ def atomic_path(
     callable or a sequence of them, as for :func:`~crashsafe.atomic_write`)
     reads it from its start; it is fsynced, renamed over *path*, and the
     directory fsynced, as *durability* says (``"durable"``, ``"consistent"``,
-    ``"none"``: see :class:`~crashsafe.AtomicFile`). *follow_symlinks*: a
-    symlink at *path* is followed and the file it points to replaced (False:
-    the link itself is replaced).
+    ``"none"``: see :class:`~crashsafe.AtomicFile`). A file a library
+    renamed onto the staged path came by a rename of its own: unless
+    *durability* is ``"none"``, the directory is fsynced before the
+    publishing rename too, so that a power cut cannot keep the publishing
+    rename and lose the library's (publishing the empty file made here).
+    *follow_symlinks*: a symlink at *path* is followed and the file it
+    points to replaced (False: the link itself is replaced).
 
     Side files: SQLite keeps ``<staged>-journal``, ``<staged>-wal`` and
     ``<staged>-shm`` beside a database. Exactly these three names are
