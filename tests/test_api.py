@@ -47,6 +47,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "VerificationError",
         "atomic_copy",
         "atomic_open",
+        "atomic_path",
         "atomic_write",
         "read_json",
         "recover",

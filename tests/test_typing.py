@@ -46,6 +46,16 @@ def good(p: str, tm: TextMode, bm: BinaryMode) -> None:
     staged.commit()
 
 
+def staged_paths(p: str) -> None:
+    import pathlib
+    from crashsafe import atomic_path
+
+    with atomic_path(p) as s:
+        reveal_type(s)  # R: str
+    with atomic_path(pathlib.Path(p), perm=0o600) as sp:
+        reveal_type(sp)  # R: pathlib.Path
+
+
 def for_each_text(p: str) -> None:
     with atomic_open(p, "wt") as a:
         reveal_type(a)  # R: typing.TextIO
@@ -148,7 +158,7 @@ def test_mypy_types_files_by_mode_and_refuses_wrong_writes_and_modes(tmp_path: P
         for number, text in enumerate(GOOD.splitlines(), 1)
         if "# R:" in text
     }
-    assert len(expected) == 15
+    assert len(expected) == 17
     assert revealed == {n: f'Revealed type is "{t}"' for n, t in expected.items()}, lines
 
     for name, body in BAD.items():

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from crashsafe.documents import read_json, update, update_json, write_json
     from crashsafe.locking import FileLock
     from crashsafe.objectstore import S3Store
+    from crashsafe.staged_path import atomic_path
     from crashsafe.transactions import recover, snapshot, transaction
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "VerificationError",
     "atomic_copy",
     "atomic_open",
+    "atomic_path",
     "atomic_write",
     "read_json",
     "recover",
@@ -85,6 +87,7 @@ _LAZY = {
     "write_json": "crashsafe.documents",
     "FileLock": "crashsafe.locking",
     "S3Store": "crashsafe.objectstore",
+    "atomic_path": "crashsafe.staged_path",
     "recover": "crashsafe.transactions",
     "snapshot": "crashsafe.transactions",
     "transaction": "crashsafe.transactions",

@@ -14,6 +14,14 @@ A temporary name looks like::
 * the writer's pid, its start time in clock ticks since boot, and a tag of the
   boot and pid namespace prove whether the writer is still alive: a pid alone
   can be reused, a (pid, start time) pair on the same boot cannot.
+
+A staged path of :func:`crashsafe.atomic_path` ends, after the marker, with
+``-path`` and the target's own suffixes
+(``.db.sqlite.3f9a...crashsafe-tmp-path.sqlite``), so that a library that
+picks a format from the extension sees the right one; the side files SQLite
+makes beside it (``-journal``, ``-wal``, ``-shm``) carry the same name and the
+same proof of ownership. :func:`sweep` recognises all of them, and nothing
+else after the marker (a person's ``....crashsafe-tmp.bak`` is left alone).
 """
 
 from __future__ import annotations
@@ -34,11 +42,20 @@ if TYPE_CHECKING:
 __all__ = ["sweep", "temp_name"]
 
 MARKER = ".crashsafe-tmp"
+# The names SQLite gives the files it keeps beside a database (rollback
+# journal, write-ahead log, its shared-memory index): atomic_path removes
+# exactly these beside its staged path.
+SIDE_FILES = ("-journal", "-wal", "-shm")
+# After the marker in atomic_path's staged names, before the target's suffixes.
+STAGED_PATH = "-path"
+# At most this many bytes of the target's suffixes end a staged path's name.
+SUFFIX_MAX = 64
 _NAME_MAX = 255
 _TEMP_RE = re.compile(
     r"^\.(?P<stem>.*)\.[0-9a-f]{16}\.(?P<pid>\d+)-(?P<start>\d+)-(?P<host>[0-9a-f]{8})"
     + re.escape(MARKER)
-    + r"$",
+    # atomic_path's staged names: a token, the target's suffixes, SQLite's side files.
+    + r"(?:-path(?:\.[^.]+)*(?:-journal|-wal|-shm)?)?$",
     re.DOTALL,
 )
 _UNKNOWN_HOST = "00000000"
@@ -70,13 +87,34 @@ def _owner_part() -> str:
     return _owner
 
 
-def temp_name(target_name: str) -> str:
-    """A fresh, unguessable temporary name for *target_name* in the same directory."""
-    tail = f".{os.urandom(8).hex()}.{_owner or _owner_part()}{MARKER}"
-    room = _NAME_MAX - 1 - len(tail)  # the tail is ASCII: one byte per character
+def temp_name(target_name: str, suffix: str = "") -> str:
+    """A fresh, unguessable temporary name for *target_name* in the same directory.
+
+    *suffix* (from :func:`staged_suffix`) ends the name, after the marker."""
+    tail = f".{os.urandom(8).hex()}.{_owner or _owner_part()}{MARKER}{suffix}"
+    # The tail is ASCII but for the suffix, which staged_suffix() keeps short.
+    room = _NAME_MAX - 1 - len(tail.encode(errors="surrogateescape"))
     if len(target_name) * 4 > room:  # it may not fit (a character is up to 4 bytes)
         target_name = target_name.encode(errors="surrogateescape")[:room].decode(errors="ignore")
     return f".{target_name}{tail}"
+
+
+def staged_suffix(target_name: str) -> str:
+    """What a staged path's name ends with after the marker: ``-path``, then the
+    suffixes of *target_name* (``-path.sqlite`` for ``db.sqlite``, ``-path.tar.gz``
+    for ``a.tar.gz``, ``-path`` for ``.bashrc``).
+
+    The suffixes as :attr:`pathlib.PurePath.suffixes` splits them, the last
+    ones that fit in :data:`SUFFIX_MAX` bytes (a long run of dotted words
+    keeps its end)."""
+    from pathlib import PurePath
+
+    kept = ""
+    for suffix in reversed(PurePath(target_name).suffixes):
+        if len(suffix) < 2 or len((suffix + kept).encode(errors="surrogateescape")) > SUFFIX_MAX:
+            break  # a lone dot is no suffix, and the name has a bounded length
+        kept = suffix + kept
+    return STAGED_PATH + kept
 
 
 def _writer_alive(match: re.Match[str], process_start: Callable[[int], int | None]) -> bool | None:

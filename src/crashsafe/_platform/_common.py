@@ -38,10 +38,11 @@ def create_private(path: str) -> int:
     return os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | _EVERY_OPEN, 0o600)
 
 
-def fresh_name(name: str, make: Callable[[str], object]) -> str:
-    """Call *make(candidate)* with fresh temporary names until one is not taken."""
+def fresh_name(name: str, make: Callable[[str], object], suffix: str = "") -> str:
+    """Call *make(candidate)* with fresh temporary names (ending with *suffix*)
+    until one is not taken."""
     for _ in range(_NAME_TRIES):
-        candidate = temp_name(name)
+        candidate = temp_name(name, suffix)
         try:
             make(candidate)
         except FileExistsError:

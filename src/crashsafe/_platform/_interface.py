@@ -63,7 +63,12 @@ class Directory(Protocol):
     # ---------------------------------------------------------------- staging and publishing
 
     def create_temp(
-        self, name: str, mode: int | None, owner: tuple[int, int] | None = None
+        self,
+        name: str,
+        mode: int | None,
+        owner: tuple[int, int] | None = None,
+        *,
+        named_suffix: str | None = None,
     ) -> tuple[int, str | None, int]:
         """Create an empty temporary file for target *name*, open for reading and
         writing, with its *owner* (where permitted) and exact *mode* already set.
@@ -71,7 +76,9 @@ class Directory(Protocol):
         Returns ``(fd, temp, mode)``: *temp* is the temporary name, or None
         for an anonymous file (nothing to clean up after a crash); *mode* is
         the mode the file has (with *mode* None, the one ``open()`` would give
-        a new file here). On failure nothing is left; errors name the directory.
+        a new file here). With *named_suffix* (a str, maybe empty) the file
+        always has a name, and the name ends with it (``atomic_path``'s staged
+        path). On failure nothing is left; errors name the directory.
         """
 
     def publish(self, fd: int, temp: str | None, name: str, *, replace: bool) -> None:

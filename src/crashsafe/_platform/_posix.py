@@ -154,7 +154,12 @@ class Directory:
             raise _name_error(e, self._join(name)) from None
 
     def create_temp(
-        self, name: str, mode: int | None, owner: tuple[int, int] | None = None
+        self,
+        name: str,
+        mode: int | None,
+        owner: tuple[int, int] | None = None,
+        *,
+        named_suffix: str | None = None,
     ) -> tuple[int, str | None, int]:
         """Create an empty temporary file for target *name*, open for reading and
         writing, with its owner and exact mode already set (steps 2 and 3).
@@ -162,7 +167,8 @@ class Directory:
         Returns ``(fd, temp, mode)``: *temp* is None for an anonymous
         ``O_TMPFILE`` (nothing to clean up after a crash), else the unguessable
         name it was created under, exclusively and without following symlinks;
-        *mode* is the mode it has. With *mode* None, that is the mode
+        *mode* is the mode it has. With *named_suffix*, the file is always
+        named, and its name ends with that suffix. With *mode* None, that is the mode
         ``open()`` would give a new file here (0o666 less the umask, or the
         directory's default ACL), learned from the kernel without touching the
         process umask. *owner* ``(uid, gid)`` is given first, where permitted
@@ -171,7 +177,7 @@ class Directory:
         On failure nothing is left. Errors name the directory.
         """
         try:
-            if use_tmpfile:
+            if use_tmpfile and named_suffix is None:
                 # Nobody can open an anonymous file before it is linked, so it
                 # may be created with its final permission bits; when the umask
                 # leaves them as they are (the common case), no chmod is needed.
@@ -187,7 +193,7 @@ class Directory:
                         os.close(fd)
                         raise
                     return fd, None, mode
-            return self._create_named_temp(name, mode, owner)
+            return self._create_named_temp(name, mode, owner, named_suffix or "")
         except OSError as e:
             if e.errno == errno.ENOENT and os.fstat(self.fd).st_nlink > 0:
                 # The directory is open and still there, so this ENOENT is its
@@ -202,7 +208,7 @@ class Directory:
             raise _name_error(e, self.path) from None
 
     def _create_named_temp(
-        self, name: str, mode: int | None, owner: tuple[int, int] | None
+        self, name: str, mode: int | None, owner: tuple[int, int] | None, suffix: str
     ) -> tuple[int, str, int]:
         if mode is None:
             mode = self._new_file_mode(name)
@@ -214,7 +220,7 @@ class Directory:
             # starts private, and gets its mode before any data is written.
             fds.append(os.open(candidate, flags, mode & 0o600, dir_fd=self.fd))
 
-        temp = fresh_name(name, make)
+        temp = fresh_name(name, make, suffix)
         try:
             _set_metadata(fds[0], mode, owner, None)
         except BaseException:

@@ -114,12 +114,21 @@ class Directory:
         return os.open(self._join(name), os.O_RDONLY | _O_BINARY | _O_NOINHERIT)
 
     def create_temp(
-        self, name: str, mode: int | None, owner: tuple[int, int] | None = None
+        self,
+        name: str,
+        mode: int | None,
+        owner: tuple[int, int] | None = None,
+        *,
+        named_suffix: str | None = None,
     ) -> tuple[int, str | None, int]:
         flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_BINARY | _O_NOINHERIT
         fds: list[int] = []
         try:
-            temp = fresh_name(name, lambda c: fds.append(os.open(self._join(c), flags, 0o666)))
+            temp = fresh_name(
+                name,
+                lambda c: fds.append(os.open(self._join(c), flags, 0o666)),
+                named_suffix or "",
+            )
         except OSError as e:
             e.filename = self.path  # not the private name
             del e.filename2  # set to None, it would print as "-> None"
