@@ -197,6 +197,7 @@ def test_a_library_that_renames_its_own_file_onto_the_staged_path(workdir: Path)
 
 def test_numpy_save_writes_the_staged_path(workdir: Path) -> None:
     import numpy as np  # a test dependency (the test extra), not the library's
+
     target = workdir / "a.npy"
     with crashsafe.atomic_path(target) as staged:
         np.save(staged, np.arange(5))
