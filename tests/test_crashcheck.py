@@ -136,6 +136,9 @@ def test_bad_dirs_and_workloads_are_named(tmp_path: Path) -> None:
         explore("true", "true", dirs=[tmp_path])
     with pytest.raises(ValueError, match="at least one directory"):
         explore(["true"], "true", dirs=[])
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match="inside"):
+        explore(["true"], "true", dirs=[tmp_path, tmp_path / "sub"])
 
 
 # ------------------------------------------------------------------------------ the command

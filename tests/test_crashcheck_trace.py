@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -758,9 +757,7 @@ def test_git_commit_parses_into_plausible_operations(tmp_path: Path) -> None:
         "git init -q -b main && echo hello > f && git add f && "
         "git -c user.name=a -c user.email=a@b -c core.fsync=all commit -qm first"
     )
-    started = time.monotonic()
     rec, d, _ = run(tmp_path, "", argv=["/bin/sh", "-c", script], env=env)
-    elapsed = time.monotonic() - started
     assert rec.status == 0 and rec.refused == []
     shown = show(rec, d)
     assert ("rename", ".git/index.lock", ".git/index", False) in shown
@@ -768,7 +765,6 @@ def test_git_commit_parses_into_plausible_operations(tmp_path: Path) -> None:
     objects = [s for s in shown if s[0] == "create" and str(s[1]).startswith(".git/objects/")]
     assert len(objects) >= 3  # blob, tree, commit (each a temporary object, then linked)
     assert sum(1 for s in shown if s[0] == "fsync") >= 3
-    assert elapsed < 30
 
 
 def test_sqlite_transaction_parses_into_journal_operations(tmp_path: Path) -> None:
