@@ -21,7 +21,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
 
 import crashsafe
 
@@ -154,8 +154,9 @@ def _naive(env: Mapping[str, str], bucket: str, key: str, times: int, barrier: B
 
 
 def _naive_read(client: Any, bucket: str, key: str) -> dict[str, int]:
-    """The document, read again while a concurrent put makes the server answer an error or
-    a torn body (rclone writes in place): the naive client is given every chance."""
+    """The document, read again while a concurrent put makes the server answer an error, a
+    torn body or a body cut short of its length (rclone writes in place): the naive client
+    is given every chance."""
     for _ in range(1000):
         try:
             doc: dict[str, int] = json.loads(
@@ -163,7 +164,7 @@ def _naive_read(client: Any, bucket: str, key: str) -> dict[str, int]:
             )
         except client.exceptions.NoSuchKey:
             return {"n": 0}
-        except (ClientError, ValueError):
+        except (ClientError, IncompleteReadError, ResponseStreamingError, ValueError):
             continue
         return doc
     raise AssertionError(f"no whole read of {key} in 1000 attempts")
