@@ -232,10 +232,20 @@ class AtomicWriter:
         if not binary:
             kwargs.setdefault("encoding", DEFAULT_ENCODING)
         if dir is not None and not _same_directory(dir, self._path):
-            descriptor, _ = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=dir)
+            descriptor, name = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=dir)
             # The descriptor, not the name: reopening by name would lose
-            # mkstemp's exclusive creation.
-            return open(descriptor, self._mode, **kwargs)
+            # mkstemp's exclusive creation. commit() and rollback() need the name.
+            try:
+                # A first open that does not own the descriptor checks the
+                # arguments: a failed open() may or may not have closed it.
+                open(descriptor, self._mode, closefd=False, **kwargs).close()
+            except BaseException:
+                os.close(descriptor)
+                os.unlink(name)
+                raise
+            temp = open(descriptor, self._mode, **kwargs)  # noqa: SIM115 - the caller's
+            _raw(temp).name = name
+            return temp
         staged = AtomicFile(
             self._path,
             "wb" if self._overwrite else "xb",
@@ -247,8 +257,7 @@ class AtomicWriter:
         except BaseException:
             staged.discard()
             raise
-        raw: Any = f.buffer.raw if isinstance(f, io.TextIOWrapper) else getattr(f, "raw", f)
-        raw.name = self._path  # as every crashsafe file object is named
+        _raw(f).name = self._path  # as every crashsafe file object is named
         self._staged[id(f)] = (f, staged)
         return f
 
@@ -301,6 +310,11 @@ class AtomicWriter:
             entry[0].close()
         finally:
             entry[1].discard()
+
+
+def _raw(f: IO[Any]) -> Any:
+    # The FileIO under the buffer and text layers holds the name for all of them.
+    return f.buffer.raw if isinstance(f, io.TextIOWrapper) else getattr(f, "raw", f)
 
 
 def _same_directory(directory: str, path: str) -> bool:
