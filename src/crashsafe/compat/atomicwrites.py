@@ -14,8 +14,10 @@ What changes, each on purpose (``docs/migration.md`` has the list):
 * A symlink at the target is followed: the file it points to is replaced and
   the link kept. atomicwrites replaced the link with a regular file.
 * The temporary file is staged by :class:`crashsafe.AtomicFile`: on Linux it has
-  no name until it is published, so a killed writer leaves nothing behind;
-  elsewhere it has an unguessable name that ``crashsafe sweep`` recognises.
+  no name until the instant it is published, so a killed writer almost never
+  leaves one; what a kill does leave has a name that ``crashsafe sweep``
+  recognises and removes (atomicwrites' ``tmpXXXXXXXX`` files look like any
+  other program's).
   *prefix* and *suffix* of :meth:`AtomicWriter.get_fileobject` are accepted
   and not used.
 * The file object's ``name`` is the target path, not a temporary path (as for
