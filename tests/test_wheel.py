@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,11 @@ from tests.harness.require import require, require_tools
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 SOURCE = CHECKOUT / "src" / "crashsafe"
+
+
+# What a checkout holds that is not the project's source.
+_NOT_SOURCE = (".git", ".venv", "*.egg-info", "build", "dist", "__pycache__", ".*_cache",
+               ".coverage*", ".benchmarks")  # fmt: skip
 
 
 class Built(NamedTuple):
@@ -48,8 +54,12 @@ def _clean_env(venv: Path | None = None) -> dict[str, str]:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     where = tmp_path_factory.mktemp("wheel")
     dist = where / "dist"
+    # From a clean copy: setuptools merges the checkout's own egg-info (left by an
+    # editable install) into the sdist, which would hide a missing MANIFEST.in line.
+    project = where / "project"
+    shutil.copytree(CHECKOUT, project, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
     build = subprocess.run(
-        [sys.executable, "-m", "build", "--outdir", str(dist), str(CHECKOUT)],
+        [sys.executable, "-m", "build", "--outdir", str(dist), str(project)],
         capture_output=True, text=True, timeout=300, check=False, cwd=where,
     )  # fmt: skip
     require(build.returncode == 0, f"python -m build failed: {build.stderr.strip()[-800:]}")
@@ -65,8 +75,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     outside = where / "elsewhere"
     outside.mkdir()
     yield Built(sdist, wheel, venv, outside)
-    # Built and installed under pytest's temporary directory; the checkout's
-    # build/ and egg-info directories are setuptools' (ignored by git).
+    # Built and installed under pytest's temporary directory, from a copy: the
+    # checkout is not written to.
     shutil.rmtree(where)
 
 
@@ -106,6 +116,21 @@ def test_wheel_holds_the_whole_library_and_its_typed_marker(built: Built, tmp_pa
             if item.filename != "crashsafe/py.typed":
                 copy.writestr(item, source.read(item))
     assert wheel_problems(broken) == ["missing crashsafe/py.typed"]
+
+
+def test_sdist_holds_the_whole_project(built: Built) -> None:
+    # The tests with their harness (a partial tests/ cannot run), the documents the
+    # README links to, the benchmarks; not CI's script or compiled files.
+    expected = {"README.md", "LICENSE", "CHANGELOG.md", "pyproject.toml"} | {
+        str(p.relative_to(CHECKOUT))
+        for top in ("src", "tests", "docs", "benchmarks")
+        for p in (CHECKOUT / top).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p)
+    }
+    with tarfile.open(built.sdist) as archive:
+        names = {n.partition("/")[2] for n in archive.getnames()}
+    assert sorted(expected - names) == []
+    assert [n for n in names if n.startswith(".ci") or n.endswith(".pyc")] == []
 
 
 def test_wheel_metadata_is_complete(built: Built) -> None:
