@@ -192,10 +192,21 @@ def test_smoke_test_of_the_installed_package(built: Built, tmp_path: Path) -> No
     assert version.stdout == f"crashsafe {crashsafe.__version__}\n"
 
 
-def test_installed_torture_finds_its_child(built: Built, tmp_path: Path) -> None:
+def test_installed_crash_tools_run(built: Built, tmp_path: Path) -> None:
     # crashsafe torture starts children that import the package from where it is
-    # installed, not from the checkout.
+    # installed, not from the checkout; crashcheck traces an installed command.
     require_tools("strace")
+    (tmp_path / "data").write_text("old\n")
+    check = subprocess.run(
+        ["crashsafe", "crashcheck", "--check", "grep -qx old data || grep -qx new data",
+         "--", "crashsafe", "write", "data"],
+        input="new\n", capture_output=True, text=True, check=False, cwd=tmp_path,
+        env=_clean_env(built.venv), timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "no vulnerabilities" in check.stdout
+    assert (tmp_path / "data").read_text() == "new\n"
+    (tmp_path / "data").unlink()
     run = subprocess.run(
         ["crashsafe", "torture", "-n", "3", str(tmp_path)],
         capture_output=True, text=True, check=False, cwd=built.outside,
