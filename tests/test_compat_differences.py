@@ -371,3 +371,31 @@ def test_a_missing_staging_directory_is_named(tmp_path: Path) -> None:
     ):
         pass
     assert str(tmp_path / "missing") in str(caught.value)
+
+
+_KILLED = """
+import sys
+from crashsafe.compat.atomicwrites import atomic_write
+with atomic_write(sys.argv[1], mode="wb", overwrite=True) as f:
+    for _ in range(16):
+        f.write(b"n" * 65536)
+        f.flush()
+"""
+
+
+@pytest.mark.parametrize("kill_at", ["write:when=5", "fsync:when=1"])
+def test_a_writer_killed_mid_write_leaves_no_debris(tmp_path: Path, kill_at: str) -> None:
+    # atomicwrites, killed at the same points, leaves its tmpXXXXXXXX file behind.
+    require_tools("strace")
+    target = tmp_path / "t"
+    target.write_bytes(b"old")
+    syscall = kill_at.split(":", maxsplit=1)[0]
+    child = subprocess.run(
+        ["env", "-u", "COVERAGE_PROCESS_CONFIG", "strace", "-f", "-qq", "-o", "/dev/null",
+         "-e", f"trace={syscall}", "-e", f"inject={kill_at.replace(':', ':signal=KILL:')}",
+         sys.executable, "-c", _KILLED, str(target)],
+        capture_output=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert child.returncode == -9, child.stderr  # strace dies of its tracee's SIGKILL
+    assert os.listdir(tmp_path) == ["t"]
+    assert target.read_bytes() == b"old"
