@@ -185,7 +185,7 @@ async def _step(
 
     *commits*: the whole step is the commit (an upload). *undo*: what to do
     with the step's result if the task was cancelled while it ran."""
-    fut = _submit(_in_thread, call, commits, fn, args)
+    fut: asyncio.Future[_T] = _submit(_in_thread, call, commits, fn, args)
     try:
         result = await asyncio.shield(fut)
     except asyncio.CancelledError as cancelled:
