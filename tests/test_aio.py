@@ -157,7 +157,9 @@ def explore(
     setup(counting)
     steps = run_call(counting, make_call(counting)).steps
     assert steps >= 1
-    plans: list[tuple[int | None, str]] = [(k, p) for k in range(steps) for p in ("before", "after")]
+    plans: list[tuple[int | None, str]] = [
+        (k, p) for k in range(steps) for p in ("before", "after")
+    ]
     plans.append((None, "commit"))
     for i, (k, phase) in enumerate(plans):
         d = tmp_path / f"run{i}"
@@ -202,22 +204,24 @@ def with_source(d: Path) -> None:
 # --------------------------------------------------------------------------- cancellation
 
 
-@pytest.mark.parametrize(
-    ("name", "make_call", "setup", "old", "new"),
-    [
-        ("atomic_write", aio_write, with_old, OLD_DIR, NEW_DIR),
-        ("atomic_open", aio_open, with_old, OLD_DIR, NEW_DIR),
-        ("atomic_copy", aio_copy, with_source, {**OLD_DIR, "source": NEW}, {**NEW_DIR, "source": NEW}),
-    ],
-)
+Case = tuple[
+    Callable[[Path], Callable[[], Awaitable[object]]],
+    Callable[[Path], None],
+    dict[str, bytes],
+    dict[str, bytes],
+]
+CASES: dict[str, Case] = {
+    "atomic_write": (aio_write, with_old, OLD_DIR, NEW_DIR),
+    "atomic_open": (aio_open, with_old, OLD_DIR, NEW_DIR),
+    "atomic_copy": (aio_copy, with_source, {**OLD_DIR, "source": NEW}, {**NEW_DIR, "source": NEW}),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_cancelled_at_every_await_publishes_exactly_when_it_says(
-    tmp_path: Path,
-    name: str,
-    make_call: Callable[[Path], Callable[[], Awaitable[object]]],
-    setup: Callable[[Path], None],
-    old: dict[str, bytes],
-    new: dict[str, bytes],
+    tmp_path: Path, staging: str, name: str
 ) -> None:
+    make_call, setup, old, new = CASES[name]
     failures, seen = explore(tmp_path, make_call, old, new, setup)
     assert failures == [], seen
     results = {r for _, _, r in seen}
@@ -227,7 +231,7 @@ def test_cancelled_at_every_await_publishes_exactly_when_it_says(
     assert seen[-1] == (None, "commit", "cancelled, replaced")
 
 
-def test_update_json_cancelled_at_every_await(tmp_path: Path) -> None:
+def test_update_json_cancelled_at_every_await(tmp_path: Path, staging: str) -> None:
     def setup(d: Path) -> None:
         (d / "doc.json").write_bytes(b'{"n": 1}\n')
 
@@ -269,6 +273,7 @@ async def naive_step(call: Any, fn: Callable[..., Any], *args: Any, **_: Any) ->
 @pytest.mark.parametrize("make_call", [aio_write, aio_open])
 def test_harness_catches_an_unshielded_commit(
     tmp_path: Path,
+    staging: str,
     monkeypatch: pytest.MonkeyPatch,
     make_call: Callable[[Path], Callable[[], Awaitable[object]]],
 ) -> None:
@@ -340,7 +345,10 @@ def test_update_json_under_concurrency_loses_no_update(tmp_path: Path) -> None:
 
     async def main() -> None:
         await asyncio.gather(
-            *(aio.update_json(doc, lambda d: {"n": d["n"] + 1}, default={"n": 0}) for _ in range(150))
+            *(
+                aio.update_json(doc, lambda d: {"n": d["n"] + 1}, default={"n": 0})
+                for _ in range(150)
+            )
         )
 
     asyncio.run(main())
@@ -450,14 +458,14 @@ def test_errors_are_the_synchronous_ones(tmp_path: Path) -> None:
             await aio.update_json(tmp_path / "missing.json", lambda d: d)
         with pytest.raises(TypeError, match="progress"):
             await aio.atomic_copy(tmp_path / "t", tmp_path / "u", progress=3)  # type: ignore[arg-type]
-        f = aio.atomic_open(tmp_path / "t", "wb")
+        g = aio.atomic_open(tmp_path / "t", "wb")
         with pytest.raises(ValueError, match="outside"):
-            await f.write(b"x")
-        async with f:
+            await g.write(b"x")
+        async with g:
             with pytest.raises(RuntimeError, match="another operation"):
-                await asyncio.gather(f.write(b"a" * 100), f.write(b"b"))
-            await f.discard()
-        assert not f.committed and "discarded" in repr(f)
+                await asyncio.gather(g.write(b"a" * 100), g.write(b"b"))
+            await g.discard()
+        assert not g.committed and "discarded" in repr(g)
 
     asyncio.run(main())
     assert (tmp_path / "t").read_bytes() == OLD
@@ -472,7 +480,10 @@ def test_copy_reports_progress_and_text_mode_and_digest(tmp_path: Path) -> None:
         async with aio.atomic_open(tmp_path / "text", "w", encoding="latin-1") as f:
             await f.write("é")
         return await aio.atomic_copy(
-            tmp_path / "src", tmp_path / "dst", digest="sha256", progress=lambda d, t: done.append(d)
+            tmp_path / "src",
+            tmp_path / "dst",
+            digest="sha256",
+            progress=lambda d, t: done.append(d),
         )
 
     result = asyncio.run(main())
