@@ -490,3 +490,77 @@ def test_copy_reports_progress_and_text_mode_and_digest(tmp_path: Path) -> None:
     assert result.bytes == len(NEW) and result.digest is not None and done[-1] == len(NEW)
     assert (tmp_path / "dst").read_bytes() == NEW
     assert (tmp_path / "text").read_bytes() == "é".encode("latin-1")
+
+
+def test_copy_cancelled_mid_copy_stops_at_its_next_progress_point(
+    tmp_path: Path, staging: str
+) -> None:
+    with_old(tmp_path)
+    with open(tmp_path / "source", "wb") as f:
+        f.truncate(40 << 20)  # three steps of at most 16 MiB
+    calls: list[int] = []
+    executor: list[CancellingExecutor] = []
+
+    def progress(done: int, total: int | None) -> None:
+        calls.append(done)
+        if len(calls) == 1:
+            executor[0].cancel_task()
+
+    async def call() -> None:
+        executor.append(asyncio.get_running_loop()._default_executor)  # type: ignore[attr-defined]
+        await aio.atomic_copy(tmp_path / "source", tmp_path / "target", progress=progress)
+
+    outcome = run_call(tmp_path, call, at=None)
+    assert outcome.result == "cancelled"
+    # The second step's report stopped the copy (a reflink copies in one step,
+    # and the cancellation then still comes before the commit).
+    assert len(calls) == 1 and calls[0] in (16 << 20, 40 << 20)
+    assert outcome.final == outcome.at_end and outcome.final["target"] == OLD
+    assert sorted(outcome.final) == ["source", "target"]
+
+
+def test_a_cancellation_caught_in_the_block_still_publishes_nothing(tmp_path: Path) -> None:
+    with_old(tmp_path)
+
+    async def call() -> None:
+        async with aio.atomic_open(tmp_path / "target", "wb") as f:
+            try:
+                await f.write(NEW)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()  # a task that catches it and goes on
+            await f.commit()
+
+    outcome = run_call(tmp_path, call, at=1, phase="after")
+    assert outcome.result == "cancelled" and outcome.final == OLD_DIR
+
+
+def test_lock_cancelled_at_every_await_holds_nothing(tmp_path: Path) -> None:
+    import fcntl
+
+    path = tmp_path / "f"
+    path.touch()
+
+    def make_call(d: Path) -> Callable[[], Awaitable[object]]:
+        async def call() -> None:
+            async with aio.FileLock(path):
+                pass
+
+        return call
+
+    fds_before = len(os.listdir("/proc/self/fd"))
+    steps = run_call(tmp_path, make_call(tmp_path)).steps
+    assert steps == 1
+    for phase in ("before", "after"):
+        outcome = run_call(tmp_path, make_call(tmp_path), 0, phase)
+        assert outcome.result == "cancelled", phase
+        # Nothing of ours holds the lock: another open file takes it at once.
+        with open(tmp_path / ".f.lock", "rb") as other:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # the try's descriptor was closed
+
+
+def test_atomic_open_refuses_urls() -> None:
+    with pytest.raises(ValueError, match="s3://b/k"):
+        aio.atomic_open("s3://b/k", "wb")

@@ -440,6 +440,11 @@ class AtomicFile(Generic[_F_co]):
     def __init__(
         self, path: str | os.PathLike[str], mode: str = "wb", **options: Unpack[OpenOptions]
     ) -> None:
+        if is_url(path):
+            raise ValueError(
+                f"{path!r}: crashsafe.aio.atomic_open writes local files; for an object, "
+                "await crashsafe.aio.atomic_write or atomic_copy"
+            )
         #: The target path, as given (a str).
         self.path = os.fsdecode(os.fspath(path))
         self._args = (path, mode, options)
