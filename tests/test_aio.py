@@ -20,13 +20,16 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import crashsafe
 from crashsafe import aio
 from tests.children import Child, spawned
+
+if TYPE_CHECKING:
+    from tests.harness.s3servers import Server
 
 OLD, NEW = b"old content\n", b"new content, longer than the old\n" * 50
 
@@ -564,3 +567,41 @@ def test_lock_cancelled_at_every_await_holds_nothing(tmp_path: Path) -> None:
 def test_atomic_open_refuses_urls() -> None:
     with pytest.raises(ValueError, match="s3://b/k"):
         aio.atomic_open("s3://b/k", "wb")
+
+
+def test_urls_run_as_one_step_that_is_the_commit(
+    tmp_path: Path, moto_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.harness.s3servers import empty_bucket, make_bucket
+
+    bucket = make_bucket(moto_server.endpoint)
+    for key, value in moto_server.endpoint.env().items():
+        monkeypatch.setenv(key, value)
+    client = moto_server.endpoint.client()
+
+    def names() -> list[str]:
+        listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+        return sorted(o["Key"] for o in listed if not o["Key"].startswith(".crashsafe/"))
+
+    try:
+
+        async def main() -> None:
+            await aio.atomic_write(f"s3://{bucket}/a", b"one")
+            result = await aio.atomic_copy(f"s3://{bucket}/a", tmp_path / "a")
+            assert result.method == "download" and (tmp_path / "a").read_bytes() == b"one"
+            doc = await aio.update_json(f"s3://{bucket}/d.json", lambda d: {"n": 1}, default={})
+            assert doc == {"n": 1}
+
+        asyncio.run(main())
+        assert names() == ["a", "d.json"]
+
+        def write_b() -> Awaitable[None]:
+            return aio.atomic_write(f"s3://{bucket}/b", b"two")
+
+        # Cancelled before the upload started: nothing; during it: it ends, and says so.
+        assert run_call(tmp_path, write_b, 0, "before").result == "cancelled"
+        assert names() == ["a", "d.json"]
+        assert run_call(tmp_path, write_b, 0, "after").result == "cancelled, replaced"
+        assert names() == ["a", "b", "d.json"]
+    finally:
+        empty_bucket(moto_server.endpoint, bucket)
