@@ -2,9 +2,10 @@
 
 The cancellation harness counts the steps a call submits to the loop's
 executor, then for each step k cancels the task deterministically: "before"
-(the task is cancelled, and has seen it, before step k's work starts) and
-"after" (once step k's work is done, before the step returns); and "commit"
-(right after the commit gate let the rename go). Each run checks the promise:
+(the task is cancelled, and has seen it, before step k's work starts),
+"after" (once step k's work is done, before the step returns), "after, twice"
+(cancelled again while it waits for that step); and right before and right
+after the commit gate that lets the rename go. Each run checks the promise:
 the call returned and published, or raised CancelledError and published
 exactly when it said so (the note), and the directory held the old or the
 new file and nothing else both when the call ended and after every thread
@@ -50,14 +51,18 @@ class CancellingExecutor(concurrent.futures.ThreadPoolExecutor):
         self.task: asyncio.Task[Any] | None = None
 
     def cancel_task(self) -> None:
-        """From a worker thread: cancel the task; return once the loop ran its wakeup."""
+        """From a worker thread: cancel the task; return once the loop ran its wakeup
+        (with "twice" in the phase, cancel it again once it has seen the first)."""
         assert self.loop is not None and self.task is not None
         seen = threading.Event()
 
         def cancel() -> None:
             assert self.task is not None and self.loop is not None
             self.task.cancel()
-            # Queued after the task's wakeup, which cancel() just scheduled.
+            if "twice" in self.phase:
+                # After the task's wakeup, which cancel() just scheduled.
+                self.loop.call_soon(self.task.cancel)
+            # Queued after the task's wakeup(s).
             self.loop.call_soon(seen.set)
 
         self.loop.call_soon_threadsafe(cancel)
@@ -65,16 +70,16 @@ class CancellingExecutor(concurrent.futures.ThreadPoolExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         k, self.count = self.count, self.count + 1
-        if k != self.at or self.phase == "commit":
+        if k != self.at or "gate" in self.phase:
             return super().submit(fn, *args, **kwargs)
 
         def job() -> Any:
-            if self.phase == "before":
+            if self.phase.startswith("before"):
                 self.cancel_task()
             try:
                 return fn(*args, **kwargs)
             finally:
-                if self.phase == "after":
+                if self.phase.startswith("after"):
                     self.cancel_task()
 
         return super().submit(job)
@@ -114,8 +119,9 @@ def run_call(
             result = type(e).__name__
         at_end = listing(d)  # before asyncio.run waits for the executor's threads
 
-    if phase == "commit":
-        aio._test_hook = lambda where: executor.cancel_task()
+    if "gate" in phase:
+        # "before the gate" or "after the gate": the committing thread's own hook.
+        aio._test_hook = lambda where: executor.cancel_task() if where == phase else None
     try:
         asyncio.run(main())
     finally:
@@ -160,10 +166,9 @@ def explore(
     setup(counting)
     steps = run_call(counting, make_call(counting)).steps
     assert steps >= 1
-    plans: list[tuple[int | None, str]] = [
-        (k, p) for k in range(steps) for p in ("before", "after")
-    ]
-    plans.append((None, "commit"))
+    phases = ("before", "after", "after, twice")
+    plans: list[tuple[int | None, str]] = [(k, p) for k in range(steps) for p in phases]
+    plans += [(None, "before the gate"), (None, "after the gate")]
     for i, (k, phase) in enumerate(plans):
         d = tmp_path / f"run{i}"
         d.mkdir()
@@ -231,7 +236,10 @@ def test_cancelled_at_every_await_publishes_exactly_when_it_says(
     # Both sides of the commit were reached: some cancellations published nothing,
     # the one during the commit published and said so.
     assert "cancelled" in results and "cancelled, replaced" in results, seen
-    assert seen[-1] == (None, "commit", "cancelled, replaced")
+    assert seen[-2:] == [
+        (None, "before the gate", "cancelled"),
+        (None, "after the gate", "cancelled, replaced"),
+    ]
 
 
 def test_update_json_cancelled_at_every_await(tmp_path: Path, staging: str) -> None:
@@ -245,7 +253,10 @@ def test_update_json_cancelled_at_every_await(tmp_path: Path, staging: str) -> N
         tmp_path, make_call, {"doc.json": b'{"n": 1}\n'}, {"doc.json": b'{\n  "n": 2\n}\n'}, setup
     )
     assert failures == [], seen
-    assert seen[-1] == (None, "commit", "cancelled, replaced")
+    assert seen[-2:] == [
+        (None, "before the gate", "cancelled"),
+        (None, "after the gate", "cancelled, replaced"),
+    ]
 
 
 def test_atomic_open_committed_says_what_a_cancellation_left(tmp_path: Path) -> None:
@@ -258,7 +269,7 @@ def test_atomic_open_committed_says_what_a_cancellation_left(tmp_path: Path) -> 
         async with f:
             await f.write(NEW)
 
-    outcome = run_call(tmp_path, call, phase="commit")
+    outcome = run_call(tmp_path, call, phase="after the gate")
     assert outcome.result == "cancelled, replaced" and staged[0].committed
     assert outcome.final == NEW_DIR
 

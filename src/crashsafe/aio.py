@@ -103,7 +103,7 @@ __all__ = ["AtomicFile", "FileLock", "atomic_copy", "atomic_open", "atomic_write
 _T = TypeVar("_T")
 _F_co = TypeVar("_F_co", bound=IO[Any], covariant=True)
 
-# Tests only: called with "commit" right after a thread passed the commit gate.
+# Tests only: called in the committing thread right before and right after the gate.
 _test_hook: Callable[[str], None] | None = None
 
 
@@ -134,12 +134,14 @@ class _Call:
 
     def gate(self) -> None:
         """In the thread, right before the rename (atomic.commit_gate)."""
+        if _test_hook is not None:
+            _test_hook("before the gate")
         with self._lock:
             if self.cancelled:
                 raise _Abandoned
             self.committing = True
         if _test_hook is not None:
-            _test_hook("commit")
+            _test_hook("after the gate")
 
     def cancel(self) -> bool:
         """On the loop, when the task is cancelled: whether the commit began."""
