@@ -616,3 +616,23 @@ def test_urls_run_as_one_step_that_is_the_commit(
         assert names() == ["a", "b", "d.json"]
     finally:
         empty_bucket(moto_server.endpoint, bucket)
+
+
+def test_lock_errors_name_the_path_and_the_lock_file(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "f"
+
+    async def main() -> None:
+        lock = aio.FileLock(missing)
+        with pytest.raises(FileNotFoundError) as e:
+            await lock.acquire(timeout=1)
+        assert (e.value.filename, e.value.filename2) == (str(missing), lock.lock_file)
+        assert "no-such-dir" in repr(lock)
+        f = aio.atomic_open(tmp_path / "g", "wb")
+        async with f:
+            with pytest.raises(RuntimeError, match="already entered"):
+                await f.__aenter__()
+            await f.write(b"x")
+        assert "committed" in repr(f)
+
+    asyncio.run(main())
+    assert (tmp_path / "g").read_bytes() == b"x"
