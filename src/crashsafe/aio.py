@@ -14,17 +14,22 @@ context variables go along): the application sizes that pool
 for it at the end, and no second pool outlives the loop. The steps are the
 synchronous calls' own, run in a thread, so everything the crash tests prove
 for them (``kill -9`` and power cuts at every syscall) holds here unchanged;
-this module adds no step of its own to the protocol. The event loop's thread
-runs only *fn* of :func:`update_json` and releasing a lock (``flock`` unlock
-and ``close``, which never wait).
+this module adds no step of its own to the protocol. On the event loop's
+thread run only: *fn* of :func:`update_json` and the JSON serialisation;
+resolving a lock file's path when a :class:`FileLock` is made (``lstat`` of
+its components, as the synchronous lock does); and releasing a lock
+(``flock`` unlock and ``close``, which never wait).
 
 Cancellation, what the caller can rely on:
 
 * A task cancelled before the commit (the rename) began publishes nothing
-  and leaves nothing: the step running in a thread cannot be interrupted, so
-  the task waits for it to end (a copy stops at its next progress point),
-  the staged file is removed, and then :class:`asyncio.CancelledError`
-  propagates. No thread of the call is still working once the task is done.
+  and leaves nothing. A step still queued for a thread does not run; one
+  that runs cannot be interrupted, so the task waits for it to end (a copy
+  stops at its next progress point, a commit at the gate before its rename,
+  after the file's fsync), the staged file is removed, and then
+  :class:`asyncio.CancelledError` propagates. No thread of the call is still
+  working once the task is done. Further cancellations while it waits are
+  absorbed into that one.
 * A cancellation that arrives once the commit began does not stop it: the
   rename and the directory fsync run to their end, the target holds the new
   content (durably with ``"durable"``), and then
