@@ -636,3 +636,50 @@ def test_lock_errors_name_the_path_and_the_lock_file(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert (tmp_path / "g").read_bytes() == b"x"
+
+
+TYPED = """\
+from typing import reveal_type
+from crashsafe import aio
+
+
+async def good(p: str) -> None:
+    async with aio.atomic_open(p, "w") as t:
+        reveal_type(t)  # R: crashsafe.aio.AtomicFile[typing.TextIO]
+        await t.write("é")
+    async with aio.atomic_open(p) as b:
+        reveal_type(b)  # R: crashsafe.aio.AtomicFile[typing.BinaryIO]
+        await b.write(bytearray(b"x"))
+    copied = await aio.atomic_copy(p, p)
+    reveal_type(copied.digest)  # R: str | None
+
+
+async def bad_text(p: str) -> None:
+    async with aio.atomic_open(p, "w") as t:
+        await t.write(b"x")  # E
+
+
+async def bad_binary(p: str) -> None:
+    async with aio.atomic_open(p, "xb") as b:
+        await b.write("x")  # E
+"""
+
+
+def test_mypy_types_the_staged_file_by_mode(tmp_path: Path) -> None:
+    import re
+
+    from tests.test_typing import _mypy
+
+    (tmp_path / "typed.py").write_text(TYPED)
+    reports = [
+        (int(m[1]), m[2], m[3])
+        for line in _mypy(tmp_path)
+        if (m := re.match(r".*typed\.py:(\d+): (error|note): (.*)", line))
+    ]
+    lines = TYPED.splitlines()
+    marked = [n for n, text in enumerate(lines, 1) if text.endswith("# E")]
+    assert [n for n, kind, _ in reports if kind == "error"] == marked, reports
+    revealed = {n: text for n, kind, text in reports if kind == "note"}
+    for n, text in enumerate(lines, 1):
+        if "# R: " in text:
+            assert revealed.get(n) == f'Revealed type is "{text.split("# R: ")[1]}"', reports
