@@ -85,6 +85,10 @@ class CancellingExecutor(concurrent.futures.ThreadPoolExecutor):
         return super().submit(job)
 
 
+# The executor of the call run_call is running, for a call that cancels itself.
+RUNNING: list[CancellingExecutor] = []
+
+
 @dataclass
 class Outcome:
     steps: int
@@ -101,6 +105,7 @@ def run_call(
     d: Path, call: Callable[[], Awaitable[object]], at: int | None = None, phase: str = "before"
 ) -> Outcome:
     executor = CancellingExecutor(at, phase)
+    RUNNING[:] = [executor]
     result = ""
     at_end: dict[str, bytes] = {}
 
@@ -513,15 +518,13 @@ def test_copy_cancelled_mid_copy_stops_at_its_next_progress_point(
     with open(tmp_path / "source", "wb") as f:
         f.truncate(40 << 20)  # three steps of at most 16 MiB
     calls: list[int] = []
-    executor: list[CancellingExecutor] = []
 
     def progress(done: int, total: int | None) -> None:
         calls.append(done)
         if len(calls) == 1:
-            executor[0].cancel_task()
+            RUNNING[0].cancel_task()
 
     async def call() -> None:
-        executor.append(asyncio.get_running_loop()._default_executor)  # type: ignore[attr-defined]
         await aio.atomic_copy(tmp_path / "source", tmp_path / "target", progress=progress)
 
     outcome = run_call(tmp_path, call, at=None)
