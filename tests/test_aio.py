@@ -98,7 +98,12 @@ class Outcome:
 
 
 def listing(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if not p.name.endswith(".lock")}
+    """Every file under *d* but lock files (which stay, by design), by relative path."""
+    return {
+        str(p.relative_to(d)): p.read_bytes()
+        for p in sorted(d.rglob("*"))
+        if not p.is_dir() and not p.name.endswith(".lock")
+    }
 
 
 def run_call(
@@ -249,13 +254,20 @@ def test_cancelled_at_every_await_publishes_exactly_when_it_says(
 
 def test_update_json_cancelled_at_every_await(tmp_path: Path, staging: str) -> None:
     def setup(d: Path) -> None:
-        (d / "doc.json").write_bytes(b'{"n": 1}\n')
+        (d / "sub").mkdir()
+        (d / "sub" / "doc.json").write_bytes(b'{"n": 1}\n')
 
     def make_call(d: Path) -> Callable[[], Awaitable[object]]:
-        return lambda: aio.update_json(d / "doc.json", lambda doc: {"n": doc["n"] + 1})
+        return lambda: aio.update_json(
+            d / "sub" / "doc.json", lambda doc: {"n": doc["n"] + 1}, parents=True
+        )
 
     failures, seen = explore(
-        tmp_path, make_call, {"doc.json": b'{"n": 1}\n'}, {"doc.json": b'{\n  "n": 2\n}\n'}, setup
+        tmp_path,
+        make_call,
+        {"sub/doc.json": b'{"n": 1}\n'},
+        {"sub/doc.json": b'{\n  "n": 2\n}\n'},
+        setup,
     )
     assert failures == [], seen
     assert seen[-2:] == [

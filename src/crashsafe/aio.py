@@ -92,6 +92,7 @@ from crashsafe._checks import (
     OpenOptions,
     TextMode,
     Validate,
+    check_flag,
     check_options,
     check_timeout,
 )
@@ -379,7 +380,9 @@ async def update_json(
         )
     documents._local_only(store, path)
     check_options("wb", perm, durability)
-    await _step(call, documents._make_parents, path, parents, durability, label=label)
+    check_flag("parents", parents)
+    if parents:
+        await _step(call, documents._make_parents, path, parents, durability, label=label)
     async with FileLock(path, timeout=timeout):
         missing_ok = not isinstance(default, documents._Missing)
         old = await _step(call, _read_old, path, missing_ok, label=label)
