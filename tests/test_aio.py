@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import crashsafe
-from crashsafe import aio
+from crashsafe import _aio_steps, aio
 from tests.children import Child, spawned
 
 if TYPE_CHECKING:
@@ -131,11 +131,11 @@ def run_call(
 
     if "gate" in phase:
         # "before the gate" or "after the gate": the committing thread's own hook.
-        aio._test_hook = lambda where: executor.cancel_task() if where == phase else None
+        _aio_steps._test_hook = lambda where: executor.cancel_task() if where == phase else None
     try:
         asyncio.run(main())
     finally:
-        aio._test_hook = None
+        _aio_steps._test_hook = None
     return Outcome(executor.count, result, at_end, listing(d))
 
 

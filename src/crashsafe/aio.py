@@ -60,12 +60,8 @@ before :class:`~asyncio.CancelledError` propagates.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import copy
 import os
-import threading
-import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import (
@@ -73,17 +69,17 @@ from typing import (
     TYPE_CHECKING,
     Any,
     BinaryIO,
-    Final,
     Generic,
     Self,
     TextIO,
     TypeVar,
     Unpack,
-    cast,
     overload,
 )
 
-from crashsafe import _platform, atomic, documents
+from crashsafe import atomic, documents
+from crashsafe._aio_lock import FileLock
+from crashsafe._aio_steps import _Abandoned, _Call, _cleanup, _step
 from crashsafe._checks import (
     DEFAULT_ENCODING,
     BinaryMode,
@@ -94,11 +90,8 @@ from crashsafe._checks import (
     Validate,
     check_flag,
     check_options,
-    check_timeout,
 )
 from crashsafe.copying import CopyResult, Progress
-from crashsafe.errors import LockTimeoutError, NotDurableError
-from crashsafe.locking import _POLL_FIRST, _POLL_MAX, lock_file_for
 from crashsafe.objectstore._url import is_url
 
 if TYPE_CHECKING:
@@ -108,119 +101,6 @@ __all__ = ["AtomicFile", "FileLock", "atomic_copy", "atomic_open", "atomic_write
 
 _T = TypeVar("_T")
 _F_co = TypeVar("_F_co", bound=IO[Any], covariant=True)
-
-# Tests only: called in the committing thread right before and right after the gate.
-_test_hook: Callable[[str], None] | None = None
-
-
-class _Abandoned(BaseException):
-    """Raised in a worker thread whose task was cancelled before its commit.
-
-    A BaseException, so that no ``except Exception`` on the way treats it as
-    an error of the write; the staged file is discarded as for any other."""
-
-
-class _Call:
-    """What one async call and its worker threads agree on: cancelled, committing."""
-
-    __slots__ = ("_lock", "cancelled", "committing")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.cancelled = False
-        self.committing = False
-
-    def start(self, commits: bool) -> None:
-        """In the thread, before a step: a step of a cancelled call does not run."""
-        with self._lock:
-            if self.cancelled:
-                raise _Abandoned
-            if commits:
-                self.committing = True
-
-    def gate(self) -> None:
-        """In the thread, right before the rename (atomic.commit_gate)."""
-        if _test_hook is not None:
-            _test_hook("before the gate")
-        with self._lock:
-            if self.cancelled:
-                raise _Abandoned
-            self.committing = True
-        if _test_hook is not None:
-            _test_hook("after the gate")
-
-    def cancel(self) -> bool:
-        """On the loop, when the task is cancelled: whether the commit began."""
-        with self._lock:
-            self.cancelled = True
-            return self.committing
-
-
-def _in_thread(call: _Call, commits: bool, fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
-    call.start(commits)
-    atomic.commit_gate.set(call.gate)  # in the step's own copy of the task's context
-    return fn(*args)
-
-
-async def _wait_out(fut: asyncio.Future[Any]) -> bool:
-    """Wait until *fut* is done, whatever cancels us meanwhile; whether something did."""
-    absorbed = False
-    while not fut.done():
-        try:
-            await asyncio.wait((fut,))
-        except asyncio.CancelledError:
-            absorbed = True
-    if not fut.cancelled():
-        fut.exception()  # retrieved: the caller decides what it means
-    return absorbed
-
-
-def _submit(fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
-    loop = asyncio.get_running_loop()
-    context = contextvars.copy_context()
-    return cast("asyncio.Future[_T]", loop.run_in_executor(None, context.run, fn, *args))
-
-
-async def _step(
-    call: _Call,
-    fn: Callable[..., _T],
-    *args: Any,
-    label: str,
-    commits: bool = False,
-    undo: Callable[[_T], object] | None = None,
-) -> _T:
-    """Run ``fn(*args)`` in the loop's executor; on cancellation, as the module says.
-
-    *commits*: the whole step is the commit (an upload). *undo*: what to do
-    with the step's result if the task was cancelled while it ran."""
-    fut: asyncio.Future[_T] = _submit(_in_thread, call, commits, fn, args)
-    try:
-        result = await asyncio.shield(fut)
-    except asyncio.CancelledError as cancelled:
-        began = call.cancel()
-        await _wait_out(fut)
-        error = None if fut.cancelled() else fut.exception()
-        if began and (error is None or isinstance(error, NotDurableError)):
-            cancelled.add_note(
-                f"crashsafe.aio: the cancellation arrived during the commit, which ran to its "
-                f"end: {label!r} was replaced"
-            )
-        elif error is None and undo is not None:
-            await _cleanup(undo, fut.result())
-        raise
-    except _Abandoned:
-        # A call cancelled earlier (its task caught the CancelledError) stays cancelled.
-        raise asyncio.CancelledError(f"crashsafe.aio: {label!r} was cancelled earlier") from None
-    return result
-
-
-async def _cleanup(fn: Callable[..., object], *args: Any) -> None:
-    """Run ``fn(*args)`` in the executor to its end; a cancellation meanwhile
-    propagates after it, an error of *fn* otherwise."""
-    fut = _submit(fn, *args)
-    if await _wait_out(fut):
-        raise asyncio.CancelledError
-    fut.result()
 
 
 # --------------------------------------------------------------------------- one-call writes
@@ -245,7 +125,7 @@ async def atomic_write(
     runs in the loop's executor. *data* must not change until the call
     returns (a bytearray is written from where it lies). *validate* runs in
     the worker thread. Cancelled, it publishes nothing unless the commit had
-    begun (see the module documentation).
+    begun (see :mod:`crashsafe.aio`).
     """
     whole = store is not None or is_url(path)
     await _step(
@@ -287,7 +167,7 @@ async def atomic_copy(
     that thread (reach the loop with :meth:`~asyncio.loop.call_soon_threadsafe`).
     A cancellation stops a local copy at its next progress point (at most every
     16 MiB) and removes the staged copy; one that arrives once the commit
-    began lets it finish (see the module documentation). A *src* file object
+    began lets it finish (see :mod:`crashsafe.aio`). A *src* file object
     must not be used by anyone else until the call returns.
     """
     if progress is not None and not callable(progress):
@@ -574,194 +454,3 @@ def atomic_open(
     taken here). Returns an :class:`AtomicFile`, whose ``write`` is awaited.
     """
     return AtomicFile(path, mode, **options)
-
-
-# --------------------------------------------------------------------------- the lock
-
-
-class _Slot:
-    """A lock file as the tasks of one loop share it: holder, depth, waiters."""
-
-    __slots__ = ("count", "fd", "mutex", "owner", "users")
-
-    def __init__(self) -> None:
-        self.owner: asyncio.Task[Any] | None = None
-        self.count = 0
-        self.fd: int | None = None
-        self.mutex = asyncio.Lock()  # the tasks of this loop queue here
-        self.users = 0  # tasks between the start of acquire and its end
-
-
-_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Slot]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _try_lock(lock_file: str) -> int | None:
-    """One attempt, in a thread: the open lock file, locked, or None."""
-    fd = _platform.open_lock_file(lock_file)
-    try:
-        if _platform.lock(fd, blocking=False):
-            if _platform.lock_file_linked(lock_file, fd):
-                return fd
-            _platform.unlock(fd)  # replaced meanwhile: a lock on it excludes no one
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    return None
-
-
-def _unlock(fd: int | None) -> None:
-    if fd is None:
-        return
-    try:
-        _platform.unlock(fd)
-    finally:
-        os.close(fd)
-
-
-class _Default:
-    def __repr__(self) -> str:
-        return "<the lock's own timeout>"
-
-
-_DEFAULT: Final = _Default()
-
-
-class FileLock:
-    """An exclusive lock on *path* for tasks: :class:`crashsafe.FileLock`, awaited.
-
-    ``async with aio.FileLock(path):``, or ``await lock.acquire()`` and
-    ``lock.release()``. The same sidecar file ``.NAME.lock`` and ``flock`` as
-    the synchronous lock, so it excludes other processes and threads using
-    either lock, and the tasks of this loop. It belongs to a task: a task
-    that holds it may acquire it again (through any :class:`FileLock` of the
-    same path, and :func:`update_json` of that path) and it is released when
-    every acquire was matched by a :meth:`release`.
-
-    Waiting never blocks a thread (see the module documentation): *timeout*
-    None waits as long as it takes, a number of seconds at most that long,
-    then :class:`~crashsafe.LockTimeoutError`; 0 tries once. A task cancelled
-    while it waits holds nothing and releases nothing it did not take. Do not
-    mix it with a synchronous :class:`crashsafe.FileLock` held by the loop's
-    own thread: the two exclude each other, and the task would wait for a
-    release that cannot come while it waits.
-
-    Errors are those of :class:`crashsafe.FileLock` (a bad *timeout* or
-    *path*: :class:`ValueError`; the lock file's :class:`OSError`, with
-    ``filename`` the path and ``filename2`` the lock file). The lock file's
-    path is resolved when the object is made (a few ``lstat`` calls, on the
-    loop's thread, as the synchronous lock does).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        timeout: float | None = None,
-        follow_symlinks: bool = True,
-    ) -> None:
-        if is_url(path):
-            raise ValueError(f"{path!r}: a FileLock locks a local file, not an object")
-        self.timeout = check_timeout(timeout)
-        #: The path to lock, as given.
-        self.path = os.fsdecode(os.fspath(path))
-        #: The sidecar file whose ``flock`` is the lock.
-        self.lock_file = lock_file_for(self.path, follow_symlinks=follow_symlinks)
-
-    @staticmethod
-    def _task() -> asyncio.Task[Any]:
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("crashsafe.aio.FileLock is used from a task")
-        return task
-
-    async def acquire(self, timeout: float | _Default | None = _DEFAULT) -> FileLock:
-        """Take the lock, waiting at most *timeout* seconds (default: the lock's own).
-
-        Returns the lock itself. Raises :class:`~crashsafe.LockTimeoutError`
-        when the time is up, and the :class:`OSError` of the lock file.
-        """
-        wait = self.timeout if isinstance(timeout, _Default) else check_timeout(timeout)
-        task = self._task()
-        loop = asyncio.get_running_loop()
-        deadline = None if wait is None else loop.time() + wait
-        slots = _slots.setdefault(loop, {})
-        slot = slots.get(self.lock_file)
-        if slot is None:
-            slot = slots[self.lock_file] = _Slot()
-        if slot.owner is task:
-            slot.count += 1
-            return self
-        slot.users += 1
-        try:
-            if deadline is None or not slot.mutex.locked():
-                await slot.mutex.acquire()
-            else:
-                try:
-                    await asyncio.wait_for(slot.mutex.acquire(), deadline - loop.time())
-                except TimeoutError:
-                    raise LockTimeoutError(self.path, self.lock_file, wait or 0.0) from None
-            try:
-                slot.fd = await self._flock(deadline, wait)
-            except BaseException as e:
-                slot.mutex.release()
-                if isinstance(e, OSError) and not isinstance(e, LockTimeoutError):
-                    e.filename, e.filename2 = self.path, self.lock_file
-                raise
-            slot.owner, slot.count = task, 1
-        finally:
-            slot.users -= 1
-            if slot.owner is None and not slot.users and slots.get(self.lock_file) is slot:
-                del slots[self.lock_file]
-        return self
-
-    async def _flock(self, deadline: float | None, wait: float | None) -> int:
-        loop = asyncio.get_running_loop()
-        delay = _POLL_FIRST
-        while True:
-            fd = await _step(_Call(), _try_lock, self.lock_file, label=self.path, undo=_unlock)
-            if fd is not None:
-                return fd
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                raise LockTimeoutError(self.path, self.lock_file, wait or 0.0)
-            await asyncio.sleep(delay if left is None else min(delay, left))
-            delay = min(delay * 2, _POLL_MAX)
-
-    def release(self) -> None:
-        """Undo one :meth:`acquire` of the calling task; the last one unlocks.
-
-        Raises :class:`RuntimeError` if the calling task does not hold the lock.
-        """
-        slots = _slots.get(asyncio.get_running_loop(), {})
-        slot = slots.get(self.lock_file)
-        if slot is None or slot.owner is not self._task() or not slot.count:
-            raise RuntimeError(f"cannot release the lock on {self.path!r}: not held by this task")
-        slot.count -= 1
-        if slot.count:
-            return
-        fd, slot.fd, slot.owner = slot.fd, None, None
-        try:
-            _unlock(fd)
-        finally:
-            slot.mutex.release()
-            if not slot.users:
-                del slots[self.lock_file]
-
-    @property
-    def is_locked(self) -> bool:
-        """Whether the calling task holds the lock on this path."""
-        slots = _slots.get(asyncio.get_running_loop(), {})
-        slot = slots.get(self.lock_file)
-        return slot is not None and slot.owner is asyncio.current_task() and slot.count > 0
-
-    async def __aenter__(self) -> FileLock:
-        return await self.acquire()
-
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        return f"<crashsafe.aio.FileLock {self.path!r} via {self.lock_file!r}>"
