@@ -460,6 +460,7 @@ def test_lock_wait_cancelled_holds_nothing_and_leaves_no_thread(tmp_path: Path) 
 
         # asyncio.run waits for the executor: a thread blocked in flock would hang here.
         asyncio.run(main())
+        assert child.proc.wait(timeout=30) == 0  # it ends on its own (its coverage saved)
 
 
 def test_lock_refuses_urls_and_use_outside_a_task(tmp_path: Path) -> None:
