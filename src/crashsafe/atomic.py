@@ -34,6 +34,8 @@ import io
 import os
 import stat
 import warnings
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import IO, Any, BinaryIO, Final, Generic, Self, TextIO, TypeVar, Unpack, cast, overload
 
 from crashsafe import _platform
@@ -68,6 +70,14 @@ __all__ = [
 # The staged file object's type: TextIO for a text mode, BinaryIO for a binary one.
 _F_co = TypeVar("_F_co", bound=IO[Any], covariant=True)
 _SETID: Final = stat.S_ISUID | stat.S_ISGID
+
+#: Internal door for :mod:`crashsafe.aio`: called (where set) right before
+#: step 6, in the thread that commits. Raising there discards the staged file,
+#: so a cancelled task's write is never published; returning lets the commit
+#: run to its end. Unset, a commit costs one lookup more.
+commit_gate: ContextVar[Callable[[], None] | None] = ContextVar(
+    "crashsafe_commit_gate", default=None
+)
 
 
 class AtomicFile(Generic[_F_co]):
@@ -342,7 +352,7 @@ class AtomicFile(Generic[_F_co]):
         """
         self.publish()
 
-    def publish(
+    def publish(  # noqa: PLR0912 - the protocol's steps 4 to 7 in one frame, read in order
         self, name: str | None = None, *, replace: bool | None = None, sync: bool | None = None
     ) -> None:
         """Internal door: :meth:`commit`, at another *name* in the directory or
@@ -371,6 +381,9 @@ class AtomicFile(Generic[_F_co]):
             # Step 5: the data reaches the disk before any name points to it.
             if self._durability != "none":
                 _platform.fsync_file(self._fd)
+            gate = commit_gate.get()
+            if gate is not None:
+                gate()
             # Step 6: the platform takes the descriptor and the name; the
             # state changes in the same breath, or an interrupt could make a
             # published file look unpublished.
