@@ -36,11 +36,12 @@ import struct
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import pytest
 
 import crashsafe
+from crashsafe.atomic import TextMode
 from crashsafe.errors import VerificationError
 from tests import children
 from tests.harness import power_cut, traces
@@ -120,14 +121,18 @@ def test_text_update_modes_encode_as_open_does(
     ours, theirs = workdir / "ours", workdir / "theirs"
     for path in (ours, theirs):
         path.write_text("première\nligne\n", encoding=encoding)
-    results = []
-    for path, opener in ((theirs, open), (ours, crashsafe.atomic_open)):
-        with opener(path, mode, encoding=encoding, newline="") as f:  # type: ignore[operator]
-            first = f.read()
-            f.write("encore\r\n")
-            f.seek(0)
-            results.append((first, f.read()))
-    assert results[0] == results[1]
+
+    def edit(f: IO[str]) -> tuple[str, str]:
+        first = f.read()
+        f.write("encore\r\n")
+        f.seek(0)
+        return first, f.read()
+
+    with open(theirs, mode, encoding=encoding, newline="") as f:
+        expected = edit(f)
+    text_mode = cast("TextMode", mode)
+    with crashsafe.atomic_open(ours, text_mode, encoding=encoding, newline="") as g:
+        assert edit(g) == expected
     assert ours.read_bytes() == theirs.read_bytes()
 
 
