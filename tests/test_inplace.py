@@ -8,7 +8,8 @@ Promises shown here, on real files and filesystems:
   file is ``FileNotFoundError`` naming the path, before anything is created.
 * **All or nothing, nothing lost on error, no debris, mode and owner kept**, as
   for every write: the target is untouched until the commit, an exception
-  publishes nothing.
+  publishes nothing; no room for the copy (a full tmpfs) is ``ENOSPC`` naming
+  the target, at once, with nothing left.
 * **zipfile** appends a member to an archive through ``r+b``.
 * **The copy is a reflink** on xfs and btrfs: FIEMAP shows the staged file's
   extents shared with the target's, and the published file on the target's
@@ -20,8 +21,9 @@ Promises shown here, on real files and filesystems:
   a durable ``r+b`` patch of a 1 MiB file: old before the rename, new from the
   directory fsync on, never anything else. The broken variants are caught:
   the same patches written in place (pwrite + fsync each) leave a mix, and
-  the staged copy committed without fsync (``durability="none"``) is caught
-  on ext4.
+  the staged copy committed without fsync (``durability="none"``) leaves an
+  empty file on ext4 and the old content after return on xfs. A ``kill -9``
+  after every syscall of the same patch: old or new, staged files all swept.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from crashsafe.errors import VerificationError
 from tests import children
 from tests.harness import power_cut, traces
 from tests.harness.checks import entries, leftovers
-from tests.harness.mounts import loop_mount
+from tests.harness.mounts import loop_mount, tmpfs
 from tests.harness.one_file import check_durable, commit_of, durable_marks
 from tests.harness.payloads import durable_put, read_or_none
 from tests.harness.power_cut import WRITERS
@@ -228,6 +230,20 @@ def test_validators_see_the_whole_updated_file(workdir: Path, staging: str, mode
         f.seek(6)
         f.write(b"2}")
     assert target.read_bytes() == b'{"a": 2}'
+
+
+@pytest.mark.parametrize("mode", ["r+b", "a+"])
+def test_no_room_for_the_copy_is_enospc_naming_the_target(mode: str) -> None:
+    # A tmpfs has no reflink: the copy needs room for every byte, reserved first.
+    with tmpfs(size_kb=1024) as mnt:
+        target = mnt / "f"
+        old = os.urandom(700 << 10)
+        target.write_bytes(old)
+        with pytest.raises(OSError) as info:
+            crashsafe.AtomicFile(target, mode)  # type: ignore[call-overload]
+        assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(target))
+        assert target.read_bytes() == old
+        assert entries(mnt) == ["f"]
 
 
 def test_zipfile_appends_a_member_through_r_plus_b(workdir: Path, staging: str) -> None:
