@@ -227,7 +227,7 @@ def test_a_flag_that_is_not_a_bool_raises_type_error_before_anything_is_created(
     assert entries(workdir) == ["f", "src"]
 
 
-@pytest.mark.parametrize("mode", ["r", "rb", "r+", "w+", "wb+", "", "bw", "wx", "U", "wbt"])
+@pytest.mark.parametrize("mode", ["r", "rb", "rb+", "wb+", "+", "", "bw", "wx", "U", "wbt"])
 @pytest.mark.parametrize("api", ["atomic_open", "AtomicFile"])
 def test_bad_mode_raises_value_error_naming_the_valid_modes(
     workdir: Path, staging: str, api: str, mode: str

@@ -71,6 +71,14 @@ def for_each_text(p: str) -> None:
         reveal_type(f)  # R: typing.BinaryIO
     with atomic_open(p, "wb") as g:
         reveal_type(g)  # R: typing.BinaryIO
+    with atomic_open(p, "r+b") as h:
+        reveal_type(h)  # R: typing.BinaryIO
+    with atomic_open(p, "a+") as i:
+        reveal_type(i)  # R: typing.TextIO
+    with atomic_open(p, "w+t") as j:
+        reveal_type(j)  # R: typing.TextIO
+    reveal_type(AtomicFile(p, "r+"))  # R: crashsafe.atomic.AtomicFile[typing.TextIO]
+    reveal_type(AtomicFile(p, "a+b").file)  # R: typing.BinaryIO
 """
 
 BAD = {
@@ -158,7 +166,7 @@ def test_mypy_types_files_by_mode_and_refuses_wrong_writes_and_modes(tmp_path: P
         for number, text in enumerate(GOOD.splitlines(), 1)
         if "# R:" in text
     }
-    assert len(expected) == 17
+    assert len(expected) == 22
     assert revealed == {n: f'Revealed type is "{t}"' for n, t in expected.items()}, lines
 
     for name, body in BAD.items():

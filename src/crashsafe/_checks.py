@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_ENCODING",
     "DURABILITIES",
     "MODES",
+    "MUST_EXIST",
     "BinaryMode",
     "BytesLike",
     "Durability",
@@ -38,8 +39,8 @@ Durability = Literal["durable", "consistent", "none"]
 # The modes, as types: a mode held in a variable needs one of these (or a
 # Literal of its own) for atomic_open and AtomicFile to be typed by it; a plain
 # str is refused by the type checker, as "r" is.
-TextMode = Literal["w", "wt", "x", "xt", "a", "at"]
-BinaryMode = Literal["wb", "xb", "ab"]
+TextMode = Literal["w", "wt", "x", "xt", "a", "at", "r+", "r+t", "a+", "a+t", "w+", "w+t"]
+BinaryMode = Literal["wb", "xb", "ab", "r+b", "a+b", "w+b"]
 # The encoding of text modes and of str data when none is given: UTF-8, as
 # Python's own default from 3.15 (PEP 686), never the locale's.
 DEFAULT_ENCODING: Final = "utf-8"
@@ -76,7 +77,20 @@ MODES: Final[dict[str, tuple[str, bool, bool]]] = {
     "a": ("a", True, True),
     "at": ("a", True, True),
     "ab": ("ab", True, True),
+    # The update modes: the staged file is readable too. r+ and a+ start from
+    # a copy of the current content (see UPDATE_MODES); w+ starts empty.
+    "r+": ("r+", True, True),
+    "r+t": ("r+", True, True),
+    "r+b": ("r+b", True, True),
+    "a+": ("a+", True, True),
+    "a+t": ("a+", True, True),
+    "a+b": ("a+b", True, True),
+    "w+": ("w+", True, False),
+    "w+t": ("w+", True, False),
+    "w+b": ("w+b", True, False),
 }
+# Modes whose target must exist, as open()'s r+: a missing one is FileNotFoundError.
+MUST_EXIST: Final = frozenset({"r+", "r+t", "r+b"})
 
 
 def unnamed_os_error(error: object) -> TypeGuard[OSError]:

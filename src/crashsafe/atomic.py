@@ -30,6 +30,7 @@ another name; without the directory sync), :attr:`~AtomicFile.descriptor`.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -42,6 +43,7 @@ from crashsafe import _platform
 from crashsafe._checks import (
     DEFAULT_ENCODING,
     MODES,
+    MUST_EXIST,
     BinaryMode,
     BytesLike,
     Durability,
@@ -98,7 +100,24 @@ class AtomicFile(Generic[_F_co]):
     *follow_symlinks* says; one that appears before the commit makes commit
     raise it, atomically, even against racing writers) and ``a``, ``ab`` (the
     old content, then what is written, published at once; concurrent
-    appenders need a lock to not lose each other's appends). ``t`` may be
+    appenders need a lock to not lose each other's appends), and the update
+    modes, with ``open()``'s meaning: ``r+``, ``r+b`` (the file must exist:
+    a missing one raises :class:`FileNotFoundError` naming *path* before
+    anything is created, *parents* included; the staged file starts as a
+    copy of the current content, positioned at 0), ``a+``, ``a+b`` (the same
+    copy, or an empty file if there is none; writes land at the end, as
+    with ``O_APPEND``, wherever a seek put the position, and reads start
+    wherever a seek puts it) and ``w+``, ``w+b`` (starts empty). In all
+    three :attr:`file` is readable, writable and seekable, and nothing
+    reaches *path* before :meth:`commit`. The copy is a reflink
+    (``FICLONE``: shared blocks, no data moved) where the filesystem has
+    one (xfs, btrfs), else a copy in the kernel (``copy_file_range``); a
+    target written in place during the copy (its size, mtime or ctime
+    changed) raises :class:`~crashsafe.VerificationError` and publishes
+    nothing. A change to the target after the copy is not seen: the last
+    commit wins, as with every write; read-modify-write among several
+    writers needs a :class:`~crashsafe.FileLock` held from before the
+    open to after the commit. ``t`` may be
     added to a text mode. A text mode's
     *encoding* is UTF-8 unless given (:data:`DEFAULT_ENCODING`), whatever
     the locale.
@@ -242,11 +261,13 @@ class AtomicFile(Generic[_F_co]):
         # except for create-only: a link there is an entry, which it refuses.
         # A target given by a sibling is in a directory that sibling owns.
         self._owns_dir = target is None
+        must_exist = mode in MUST_EXIST
         if target is None:
             target = locate(
                 self.path,
                 follow_symlinks and self._replace,
-                parents=parents,
+                # r+ of a missing file creates nothing, no directory either.
+                parents=parents and not must_exist,
                 sync_parents=durability == "durable",
             )
         self._dir, self._name, old = target
@@ -254,6 +275,8 @@ class AtomicFile(Generic[_F_co]):
         self._temp: str | None = None
         try:
             existing = replaced_file(old, self._replace, self.path)
+            if must_exist:
+                _refuse_missing(existing, old, self.path)
 
             # Steps 2 and 3: the temporary file, with its owner, then its
             # exact mode, before a byte of data is in it.
@@ -270,12 +293,7 @@ class AtomicFile(Generic[_F_co]):
                 )
                 self._state = "open"
 
-            if keep_old and existing:
-                source = self._dir.open_read(self._name)
-                try:
-                    _platform.copy_into(source, self._fd)
-                finally:
-                    os.close(source)
+            self._start_content(file_mode, keep_old and existing is not None)
             # The file object is made on first use of .file: atomic_write and
             # the batch and transaction writers need none, and it costs three
             # syscalls. A text one is made now, so a bad encoding fails here.
@@ -288,6 +306,41 @@ class AtomicFile(Generic[_F_co]):
         except BaseException as e:
             self._fail(e)
             raise
+
+    def _start_content(self, file_mode: str, copy: bool) -> None:
+        """With *copy*, put the target's current content in the staged file (a
+        reflink where the filesystem has one, else a copy in the kernel),
+        checked to be whole; in an append mode, make writes land at the end."""
+        assert self._fd is not None
+        append = file_mode.startswith("a")
+        if not copy:
+            if append:
+                _platform.append_only(self._fd)
+            return
+        source = self._dir.open_read(self._name)
+        try:
+            before = os.fstat(source)
+            if not stat.S_ISREG(before.st_mode):  # replaced since the lstat
+                raise OSError(errno.EINVAL, "Not a regular file; only those are replaced")
+            copied, _ = _platform.copy_data(source, self._fd, before.st_size)
+            after = os.fstat(source)
+        finally:
+            os.close(source)
+        # Someone writing the target in place during the copy would give a
+        # copy that is neither their content nor the old: refused, as
+        # atomic_copy refuses a source that changed. (A writer after the copy
+        # is not seen: the last commit wins, as for every write.)
+        if copied != before.st_size or _changed(before, after):
+            raise VerificationError(
+                f"the file changed while its content was copied to the staged file "
+                f"(size {before.st_size} -> {after.st_size} bytes, {copied} copied); "
+                "nothing was published",
+                self.path,
+            )
+        if append:
+            _platform.append_only(self._fd)  # after the copy: FICLONE refuses O_APPEND
+        else:
+            os.lseek(self._fd, 0, os.SEEK_SET)
 
     @property
     def file(self) -> _F_co:
@@ -532,6 +585,26 @@ class AtomicFile(Generic[_F_co]):
 
     def __repr__(self) -> str:
         return f"<crashsafe.AtomicFile {self.path!r} {self._state}>"
+
+
+def _refuse_missing(
+    existing: _platform.Status | None, old: _platform.Status | None, path: str
+) -> None:
+    """Raise what ``open(path, "r+")`` would where there is no regular file to
+    update (*existing* None): a missing one, or a symlink not to be followed."""
+    if existing is not None:
+        return
+    if old is not None and stat.S_ISLNK(old.st_mode):
+        raise OSError(errno.ELOOP, "Is a symbolic link, and follow_symlinks is False", path)
+    raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+
+
+def _changed(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
 
 
 # At the end: they build on AtomicFile, and _writes imports it from here.

@@ -20,11 +20,17 @@ def copy_into(src_fd: int, dst_fd: int) -> None:
     """Copy all of *src_fd* to the empty *dst_fd*, then make *dst_fd* append-only
     so later writes land after the copy, as with ``open('a')``.
     """
+    copy_data(src_fd, dst_fd, os.fstat(src_fd).st_size)
+    append_only(dst_fd)
+
+
+def append_only(fd: int) -> None:
+    """Make every later write to *fd* land at its end (``O_APPEND``), as ``open('a')``
+    does, and move its position there."""
     import fcntl
 
-    copy_data(src_fd, dst_fd, os.fstat(src_fd).st_size)
-    os.lseek(dst_fd, 0, os.SEEK_END)
-    fcntl.fcntl(dst_fd, fcntl.F_SETFL, fcntl.fcntl(dst_fd, fcntl.F_GETFL) | os.O_APPEND)
+    os.lseek(fd, 0, os.SEEK_END)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
 
 
 def copy_data(

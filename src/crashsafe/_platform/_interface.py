@@ -157,6 +157,10 @@ class Backend(Protocol):
         """Copy all of *src_fd* into the empty *dst_fd*; later writes to *dst_fd*
         land after the copy (append mode)."""
 
+    def append_only(self, fd: int) -> None:
+        """Make every later write to *fd* land at its end, as a file opened with
+        ``O_APPEND`` (append mode of a file with no old content)."""
+
     def fsync_file(self, fd: int) -> None:
         """Flush the open file *fd* to stable storage, the strongest way the
         platform has."""

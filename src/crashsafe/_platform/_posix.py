@@ -32,7 +32,7 @@ assert sys.platform != "win32", "crashsafe._platform._posix is not for Windows"
 
 # Below the assert: _copy, _linux and _native are POSIX-only too, so that for
 # Windows their names do not exist.
-from crashsafe._platform._copy import copy_data, copy_into  # noqa: E402
+from crashsafe._platform._copy import append_only, copy_data, copy_into  # noqa: E402
 from crashsafe._platform._linux import boot_tag, process_start  # noqa: E402
 from crashsafe._platform._linux import proc_path as reopen_path  # noqa: E402
 from crashsafe._platform._native import _status, signals_deferred  # noqa: E402
@@ -40,6 +40,7 @@ from crashsafe._platform._native import _status, signals_deferred  # noqa: E402
 __all__ = [
     "Directory",
     "Status",
+    "append_only",
     "boot_tag",
     "copy_data",
     "copy_into",

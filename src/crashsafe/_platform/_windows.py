@@ -32,6 +32,7 @@ from crashsafe._platform._status import Status
 __all__ = [
     "Directory",
     "Status",
+    "append_only",
     "boot_tag",
     "copy_data",
     "copy_into",
@@ -258,6 +259,12 @@ def set_metadata(fd: int, mode: int, owner: tuple[int, int] | None) -> None:
     cannot be replaced by ``MoveFileExW``, so setting it would break the next
     write.
     """
+
+
+def append_only(fd: int) -> None:
+    """Move *fd*'s position to its end: Windows cannot add ``O_APPEND`` to an open
+    descriptor, so a write after a seek lands where the seek put it."""
+    os.lseek(fd, 0, os.SEEK_END)
 
 
 def copy_into(src_fd: int, dst_fd: int) -> None:
