@@ -311,4 +311,4 @@ def _walk(top: str) -> list[str]:
             path = os.path.join(root, name)
             if stat.S_ISREG(os.lstat(path).st_mode):
                 found.append(path)
-    return found
+    return sorted(found)
