@@ -328,3 +328,52 @@ def test_processes_recording_and_compacting_at_once_lose_nothing(workdir: Path) 
         for i in range(25):
             assert items[str(files / f"w{w}-{i}")] == sha256(b"%d %d" % (w, i))
     assert dict(fresh_items(store_path)) == items
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b'{"format": "crashsafe-checksums", "version": 2}\n', '"generation" and "snapshot_bytes"'),
+        (
+            b'{"format": "crashsafe-checksums", "version": 2, "generation": "g", '
+            b'"snapshot_bytes": 0}\n[]\n',
+            'line 2 is not {"sha256": {...}}',
+        ),
+        (
+            b'{"format": "crashsafe-checksums", "version": 2, "generation": "g", '
+            b'"snapshot_bytes": 0}\n{"sha256": {"/a": 1}}\n',
+            "the digest of '/a'",
+        ),
+        (b'{"format": "crashsafe-checksums", "version": 1, "sha256": {"/a": "x"}}\n', "64 hex"),
+        (b'{"format": "other"}\n{"sha256": {}}\n', "trailing data"),
+    ],
+)
+def test_a_damaged_header_or_line_is_named(workdir: Path, content: bytes, says: str) -> None:
+    path = workdir / "sums.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(JSONDocumentError) as caught:
+        ChecksumStore(path).items()
+    assert says in str(caught.value)
+    assert caught.value.filename == str(path)
+    assert path.read_bytes() == content
+
+
+def test_a_version_1_document_on_one_line_is_read(workdir: Path) -> None:
+    path = workdir / "sums.json"
+    digest = sha256(b"a")
+    path.write_text(
+        json.dumps({"format": "crashsafe-checksums", "version": 1, "sha256": {"/a": digest}}) + "\n"
+    )
+    assert ChecksumStore(path).items() == [("/a", digest)]
+
+
+def test_a_fifo_at_the_store_path_is_refused_without_waiting(workdir: Path) -> None:
+    path = workdir / "sums.jsonl"
+    os.mkfifo(path)
+    (workdir / "f").write_bytes(b"f")
+    store = ChecksumStore(path)
+    assert repr(store) == f"<crashsafe.ChecksumStore {str(path)!r}>"
+    for call in (store.items, lambda: store.record(workdir / "f"), lambda: store.forget("/f")):
+        with pytest.raises(OSError, match="Not a regular file") as caught:
+            call()
+        assert caught.value.filename == str(path)
