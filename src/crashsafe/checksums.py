@@ -49,7 +49,7 @@ from crashsafe import _platform
 from crashsafe._checks import Durability, check_options, check_timeout
 from crashsafe.atomic import atomic_write
 from crashsafe.errors import NotRecordedError
-from crashsafe.locking import FileLock
+from crashsafe.locking import FileLock, lock_file_for
 
 __all__ = ["ChecksumStore", "NotRecordedError", "sha256_file"]
 
@@ -169,7 +169,8 @@ class ChecksumStore:
         A path that is a directory (a symlink to one included) is walked
         whole: every regular file under it is recorded, in sorted order;
         symlinks and special files met in the walk are skipped, and
-        subdirectories reached through a symlink are not entered. Any other
+        subdirectories reached through a symlink are not entered; the store
+        and its lock file are left out of a walk. Any other
         path is read as :meth:`record` reads it. All or nothing: every file is
         read before the store is locked, and any error (the :class:`OSError`
         of reading a file, as :meth:`record` raises it, or of walking a
@@ -177,10 +178,13 @@ class ChecksumStore:
         nothing.
         """
         digests: dict[str, str] = {}
+        # A walk of the store's own directory leaves out the store and its lock file,
+        # which change with every commit.
+        own = _identities(self.path, lock_file_for(self.path))
         for path in paths:
             key = _key(path)
             if os.path.isdir(key):
-                for name in _walk(key):
+                for name in _walk(key, own):
                     digests[name] = _digest(name, name)
             else:
                 digests[key] = _digest(key, path)
@@ -298,8 +302,21 @@ def _digest(key: str, file: str | os.PathLike[str]) -> str:
         raise
 
 
-def _walk(top: str) -> list[str]:
-    """The regular files under the directory *top*, sorted; errors raise."""
+def _identities(*paths: str) -> set[tuple[int, int]]:
+    """(device, inode) of those of *paths* that exist."""
+    found = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def _walk(top: str, leave_out: set[tuple[int, int]]) -> list[str]:
+    """The regular files under the directory *top*, sorted, but those in *leave_out*
+    (by device and inode); errors raise."""
 
     def fail(error: OSError) -> None:
         raise error
@@ -307,8 +324,9 @@ def _walk(top: str) -> list[str]:
     found = []
     for root, dirs, files in os.walk(top, onerror=fail):
         dirs.sort()
-        for name in sorted(files):
+        for name in files:
             path = os.path.join(root, name)
-            if stat.S_ISREG(os.lstat(path).st_mode):
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in leave_out:
                 found.append(path)
     return sorted(found)
