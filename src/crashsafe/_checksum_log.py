@@ -183,6 +183,9 @@ def current(path: str, fd: int | None = None) -> Iterator[State | None]:
         assert fd is not None
         try:
             state = _refresh(path, fd, _cache.get(path))
+        except BaseException:
+            _cache.pop(path, None)  # it may hold part of what failed: read whole next time
+            raise
         finally:
             if own:
                 os.close(fd)
