@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import checksums
 import large
 import misc
 import objectstore
@@ -111,6 +112,9 @@ def main() -> int:
         sections.append(small.many_files(work, plan.many, plan.many_reps))
         step("update_json")
         sections.append(misc.update_json(work, plan.small_n, plan.small_reps))
+        step("checksum store")
+        sections.append(checksums.growth(work, plan.small_n * 5, 5 if plan is FULL else 3))
+        sections.append(checksums.many(work, plan.many * 10))
         step("append to a large file")
         sections.append(misc.append_large(work, plan.large >> 2, plan.large_reps))
         step("import time")

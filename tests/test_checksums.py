@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pickle
 import random
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from crashsafe.checksums import ChecksumStore, NotRecordedError, sha256_file
-from crashsafe.documents import JSONDocumentError, read_json
+from crashsafe.documents import JSONDocumentError
 from tests.children import Child, spawned
 from tests.harness import crash
 from tests.harness.checks import entries, leftovers
@@ -49,19 +50,19 @@ def test_record_returns_and_stores_the_sha256(workdir: Path) -> None:
     assert sha256_file(workdir / "bin") == sha256(data)
 
 
-def test_the_store_is_a_readable_json_document(workdir: Path) -> None:
+def test_the_store_is_readable_json_lines(workdir: Path) -> None:
     store = ChecksumStore(workdir / "sums.json")
     (workdir / "b").write_bytes(b"b")
     (workdir / "a").write_bytes(b"a")
     store.record(workdir / "b")
     store.record(workdir / "a")
-    assert read_json(workdir / "sums.json") == {
-        "format": "crashsafe-checksums",
-        "version": 1,
-        "sha256": {str(workdir / "a"): sha256(b"a"), str(workdir / "b"): sha256(b"b")},
-    }
-    text = (workdir / "sums.json").read_text()
-    assert text.index(str(workdir / "a")) < text.index(str(workdir / "b"))  # sorted, diffable
+    lines = [json.loads(line) for line in (workdir / "sums.json").read_text().splitlines()]
+    assert lines[0]["format"] == "crashsafe-checksums"
+    assert lines[0]["version"] == 2
+    assert lines[1:] == [
+        {"sha256": {str(workdir / "b"): sha256(b"b")}},  # the store made with it
+        {"sha256": {str(workdir / "a"): sha256(b"a")}},  # appended
+    ]
     assert entries(workdir) == [".sums.json.lock", "a", "b", "sums.json"]
 
 
@@ -266,7 +267,8 @@ def test_paths_are_keyed_absolute_and_normalised_without_resolving_symlinks(
         (b'{"format": "crashsafe-checksums", "version": 1, "sha256": {', "truncated"),
         (b"", "empty"),
         (b"[]", "not a crashsafe checksum store"),
-        (b'{"format": "crashsafe-checksums", "version": 2, "sha256": {}}', "version 2"),
+        (b'{"format": "crashsafe-checksums", "version": 3, "sha256": {}}', "version 3"),
+        (b'{"format": "crashsafe-checksums", "version": 3}\n{"sha256": {}}\n', "version 3"),
         (b'{"format": "crashsafe-checksums", "version": 1, "sha256": []}', "not an object"),
         (b'{"format": "crashsafe-checksums", "version": 1, "sha256": {"/f": "abc"}}', "64 hex"),
     ],

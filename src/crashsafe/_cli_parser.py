@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from crashsafe._cli_checksums import add_parser as _add_checksums
+
 __all__ = ["FORMATS", "build_parser"]
 
 _DESCRIPTION = """\
@@ -481,4 +483,5 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_torture(commands)
     _add_crashcheck(commands)
+    _add_checksums(commands)
     return parser

@@ -1,20 +1,31 @@
 """A persistent record of files' SHA-256 digests, safe across processes and crashes.
 
-The store is one JSON document, readable by people and by ``jq``::
+The store is a JSON Lines file, readable by people and by ``jq`` (``jq -s .``
+reads it as an array)::
 
-    {
-      "format": "crashsafe-checksums",
-      "version": 1,
-      "sha256": {
-        "/usr/local/bin/hook": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-      }
-    }
+    {"format": "crashsafe-checksums", "version": 2, "generation": "6f1c...", ...}
+    {"sha256": {"/usr/local/bin/hook": "9f86d081884c7d65...b0f00a08"}}
+    {"sha256": {"/usr/local/bin/hook": null}}
 
-Every change is a locked read-modify-write of that document
-(:class:`~crashsafe.locking.FileLock` on the store, then
-:func:`crashsafe.atomic_write`), so processes that record at the same time
-never lose each other's entries, and a writer killed at any instant leaves the
-old store or the new one, never a damaged one. Reads take no lock.
+After the header, each line is one commit: its ``sha256`` object sets the
+digests of the paths it names, and ``null`` forgets one; later lines win.
+:meth:`ChecksumStore.record`, :meth:`~ChecksumStore.record_many` and
+:meth:`~ChecksumStore.forget` append one line under the store's
+:class:`~crashsafe.locking.FileLock` and fsync it, so processes that record at
+the same time never lose each other's entries and a commit is durable on
+return. When the appended lines outgrow the live entries (or a crash left a
+torn last line) the writer compacts: it writes the live entries, one a line
+and sorted by path, with :func:`crashsafe.atomic_write`. A ``kill -9`` or a
+power cut at any instant leaves a store that reads as the records committed
+before it, each one whole, never a damaged one (:mod:`crashsafe._checksum_log`
+says why a torn line is always recognised). Reads take no lock, and a process
+reads only what was appended since its last read.
+
+Stores written by crashsafe before this format (one JSON document,
+``"version": 1``) are read as before and rewritten as version 2 by their next
+change. A crashsafe that reads only version 1 refuses a version 2 store with
+:class:`~crashsafe.JSONDocumentError` ("trailing data after the document")
+and never overwrites it.
 
 Files are keyed by ``os.path.abspath``: absolute, taken against the current
 directory at the call, normalised lexically (``a/./b``, ``a//b`` and
@@ -30,20 +41,22 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Iterable
+from typing import Final
 
+from crashsafe import _checksum_log as _log
 from crashsafe import _platform
 from crashsafe._checks import Durability, check_options, check_timeout
-from crashsafe.documents import read_json, write_json
-from crashsafe.errors import JSONDocumentError, NotRecordedError
-from crashsafe.locking import FileLock
+from crashsafe.atomic import atomic_write
+from crashsafe.errors import NotRecordedError
+from crashsafe.locking import FileLock, lock_file_for
 
 __all__ = ["ChecksumStore", "NotRecordedError", "sha256_file"]
 
 _CHUNK: Final = 1 << 20
-_FORMAT: Final = "crashsafe-checksums"
-_VERSION: Final = 1
+# Appended bytes allowed beyond the snapshot's size before a compaction (and at
+# least this many): a geometric growth, so compaction costs O(1) a commit.
+_MIN_LOG: Final = 64 << 10
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -98,21 +111,25 @@ def _name(error: OSError, key: str, file: str | os.PathLike[str]) -> None:
 
 
 class ChecksumStore:
-    """SHA-256 digests of files, kept in the JSON document *path*.
+    """SHA-256 digests of files, kept in the store file *path* (JSON Lines).
 
-    :meth:`record` and :meth:`forget` change the store under its lock and
-    write it atomically with *perm* and *durability* (as for
-    :func:`crashsafe.atomic_write`; the store's lock file is
-    ``.NAME.lock`` beside it). They wait at most *timeout* seconds for the
-    lock (None: as long as it takes), then raise
-    :class:`~crashsafe.LockTimeoutError`. A missing store is an
-    empty one; it is created by the first :meth:`record`. A bad *perm* or
-    *durability* raises :class:`ValueError` here, at construction.
+    :meth:`record`, :meth:`record_many` and :meth:`forget` change the store
+    under its lock (the lock file is ``.NAME.lock`` beside it), waiting at most
+    *timeout* seconds for it (None: as long as it takes), then raising
+    :class:`~crashsafe.LockTimeoutError`. A change is one line appended and,
+    unless *durability* is ``"none"``, fsynced before the call returns; a
+    compaction (and the creation of the store) is a
+    :func:`crashsafe.atomic_write` with *perm* and *durability*. A missing
+    store is an empty one; it is created by the first change. A bad *perm*,
+    *durability* or *timeout* raises :class:`ValueError` here, at
+    construction, not at the first write.
 
-    Every method raises :class:`~crashsafe.JSONDocumentError` if the
+    The reading methods raise :class:`~crashsafe.JSONDocumentError` if the
     store file is damaged or is not a checksum store; a damaged store is never
-    overwritten. A bad *perm*, *durability* or *timeout* raises
-    :class:`ValueError` here, not at the first write.
+    rewritten. (A change appends after checking the header and the last byte
+    only, so that it costs the same at any size; damage elsewhere is found by
+    the next read or compaction.) The methods are safe to call from several
+    threads and processes at once.
     """
 
     def __init__(
@@ -141,18 +158,39 @@ class ChecksumStore:
         naming *file* as given, with the store untouched.
         """
         key = _key(file)
-        try:
-            digest = sha256_file(key)
-        except OSError as e:
-            _name(e, key, file)
-            raise
-
-        def put(files: dict[str, str]) -> bool:
-            files[key] = digest
-            return True
-
-        self._change(put)
+        digest = _digest(key, file)
+        self._commit({key: digest})
         return digest
+
+    def record_many(self, paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
+        """Record every file of *paths* in one commit (one line, one fsync); return
+        ``{key: hex digest}`` in the order recorded.
+
+        A path that is a directory (a symlink to one included) is walked
+        whole: every regular file under it is recorded, in sorted order;
+        symlinks and special files met in the walk are skipped, and
+        subdirectories reached through a symlink are not entered; the store
+        and its lock file are left out of a walk. Any other
+        path is read as :meth:`record` reads it. All or nothing: every file is
+        read before the store is locked, and any error (the :class:`OSError`
+        of reading a file, as :meth:`record` raises it, or of walking a
+        directory) raises with the store untouched. An empty *paths* writes
+        nothing.
+        """
+        digests: dict[str, str] = {}
+        # A walk of the store's own directory leaves out the store and its lock file,
+        # which change with every commit.
+        own = _identities(self.path, lock_file_for(self.path))
+        for path in paths:
+            key = _key(path)
+            if os.path.isdir(key):
+                for name in _walk(key, own):
+                    digests[name] = _digest(name, name)
+            else:
+                digests[key] = _digest(key, path)
+        if digests:
+            self._commit(digests)
+        return digests
 
     def verify(self, file: str | os.PathLike[str]) -> bool:
         """Whether *file* still has the recorded SHA-256.
@@ -163,10 +201,12 @@ class ChecksumStore:
         recorded (or was forgotten): "unknown" is neither "intact" nor
         "changed", and a caller that checks a list of files should decide what
         an unknown one means. Other :class:`OSError` of reading it
-        (``PermissionError``) propagate, naming *file* as given.
+        (``PermissionError``) propagate, naming *file* as given. The store is
+        read only as far as it grew since this process last read it.
         """
         key = _key(file)
-        expected = self._files().get(key)
+        with _log.current(self.path) as state:
+            expected = None if state is None else state.files.get(key)
         if expected is None:
             raise NotRecordedError(key, os.fsdecode(os.fspath(file)), self.path)
         try:
@@ -181,50 +221,112 @@ class ChecksumStore:
     def forget(self, file: str | os.PathLike[str]) -> None:
         """Remove *file*'s entry; nothing happens (and nothing is written) if there is none."""
         key = _key(file)
-
-        def drop(files: dict[str, str]) -> bool:
-            return files.pop(key, None) is not None
-
-        self._change(drop)
+        self._commit({key: None}, unless_missing=key)
 
     def items(self) -> list[tuple[str, str]]:
         """A snapshot of the store: (path, hex digest) pairs sorted by path."""
-        return sorted(self._files().items())
+        with _log.current(self.path) as state:
+            return [] if state is None else sorted(state.files.items())
 
-    def _files(self) -> dict[str, str]:
-        document = read_json(self.path, None)
-        return {} if document is None else self._check(document)
-
-    def _check(self, document: Any) -> dict[str, str]:
-        def bad(why: str) -> JSONDocumentError:
-            return JSONDocumentError(self.path, f"not a crashsafe checksum store: {why}")
-
-        if not isinstance(document, dict) or document.get("format") != _FORMAT:
-            raise bad(f'expected an object with "format": "{_FORMAT}"')
-        if document.get("version") != _VERSION:
-            raise bad(f"version {document.get('version')!r}; this crashsafe reads {_VERSION}")
-        files = document.get("sha256")
-        if not isinstance(files, dict):
-            raise bad('"sha256" is not an object')
-        for name, digest in files.items():
-            if not (isinstance(digest, str) and len(digest) == 64 and _is_hex(digest)):
-                raise bad(f"the digest of {name!r} is not 64 hex digits")
-        return files
-
-    def _change(self, change: Callable[[dict[str, str]], bool]) -> None:
+    def _commit(self, changes: _log.Changes, *, unless_missing: str | None = None) -> None:
+        """Append *changes* as one line (or compact with them), under the lock;
+        with *unless_missing*, only if that key is in the store."""
+        line = _log.dump_line(changes)  # a path UTF-8 cannot hold raises before the lock
         with FileLock(self.path, timeout=self.timeout):
-            files = self._files()
-            if change(files):
-                document = {
-                    "format": _FORMAT,
-                    "version": _VERSION,
-                    "sha256": dict(sorted(files.items())),
-                }
-                write_json(self.path, document, perm=self.perm, durability=self.durability)
+            try:
+                fd = _platform.open_appending(self.path)
+            except FileNotFoundError:
+                if unless_missing is None:
+                    self._compact(None, changes)
+                return
+            try:
+                if unless_missing is not None:
+                    with _log.current(self.path, fd) as state:
+                        if state is None or unless_missing not in state.files:
+                            return
+                if not self._append(fd, line):
+                    self._compact(fd, changes)
+            finally:
+                os.close(fd)
+
+    def _append(self, fd: int, line: bytes) -> bool:
+        """Append *line* and sync it; False (nothing written) where the store must
+        be compacted instead: version 1, a torn last line, or a log grown past
+        its bound."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "Not a regular file", self.path)
+        found = _log.header_of(self.path, _log.read_at(fd, 0, _log.HEAD_READ))
+        if found is None:
+            return False  # version 1: upgraded by the compaction, which checks it whole
+        header, snapshot = found
+        grown = st.st_size - len(header) - snapshot
+        if not 0 <= grown <= max(snapshot, _MIN_LOG) - len(line):
+            return False
+        if _log.read_at(fd, st.st_size - 1, 1) != b"\n":
+            return False  # a torn line at the end: never append after it
+        view = memoryview(line)
+        while view:  # a short write (a full disk) leaves a torn line, skipped by readers
+            view = view[os.write(fd, view) :]
+        if self.durability != "none":
+            _platform.fsync_file(fd)
+        return True
+
+    def _compact(self, fd: int | None, changes: _log.Changes) -> None:
+        """Rewrite the store as its live entries with *changes* applied, atomically."""
+        with _log.current(self.path, fd) as state:
+            files = {} if state is None else dict(state.files)
+        for name, digest in changes.items():
+            if digest is None:
+                files.pop(name, None)
+            else:
+                files[name] = digest
+        content, header, snapshot = _log.dump_store(files)
+        _log.forget_cached(self.path)  # if the write fails half-way, read whole next time
+        atomic_write(self.path, content, perm=self.perm, durability=self.durability)
+        st = os.stat(self.path)
+        identity = (st.st_dev, st.st_ino)
+        lines = 1 + len(files)
+        state = _log.State(identity, header, snapshot, len(content), lines, files, _log.VERSION)
+        _log.remember(self.path, state)
 
     def __repr__(self) -> str:
         return f"<crashsafe.ChecksumStore {self.path!r}>"
 
 
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
+def _digest(key: str, file: str | os.PathLike[str]) -> str:
+    try:
+        return sha256_file(key)
+    except OSError as e:
+        _name(e, key, file)
+        raise
+
+
+def _identities(*paths: str) -> set[tuple[int, int]]:
+    """(device, inode) of those of *paths* that exist."""
+    found = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def _walk(top: str, leave_out: set[tuple[int, int]]) -> list[str]:
+    """The regular files under the directory *top*, sorted, but those in *leave_out*
+    (by device and inode); errors raise."""
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    found = []
+    for root, dirs, files in os.walk(top, onerror=fail):
+        dirs.sort()
+        for name in files:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in leave_out:
+                found.append(path)
+    return sorted(found)

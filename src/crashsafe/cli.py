@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, BinaryIO, Final
 
+from crashsafe import _cli_checksums
 from crashsafe._checks import BinaryMode, Validator
 from crashsafe._cli_parser import build_parser
 from crashsafe.atomic import AtomicFile
@@ -461,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": _doctor,
         "torture": _torture,
         "crashcheck": _crashcheck,
+        "checksums": _cli_checksums.run,
     }
     try:
         return commands[args.command](args)

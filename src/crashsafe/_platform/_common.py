@@ -32,6 +32,17 @@ def open_reading(path: str) -> int:
     return os.open(path, _READ)
 
 
+# The checksum store's log: appended to, read back, never truncated. O_RDWR, not
+# O_WRONLY: a FIFO planted at the name then opens at once instead of waiting.
+_APPEND: Final = os.O_RDWR | os.O_APPEND | getattr(os, "O_NONBLOCK", 0) | _EVERY_OPEN
+
+
+def open_appending(path: str) -> int:
+    """Open the existing file *path* for reading and appending (following
+    symlinks), never waiting on a FIFO, not inherited by child processes."""
+    return os.open(path, _APPEND)
+
+
 def create_private(path: str) -> int:
     """Create the new file *path* (an existing one raises ``FileExistsError``),
     mode 0o600, open for reading and writing."""

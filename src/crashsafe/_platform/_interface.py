@@ -203,6 +203,10 @@ class Backend(Protocol):
         """Whether *path* still names the file open as *fd* (it was not removed or
         replaced since it was opened)."""
 
+    def open_appending(self, path: str) -> int:
+        """Open the existing file *path* for reading and appending (following
+        symlinks), never waiting on a FIFO, not inherited by child processes."""
+
     def open_reading(self, path: str) -> int:
         """Open *path* read-only (following symlinks), never waiting on a FIFO,
         not inherited by child processes."""

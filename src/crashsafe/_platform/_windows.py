@@ -24,6 +24,7 @@ from crashsafe._platform._common import (
     directory_sync_unsupported,
     fresh_name,
     lock_file_linked,
+    open_appending,
     open_lock_file,
     open_reading,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "lock",
     "lock_file_linked",
     "make_directories",
+    "open_appending",
     "open_lock_file",
     "open_reading",
     "process_start",
