@@ -30,7 +30,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Final, overload
 
 from crashsafe.objectstore._url import is_url
 
@@ -54,11 +54,15 @@ _NAME_MAX = 255
 _TEMP_RE = re.compile(
     r"^\.(?P<stem>.*)\.[0-9a-f]{16}\.(?P<pid>\d+)-(?P<start>\d+)-(?P<host>[0-9a-f]{8})"
     + re.escape(MARKER)
-    # atomic_path's staged names: a token, the target's suffixes, SQLite's side files.
-    + r"(?:-path(?:\.[^.]+)*(?:-journal|-wal|-shm)?)?$",
+    # atomic_path's staged names: a token, the target's suffixes, SQLite's side files;
+    # or atomic_directory's: a staged tree, an old one, a version, a link, a probe.
+    + r"(?:-path(?:\.[^.]+)*(?:-journal|-wal|-shm)?|-(?P<tree>dir|old|ver|link|probe))?$",
     re.DOTALL,
 )
 _UNKNOWN_HOST = "00000000"
+# atomic_directory's names, after the marker: the kind of entry each must be
+# for sweep() to remove it (a directory, or the symlink of a swap).
+TREE_KINDS: Final = {"dir": "d", "old": "d", "ver": "d", "probe": "d", "link": "l"}
 
 # The owner part of the name, computed once per process; a forked child is a
 # different writer, so it starts afresh.
@@ -225,9 +229,14 @@ def sweep(
     removed: list[Path] = []
     opened = _platform.Directory(os.fsdecode(given))
     try:
+        links: dict[str, set[str]] = {}  # filled on first need by _sweep_tree
         for name in opened.names():
             match = _TEMP_RE.match(name)
             if match is None:
+                continue
+            if match["tree"] is not None:
+                if _sweep_tree(opened, name, match, links, dry_run):
+                    removed.append(base / name)
                 continue
             mtime = opened.mtime(name)
             if mtime is None:  # gone, or not a regular file
@@ -242,6 +251,56 @@ def sweep(
     if isinstance(given, bytes):
         return [os.path.join(given, os.fsencode(path.name)) for path in removed]
     return removed
+
+
+def _link_targets(opened: Any) -> set[str]:
+    """What the symlinks in the open directory point to: a version directory of
+    atomic_directory that one names is in use, whoever made it."""
+    import stat
+
+    targets = set()
+    for name in opened.names():
+        st = opened.lstat(name)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            targets.add(opened.readlink(name))
+    return targets
+
+
+def _sweep_tree(
+    opened: Any, name: str, match: re.Match[str], links: dict[str, set[str]], dry_run: bool
+) -> bool:
+    """Remove one of atomic_directory's entries if its writer is proven dead (a
+    version directory only when no symlink here names it); whether it was.
+
+    *links* caches, under ``"in use"``, what the directory's symlinks point to,
+    read once, when the first version directory is met."""
+    import stat
+
+    from crashsafe import _platform
+
+    st = opened.lstat(name)
+    if st is None:
+        return False
+    kind = TREE_KINDS[match["tree"]]
+    if (kind == "d" and not stat.S_ISDIR(st.st_mode)) or (
+        kind == "l" and not stat.S_ISLNK(st.st_mode)
+    ):
+        return False
+    # A tree whose writer cannot be proven dead (another host, another boot)
+    # is left: it may be a live writer's, and has no age of its own to judge by.
+    if _writer_alive(match, _platform.process_start) is not False:
+        return False
+    if match["tree"] == "ver":
+        if "in use" not in links:
+            links["in use"] = _link_targets(opened)
+        if name in links["in use"]:
+            return False
+    if not dry_run:
+        if kind == "d":
+            opened.remove_tree(name)
+        else:
+            opened.remove(name)
+    return True
 
 
 def is_temp_name(name: str) -> bool:
