@@ -260,6 +260,9 @@ def _link_targets(opened: Any) -> set[str]:
 
     targets = set()
     for name in opened.names():
+        # The temporary symlink of a swap never published keeps nothing alive.
+        if _TEMP_RE.match(name):
+            continue
         st = opened.lstat(name)
         if st is not None and stat.S_ISLNK(st.st_mode):
             targets.add(opened.readlink(name))
