@@ -484,7 +484,8 @@ def _old_tree(directory: Path, scheme: str) -> None:
             subprocess.run(["rm", "-rf", str(path)], check=True)
         else:
             path.unlink()
-    real = directory / (temp_name("t", "-ver") if scheme == "link" else "t")
+    # A version named by a writer that is dead, as a real one's would be by now.
+    real = directory / (_dead_writers_names("t")["ver"] if scheme == "link" else "t")
     real.mkdir()
     write_tree(real, 1)
     if scheme == "link":
@@ -497,18 +498,44 @@ def _outcome(target: Path) -> str:
     return {1: "old", 2: "new"}.get(found, str(found)) if isinstance(found, int) else found
 
 
-def _cut_tree(mnt: Path, writer: Path, extra: list[str], scheme: str) -> power_cut.PowerCutRun:
+def _live_version(target: Path) -> list[str]:
+    """The version directory the target's symlink names ([] for a real directory):
+    crashsafe's name, in use, which sweep() must keep."""
+    return [os.readlink(target)] if target.is_symlink() else []
+
+
+def _cut_tree(
+    mnt: Path, writer: Path, extra: list[str], scheme: str
+) -> tuple[power_cut.PowerCutRun, list[list[str]]]:
+    """A power cut after every syscall of *writer* replacing mnt/d/t; the run, and
+    for each trial the live version directory found after the remount."""
     directory = mnt / "d"
     directory.mkdir()
     target = directory / "t"
-    return power_cut.power_cut_every_syscall(
+    live: list[list[str]] = []
+
+    def inspect() -> str:
+        live.append(_live_version(target))
+        return _outcome(target)
+
+    run = power_cut.power_cut_every_syscall(
         mnt,
         writer,
         [str(target), "2", *extra],
         prepare=lambda: _old_tree(directory, scheme),
-        inspect=lambda: _outcome(target),
+        inspect=inspect,
         sweep_dir=directory,
     )
+    return run, live
+
+
+def _swept_all_but_the_live_version(run: power_cut.PowerCutRun, live: list[list[str]]) -> int:
+    """Check that sweep() left exactly the live version (if any) after every trial;
+    return how many staged, old or stale trees the crashes had left."""
+    assert len(live) == len(run.trials)
+    for trial, version in zip(run.trials, live, strict=True):
+        assert trial.left_after_sweep == version, (trial.point, trial.left_after_sweep)
+    return sum(len(t.leftovers) - len(v) for t, v in zip(run.trials, live, strict=True))
 
 
 @pytest.mark.slow
@@ -517,23 +544,32 @@ def test_power_cut_at_every_syscall_of_a_tree_replacement(
     cut_fs: tuple[str, Path], scheme: str
 ) -> None:
     fs, mnt = cut_fs
-    run = _cut_tree(mnt, DIR_ATOMIC, ["durable", scheme], scheme)
+    if scheme == "link" and fs != "xfs":
+        # About a minute a filesystem; its steps are plain renames and a symlink,
+        # which ext4 orders as xfs does (the exchange runs on both).
+        pytest.skip("the symlink scheme is cut on xfs only, for time")
+    run, live = _cut_tree(mnt, DIR_ATOMIC, ["durable", scheme], scheme)
     directory = mnt / "d"
     commit = commit_index(run.trace, "t")
     assert commit is not None
     dir_sync = dir_sync_index(run.trace, str(directory), commit)
     assert dir_sync is not None
-    _note(power_cut.describe(fs, f"atomic_directory {scheme}", run, f"commit #{commit}"))
+    debris = _swept_all_but_the_live_version(run, live)
+    _note(
+        power_cut.describe(fs, f"atomic_directory {scheme}", run, f"commit #{commit}")
+        + f"; trees left by cuts {debris}, all swept"
+    )
+    # Old or new, whole, at every point; old before the exchange (or the
+    # symlink's rename), new once the parent's fsync after it returned.
     assert power_cut.violations(run, commit, dir_sync) == []
     assert {t.outcome for t in run.trials} == {"old", "new"}
-    assert sum(len(t.leftovers) for t in run.trials) > 0  # cuts left staged or old trees...
-    assert [t.left_after_sweep for t in run.trials if t.left_after_sweep] == []  # ...swept
+    assert debris > 0  # cuts left staged, old or stale version trees, all swept
 
 
 @pytest.mark.slow
 def test_power_cut_harness_catches_an_exchange_without_fsync(cut_fs: tuple[str, Path]) -> None:
     fs, mnt = cut_fs
-    run = _cut_tree(mnt, DIR_BROKEN, [], "exchange")
+    run, _ = _cut_tree(mnt, DIR_BROKEN, [], "exchange")
     commit = commit_index(run.trace, "t")
     assert commit is not None
     bad = power_cut.violations(run, commit, None)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# At import, not in write_tree(): a writer imports this before its start
+# marker, so that no crash point is spent on importing.
+from tests.harness.payloads import classify_named, payload, read_or_none
+
 FILES = ("a.bin", "sub/b.bin", "sub/c.bin")
 SIZE = 12 << 10  # three 4 KiB blocks: a torn write shows
 
 
 def content(name: str, version: int) -> bytes:
-    from tests.harness.payloads import payload
-
     return name.encode() + b":" + payload(version, SIZE)
 
 
@@ -32,8 +34,6 @@ def classify_tree(root: Path) -> int | str:
     """The version of a complete tree at *root* (a symlink to one is followed), else
     what is wrong: "missing", "not a directory", "extra or missing entries", or
     the first file's fault ("a.bin: empty"), or "mixed versions"."""
-    from tests.harness.payloads import classify_named, read_or_none
-
     if not root.exists():
         return "missing"
     if not root.is_dir():
