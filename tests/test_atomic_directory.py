@@ -334,7 +334,7 @@ def test_without_the_exchange_a_real_directory_is_refused_saying_what_to_do(
 def _bindfs(tmp_path: Path) -> Iterator[Path]:
     """A bindfs (FUSE, libfuse 2) view of a fresh directory: no renameat2 flags."""
     require_root()
-    require_tools("bindfs", "fusermount")
+    require_tools("bindfs")
     under, mnt = tmp_path / "under", tmp_path / "mnt"
     under.mkdir()
     mnt.mkdir()

@@ -170,8 +170,12 @@ def sweep(
     """Remove crashsafe temporary files in *directory* whose writer is gone.
 
     Only entries that carry crashsafe's temporary-name marker and are regular
-    files are considered; symlinks, directories and every other name are never
-    touched, and nothing is followed. A file is removed when its writer is
+    files are considered, and :func:`~crashsafe.atomic_directory`'s trees
+    (``-dir`` staged, ``-old`` replaced, ``-ver`` versions, as directories, and
+    the ``-link`` symlink of a swap); every other entry and name is never
+    touched, and nothing is followed. A tree is removed, with all it holds,
+    only when its writer is proven dead (whatever *min_age* says), and a
+    version directory only when no symlink in *directory* points to it. A file is removed when its writer is
     proven dead: the name records the writer's pid, start time and boot, and on
     the same boot and pid namespace a live writer is recognised exactly (a
     reused pid has another start time). Where that proof is impossible (a file
