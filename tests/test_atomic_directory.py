@@ -236,6 +236,53 @@ report(**attempt(go))
     _only(workdir, "t")
 
 
+_EIO_CHILD = """
+from tests.writers.dir_tree import write_tree
+def go():
+    with crashsafe.atomic_directory(sys.argv[1]) as staged:
+        write_tree(staged, 2)
+report(**attempt(go))
+"""
+
+
+@pytest.mark.parametrize(("when", "raised"), [(1, "OSError"), (6, "NotDurableError")])
+def test_eio_from_an_fsync_is_never_retried_and_says_whether_the_tree_is_in_place(
+    workdir: Path, when: int, raised: str
+) -> None:
+    """EIO on the first file's fsync: nothing published, the staged tree removed.
+    On the parent's (the 6th): the new tree is in place, and NotDurableError says so."""
+    target = _tree(workdir / "t", 1)
+    child = run_traced(
+        _EIO_CHILD,
+        str(target),
+        trace=["fsync"],
+        inject=[f"fsync:error=EIO:when={when}"],
+        env={"PYTHONPATH": children.ROOT},
+    )
+    result = child.result
+    assert (result["raised"], result["errno"]) == (raised, errno.EIO), (result, child.stderr)
+    if when == 1:  # the file whose fsync failed, in the staged tree (removed since)
+        assert result["filename"].startswith(str(workdir / ".t."))
+        assert result["filename"].endswith(".crashsafe-tmp-dir/sub/b.bin")
+    else:
+        assert result["filename"] == str(target)
+    assert child.count("fsync") == when  # nothing after the failed one: never retried
+    assert classify_tree(target) == (1 if when == 1 else 2)
+    _only(workdir, "t")
+
+
+def test_a_symlink_to_a_missing_version_raises_before_anything_is_staged(
+    workdir: Path,
+) -> None:
+    (workdir / "t").symlink_to(temp_name("t", "-ver"))
+    with (
+        pytest.raises(NotADirectoryError, match="version"),
+        crashsafe.atomic_directory(workdir / "t"),
+    ):
+        pytest.fail("the block ran")
+    _only(workdir, "t")
+
+
 # --------------------------------------------------------------------------- sweep
 
 

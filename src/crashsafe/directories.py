@@ -246,6 +246,8 @@ class _StagedTree:
             if self._durability == "durable":
                 self._dir.sync()
         except OSError as e:
+            # The new tree is in place all the same: the old one is removed first.
+            self._remove_old()
             self._dir.close()
             raise NotDurableError(e.errno, e.strerror, self.path) from e
         try:

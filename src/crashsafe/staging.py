@@ -175,13 +175,14 @@ def sweep(
     the ``-link`` symlink of a swap); every other entry and name is never
     touched, and nothing is followed. A tree is removed, with all it holds,
     only when its writer is proven dead (whatever *min_age* says), and a
-    version directory only when no symlink in *directory* points to it. A file is removed when its writer is
-    proven dead: the name records the writer's pid, start time and boot, and on
-    the same boot and pid namespace a live writer is recognised exactly (a
-    reused pid has another start time). Where that proof is impossible (a file
-    written on another host or before a reboot, or a system without
-    ``/proc``), the file is removed only when it was last modified at least
-    *min_age* seconds ago.
+    version directory only when no symlink in *directory* points to it.
+
+    A file is removed when its writer is proven dead: the name records the
+    writer's pid, start time and boot, and on the same boot and pid namespace a
+    live writer is recognised exactly (a reused pid has another start time). Where
+    that proof is impossible (a file written on another host or before a reboot,
+    or a system without ``/proc``), the file is removed only when it was last
+    modified at least *min_age* seconds ago.
 
     Returns the paths removed: :class:`~pathlib.Path` objects, or bytes when
     *directory* is bytes (as :func:`os.listdir` answers in the type it is

@@ -418,7 +418,7 @@ class Directory:
         where = self.path
         try:
             for top, _, names, top_fd in os.fwalk(".", dir_fd=self.fd, topdown=False):
-                where = os.path.join(self.path, top)
+                where = os.path.normpath(os.path.join(self.path, top))
                 for name in names:
                     st = os.stat(name, dir_fd=top_fd, follow_symlinks=False)
                     if stat.S_ISREG(st.st_mode):
