@@ -686,6 +686,33 @@ def test_crashcheck_finds_nothing_in_the_symlink_scheme_on_bindfs(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("durability", ["durable", "consistent"])
+def test_crashcheck_finds_nothing_in_the_exchange(tmp_path: Path, durability: str) -> None:
+    """Every state the conservative model allows: old or new, new once "saved" was
+    printed (with "consistent", a lost exchange after it is only a durability finding)."""
+    require_tools("strace")
+    _tree(tmp_path / "t", 1)
+
+    def save() -> None:
+        with crashsafe.atomic_directory(tmp_path / "t", durability=durability) as staged:  # type: ignore[call-overload]
+            write_tree(staged, 2)
+        print("saved")
+
+    report = explore(save, _tree_check, dirs=[tmp_path], jobs=1)
+    _note(
+        f"crashcheck exchange {durability}: {report.states_checked} states, "
+        f"{[v.kind for v in report.vulnerabilities]}"
+    )
+    if durability == "durable":
+        assert report.vulnerabilities == [], report
+    else:
+        assert {v.kind for v in report.vulnerabilities} <= {"durability"}, report
+    assert report.states_checked >= 5
+    crashsafe.sweep(tmp_path)
+    _only(tmp_path, "t")
+
+
+@pytest.mark.slow
 def test_crashcheck_finds_the_exchange_without_fsync(tmp_path: Path) -> None:
     require_tools("strace")
     _tree(tmp_path / "t", 1)
