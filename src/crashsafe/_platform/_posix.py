@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 import sys
 from functools import partial
@@ -65,6 +64,8 @@ _O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 # A file of a staged tree opened to be fsynced: never through a symlink, never
 # waiting on a FIFO that a caller left there.
 _READ_FILE: Final = os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+# A directory of a staged or an old tree, opened to walk it: never through a symlink.
+_OPEN_DIR: Final = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
 # Errors by which link() says "no hard links here"; renameat2 is tried next.
 _NO_LINK: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
 
@@ -415,29 +416,7 @@ class Directory:
     def sync_tree(self) -> None:
         """fsync every regular file below, then each directory deepest first, this
         one last; nothing followed, FIFOs and devices not opened."""
-        where = self.path
-        try:
-            for top, _, names, top_fd in os.fwalk(".", dir_fd=self.fd, topdown=False):
-                where = os.path.normpath(os.path.join(self.path, top))
-                for name in names:
-                    st = os.stat(name, dir_fd=top_fd, follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode):
-                        fd = os.open(name, _READ_FILE, dir_fd=top_fd)
-                        try:
-                            fsync_file(fd)
-                        except OSError as e:
-                            raise _name_error(e, os.path.join(where, name)) from None
-                        finally:
-                            os.close(fd)
-                try:
-                    fsync_file(top_fd)
-                except OSError as e:
-                    if not directory_sync_unsupported(e):
-                        raise
-        except OSError as e:
-            if e.filename is None or not str(e.filename).startswith(self.path):
-                raise _name_error(e, where) from None
-            raise
+        _sync_below(self.fd, self.path)
 
     def set_own_metadata(self, mode: int, owner: tuple[int, int] | None) -> None:
         """Give this directory the *owner* (where permitted), then exactly *mode*."""
@@ -466,7 +445,62 @@ class Directory:
 
     def remove_tree(self, name: str) -> None:
         """Remove the directory *name* and all in it, relative to this one; quietly."""
-        shutil.rmtree(name, ignore_errors=True, dir_fd=self.fd)
+        with contextlib.suppress(OSError):
+            fd = os.open(name, _OPEN_DIR, dir_fd=self.fd)
+            try:
+                _empty(fd)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=self.fd)
+
+
+def _sync_below(fd: int, path: str) -> None:
+    """fsync the regular files in the directory *fd*, then (deepest first) its
+    directories, then itself. Entry types from ``getdents`` (no stat of each);
+    each opened without following a link, a file never waiting on a FIFO."""
+    with os.scandir(fd) as listing:
+        entries = list(listing)
+    for entry in entries:
+        where = os.path.join(path, entry.name)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                sub = os.open(entry.name, _OPEN_DIR, dir_fd=fd)
+                try:
+                    _sync_below(sub, where)
+                finally:
+                    os.close(sub)
+            elif entry.is_file(follow_symlinks=False):
+                file = os.open(entry.name, _READ_FILE, dir_fd=fd)
+                try:
+                    fsync_file(file)
+                finally:
+                    os.close(file)
+        except OSError as e:
+            if e.filename is None or e.filename == entry.name:
+                raise _name_error(e, where) from None
+            raise
+    try:
+        fsync_file(fd)
+    except OSError as e:
+        if not directory_sync_unsupported(e):
+            raise _name_error(e, path) from None
+
+
+def _empty(fd: int) -> None:
+    """Remove everything in the directory *fd*, following no link: a directory is
+    opened with ``O_NOFOLLOW``, so a symlink swapped in cannot send it elsewhere."""
+    with os.scandir(fd) as listing:
+        entries = list(listing)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            sub = os.open(entry.name, _OPEN_DIR, dir_fd=fd)
+            try:
+                _empty(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(entry.name, dir_fd=fd)
+        else:
+            os.unlink(entry.name, dir_fd=fd)
 
 
 def make_directories(path: str, *, sync: bool) -> Directory:
