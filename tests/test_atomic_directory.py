@@ -401,6 +401,39 @@ def test_on_bindfs_without_the_exchange_the_symlink_scheme_serves(tmp_path: Path
         _only(mnt, "probe", "t", os.readlink(target))
 
 
+def test_on_exfat_without_renameat2_flags_or_symlinks_nothing_is_published(
+    tmp_path: Path,
+) -> None:
+    """exFAT through exfat-fuse: renameat2's flags refused (EINVAL), symlink()
+    ENOSYS. A clear error, nothing published, nothing left."""
+    require_root()
+    require_tools("mkfs.exfat", "mount.exfat-fuse", "losetup")
+    img, mnt = tmp_path / "img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(32 << 20)
+    dev = subprocess.run(
+        ["losetup", "--find", "--show", str(img)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        subprocess.run(["mkfs.exfat", dev], check=True, capture_output=True)
+        subprocess.run(["mount.exfat-fuse", dev, str(mnt)], check=True, capture_output=True)
+        try:
+            with (
+                pytest.raises(OSError, match="neither a create-only rename") as e,
+                crashsafe.atomic_directory(mnt / "t") as staged,
+            ):
+                write_tree(staged, 1)
+            assert e.value.errno == errno.EOPNOTSUPP and e.value.filename == str(mnt / "t")
+            assert isinstance(e.value.__cause__, OSError)
+            assert e.value.__cause__.errno == errno.ENOSYS  # what exFAT said to symlink()
+            assert os.listdir(mnt) == []
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=True)
+
+
 # --------------------------------------------------------------------------- readers
 
 _READER = """

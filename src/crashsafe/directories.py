@@ -30,6 +30,8 @@ __all__ = ["atomic_directory"]
 _P = TypeVar("_P", str, Path)
 # Errors by which renameat2 says "not on this filesystem" (or "not on this system").
 _UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+# Errors by which symlink() says "no symlinks on this filesystem".
+_NO_SYMLINKS = frozenset({errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP})
 Scheme = Literal["new", "exchange", "link"]
 
 # Whether the exchange (and the create-only rename) is tried at all; tests
@@ -114,8 +116,10 @@ def atomic_directory(
     own name, which changes with every write. A real directory at *path* on
     such a filesystem cannot be swapped at once: :class:`OSError`
     (``EOPNOTSUPP``) says so, with nothing published; move it aside and let
-    atomic_directory create *path* anew, in the symlink scheme. A filesystem
-    that has neither the exchange nor symlinks (exFAT, FAT) can only create.
+    atomic_directory create *path* anew, in the symlink scheme. On a
+    filesystem with neither a create-only rename nor symlinks (exFAT and FAT,
+    through the FUSE exfat driver) nothing can be published atomically:
+    :class:`OSError` (``EOPNOTSUPP``) says so, with nothing published.
 
     *parents*: create missing parent directories first, durably unless
     *durability* is ``"none"``.
@@ -299,9 +303,21 @@ class _StagedTree:
         if self._scheme == "new":
             # The version's name reaches the disk before a symlink names it.
             self._sync_parent()
-            with _platform.signals_deferred():
-                self._dir.symlink(version, self._name)
-                self._done = True
+            try:
+                with _platform.signals_deferred():
+                    self._dir.symlink(version, self._name)
+                    self._done = True
+            except OSError as e:
+                if e.errno not in _NO_SYMLINKS:
+                    raise
+                raise OSError(
+                    errno.EOPNOTSUPP,
+                    "this filesystem has neither a create-only rename (renameat2 "
+                    "RENAME_NOREPLACE) nor symlinks (exFAT and FAT have none), so "
+                    "atomic_directory cannot publish a tree here; nothing was published. "
+                    "Stage it on a filesystem that has one of them",
+                    self.path,
+                ) from e
             return
         link = temp_name(self._name, "-link")
         self._dir.symlink(version, link)
