@@ -306,7 +306,11 @@ def test_sweep_removes_a_dead_writers_trees_but_not_a_version_in_use(tmp_path: P
     _tree(workdir / in_use, 1)
     (workdir / "u").symlink_to(in_use)  # ...but only a link at a real name keeps it
     (workdir / live).mkdir()
+    before = sorted(os.listdir(workdir))
+    would = crashsafe.sweep(workdir, dry_run=True)
+    assert sorted(os.listdir(workdir)) == before  # a dry run removes nothing...
     removed = crashsafe.sweep(workdir)
+    assert sorted(would) == sorted(removed)  # ...and names what the real one removes
     assert sorted(p.name for p in removed) == sorted(dead.values())
     _only(workdir, "u", in_use, live)
     assert classify_tree(workdir / "u") == 1
