@@ -46,6 +46,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "UpdateConflictError",
         "VerificationError",
         "atomic_copy",
+        "atomic_directory",
         "atomic_open",
         "atomic_path",
         "atomic_write",

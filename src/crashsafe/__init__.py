@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from crashsafe.batch import write_many
     from crashsafe.checksums import ChecksumStore
     from crashsafe.copying import CopyResult, atomic_copy
+    from crashsafe.directories import atomic_directory
     from crashsafe.documents import read_json, update, update_json, write_json
     from crashsafe.locking import FileLock
     from crashsafe.objectstore import S3Store
@@ -55,6 +56,7 @@ __all__ = [
     "UpdateConflictError",
     "VerificationError",
     "atomic_copy",
+    "atomic_directory",
     "atomic_open",
     "atomic_path",
     "atomic_write",
@@ -79,6 +81,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "CopyResult": "crashsafe.copying",
     "atomic_copy": "crashsafe.copying",
+    "atomic_directory": "crashsafe.directories",
     "write_many": "crashsafe.batch",
     "ChecksumStore": "crashsafe.checksums",
     "read_json": "crashsafe.documents",

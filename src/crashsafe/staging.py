@@ -30,7 +30,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Final, overload
 
 from crashsafe.objectstore._url import is_url
 
@@ -54,11 +54,15 @@ _NAME_MAX = 255
 _TEMP_RE = re.compile(
     r"^\.(?P<stem>.*)\.[0-9a-f]{16}\.(?P<pid>\d+)-(?P<start>\d+)-(?P<host>[0-9a-f]{8})"
     + re.escape(MARKER)
-    # atomic_path's staged names: a token, the target's suffixes, SQLite's side files.
-    + r"(?:-path(?:\.[^.]+)*(?:-journal|-wal|-shm)?)?$",
+    # atomic_path's staged names: a token, the target's suffixes, SQLite's side files;
+    # or atomic_directory's: a staged tree, an old one, a version, a link, a probe.
+    + r"(?:-path(?:\.[^.]+)*(?:-journal|-wal|-shm)?|-(?P<tree>dir|old|ver|link|probe))?$",
     re.DOTALL,
 )
 _UNKNOWN_HOST = "00000000"
+# atomic_directory's names, after the marker: the kind of entry each must be
+# for sweep() to remove it (a directory, or the symlink of a swap).
+TREE_KINDS: Final = {"dir": "d", "old": "d", "ver": "d", "probe": "d", "link": "l"}
 
 # The owner part of the name, computed once per process; a forked child is a
 # different writer, so it starts afresh.
@@ -166,14 +170,19 @@ def sweep(
     """Remove crashsafe temporary files in *directory* whose writer is gone.
 
     Only entries that carry crashsafe's temporary-name marker and are regular
-    files are considered; symlinks, directories and every other name are never
-    touched, and nothing is followed. A file is removed when its writer is
-    proven dead: the name records the writer's pid, start time and boot, and on
-    the same boot and pid namespace a live writer is recognised exactly (a
-    reused pid has another start time). Where that proof is impossible (a file
-    written on another host or before a reboot, or a system without
-    ``/proc``), the file is removed only when it was last modified at least
-    *min_age* seconds ago.
+    files are considered, and :func:`~crashsafe.atomic_directory`'s trees
+    (``-dir`` staged, ``-old`` replaced, ``-ver`` versions, as directories, and
+    the ``-link`` symlink of a swap); every other entry and name is never
+    touched, and nothing is followed. A tree is removed, with all it holds,
+    only when its writer is proven dead (whatever *min_age* says), and a
+    version directory only when no symlink in *directory* points to it.
+
+    A file is removed when its writer is proven dead: the name records the
+    writer's pid, start time and boot, and on the same boot and pid namespace a
+    live writer is recognised exactly (a reused pid has another start time). Where
+    that proof is impossible (a file written on another host or before a reboot,
+    or a system without ``/proc``), the file is removed only when it was last
+    modified at least *min_age* seconds ago.
 
     Returns the paths removed: :class:`~pathlib.Path` objects, or bytes when
     *directory* is bytes (as :func:`os.listdir` answers in the type it is
@@ -225,9 +234,14 @@ def sweep(
     removed: list[Path] = []
     opened = _platform.Directory(os.fsdecode(given))
     try:
+        links: dict[str, set[str]] = {}  # filled on first need by _sweep_tree
         for name in opened.names():
             match = _TEMP_RE.match(name)
             if match is None:
+                continue
+            if match["tree"] is not None:
+                if _sweep_tree(opened, name, match, links, dry_run):
+                    removed.append(base / name)
                 continue
             mtime = opened.mtime(name)
             if mtime is None:  # gone, or not a regular file
@@ -242,6 +256,59 @@ def sweep(
     if isinstance(given, bytes):
         return [os.path.join(given, os.fsencode(path.name)) for path in removed]
     return removed
+
+
+def _link_targets(opened: Any) -> set[str]:
+    """What the symlinks in the open directory point to: a version directory of
+    atomic_directory that one names is in use, whoever made it."""
+    import stat
+
+    targets = set()
+    for name in opened.names():
+        # The temporary symlink of a swap never published keeps nothing alive.
+        if _TEMP_RE.match(name):
+            continue
+        st = opened.lstat(name)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            targets.add(opened.readlink(name))
+    return targets
+
+
+def _sweep_tree(
+    opened: Any, name: str, match: re.Match[str], links: dict[str, set[str]], dry_run: bool
+) -> bool:
+    """Remove one of atomic_directory's entries if its writer is proven dead (a
+    version directory only when no symlink here names it); whether it was.
+
+    *links* caches, under ``"in use"``, what the directory's symlinks point to,
+    read once, when the first version directory is met."""
+    import stat
+
+    from crashsafe import _platform
+
+    st = opened.lstat(name)
+    if st is None:
+        return False
+    kind = TREE_KINDS[match["tree"]]
+    if (kind == "d" and not stat.S_ISDIR(st.st_mode)) or (
+        kind == "l" and not stat.S_ISLNK(st.st_mode)
+    ):
+        return False
+    # A tree whose writer cannot be proven dead (another host, another boot)
+    # is left: it may be a live writer's, and has no age of its own to judge by.
+    if _writer_alive(match, _platform.process_start) is not False:
+        return False
+    if match["tree"] == "ver":
+        if "in use" not in links:
+            links["in use"] = _link_targets(opened)
+        if name in links["in use"]:
+            return False
+    if not dry_run:
+        if kind == "d":
+            opened.remove_tree(name)
+        else:
+            opened.remove(name)
+    return True
 
 
 def is_temp_name(name: str) -> bool:

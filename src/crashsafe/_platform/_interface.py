@@ -119,6 +119,42 @@ class Directory(Protocol):
         """Open (creating it if needed) the lock file *name*, never through a
         symlink; read-only where the caller may not create or write it."""
 
+    # ---------------------------------------------------------------- whole directories
+
+    def make_temp_directory(self, name: str, suffix: str) -> tuple[str, Directory]:
+        """Create a private (0o700) directory under a fresh temporary name for
+        target *name*, ending with *suffix*; return the name and the new
+        directory, open (the caller closes it). Errors name this directory."""
+
+    def new_directory_mode(self, name: str) -> int:
+        """The mode ``mkdir`` gives a new directory here (0o777 less the umask, or
+        as a default ACL says), learned from a probe, never from the umask."""
+
+    def sync_tree(self) -> None:
+        """fsync every regular file below this directory, then every directory,
+        deepest first, this one last; symlinks are never followed. A directory
+        fsync the filesystem does not support is not an error."""
+
+    def set_own_metadata(self, mode: int, owner: tuple[int, int] | None) -> None:
+        """Give this directory itself the *owner* (where permitted), then *mode*."""
+
+    def exchange(self, a: str, b: str) -> None:
+        """Swap the entries *a* and *b* atomically (``RENAME_EXCHANGE``). ``EINVAL``,
+        ``EOPNOTSUPP`` or ``ENOSYS`` where the filesystem or the system cannot."""
+
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        """Rename *src* (a directory too) to *dst*, atomically refusing an existing
+        *dst* (:class:`FileExistsError`). ``EINVAL``, ``EOPNOTSUPP`` or ``ENOSYS``
+        where the filesystem or the system cannot."""
+
+    def symlink(self, target: str, name: str) -> None:
+        """Create the symlink *name* pointing to *target*; an existing *name*
+        raises :class:`FileExistsError`."""
+
+    def remove_tree(self, name: str) -> None:
+        """Remove the directory *name* and everything in it, following no symlink;
+        errors are ignored (what is left is for :func:`crashsafe.sweep`)."""
+
 
 # The protocol by another name, for Backend, whose own Directory is a property.
 _OpenDirectory = Directory

@@ -64,6 +64,11 @@ __all__ = [
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
 _O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+# A file of a staged tree opened to be fsynced: never through a symlink, never
+# waiting on a FIFO that a caller left there.
+_READ_FILE: Final = os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+# A directory of a staged or an old tree, opened to walk it: never through a symlink.
+_OPEN_DIR: Final = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
 # Errors by which link() says "no hard links here"; renameat2 is tried next.
 _NO_LINK: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
 
@@ -376,6 +381,129 @@ class Directory:
                 with contextlib.suppress(OSError):
                     return os.open(name, os.O_RDONLY | flags, dir_fd=self.fd)
             raise _name_error(e, self._join(name)) from None
+
+    def make_temp_directory(self, name: str, suffix: str) -> tuple[str, Directory]:
+        """Create a private (0o700) directory under a fresh temporary name for
+        target *name*, ending with *suffix*; return the name and it, open."""
+        try:
+            temp = fresh_name(name, partial(os.mkdir, mode=0o700, dir_fd=self.fd), suffix)
+        except OSError as e:
+            raise _name_error(e, self.path) from None
+        try:
+            fd = os.open(
+                temp, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self.fd
+            )
+            try:
+                # A umask that takes the owner's own bits would leave it unwritable.
+                if stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:
+                    os.fchmod(fd, 0o700)
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rmdir(temp, dir_fd=self.fd)
+            raise
+        made = object.__new__(Directory)  # Directory() would open the path again
+        made.path, made.fd = self._join(temp), fd
+        return temp, made
+
+    def new_directory_mode(self, name: str) -> int:
+        """The mode ``mkdir`` gives a new directory here, from an empty probe."""
+        probe = fresh_name(name, partial(os.mkdir, mode=0o777, dir_fd=self.fd), "-probe")
+        try:
+            return stat.S_IMODE(os.stat(probe, dir_fd=self.fd, follow_symlinks=False).st_mode)
+        finally:
+            os.rmdir(probe, dir_fd=self.fd)
+
+    def sync_tree(self) -> None:
+        """fsync every regular file below, then each directory deepest first, this
+        one last; nothing followed, FIFOs and devices not opened."""
+        _sync_below(self.fd, self.path)
+
+    def set_own_metadata(self, mode: int, owner: tuple[int, int] | None) -> None:
+        """Give this directory the *owner* (where permitted), then exactly *mode*."""
+        _set_metadata(self.fd, mode, owner, None)
+
+    def exchange(self, a: str, b: str) -> None:
+        """Swap *a* and *b* atomically: renameat2(RENAME_EXCHANGE)."""
+        try:
+            _linux.renameat2_exchange(self.fd, a, b)
+        except OSError as e:
+            raise _name_error(e, self._join(b)) from None
+
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        """Rename *src* to *dst* unless *dst* exists: renameat2(RENAME_NOREPLACE)."""
+        try:
+            _linux.renameat2_noreplace(self.fd, src, dst)
+        except OSError as e:
+            raise _name_error(e, self._join(dst)) from None
+
+    def symlink(self, target: str, name: str) -> None:
+        """Create the symlink *name* to *target*, never over an existing entry."""
+        try:
+            os.symlink(target, name, dir_fd=self.fd)
+        except OSError as e:
+            raise _name_error(e, self._join(name)) from None
+
+    def remove_tree(self, name: str) -> None:
+        """Remove the directory *name* and all in it, relative to this one; quietly."""
+        with contextlib.suppress(OSError):
+            fd = os.open(name, _OPEN_DIR, dir_fd=self.fd)
+            try:
+                _empty(fd)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=self.fd)
+
+
+def _sync_below(fd: int, path: str) -> None:
+    """fsync the regular files in the directory *fd*, then (deepest first) its
+    directories, then itself. Entry types from ``getdents`` (no stat of each);
+    each opened without following a link, a file never waiting on a FIFO."""
+    with os.scandir(fd) as listing:
+        entries = list(listing)
+    for entry in entries:
+        where = os.path.join(path, entry.name)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                sub = os.open(entry.name, _OPEN_DIR, dir_fd=fd)
+                try:
+                    _sync_below(sub, where)
+                finally:
+                    os.close(sub)
+            elif entry.is_file(follow_symlinks=False):
+                file = os.open(entry.name, _READ_FILE, dir_fd=fd)
+                try:
+                    fsync_file(file)
+                finally:
+                    os.close(file)
+        except OSError as e:
+            if e.filename is None or e.filename == entry.name:
+                raise _name_error(e, where) from None
+            raise
+    try:
+        fsync_file(fd)
+    except OSError as e:
+        if not directory_sync_unsupported(e):
+            raise _name_error(e, path) from None
+
+
+def _empty(fd: int) -> None:
+    """Remove everything in the directory *fd*, following no link: a directory is
+    opened with ``O_NOFOLLOW``, so a symlink swapped in cannot send it elsewhere."""
+    with os.scandir(fd) as listing:
+        entries = list(listing)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            sub = os.open(entry.name, _OPEN_DIR, dir_fd=fd)
+            try:
+                _empty(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(entry.name, dir_fd=fd)
+        else:
+            os.unlink(entry.name, dir_fd=fd)
 
 
 def make_directories(path: str, *, sync: bool) -> Directory:

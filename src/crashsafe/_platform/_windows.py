@@ -193,6 +193,44 @@ class Directory:
     def sync(self) -> None:
         """No directory fsync exists on Windows; MOVEFILE_WRITE_THROUGH did its work."""
 
+    def make_temp_directory(self, name: str, suffix: str) -> tuple[str, Directory]:
+        temp = fresh_name(name, lambda c: os.mkdir(self._join(c), 0o700), suffix)
+        return temp, Directory(self._join(temp))
+
+    def new_directory_mode(self, name: str) -> int:
+        """0o777: Windows has no POSIX mode bits to give a new directory."""
+        return 0o777
+
+    def sync_tree(self) -> None:
+        """Flush every regular file below (FlushFileBuffers needs write access);
+        Windows has no directory flush."""
+        for top, _, names in os.walk(self.path):
+            for name in names:
+                path = os.path.join(top, name)
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    fd = os.open(path, os.O_RDWR | _O_BINARY | _O_NOINHERIT)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+
+    def set_own_metadata(self, mode: int, owner: tuple[int, int] | None) -> None:
+        """Nothing: see :func:`set_metadata`."""
+
+    def exchange(self, a: str, b: str) -> None:
+        raise OSError(errno.ENOTSUP, "no atomic exchange of two names on Windows", self._join(b))
+
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        _move(self._join(src), self._join(dst), replace=False)
+
+    def symlink(self, target: str, name: str) -> None:
+        os.symlink(target, self._join(name), target_is_directory=True)
+
+    def remove_tree(self, name: str) -> None:
+        import shutil
+
+        shutil.rmtree(self._join(name), ignore_errors=True)
+
 
 def make_directories(path: str, *, sync: bool) -> Directory:
     """Create the missing directories of *path*, as :func:`os.makedirs` does.
