@@ -52,6 +52,7 @@ from crashsafe._checks import (
     unnamed_os_error,
     validators_of,
 )
+from crashsafe._metadata import Hardlinks, Preserve, carry, check_keywords, check_target
 from crashsafe._target import Target, locate, replaced_file
 from crashsafe.errors import NotDurableError, VerificationError
 
@@ -190,13 +191,15 @@ class AtomicFile(Generic[_F_co]):
         durability: Durability = "durable",
         follow_symlinks: bool = True,
         parents: bool = False,
+        preserve: Preserve = "all",
+        hardlinks: Hardlinks = "refuse",
         validate: Validate = None,
         encoding: str | None = None,
         errors: str | None = None,
         newline: str | None = None,
     ) -> None:
         self._setup(path, mode, perm, durability, follow_symlinks, validate,
-                    encoding, errors, newline, None, None, parents)  # fmt: skip
+                    encoding, errors, newline, None, None, parents, preserve, hardlinks)  # fmt: skip
 
     def _setup(  # noqa: PLR0917 - one body for __init__ and stage(), no frame between
         self,
@@ -212,9 +215,13 @@ class AtomicFile(Generic[_F_co]):
         target: Target | None,
         new_file_perm: int | None,
         parents: bool,
+        preserve: Preserve,
+        hardlinks: Hardlinks,
     ) -> None:
         self._state = "new"  # so that __del__ is quiet if __init__ fails early
         check_options(mode, perm, durability)
+        if preserve != "all" or hardlinks != "refuse":  # no frame per write
+            check_keywords(preserve, hardlinks)
         if follow_symlinks is not True and follow_symlinks is not False:  # no frame per write
             check_flag("follow_symlinks", follow_symlinks)
         if parents is not False and parents is not True:
@@ -244,6 +251,8 @@ class AtomicFile(Generic[_F_co]):
         self._temp: str | None = None
         try:
             existing = replaced_file(old, self._replace, self.path)
+            if existing:
+                check_target(self._dir, self._name, existing, self.path, hardlinks)
 
             # Steps 2 and 3: the temporary file, with its owner, then its
             # exact mode, before a byte of data is in it.
@@ -259,6 +268,10 @@ class AtomicFile(Generic[_F_co]):
                     self._name, mode_bits, owner
                 )
                 self._state = "open"
+            if existing and preserve == "all":
+                # Before any data: the staged file is invisible until the
+                # rename, so no reader sees the target without them.
+                carry(self._dir, self._name, self._fd, self._mode, self.path)
 
             if keep_old and existing:
                 source = self._dir.open_read(self._name)
@@ -468,6 +481,8 @@ class AtomicFile(Generic[_F_co]):
         validate: Validate = None,
         new_file_perm: int | None = None,
         parents: bool = False,
+        preserve: Preserve = "all",
+        hardlinks: Hardlinks = "refuse",
     ) -> AtomicFile[BinaryIO]:
         """Internal door: a binary staged file, as ``AtomicFile(path, mode, ...)``.
 
@@ -481,7 +496,8 @@ class AtomicFile(Generic[_F_co]):
         """
         staged = cast("AtomicFile[BinaryIO]", object.__new__(AtomicFile))
         staged._setup(path, mode, perm, durability, follow_symlinks, validate,
-                      None, None, None, target, new_file_perm, parents)  # fmt: skip
+                      None, None, None, target, new_file_perm, parents, preserve,
+                      hardlinks)  # fmt: skip
         return staged
 
     @property

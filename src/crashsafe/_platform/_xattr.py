@@ -1,0 +1,149 @@
+"""Extended attributes and mount points: what the POSIX backend reads and sets of them.
+
+Linux only in practice: Python has :func:`os.listxattr` and friends on Linux
+alone, so elsewhere a file has no attributes to carry (an empty answer, not an
+error). Every call is relative to an open directory or on an open file: the
+replaced file is read through ``/proc/self/fd/DIR/NAME`` without following a
+symlink at its last component, so the directory is the one held open, never
+the path resolved again.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from typing import Final
+
+from crashsafe._platform._status import Status
+
+assert sys.platform != "win32", "crashsafe._platform._xattr is not for Windows"
+
+__all__ = ["NOT_CARRIED", "ACL_ACCESS", "copy_attributes", "is_mount_point"]
+
+# Not carried, on purpose: the kernel removes file capabilities on any write
+# to the file (it must: they are a privilege tied to the exact content), so a
+# copy set before the data would be dropped by the first write anyway, and one
+# set after would grant the privilege to content nobody vetted.
+NOT_CARRIED: Final = frozenset({"security.capability"})
+ACL_ACCESS: Final = "system.posix_acl_access"
+# A directory's default ACL cannot be on a file; listed for clarity.
+_SKIPPED: Final = frozenset({"system.posix_acl_default"})
+# Errors by which setting or reading one attribute says "not here, not by you";
+# anything else (EIO, ENOSPC) fails the write.
+_NOT_KEPT: Final = frozenset(
+    {errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, errno.ENOTSUP, errno.E2BIG, errno.ERANGE,
+     errno.EINVAL}
+)  # fmt: skip
+_PROC: Final = os.path.isdir("/proc/self/fd")
+_O_PATH: Final = getattr(os, "O_PATH", os.O_RDONLY)
+_O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+
+
+def _describe(name: str, error: OSError) -> str:
+    code = errno.errorcode.get(error.errno or 0, str(error.errno))
+    return f"{name} ({code}: {os.strerror(error.errno or 0)})"
+
+
+def copy_attributes(dir_fd: int, name: str, fd: int) -> tuple[list[str], bool]:
+    """Give the open file *fd* exactly the extended attributes of the file *name* in
+    the directory *dir_fd* (a symlink there is not followed).
+
+    Every attribute the process can list is copied (``user.*``,
+    ``security.*`` such as the SELinux label, ``system.posix_acl_access``,
+    ``trusted.*`` when privileged), except :data:`NOT_CARRIED`; attributes of
+    *fd* that *name* lacks (an access ACL inherited from the directory's
+    default ACL) are removed. Returns the attributes that could not be kept,
+    each with its reason (capabilities among them), and whether the access ACL
+    of *fd* was set or removed (which changes its mode's group bits: the caller
+    sets the mode again). Raises the :class:`OSError` of any other failure.
+    """
+    if sys.platform != "linux" or not _PROC:  # pragma: no cover - no xattr calls in Python
+        return [], False
+    path = f"/proc/self/fd/{dir_fd}/{name}"
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
+            names = []  # a filesystem without attributes: nothing to carry
+        else:
+            raise
+    try:
+        present = set(os.listxattr(fd))
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        present = set()
+    lost: list[str] = []
+    acl_changed = False
+    for attribute in names:
+        if attribute in _SKIPPED:
+            continue
+        if attribute in NOT_CARRIED:
+            lost.append(f"{attribute} (never carried: the kernel drops it on a write)")
+            continue
+        try:
+            value = os.getxattr(path, attribute, follow_symlinks=False)
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                continue  # removed since the listing
+            if e.errno not in _NOT_KEPT:
+                raise
+            lost.append(_describe(attribute, e))
+            continue
+        present.discard(attribute)
+        try:
+            os.setxattr(fd, attribute, value)
+        except OSError as e:
+            if e.errno not in _NOT_KEPT:
+                raise
+            lost.append(_describe(attribute, e))
+            continue
+        acl_changed = acl_changed or attribute == ACL_ACCESS
+    if ACL_ACCESS in present:
+        # The new file inherited the directory's default ACL; the replaced file
+        # had none, and "all" means what the replaced file had.
+        try:
+            os.removexattr(fd, ACL_ACCESS)
+        except OSError as e:
+            if e.errno not in _NOT_KEPT:
+                raise
+        else:
+            acl_changed = True
+    return lost, acl_changed
+
+
+def is_mount_point(dir_fd: int, name: str, status: Status) -> bool:
+    """Whether the entry *name* in the directory *dir_fd*, of *status*, is the root of
+    a mount (a bind-mounted file), which no rename can replace.
+
+    From *status* when it knows (statx's ``STATX_ATTR_MOUNT_ROOT``); else a
+    different device than the directory's says yes, and on the same device the
+    mount ids of the two (``mnt_id`` in ``/proc/self/fdinfo``) decide. Where
+    neither can be read, False: the rename then fails with ``EBUSY`` itself.
+    """
+    if status.mount_root is not None:
+        return status.mount_root
+    try:
+        entry = os.open(name, _O_PATH | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        if os.fstat(entry).st_dev != os.fstat(dir_fd).st_dev:
+            return True
+        theirs, ours = _mount_id(entry), _mount_id(dir_fd)
+        return theirs is not None and ours is not None and theirs != ours
+    finally:
+        os.close(entry)
+
+
+def _mount_id(fd: int) -> int | None:
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
+            for line in info:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
