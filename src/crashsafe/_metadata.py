@@ -33,9 +33,7 @@ def check_keywords(preserve: object, hardlinks: object) -> None:
     if preserve != "all" and preserve != "mode":  # noqa: PLR1714 - no tuple per write
         raise ValueError(f"invalid preserve {preserve!r}: expected one of {', '.join(PRESERVE)}")
     if hardlinks != "refuse" and hardlinks != "break":  # noqa: PLR1714
-        raise ValueError(
-            f"invalid hardlinks {hardlinks!r}: expected one of {', '.join(HARDLINKS)}"
-        )
+        raise ValueError(f"invalid hardlinks {hardlinks!r}: expected one of {', '.join(HARDLINKS)}")
 
 
 def check_target(

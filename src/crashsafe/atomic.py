@@ -198,10 +198,11 @@ class AtomicFile(Generic[_F_co]):
         errors: str | None = None,
         newline: str | None = None,
     ) -> None:
-        self._setup(path, mode, perm, durability, follow_symlinks, validate,
-                    encoding, errors, newline, None, None, parents, preserve, hardlinks)  # fmt: skip
+        self._setup(path, mode, perm, durability, follow_symlinks, validate, encoding,
+                    errors, newline, None, None, parents, preserve, hardlinks)  # fmt: skip
 
-    def _setup(  # noqa: PLR0917 - one body for __init__ and stage(), no frame between
+    # One body for __init__ and stage(), no frame between: every step of staging.
+    def _setup(  # noqa: PLR0912, PLR0915, PLR0917
         self,
         path: str | os.PathLike[str],
         mode: str,

@@ -10,16 +10,18 @@ the path resolved again.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
+from collections.abc import Callable
 from typing import Final
 
 from crashsafe._platform._status import Status
 
 assert sys.platform != "win32", "crashsafe._platform._xattr is not for Windows"
 
-__all__ = ["NOT_CARRIED", "ACL_ACCESS", "copy_attributes", "is_mount_point"]
+__all__ = ["ACL_ACCESS", "NOT_CARRIED", "copy_attributes", "is_mount_point"]
 
 # Not carried, on purpose: the kernel removes file capabilities on any write
 # to the file (it must: they are a privilege tied to the exact content), so a
@@ -52,50 +54,30 @@ def copy_attributes(dir_fd: int, name: str, fd: int) -> tuple[list[str], bool]:
 
     Every attribute the process can list is copied (``user.*``,
     ``security.*`` such as the SELinux label, ``system.posix_acl_access``,
-    ``trusted.*`` when privileged), except :data:`NOT_CARRIED`; attributes of
-    *fd* that *name* lacks (an access ACL inherited from the directory's
-    default ACL) are removed. Returns the attributes that could not be kept,
-    each with its reason (capabilities among them), and whether the access ACL
-    of *fd* was set or removed (which changes its mode's group bits: the caller
-    sets the mode again). Raises the :class:`OSError` of any other failure.
+    ``trusted.*`` when privileged), except :data:`NOT_CARRIED`; an access ACL
+    of *fd* that *name* lacks (inherited from the directory's default ACL) is
+    removed. Returns the attributes that could not be kept, each with its
+    reason (capabilities among them), and whether the access ACL of *fd* was
+    set or removed (which changes its mode's group bits: the caller sets the
+    mode again). Raises the :class:`OSError` of any other failure.
     """
     if sys.platform != "linux" or not _PROC:  # pragma: no cover - no xattr calls in Python
         return [], False
     path = f"/proc/self/fd/{dir_fd}/{name}"
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
-            names = []  # a filesystem without attributes: nothing to carry
-        else:
-            raise
-    try:
-        present = set(os.listxattr(fd))
-    except OSError as e:
-        if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
-            raise
-        present = set()
+    names = _names(lambda: os.listxattr(path, follow_symlinks=False))
+    present = _names(lambda: os.listxattr(fd))
     lost: list[str] = []
     acl_changed = False
     for attribute in names:
-        if attribute in _SKIPPED:
-            continue
         if attribute in NOT_CARRIED:
             lost.append(f"{attribute} (never carried: the kernel drops it on a write)")
             continue
-        try:
-            value = os.getxattr(path, attribute, follow_symlinks=False)
-        except OSError as e:
-            if e.errno == errno.ENODATA:
-                continue  # removed since the listing
-            if e.errno not in _NOT_KEPT:
-                raise
-            lost.append(_describe(attribute, e))
-            continue
         present.discard(attribute)
         try:
-            os.setxattr(fd, attribute, value)
+            os.setxattr(fd, attribute, os.getxattr(path, attribute, follow_symlinks=False))
         except OSError as e:
+            if e.errno == errno.ENODATA:
+                continue  # removed from the old file since the listing
             if e.errno not in _NOT_KEPT:
                 raise
             lost.append(_describe(attribute, e))
@@ -104,14 +86,20 @@ def copy_attributes(dir_fd: int, name: str, fd: int) -> tuple[list[str], bool]:
     if ACL_ACCESS in present:
         # The new file inherited the directory's default ACL; the replaced file
         # had none, and "all" means what the replaced file had.
-        try:
+        with contextlib.suppress(OSError):
             os.removexattr(fd, ACL_ACCESS)
-        except OSError as e:
-            if e.errno not in _NOT_KEPT:
-                raise
-        else:
             acl_changed = True
     return lost, acl_changed
+
+
+def _names(listing: Callable[[], list[str]]) -> set[str]:
+    """The attribute names *listing* returns; none on a filesystem without them."""
+    try:
+        return set(listing()) - _SKIPPED
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        return set()
 
 
 def is_mount_point(dir_fd: int, name: str, status: Status) -> bool:
