@@ -106,10 +106,11 @@ def is_mount_point(dir_fd: int, name: str, status: Status) -> bool:
     """Whether the entry *name* in the directory *dir_fd*, of *status*, is the root of
     a mount (a bind-mounted file), which no rename can replace.
 
-    From *status* when it knows (statx's ``STATX_ATTR_MOUNT_ROOT``); else a
-    different device than the directory's says yes, and on the same device the
-    mount ids of the two (``mnt_id`` in ``/proc/self/fdinfo``) decide. Where
-    neither can be read, False: the rename then fails with ``EBUSY`` itself.
+    From *status* when it knows (statx's ``STATX_ATTR_MOUNT_ROOT``); else the
+    mount ids of the entry and of the directory (``mnt_id`` in
+    ``/proc/self/fdinfo``, which any mount, same device or not, changes), or
+    where those cannot be read their devices. Errors reading either say
+    False: the rename then fails with ``EBUSY`` by itself, publishing nothing.
     """
     if status.mount_root is not None:
         return status.mount_root
@@ -118,10 +119,12 @@ def is_mount_point(dir_fd: int, name: str, status: Status) -> bool:
     except OSError:
         return False
     try:
-        if os.fstat(entry).st_dev != os.fstat(dir_fd).st_dev:
-            return True
         theirs, ours = _mount_id(entry), _mount_id(dir_fd)
-        return theirs is not None and ours is not None and theirs != ours
+        if theirs is not None and ours is not None:
+            return theirs != ours
+        return os.fstat(entry).st_dev != os.fstat(dir_fd).st_dev
+    except OSError:
+        return False
     finally:
         os.close(entry)
 
