@@ -91,7 +91,9 @@ def test_extended_attributes_are_not_carried_with_preserve_mode(
         assert "user.origin" not in os.listxattr(target)
 
 
-def test_acl_entries_beyond_the_mode_are_not_carried_with_preserve_mode(workdir: Path, staging: str) -> None:
+def test_acl_entries_beyond_the_mode_are_not_carried_with_preserve_mode(
+    workdir: Path, staging: str
+) -> None:
     require_tools("setfacl", "getfacl")
     target = workdir / "shared"
     target.write_bytes(b"old")
