@@ -143,6 +143,27 @@ class AtomicFile(Generic[_F_co]):
     it, a missing directory raises :class:`FileNotFoundError`. A symlink at
     the target that points into a missing directory does not create it.
 
+    *preserve*: ``"all"`` (the default): a replaced file's extended
+    attributes (``user.*``, ``security.selinux`` and other labels where the
+    process may set them, the POSIX access ACL, ``trusted.*`` when
+    privileged) are set on the staged file right after it is created, before
+    any data, besides its mode and owner; an access ACL the directory's
+    default ACL would add is removed if the old file had none. *perm* still
+    wins for the mode bits, applied after the ACL: its group bits become the
+    ACL's mask, as ``chmod`` does. What cannot be kept (``EPERM``,
+    ``ENOTSUP``), and file capabilities (never carried: the kernel drops them
+    on a write), are named by a :class:`~crashsafe.MetadataNotPreservedWarning`,
+    warned before any data is written (a warnings filter that turns it into
+    an error makes the call raise and publish nothing). ``"mode"``: only the
+    mode, owner and group, as :func:`open` and a plain rename would leave.
+
+    *hardlinks*: ``"refuse"`` (the default): a target with more than one hard
+    link raises :class:`~crashsafe.HardLinkedTargetError` before anything is
+    staged (a rename would leave the other names on the old content);
+    ``"break"`` replaces this name anyway and lets the others keep the old file.
+    A target that is a mount point (a bind-mounted file) always raises
+    :class:`~crashsafe.MountedTargetError` (``EBUSY``) before anything is staged.
+
     *validate*: a callable, or a sequence of them, each called by
     :meth:`commit` with the complete staged content as a read-only binary
     file positioned at its start, before the fsync and the rename. A
@@ -152,7 +173,9 @@ class AtomicFile(Generic[_F_co]):
     publishes nothing.
 
     Raises, before anything is created: :class:`ValueError` for a bad *mode*,
-    *perm* or *durability*, or an *encoding* with a binary mode;
+    *perm*, *durability*, *preserve* or *hardlinks*, or an *encoding* with a
+    binary mode; :class:`~crashsafe.HardLinkedTargetError` and
+    :class:`~crashsafe.MountedTargetError` (above);
     :class:`TypeError` for a *validate* that is not callable or a
     *follow_symlinks* or *parents* that is not a bool;
     :class:`IsADirectoryError` if *path* is a directory; :class:`OSError`
