@@ -268,6 +268,7 @@ def test_a_capability_is_never_carried_and_is_said(place: Path) -> None:
     assert "security.capability" not in os.listxattr(target)
     assert _attributes(target)["user.origin"] == b"build-42"  # the rest is kept
     (warning,) = said.list
+    assert warning.filename == __file__  # the caller's line, not crashsafe's
     message = warning.message
     assert isinstance(message, crashsafe.MetadataNotPreservedWarning)
     assert message.attributes == ["security.capability"]

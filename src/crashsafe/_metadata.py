@@ -12,6 +12,7 @@ the new file with the same attributes, never a file without them.
 from __future__ import annotations
 
 import stat
+import sys
 import warnings
 from typing import Final, Literal
 
@@ -70,4 +71,15 @@ def carry(directory: _platform.Directory, name: str, fd: int, mode: int, path: s
         # Setting an ACL rewrites the group bits and may clear setgid.
         _platform.set_metadata(fd, mode, None)
     if lost:
-        warnings.warn(MetadataNotPreservedWarning(path, lost), stacklevel=4)
+        warnings.warn(MetadataNotPreservedWarning(path, lost), stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The stack level of the first frame outside crashsafe (and contextlib, through
+    which atomic_open and atomic_path are entered): the caller's own line."""
+    level, frame = 2, sys._getframe(2)  # the frame that called carry()
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+        ("crashsafe.", "contextlib")
+    ):
+        level, frame = level + 1, frame.f_back
+    return level

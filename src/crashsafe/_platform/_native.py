@@ -6,7 +6,8 @@ worth", where the pieces that did not pay and were removed are listed too):
 
 ``"statx"``
     The status reads of a write (the target, the staged file) use statx(2)
-    through ctypes, asking for type, mode and owner only. A ``stat`` that
+    through ctypes, asking for type, mode, link count and owner only (and
+    reading whether the entry is a mount's root, which costs nothing more). A ``stat`` that
     returns an inode's ctime or mtime marks it "queried" (Linux 6.13's
     multigrain timestamps, fs/stat.c), and the next change to that inode then
     takes a fine-grained timestamp, which the filesystem must log. Fallback:
