@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Final
@@ -38,9 +39,6 @@ _NOT_KEPT: Final = frozenset(
      errno.EINVAL}
 )  # fmt: skip
 _PROC: Final = os.path.isdir("/proc/self/fd")
-_O_PATH: Final = getattr(os, "O_PATH", os.O_RDONLY)
-_O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 
 
 def _describe(name: str, error: OSError) -> str:
@@ -106,35 +104,34 @@ def is_mount_point(dir_fd: int, name: str, status: Status) -> bool:
     """Whether the entry *name* in the directory *dir_fd*, of *status*, is the root of
     a mount (a bind-mounted file), which no rename can replace.
 
-    From *status* when it knows (statx's ``STATX_ATTR_MOUNT_ROOT``); else the
-    mount ids of the entry and of the directory (``mnt_id`` in
-    ``/proc/self/fdinfo``, which any mount, same device or not, changes), or
-    where those cannot be read their devices. Errors reading either say
-    False: the rename then fails with ``EBUSY`` by itself, publishing nothing.
+    From *status* when it knows (statx's ``STATX_ATTR_MOUNT_ROOT``); else
+    whether the entry's path (the directory's, as ``/proc/self/fd`` names it,
+    joined with *name*) is a mount point in ``/proc/self/mountinfo``, which
+    lists every mount of this process's namespace, same device or not. No
+    descriptor is opened for it (a signal handler that raises cannot leak one).
+    Where ``/proc`` cannot be read, False: the rename then fails with ``EBUSY``
+    by itself, publishing nothing.
     """
     if status.mount_root is not None:
         return status.mount_root
     try:
-        entry = os.open(name, _O_PATH | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dir_fd)
+        where = os.readlink(f"/proc/self/fd/{dir_fd}")
+        with open("/proc/self/mountinfo", "rb") as table:
+            mounts = table.read()
     except OSError:
         return False
-    try:
-        theirs, ours = _mount_id(entry), _mount_id(dir_fd)
-        if theirs is not None and ours is not None:
-            return theirs != ours
-        return os.fstat(entry).st_dev != os.fstat(dir_fd).st_dev
-    except OSError:
-        return False
-    finally:
-        os.close(entry)
+    path = os.fsencode(os.path.join(where, name))
+    for line in mounts.splitlines():
+        # ID PARENT MAJOR:MINOR ROOT MOUNT-POINT ...; the mount point escapes
+        # space, tab, newline and backslash as octal.
+        fields = line.split(b" ", 5)
+        if len(fields) > 4 and _OCTAL.sub(_unescape, fields[4]) == path:
+            return True
+    return False
 
 
-def _mount_id(fd: int) -> int | None:
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
-            for line in info:
-                if line.startswith(b"mnt_id:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+_OCTAL: Final = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    return bytes([int(match[1], 8)])
