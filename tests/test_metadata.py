@@ -456,7 +456,7 @@ WRITE_XATTRS = WRITERS / "write_xattrs.py"
 _note, _print_summary = module_summary("metadata power cut summary")
 
 
-def _cut(mnt: Path, tmp_path: Path, how: str) -> power_cut.PowerCutRun:
+def _cut(mnt: Path, tmp_path: Path, how: str, modes: tuple[str, ...]) -> power_cut.PowerCutRun:
     source = tmp_path / "new.bin"
     source.write_bytes(payload(2, 64 << 10))
     target = mnt / "config"
@@ -497,7 +497,7 @@ def _cut(mnt: Path, tmp_path: Path, how: str) -> power_cut.PowerCutRun:
         prepare=prepare,
         inspect=inspect,
         sweep_dir=mnt,
-        modes=("commit",),
+        modes=modes,
     )
 
 
@@ -521,11 +521,17 @@ def test_power_cut_at_every_syscall_keeps_the_attributes_with_the_content(
     attributes or the whole new file with the same attributes."""
     require_tools("setfacl")
     fs, mnt = cut_fs
-    run = _cut(mnt, tmp_path, "all")
+    run = _cut(mnt, tmp_path, "all", power_cut.MODES)
     outcomes = Counter(t.outcome for t in run.trials)
     _note(power_cut.describe(fs, "preserve=all", run, json.dumps(outcomes)))
     assert _bad(run) == []
     assert set(outcomes) == {"old", "new"}, outcomes
+    assert len(run.trials) == len(run.trace) * len(power_cut.MODES)
+    # The attributes went on the staged file before its data and before the rename.
+    commit = commit_index(run.trace, "config")
+    assert commit is not None
+    names = [s.name for s in run.trace]
+    assert "fsetxattr" in names[:commit], names
 
 
 @pytest.mark.slow
@@ -536,7 +542,7 @@ def test_power_cut_catches_attributes_set_after_the_rename(
     the published file. A cut between the two leaves the new content without them."""
     require_tools("setfacl")
     fs, mnt = cut_fs
-    run = _cut(mnt, tmp_path, "after")
+    run = _cut(mnt, tmp_path, "after", ("commit",))
     bad = _bad(run)
     _note(power_cut.describe(fs, "BROKEN attributes after rename", run, f"{len(bad)} bad"))
     assert any(outcome == "new without attributes" for outcome, _ in bad), run.trials
