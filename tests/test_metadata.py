@@ -419,10 +419,13 @@ TRACED = "report(**attempt(atomic_write, sys.argv[1], b'new'))"
 
 @pytest.mark.parametrize("native", ["statx", "none"])
 def test_a_bind_mount_is_seen_before_any_file_is_created(workdir: Path, native: str) -> None:
-    """With statx (STATX_ATTR_MOUNT_ROOT) and without it (mount ids), the error comes
-    before the staged file is created: no O_TMPFILE or O_CREAT open, no write."""
+    """With statx (STATX_ATTR_MOUNT_ROOT) and without it (/proc/self/mountinfo), the
+    error comes before the staged file is created: no O_TMPFILE or O_CREAT open, no
+    write."""
     require_root()
-    target = workdir / "resolv.conf"
+    etc = workdir / "etc dir"  # mountinfo escapes the space: \040
+    etc.mkdir()
+    target = etc / "resolv.conf"
     target.write_bytes(OLD)
     with _bind_mounted(target):
         child = run_traced(
