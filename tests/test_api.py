@@ -35,8 +35,11 @@ def test_all_is_exactly_the_public_api() -> None:
         "CopyResult",
         "FileLock",
         "ForeignJournalError",
+        "HardLinkedTargetError",
         "JSONDocumentError",
         "LockTimeoutError",
+        "MetadataNotPreservedWarning",
+        "MountedTargetError",
         "NotDurableError",
         "NotRecordedError",
         "ObjectStoreError",
@@ -593,6 +596,12 @@ ERRORS: dict[str, tuple[BaseException, type[BaseException]]] = {
     ),
     "AmbiguousWriteError": (crashsafe.AmbiguousWriteError("answer lost", "s3://b/k"), OSError),
     "UpdateConflictError": (crashsafe.UpdateConflictError("s3://b/k", 64), TimeoutError),
+    "HardLinkedTargetError": (crashsafe.HardLinkedTargetError("/d/f", 3), OSError),
+    "MountedTargetError": (crashsafe.MountedTargetError("/etc/hosts"), OSError),
+    "MetadataNotPreservedWarning": (
+        crashsafe.MetadataNotPreservedWarning("/d/f", ["security.selinux (EPERM: no)"]),
+        UserWarning,
+    ),
 }
 
 

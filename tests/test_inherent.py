@@ -22,16 +22,17 @@ from tests.harness.mounts import tmpfs
 from tests.harness.require import require_tools
 
 
-def test_replacing_breaks_a_hard_link_which_keeps_the_old_content(
+def test_replacing_with_hardlinks_break_splits_a_hard_link_which_keeps_the_old_content(
     workdir: Path, staging: str
 ) -> None:
+    # Without hardlinks="break" this is refused (tests/test_metadata.py).
     target = workdir / "config"
     target.write_bytes(b"old")
     alias = workdir / "config.hardlink"
     os.link(target, alias)
     assert target.stat().st_nlink == 2
 
-    crashsafe.atomic_write(target, b"new")
+    crashsafe.atomic_write(target, b"new", hardlinks="break")
 
     assert target.read_bytes() == b"new"
     assert alias.read_bytes() == b"old"  # still the old inode
@@ -51,7 +52,7 @@ def test_append_mode_publishes_a_new_file_holding_a_copy_of_the_old_one(
     pinned = workdir / "journal.before"
     os.link(target, pinned)
 
-    with crashsafe.atomic_open(target, "ab") as f:
+    with crashsafe.atomic_open(target, "ab", hardlinks="break") as f:
         f.write(b"one more line\n")
 
     after = target.stat()
@@ -74,7 +75,7 @@ def _directory(kind: str, workdir: Path) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("where", ["disk", "tmpfs"])
-def test_extended_attributes_are_not_carried_over_yet(
+def test_extended_attributes_are_not_carried_with_preserve_mode(
     workdir: Path, staging: str, where: str
 ) -> None:
     with _directory(where, workdir) as directory:
@@ -83,13 +84,16 @@ def test_extended_attributes_are_not_carried_over_yet(
         os.setxattr(target, "user.origin", b"build-42")  # tmpfs: Linux 6.6 and later
         assert os.getxattr(target, "user.origin") == b"build-42"
 
-        crashsafe.atomic_write(target, b"new")
+        # preserve="all", the default, carries them (tests/test_metadata.py).
+        crashsafe.atomic_write(target, b"new", preserve="mode")
 
         assert target.read_bytes() == b"new"
         assert "user.origin" not in os.listxattr(target)
 
 
-def test_acl_entries_beyond_the_mode_are_not_carried_over_yet(workdir: Path, staging: str) -> None:
+def test_acl_entries_beyond_the_mode_are_not_carried_with_preserve_mode(
+    workdir: Path, staging: str
+) -> None:
     require_tools("setfacl", "getfacl")
     target = workdir / "shared"
     target.write_bytes(b"old")
@@ -106,7 +110,7 @@ def test_acl_entries_beyond_the_mode_are_not_carried_over_yet(workdir: Path, sta
 
     assert "user:nobody:r--" in acl()
 
-    crashsafe.atomic_write(target, b"new")
+    crashsafe.atomic_write(target, b"new", preserve="mode")
 
     assert target.read_bytes() == b"new"
     assert "user:nobody" not in acl()

@@ -60,6 +60,8 @@ class OpenOptions(TypedDict, total=False):
     durability: Durability
     follow_symlinks: bool
     parents: bool
+    preserve: Literal["all", "mode"]
+    hardlinks: Literal["refuse", "break"]
     validate: Validate
     encoding: str | None
     errors: str | None

@@ -25,6 +25,7 @@ from crashsafe._checks import (
     check_flag,
     single_name,
 )
+from crashsafe._metadata import Hardlinks, Preserve
 from crashsafe.atomic import AtomicFile
 from crashsafe.objectstore._url import is_url
 
@@ -59,6 +60,8 @@ def atomic_open(
     durability: Durability = "durable",
     follow_symlinks: bool = True,
     parents: bool = False,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
     validate: Validate = None,
     encoding: str | None = None,
     errors: str | None = None,
@@ -118,6 +121,8 @@ def atomic_open(
         durability=durability,
         follow_symlinks=follow_symlinks,
         parents=parents,
+        preserve=preserve,
+        hardlinks=hardlinks,
         validate=validate,
         encoding=encoding,
         errors=errors,
@@ -136,6 +141,8 @@ def atomic_write(
     overwrite: bool = True,
     follow_symlinks: bool = True,
     parents: bool = False,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
     validate: Validate = None,
     encoding: str = DEFAULT_ENCODING,
     store: S3Store | None = None,
@@ -185,6 +192,8 @@ def atomic_write(
         durability=durability,
         follow_symlinks=follow_symlinks,
         parents=parents,
+        preserve=preserve,
+        hardlinks=hardlinks,
         validate=validate,
     ) as staged:
         staged.write_all(data)
@@ -211,7 +220,13 @@ def _write_object(
 
 
 def write_file_atomic(
-    dir: str | os.PathLike[str], name: str | os.PathLike[str], data: BytesLike, perm: int
+    dir: str | os.PathLike[str],
+    name: str | os.PathLike[str],
+    data: BytesLike,
+    perm: int,
+    *,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
 ) -> None:
     """Write *data* to ``dir/name`` with exactly the mode *perm*, all or nothing, durably.
 
@@ -225,10 +240,13 @@ def write_file_atomic(
     *dir* and *name* may be str, bytes or path-like. Raises
     :class:`ValueError` if *name* is not a single path component and
     :class:`TypeError` if *data* is not bytes-like or *name* not a name.
+    *preserve* and *hardlinks* are those of :class:`AtomicFile`.
     """
     atomic_write(
         os.path.join(os.fsdecode(os.fspath(dir)), single_name(name)),
         as_bytes(data, "bytes"),
         perm=perm,
         follow_symlinks=False,
+        preserve=preserve,
+        hardlinks=hardlinks,
     )

@@ -56,6 +56,7 @@ from crashsafe._checks import (
     unnamed_os_error,
     validators_of,
 )
+from crashsafe._metadata import Hardlinks, Preserve, carry, check_keywords, check_target
 from crashsafe._target import Target, locate, replaced_file
 from crashsafe.errors import NotDurableError, VerificationError
 
@@ -171,6 +172,27 @@ class AtomicFile(Generic[_F_co]):
     it, a missing directory raises :class:`FileNotFoundError`. A symlink at
     the target that points into a missing directory does not create it.
 
+    *preserve*: ``"all"`` (the default): a replaced file's extended
+    attributes (``user.*``, ``security.selinux`` and other labels where the
+    process may set them, the POSIX access ACL, ``trusted.*`` when
+    privileged) are set on the staged file right after it is created, before
+    any data, besides its mode and owner; an access ACL the directory's
+    default ACL would add is removed if the old file had none. *perm* still
+    wins for the mode bits, applied after the ACL: its group bits become the
+    ACL's mask, as ``chmod`` does. What cannot be kept (``EPERM``,
+    ``ENOTSUP``), and file capabilities (never carried: the kernel drops them
+    on a write), are named by a :class:`~crashsafe.MetadataNotPreservedWarning`,
+    warned before any data is written (a warnings filter that turns it into
+    an error makes the call raise and publish nothing). ``"mode"``: only the
+    mode, owner and group, as :func:`open` and a plain rename would leave.
+
+    *hardlinks*: ``"refuse"`` (the default): a target with more than one hard
+    link raises :class:`~crashsafe.HardLinkedTargetError` before anything is
+    staged (a rename would leave the other names on the old content);
+    ``"break"`` replaces this name anyway and lets the others keep the old file.
+    A target that is a mount point (a bind-mounted file) always raises
+    :class:`~crashsafe.MountedTargetError` (``EBUSY``) before anything is staged.
+
     *validate*: a callable, or a sequence of them, each called by
     :meth:`commit` with the complete staged content as a read-only binary
     file positioned at its start, before the fsync and the rename. A
@@ -180,7 +202,9 @@ class AtomicFile(Generic[_F_co]):
     publishes nothing.
 
     Raises, before anything is created: :class:`ValueError` for a bad *mode*,
-    *perm* or *durability*, or an *encoding* with a binary mode;
+    *perm*, *durability*, *preserve* or *hardlinks*, or an *encoding* with a
+    binary mode; :class:`~crashsafe.HardLinkedTargetError` and
+    :class:`~crashsafe.MountedTargetError` (above);
     :class:`TypeError` for a *validate* that is not callable or a
     *follow_symlinks* or *parents* that is not a bool;
     :class:`IsADirectoryError` if *path* is a directory; :class:`OSError`
@@ -219,15 +243,18 @@ class AtomicFile(Generic[_F_co]):
         durability: Durability = "durable",
         follow_symlinks: bool = True,
         parents: bool = False,
+        preserve: Preserve = "all",
+        hardlinks: Hardlinks = "refuse",
         validate: Validate = None,
         encoding: str | None = None,
         errors: str | None = None,
         newline: str | None = None,
     ) -> None:
-        self._setup(path, mode, perm, durability, follow_symlinks, validate,
-                    encoding, errors, newline, None, None, parents)  # fmt: skip
+        self._setup(path, mode, perm, durability, follow_symlinks, validate, encoding,
+                    errors, newline, None, None, parents, preserve, hardlinks)  # fmt: skip
 
-    def _setup(  # noqa: PLR0917 - one body for __init__ and stage(), no frame between
+    # One body for __init__ and stage(), no frame between: every step of staging.
+    def _setup(  # noqa: PLR0912, PLR0915, PLR0917
         self,
         path: str | os.PathLike[str],
         mode: str,
@@ -241,9 +268,13 @@ class AtomicFile(Generic[_F_co]):
         target: Target | None,
         new_file_perm: int | None,
         parents: bool,
+        preserve: Preserve,
+        hardlinks: Hardlinks,
     ) -> None:
         self._state = "new"  # so that __del__ is quiet if __init__ fails early
         check_options(mode, perm, durability)
+        if preserve != "all" or hardlinks != "refuse":  # no frame per write
+            check_keywords(preserve, hardlinks)
         if follow_symlinks is not True and follow_symlinks is not False:  # no frame per write
             check_flag("follow_symlinks", follow_symlinks)
         if parents is not False and parents is not True:
@@ -277,6 +308,8 @@ class AtomicFile(Generic[_F_co]):
             existing = replaced_file(old, self._replace, self.path)
             if must_exist:
                 _refuse_missing(existing, old, self.path)
+            if existing:
+                check_target(self._dir, self._name, existing, self.path, hardlinks)
 
             # Steps 2 and 3: the temporary file, with its owner, then its
             # exact mode, before a byte of data is in it.
@@ -292,6 +325,10 @@ class AtomicFile(Generic[_F_co]):
                     self._name, mode_bits, owner
                 )
                 self._state = "open"
+            if existing and preserve == "all":
+                # Before any data: the staged file is invisible until the
+                # rename, so no reader sees the target without them.
+                carry(self._dir, self._name, self._fd, self._mode, self.path)
 
             self._start_content(file_mode, keep_old and existing is not None)
             # The file object is made on first use of .file: atomic_write and
@@ -534,6 +571,8 @@ class AtomicFile(Generic[_F_co]):
         validate: Validate = None,
         new_file_perm: int | None = None,
         parents: bool = False,
+        preserve: Preserve = "all",
+        hardlinks: Hardlinks = "refuse",
     ) -> AtomicFile[BinaryIO]:
         """Internal door: a binary staged file, as ``AtomicFile(path, mode, ...)``.
 
@@ -547,7 +586,8 @@ class AtomicFile(Generic[_F_co]):
         """
         staged = cast("AtomicFile[BinaryIO]", object.__new__(AtomicFile))
         staged._setup(path, mode, perm, durability, follow_symlinks, validate,
-                      None, None, None, target, new_file_perm, parents)  # fmt: skip
+                      None, None, None, target, new_file_perm, parents, preserve,
+                      hardlinks)  # fmt: skip
         return staged
 
     @property

@@ -23,6 +23,7 @@ from typing import BinaryIO, Final
 
 from crashsafe import _platform
 from crashsafe._checks import BytesLike, Durability, as_data, check_flag, check_options
+from crashsafe._metadata import Hardlinks, Preserve, check_keywords, check_target
 from crashsafe._target import Target, locate
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError
@@ -41,6 +42,8 @@ def write_many(
     durability: Durability = "durable",
     perm: int | None = None,
     parents: bool = False,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
 ) -> None:
     """Write every ``path: data`` of *items*, each file all or nothing, as
     :func:`~crashsafe.atomic_write` would, but with the fsyncs overlapped and
@@ -56,7 +59,9 @@ def write_many(
     :class:`~crashsafe.AtomicFile`. *parents*: each file's missing
     directories are made as :class:`~crashsafe.AtomicFile` makes them
     (durably with ``"durable"``), while the paths are resolved, before any
-    file is written; they stay if the call then fails.
+    file is written; they stay if the call then fails. *preserve* and
+    *hardlinks*: as for :class:`~crashsafe.AtomicFile` (a hard-linked or
+    mounted target is refused before any file is written).
 
     Raises :class:`TypeError` for *items* that is not a mapping, a path or
     data of another type, and :class:`ValueError`
@@ -70,6 +75,7 @@ def write_many(
     whose fsync failed: its files were replaced but may not survive a power cut.
     """
     check_options("wb", perm, durability)
+    check_keywords(preserve, hardlinks)
     check_flag("parents", parents)
     if not isinstance(items, Mapping):
         raise TypeError(f"items must be a mapping of paths to data, not {type(items).__name__}")
@@ -82,9 +88,22 @@ def write_many(
         targets = _locate_distinct(
             [path for path, _ in batch], directories, parents, durability == "durable"
         )
+        # Every target a rename cannot replace is refused before the first write.
+        for (path, _), target in zip(batch, targets, strict=True):
+            st = target.status if isinstance(target, Target) else None
+            if st is not None and stat.S_ISREG(st.st_mode):
+                assert isinstance(target, Target)
+                check_target(target.directory, target.name, st, path, hardlinks)
         for start in range(0, len(batch), _BATCH):
             end = start + _BATCH
-            _write_batch(batch[start:end], targets[start:end], durability, perm, published)
+            _write_batch(
+                batch[start:end],
+                targets[start:end],
+                durability,
+                perm,
+                published,
+                metadata=(preserve, hardlinks),
+            )
     finally:
         _sync_and_close(directories, published if durability == "durable" else set())
 
@@ -154,13 +173,23 @@ def _write_batch(
     durability: Durability,
     perm: int | None,
     published: set[_platform.Directory],
+    *,
+    metadata: tuple[Preserve, Hardlinks],
 ) -> None:
+    preserve, hardlinks = metadata
     staged: list[tuple[AtomicFile[BinaryIO], Target]] = []
     try:
         for (path, data), target in zip(batch, targets, strict=True):
             if isinstance(target, OSError):
                 raise target
-            pending = AtomicFile.stage(path, target=target, perm=perm, durability=durability)
+            pending = AtomicFile.stage(
+                path,
+                target=target,
+                perm=perm,
+                durability=durability,
+                preserve=preserve,
+                hardlinks=hardlinks,
+            )
             staged.append((pending, target))
             pending.write_all(data)
         _publish_all([pending for pending, _ in staged], durability)

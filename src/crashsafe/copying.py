@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
 
 from crashsafe import _platform
 from crashsafe._checks import Durability, Validate, check_flag, unnamed_os_error
+from crashsafe._metadata import Hardlinks, Preserve
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import VerificationError
 from crashsafe.objectstore._url import is_url
@@ -356,6 +357,8 @@ def atomic_copy(
     digest: str | None = None,
     progress: Progress | None = None,
     parents: bool = False,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
     store: S3Store | None = None,
 ) -> CopyResult:
     """Copy *src* to *dst* all or nothing: *dst* shows its old content or a complete,
@@ -482,6 +485,8 @@ def atomic_copy(
             follow_symlinks=follow_symlinks,
             validate=validate,
             parents=parents,
+            preserve=preserve,
+            hardlinks=hardlinks,
         ) as staged:
             # The descriptor itself: a file object would only cost syscalls.
             copied, method = source.copy_to(staged.descriptor, staged.path, hasher, report)

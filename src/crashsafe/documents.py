@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
 from crashsafe import _platform
 from crashsafe._checks import BytesLike, Durability, Validate, check_flag, check_options
+from crashsafe._metadata import Hardlinks, Preserve, check_keywords
 from crashsafe.atomic import atomic_write
 from crashsafe.errors import JSONDocumentError
 from crashsafe.locking import FileLock
@@ -60,6 +61,8 @@ class WriteOptions(TypedDict, total=False):
     overwrite: bool
     follow_symlinks: bool
     parents: bool
+    preserve: Preserve
+    hardlinks: Hardlinks
     validate: Validate
     encoding: str
 
@@ -128,6 +131,7 @@ def update(
     _local_only(store, path)
     # Checked before the lock, whose file the first lock of a path creates.
     check_options("wb", write_keywords.get("perm"), write_keywords.get("durability", "durable"))
+    check_keywords(write_keywords.get("preserve", "all"), write_keywords.get("hardlinks", "refuse"))
     check_flag("overwrite", write_keywords.get("overwrite", True))
     follow = write_keywords.get("follow_symlinks", True)
     _make_parents(path, write_keywords.get("parents", False), write_keywords.get("durability"))
@@ -196,6 +200,8 @@ def write_json(
     indent: int | str | None = 2,
     timeout: float | None = None,
     parents: bool = False,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
     store: S3Store | None = None,
 ) -> None:
     """Replace *path* with *obj* as a JSON document, all or nothing.
@@ -209,6 +215,7 @@ def write_json(
     *durability*. *indent*: as for :func:`json.dumps`; None writes one line.
     *parents*: missing directories are made first, before the lock file, as
     :class:`~crashsafe.AtomicFile` makes them (durably with ``"durable"``).
+    *preserve* and *hardlinks*: as for :class:`~crashsafe.AtomicFile`.
 
     Raises, besides those, the errors of
     :class:`~crashsafe.locking.FileLock` (which name *path*, and the lock
@@ -228,10 +235,13 @@ def write_json(
         return
     _local_only(store, path)
     check_options("wb", perm, durability)  # before the lock file is made
+    check_keywords(preserve, hardlinks)
     data = dump_document(obj, indent)
     _make_parents(path, parents, durability)
     with FileLock(path, timeout=timeout):
-        atomic_write(path, data, perm=perm, durability=durability)
+        atomic_write(
+            path, data, perm=perm, durability=durability, preserve=preserve, hardlinks=hardlinks
+        )
 
 
 def update_json(
@@ -244,6 +254,8 @@ def update_json(
     indent: int | str | None = 2,
     timeout: float | None = None,
     parents: bool = False,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
     store: S3Store | None = None,
 ) -> Any:
     """Replace the document in *path* with ``fn(old document)``, under its lock.
@@ -254,7 +266,8 @@ def update_json(
     object or the old one changed in place, and the result is written as
     :func:`write_json` writes. Returns the new object. *fn* must return the
     document: ``None`` is refused (a document of JSON ``null`` is written
-    with :func:`write_json`). *parents*: as for :func:`write_json`.
+    with :func:`write_json`). *parents*, *preserve* and *hardlinks*: as for
+    :func:`write_json`.
 
     Raises, with *path* untouched: whatever *fn* raises; :class:`TypeError`
     if *fn* returns None;
@@ -281,6 +294,7 @@ def update_json(
         )
     _local_only(store, path)
     check_options("wb", perm, durability)
+    check_keywords(preserve, hardlinks)
     _make_parents(path, parents, durability)
     with FileLock(path, timeout=timeout):
         try:
@@ -301,7 +315,14 @@ def update_json(
                 "return the new document (the old one changed in place is fine); "
                 "nothing was written"
             )
-        atomic_write(path, dump_document(new, indent), perm=perm, durability=durability)
+        atomic_write(
+            path,
+            dump_document(new, indent),
+            perm=perm,
+            durability=durability,
+            preserve=preserve,
+            hardlinks=hardlinks,
+        )
     return new
 
 

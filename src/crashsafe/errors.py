@@ -12,7 +12,10 @@ already catch for it: :class:`NotDurableError` (:class:`OSError`),
 (:class:`RuntimeError`); for object stores, :class:`ObjectStoreError`
 (:class:`OSError`) with :class:`StoreCapabilityError` and
 :class:`AmbiguousWriteError`, and :class:`UpdateConflictError`
-(:class:`TimeoutError`). Each is exported from :mod:`crashsafe`, keeps its
+(:class:`TimeoutError`); for targets a rename cannot replace as asked,
+:class:`HardLinkedTargetError` and :class:`MountedTargetError`
+(:class:`OSError`), and the warning :class:`MetadataNotPreservedWarning`
+(:class:`UserWarning`). Each is exported from :mod:`crashsafe`, keeps its
 attributes through :mod:`pickle` (so it crosses process boundaries), and is
 listed in the README's table of errors.
 """
@@ -25,8 +28,11 @@ from typing import Any
 __all__ = [
     "AmbiguousWriteError",
     "ForeignJournalError",
+    "HardLinkedTargetError",
     "JSONDocumentError",
     "LockTimeoutError",
+    "MetadataNotPreservedWarning",
+    "MountedTargetError",
     "NotDurableError",
     "NotRecordedError",
     "ObjectStoreError",
@@ -287,4 +293,88 @@ class UpdateConflictError(TimeoutError):
         return (
             f"could not update {self.filename!r}: other writers replaced it first in each of "
             f"{self.attempts} attempts; nothing was written"
+        )
+
+
+class HardLinkedTargetError(OSError):
+    """The file to replace has more than one name (hard links); nothing was written.
+
+    A replacement by rename gives *one* name a new file: every other name
+    would keep the old content, silently splitting what the links shared. So
+    every call that replaces a file refuses, before anything is staged, with
+    ``errno`` ``EMLINK`` ("too many links": for this operation, there are).
+    ``filename`` is the path, ``links`` the link count. To replace it anyway
+    and let the other names keep the old file, pass ``hardlinks="break"``; to
+    change the content every name sees, write the file in place yourself
+    (``open(path, "r+b")``), which no crash-safe protocol can make atomic.
+    Picklable.
+    """
+
+    def __init__(self, path: str, links: int) -> None:
+        super().__init__(_errno.EMLINK, "has more than one hard link", path)
+        self.links = links
+
+    def __reduce__(self) -> tuple[type[HardLinkedTargetError], tuple[str, int]]:
+        return type(self), (self.filename, self.links)
+
+    def __str__(self) -> str:
+        return (
+            f"[Errno {self.errno}] {self.filename!r} has {self.links} hard links: replacing it "
+            "by a rename would split them (the other names would keep the old content); "
+            'pass hardlinks="break" to do that anyway, or write it in place yourself; '
+            "nothing was written"
+        )
+
+
+class MountedTargetError(OSError):
+    """The file to replace is a mount point (a bind-mounted file); nothing was written.
+
+    A container's ``/etc/hosts``, ``/etc/resolv.conf`` and ``/etc/hostname``
+    are files bind-mounted over the image's: ``rename`` onto a mount point
+    fails with ``EBUSY``, so no atomic replacement is possible there. Raised
+    with ``errno`` ``EBUSY`` before anything is staged; ``filename`` is the
+    path. What to do: change the file where it is mounted from (on the host,
+    where an atomic write works), or write it in place (``open(path, "r+b")``,
+    not crash-safe). Picklable.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(_errno.EBUSY, "is a mount point", path)
+
+    def __reduce__(self) -> tuple[type[MountedTargetError], tuple[str]]:
+        return type(self), (self.filename,)
+
+    def __str__(self) -> str:
+        return (
+            f"[Errno {self.errno}] {self.filename!r} is a mount point (a bind-mounted file): "
+            "a rename cannot replace it; write it where it is mounted from, or in place; "
+            "nothing was written"
+        )
+
+
+class MetadataNotPreservedWarning(UserWarning):
+    """A file was (or is being) replaced without some of the old file's extended attributes.
+
+    With ``preserve="all"``, every extended attribute of the replaced file is
+    set on the staged file before any data is written. One the process may
+    not set (``security.selinux`` without the right to relabel, ``trusted.*``
+    unprivileged, an attribute the filesystem refuses) and file capabilities
+    (``security.capability``, never carried: the kernel drops them on any
+    write, on purpose) are named here instead of being dropped silently.
+    Warned before any data is written: with ``warnings.simplefilter("error",
+    MetadataNotPreservedWarning)`` the call raises it and nothing is
+    published. ``filename`` is the target path, ``attributes`` the names
+    not kept (each with its reason in the message).
+    """
+
+    def __init__(self, filename: str, lost: list[str]) -> None:
+        super().__init__(filename, lost)
+        self.filename = filename
+        self.lost = list(lost)
+        self.attributes = [entry.split(" ", 1)[0] for entry in lost]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.filename!r}: the replacement does not keep these extended attributes "
+            f"of the old file: {'; '.join(self.lost)}"
         )

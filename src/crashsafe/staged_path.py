@@ -30,6 +30,7 @@ from crashsafe._checks import (
     check_options,
     validators_of,
 )
+from crashsafe._metadata import Hardlinks, Preserve, carry, check_keywords, check_target
 from crashsafe._target import locate, replaced_file
 from crashsafe.errors import NotDurableError, VerificationError
 from crashsafe.objectstore._url import is_url
@@ -51,6 +52,8 @@ def atomic_path(
     durability: Durability = "durable",
     validate: Validate = None,
     follow_symlinks: bool = True,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
 ) -> AbstractContextManager[str]: ...
 @overload
 def atomic_path(
@@ -60,6 +63,8 @@ def atomic_path(
     durability: Durability = "durable",
     validate: Validate = None,
     follow_symlinks: bool = True,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
 ) -> AbstractContextManager[Path]: ...
 def atomic_path(
     path: str | os.PathLike[str],
@@ -68,6 +73,8 @@ def atomic_path(
     durability: Durability = "durable",
     validate: Validate = None,
     follow_symlinks: bool = True,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
 ) -> AbstractContextManager[str] | AbstractContextManager[Path]:
     """Stage a file at a fresh private path; publish it at *path*, all or nothing.
 
@@ -102,7 +109,11 @@ def atomic_path(
     publishing rename too, so that a power cut cannot keep the publishing
     rename and lose the library's (publishing the empty file made here).
     *follow_symlinks*: a symlink at *path* is followed and the file it
-    points to replaced (False: the link itself is replaced).
+    points to replaced (False: the link itself is replaced). *preserve* and
+    *hardlinks* are those of :class:`~crashsafe.AtomicFile`; the old file's
+    extended attributes are given to the staged file at the end of the
+    block (a library may have renamed its own file onto the staged path),
+    before it is fsynced and published.
 
     Side files: SQLite keeps ``<staged>-journal``, ``<staged>-wal`` and
     ``<staged>-shm`` beside a database. Exactly these three names are
@@ -143,14 +154,15 @@ def atomic_path(
             "locally (or with atomic_path) and publish it with atomic_copy(local, url)"
         )
     check_options("wb", perm, durability)
+    check_keywords(preserve, hardlinks)
     if follow_symlinks is not True and follow_symlinks is not False:
         check_flag("follow_symlinks", follow_symlinks)
     checks = () if validate is None else validators_of(validate)
     as_path = not isinstance(path, str)
     target = os.fsdecode(os.fspath(path))
     if as_path:
-        return _stage(Path, target, perm, durability, checks, follow_symlinks)
-    return _stage(str, target, perm, durability, checks, follow_symlinks)
+        return _stage(Path, target, perm, durability, checks, follow_symlinks, preserve, hardlinks)
+    return _stage(str, target, perm, durability, checks, follow_symlinks, preserve, hardlinks)
 
 
 @contextmanager
@@ -161,10 +173,14 @@ def _stage(  # noqa: PLR0917 - atomic_path's arguments, checked, passed on as th
     durability: Durability,
     checks: tuple[Validator, ...],
     follow_symlinks: bool,
+    preserve: Preserve,
+    hardlinks: Hardlinks,
 ) -> Iterator[_P]:
     # Made as the block is entered, not when atomic_path() is called: a
     # context manager that is never entered leaves nothing behind.
-    staged = _Staged(path, perm, durability, checks, follow_symlinks)
+    staged = _Staged(
+        path, perm, durability, checks, follow_symlinks, preserve=preserve, hardlinks=hardlinks
+    )
     try:
         yield kind(staged.staged_path)
     except BaseException:
@@ -183,6 +199,9 @@ class _Staged:
         durability: Durability,
         checks: tuple[Validator, ...],
         follow_symlinks: bool,
+        *,
+        preserve: Preserve = "all",
+        hardlinks: Hardlinks = "refuse",
     ) -> None:
         self.path = path
         self._durability = durability
@@ -193,6 +212,10 @@ class _Staged:
         fd: int | None = None
         try:
             existing = replaced_file(old, True, path)
+            if existing:
+                check_target(self._dir, self._name, existing, path, hardlinks)
+            # Carried at commit, onto whatever file is then at the staged path.
+            self._carry = existing is not None and preserve == "all"
             mode_bits = (
                 perm if perm is not None else existing.st_mode & 0o7777 if existing else None
             )
@@ -273,6 +296,10 @@ class _Staged:
             self._check_side_files()
             # Step 3 again: a library's own file (renamed onto the staged
             # path) has its own mode, and a write may have cleared setuid.
+            # The old file's attributes go on the file that will be published,
+            # still unpublished (a library's own file has none of them).
+            if self._carry:
+                carry(self._dir, self._name, fd, self._mode, self.path)
             _platform.set_metadata(fd, self._mode, self._owner)
             # Step 4: the validators read the content the rename will publish.
             for check in self._checks:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 
 from crashsafe import _journal, _platform
 from crashsafe._checks import BytesLike, Durability, as_data, check_flag
+from crashsafe._metadata import Hardlinks, Preserve
 from crashsafe._target import Target
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError
@@ -98,7 +99,13 @@ class Transaction:
             pinned.close()
 
     def write(
-        self, name: str | os.PathLike[str], data: BytesLike | str, *, perm: int | None = None
+        self,
+        name: str | os.PathLike[str],
+        data: BytesLike | str,
+        *,
+        perm: int | None = None,
+        preserve: Preserve = "all",
+        hardlinks: Hardlinks = "refuse",
     ) -> None:
         """Stage *data* (bytes, or str encoded as UTF-8) as the new content of *name*.
 
@@ -107,7 +114,9 @@ class Transaction:
         symlink there is replaced, not followed. *perm* and the permission rules
         are those of :class:`~crashsafe.AtomicFile`: without it, an existing file
         keeps its mode and owner. A later write or remove of the same name in
-        this transaction replaces this one.
+        this transaction replaces this one. *preserve* and *hardlinks*: as for
+        :class:`~crashsafe.AtomicFile` (a hard-linked or mounted file is
+        refused here, before anything is staged).
 
         Raises :class:`ValueError` for a bad name or a transaction that is no
         longer open, :class:`TypeError` for a *name* that is no str, bytes or
@@ -124,6 +133,8 @@ class Transaction:
             target=Target(directory, name, directory.lstat(name)),  # a symlink is replaced
             perm=perm,
             durability=self._durability,
+            preserve=preserve,
+            hardlinks=hardlinks,
         )
         try:
             staged.write_all(data)

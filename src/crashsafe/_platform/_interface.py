@@ -51,6 +51,17 @@ class Directory(Protocol):
     def readlink(self, name: str) -> str:
         """The target of the symlink *name*."""
 
+    def is_mount_point(self, name: str, status: Status) -> bool:
+        """Whether the entry *name*, of *status* (just read by :meth:`lstat`), is the
+        root of a mount, such as a bind-mounted file, which no rename can replace."""
+
+    def copy_attributes(self, name: str, fd: int) -> tuple[list[str], bool]:
+        """Give the open file *fd* exactly the extended attributes of the regular
+        file *name* here (ACLs, SELinux label, ``user.*``; file capabilities
+        never). Returns what could not be kept, each with its reason, and
+        whether *fd*'s access ACL changed (then its mode must be set again).
+        Nothing where the platform has no extended attributes."""
+
     def open_read(self, name: str) -> int:
         """Open the existing file *name* for reading, refusing a symlink."""
 

@@ -6,7 +6,8 @@ worth", where the pieces that did not pay and were removed are listed too):
 
 ``"statx"``
     The status reads of a write (the target, the staged file) use statx(2)
-    through ctypes, asking for type, mode and owner only. A ``stat`` that
+    through ctypes, asking for type, mode, link count and owner only (and
+    reading whether the entry is a mount's root, which costs nothing more). A ``stat`` that
     returns an inode's ctime or mtime marks it "queried" (Linux 6.13's
     multigrain timestamps, fs/stat.c), and the next change to that inode then
     takes a fine-grained timestamp, which the filesystem must log. Fallback:
@@ -57,10 +58,13 @@ __all__ = ["PIECES", "probe", "signals_deferred"]
 PIECES: Final = ("statx", "warmup", "_signal", "libc_sigmask")
 
 # statx(2): the flags, and the fields asked for: STATX_TYPE | STATX_MODE |
-# STATX_UID | STATX_GID, and no timestamp (see the module's docstring).
+# STATX_NLINK | STATX_UID | STATX_GID, and no timestamp (see the module's docstring).
 _AT_SYMLINK_NOFOLLOW: Final = 0x100
 _AT_EMPTY_PATH: Final = 0x1000
-_STATX_WANTED: Final = 0x1 | 0x2 | 0x8 | 0x10
+_STATX_WANTED: Final = 0x1 | 0x2 | 0x4 | 0x8 | 0x10
+# stx_attributes: the entry is the root of a mount (Linux 5.8), a bind-mounted
+# file among them; stx_attributes_mask says whether the kernel reports it.
+_STATX_ATTR_MOUNT_ROOT: Final = 0x2000
 _FS_ENCODING: Final = sys.getfilesystemencoding()
 _FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 _ALL_SIGNALS: Final = signal.valid_signals()
@@ -78,7 +82,8 @@ _LibcSigmask = tuple[
 _Statx = tuple[
     Callable[..., int],  # statx(dirfd, name, flags, mask, buffer)
     Callable[[], object],  # a new buffer for one struct statx
-    Callable[..., tuple[int, ...]],  # its stx_mask, stx_uid, stx_gid and stx_mode
+    # its stx_mask, stx_attributes, stx_nlink, stx_uid, stx_gid, stx_mode, stx_attributes_mask
+    Callable[..., tuple[int, ...]],
     Callable[[], int],  # ctypes.get_errno
 ]
 
@@ -238,16 +243,18 @@ def _load_statx() -> bool:
     # No argtypes: ctypes's own conversions (int to int, bytes and a buffer to
     # pointers) are what statx takes, and skip a from_param call per argument.
     call.restype = ctypes.c_int
-    # struct statx is 256 bytes: stx_mask at offset 0, stx_uid, stx_gid and
-    # stx_mode at 20, 24 and 28 (include/uapi/linux/stat.h).
-    fields = struct.Struct("=I16xIIH").unpack_from
+    # struct statx is 256 bytes: stx_mask at offset 0, stx_attributes at 8,
+    # stx_nlink, stx_uid, stx_gid and stx_mode at 16, 20, 24 and 28,
+    # stx_attributes_mask at 56 (include/uapi/linux/stat.h).
+    fields = struct.Struct("=I4xQIIIH26xQ").unpack_from
     _statx = call, ctypes.c_char * 256, fields, ctypes.get_errno
     return True
 
 
 def _status(fd: int, name: str = "") -> Status:
-    """The type, mode and owner of *name* relative to the directory *fd*,
-    not following a symlink; of *fd* itself when *name* is empty.
+    """The type, mode, owner and link count of *name* relative to the directory
+    *fd*, not following a symlink; of *fd* itself when *name* is empty. Whether
+    it is a mount's root is known with statx only (``mount_root`` None without).
 
     Read with statx(2) asking for no timestamp where the probe chose it (see
     the module's docstring), else with :func:`os.stat`. Where statx is
@@ -273,13 +280,18 @@ def _status(fd: int, name: str = "") -> Status:
         else:
             rc = call(fd, b"", _AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH, _STATX_WANTED, result)
         if rc == 0:
-            mask, uid, gid, mode = fields(result)
+            mask, attributes, nlink, uid, gid, mode, known = fields(result)
             if mask & _STATX_WANTED == _STATX_WANTED:
-                return Status(mode, uid, gid)
+                root = (
+                    bool(attributes & _STATX_ATTR_MOUNT_ROOT)
+                    if known & _STATX_ATTR_MOUNT_ROOT
+                    else None
+                )
+                return Status(mode, uid, gid, nlink, root)
         else:
             err = get_errno()
             if err not in (errno.ENOSYS, errno.EPERM):
                 raise OSError(err, os.strerror(err))
             _statx = None  # a refusal holds for the process
     full = os.stat(name, dir_fd=fd, follow_symlinks=False) if name else os.fstat(fd)
-    return Status(full.st_mode, full.st_uid, full.st_gid)
+    return Status(full.st_mode, full.st_uid, full.st_gid, full.st_nlink)

@@ -37,6 +37,7 @@ from crashsafe._platform._copy import append_only, copy_data, copy_into  # noqa:
 from crashsafe._platform._linux import boot_tag, process_start  # noqa: E402
 from crashsafe._platform._linux import proc_path as reopen_path  # noqa: E402
 from crashsafe._platform._native import _status, signals_deferred  # noqa: E402
+from crashsafe._platform._xattr import copy_attributes, is_mount_point  # noqa: E402
 
 __all__ = [
     "Directory",
@@ -153,6 +154,19 @@ class Directory:
         except OSError as e:
             raise _name_error(e, self._join(name)) from None
         return st.st_mtime if stat.S_ISREG(st.st_mode) else None
+
+    def is_mount_point(self, name: str, status: Status) -> bool:
+        """Whether the entry *name*, whose *status* was just read, is the root of a
+        mount (a bind-mounted file): see :func:`~crashsafe._platform._xattr.is_mount_point`."""
+        return is_mount_point(self.fd, name, status)
+
+    def copy_attributes(self, name: str, fd: int) -> tuple[list[str], bool]:
+        """Give the open file *fd* the extended attributes of the file *name* here;
+        see :func:`~crashsafe._platform._xattr.copy_attributes`. Errors name the entry."""
+        try:
+            return copy_attributes(self.fd, name, fd)
+        except OSError as e:
+            raise _name_error(e, self._join(name)) from None
 
     def open_read(self, name: str) -> int:
         """Open the existing file *name* for reading, refusing a symlink."""

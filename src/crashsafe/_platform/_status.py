@@ -1,4 +1,5 @@
-"""What the protocol reads of an existing inode: its type, mode bits and owner."""
+"""What the protocol reads of an existing inode: its type, mode bits, owner, link
+count, and whether it is the root of a mount."""
 
 from __future__ import annotations
 
@@ -16,3 +17,8 @@ class Status(NamedTuple):
     st_mode: int
     st_uid: int
     st_gid: int
+    #: How many names the inode has (a replaced file with more than one is refused).
+    st_nlink: int = 1
+    #: Whether the entry is the root of a mount (a bind-mounted file): True or
+    #: False where the read could tell (statx), None where it could not.
+    mount_root: bool | None = None

@@ -101,7 +101,15 @@ class Directory:
             st = os.lstat(self._join(name))
         except FileNotFoundError:
             return None
-        return Status(st.st_mode, st.st_uid, st.st_gid)
+        return Status(st.st_mode, st.st_uid, st.st_gid, st.st_nlink, False)
+
+    def is_mount_point(self, name: str, status: Status) -> bool:
+        """False: a file cannot be a mount point on Windows."""
+        return False
+
+    def copy_attributes(self, name: str, fd: int) -> tuple[list[str], bool]:
+        """Nothing: alternate data streams and Windows ACLs are not carried."""
+        return [], False
 
     def mtime(self, name: str) -> float | None:
         try:

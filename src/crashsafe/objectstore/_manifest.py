@@ -80,10 +80,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from crashsafe import _journal
 from crashsafe._checks import BytesLike, Durability, as_data
+from crashsafe._metadata import check_keywords
 from crashsafe.errors import ForeignJournalError, ObjectStoreError, UpdateConflictError
 from crashsafe.objectstore._client import Ambiguous, Client, Refused, client_for
 from crashsafe.objectstore._client import S3Store as Store
@@ -272,13 +273,23 @@ class ObjectTransaction(Transaction):
             self._batch = f"{self._prefix.key}{DATA}{base + 1}-{secrets.token_hex(8)}/"
         return self._batch
 
-    def write(self, name: Any, data: BytesLike | str, *, perm: int | None = None) -> None:
+    def write(
+        self,
+        name: Any,
+        data: BytesLike | str,
+        *,
+        perm: int | None = None,
+        preserve: Literal["all", "mode"] = "all",
+        hardlinks: Literal["refuse", "break"] = "refuse",
+    ) -> None:
         """Send *data* (bytes, or str encoded as UTF-8) as the new content of *name*, now.
 
         *name* is one name (no ``/``), as locally. The object goes to a key of
         this transaction's own; it is published by the commit. A later write
         or remove of the same name in this transaction replaces this one.
 
+        *preserve* and *hardlinks* are checked and have nothing to do (an
+        object has no extended attributes and no links).
         Raises :class:`ValueError` for *perm* (an object has no mode), a bad
         name or a transaction no longer open, :class:`TypeError` as locally,
         and the :class:`OSError` of the request
@@ -290,6 +301,7 @@ class ObjectTransaction(Transaction):
             raise ValueError(
                 f"{self._url(str(name))!r}: perm has no meaning for an object; leave it out"
             )
+        check_keywords(preserve, hardlinks)
         name = _journal.check_name(name)
         body = bytes(as_data(data))
         url = ObjectURL(self._prefix.bucket, self._batch_prefix() + name)
