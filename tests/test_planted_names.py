@@ -19,7 +19,7 @@ import pytest
 
 import crashsafe
 import crashsafe._platform._posix as posix
-from crashsafe.staging import _TEMP_RE, MARKER, is_temp_name, sweep, temp_name
+from crashsafe.staging import MARKER, TEMP_RE, is_temp_name, sweep, temp_name
 from tests.children import start as start_child
 from tests.harness.checks import entries, leftovers, snapshot
 from tests.harness.require import require
@@ -43,7 +43,7 @@ def planted_names(name: str) -> list[str]:
     """Every name a naive library might use, and names shaped exactly like crashsafe's."""
     names = [form.format(name) for form in NAIVE]
     names += [temp_name(name) for _ in range(3)]  # this process's own shape
-    own = _TEMP_RE.match(temp_name(name))
+    own = TEMP_RE.match(temp_name(name))
     assert own is not None
     owner = f"{own['pid']}-{own['start']}-{own['host']}"
     names += [
@@ -285,7 +285,7 @@ def test_temp_name_of_a_255_byte_name_fits_in_255_bytes(label: str) -> None:
         assert len(raw) <= 255
         assert name.startswith(".")
         assert is_temp_name(name)
-        match = _TEMP_RE.match(name)
+        match = TEMP_RE.match(name)
         assert match is not None
         assert match["stem"] and target.startswith(match["stem"])
 
@@ -326,6 +326,6 @@ def test_a_forked_child_does_not_draw_its_parents_random_parts() -> None:
 
 
 def _random_part_of(name: str) -> str:
-    match = _TEMP_RE.match(name)
+    match = TEMP_RE.match(name)
     assert match is not None
     return name[len(match["stem"]) + 2 :].split(".", maxsplit=1)[0]

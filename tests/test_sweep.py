@@ -27,7 +27,7 @@ import pytest
 import crashsafe
 import crashsafe._platform._posix as posix
 from crashsafe import sweep
-from crashsafe.staging import _TEMP_RE, MARKER, is_temp_name, temp_name
+from crashsafe.staging import MARKER, TEMP_RE, is_temp_name, temp_name
 from tests.children import Child
 from tests.children import start as start_child
 from tests.harness import mounts
@@ -43,7 +43,7 @@ HOUR = 3600.0
 
 def own_owner() -> tuple[int, int, str]:
     """This process's (pid, start time, host tag), as crashsafe writes them."""
-    match = _TEMP_RE.match(temp_name("x"))
+    match = TEMP_RE.match(temp_name("x"))
     assert match is not None
     return int(match["pid"]), int(match["start"]), match["host"]
 

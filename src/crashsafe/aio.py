@@ -91,6 +91,7 @@ from crashsafe._checks import (
     check_flag,
     check_options,
 )
+from crashsafe._metadata import Hardlinks, Preserve, check_keywords
 from crashsafe.copying import CopyResult, Progress
 from crashsafe.objectstore._url import is_url
 
@@ -115,6 +116,8 @@ async def atomic_write(
     overwrite: bool = True,
     follow_symlinks: bool = True,
     parents: bool = False,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
     validate: Validate = None,
     encoding: str = DEFAULT_ENCODING,
     store: S3Store | None = None,
@@ -138,6 +141,8 @@ async def atomic_write(
             overwrite=overwrite,
             follow_symlinks=follow_symlinks,
             parents=parents,
+            preserve=preserve,
+            hardlinks=hardlinks,
             validate=validate,
             encoding=encoding,
             store=store,
@@ -158,6 +163,8 @@ async def atomic_copy(
     digest: str | None = None,
     progress: Progress | None = None,
     parents: bool = False,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
     store: S3Store | None = None,
 ) -> CopyResult:
     """Copy *src* to *dst* all or nothing: :func:`crashsafe.atomic_copy`, awaited.
@@ -197,6 +204,8 @@ async def atomic_copy(
             digest=digest,
             progress=report,
             parents=parents,
+            preserve=preserve,
+            hardlinks=hardlinks,
             store=store,
         ),
         label=os.fsdecode(os.fspath(dst)),
@@ -213,19 +222,21 @@ def _read_old(path: str | os.PathLike[str], missing_ok: bool) -> Any:
     except FileNotFoundError:
         if not missing_ok:
             raise
-        return documents._MISSING
+        return documents.MISSING
 
 
 async def update_json(
     path: str | os.PathLike[str],
     fn: Callable[[Any], Any],
     *,
-    default: Any = documents._MISSING,
+    default: Any = documents.MISSING,
     perm: int | None = None,
     durability: Durability = "durable",
     indent: int | str | None = 2,
     timeout: float | None = None,
     parents: bool = False,
+    preserve: Preserve = "all",
+    hardlinks: Hardlinks = "refuse",
     store: S3Store | None = None,
 ) -> Any:
     """Replace the document in *path* with ``fn(old document)`` under its lock:
@@ -253,20 +264,23 @@ async def update_json(
                 indent=indent,
                 timeout=timeout,
                 parents=parents,
+                preserve=preserve,
+                hardlinks=hardlinks,
                 store=store,
             ),
             label=label,
             commits=True,
         )
-    documents._local_only(store, path)
+    documents.local_only(store, path)
     check_options("wb", perm, durability)
     check_flag("parents", parents)
+    check_keywords(preserve, hardlinks)
     if parents:
-        await _step(call, documents._make_parents, path, parents, durability, label=label)
+        await _step(call, documents.make_parents, path, parents, durability, label=label)
     async with FileLock(path, timeout=timeout):
-        missing_ok = not isinstance(default, documents._Missing)
+        missing_ok = not isinstance(default, documents.Missing)
         old = await _step(call, _read_old, path, missing_ok, label=label)
-        if isinstance(old, documents._Missing):
+        if isinstance(old, documents.Missing):
             old = copy.deepcopy(default)  # fn may change it in place; the caller's must not
         new = fn(old)
         if new is None:
@@ -277,7 +291,9 @@ async def update_json(
         data = documents.dump_document(new, indent)
         await _step(
             call,
-            lambda: atomic.atomic_write(path, data, perm=perm, durability=durability),
+            lambda: atomic.atomic_write(
+                path, data, perm=perm, durability=durability, preserve=preserve, hardlinks=hardlinks
+            ),
             label=label,
         )
     return new

@@ -254,7 +254,7 @@ class AtomicFile(Generic[_F_co]):
                     errors, newline, None, None, parents, preserve, hardlinks)  # fmt: skip
 
     # One body for __init__ and stage(), no frame between: every step of staging.
-    def _setup(  # noqa: PLR0912, PLR0915, PLR0917
+    def _setup(  # noqa: PLR0912, PLR0917
         self,
         path: str | os.PathLike[str],
         mode: str,

@@ -23,7 +23,7 @@ from crashsafe._checks import Durability, check_flag, check_options
 from crashsafe._target import locate
 from crashsafe.errors import NotDurableError
 from crashsafe.objectstore._url import is_url
-from crashsafe.staging import _TEMP_RE, temp_name
+from crashsafe.staging import TEMP_RE, temp_name
 
 __all__ = ["atomic_directory"]
 
@@ -162,7 +162,7 @@ def _stage(kind: type[_P], path: str, durability: Durability, parents: bool) -> 
 
 def _own_version(link: str) -> bool:
     """Whether a symlink's *link* text names a version directory of atomic_directory."""
-    match = _TEMP_RE.match(link)
+    match = TEMP_RE.match(link)
     return "/" not in link and match is not None and match["tree"] == "ver"
 
 

@@ -45,12 +45,15 @@ if TYPE_CHECKING:
 __all__ = ["JSONDocumentError", "read_json", "update", "update_json", "write_json"]
 
 
-class _Missing:
+class Missing:
+    """Internal door (with :data:`MISSING`, :func:`make_parents` and
+    :func:`local_only`) for :mod:`crashsafe.aio`: the type of "no default given"."""
+
     def __repr__(self) -> str:
         return "<no default>"
 
 
-_MISSING: Final = _Missing()
+MISSING: Final = Missing()
 
 
 class WriteOptions(TypedDict, total=False):
@@ -128,13 +131,13 @@ def update(
             validate=write_keywords.get("validate"),
             store=store,
         )
-    _local_only(store, path)
+    local_only(store, path)
     # Checked before the lock, whose file the first lock of a path creates.
     check_options("wb", write_keywords.get("perm"), write_keywords.get("durability", "durable"))
     check_keywords(write_keywords.get("preserve", "all"), write_keywords.get("hardlinks", "refuse"))
     check_flag("overwrite", write_keywords.get("overwrite", True))
     follow = write_keywords.get("follow_symlinks", True)
-    _make_parents(path, write_keywords.get("parents", False), write_keywords.get("durability"))
+    make_parents(path, write_keywords.get("parents", False), write_keywords.get("durability"))
     with FileLock(path, timeout=timeout, follow_symlinks=follow):
         try:
             with open(path, "rb") as f:
@@ -154,7 +157,7 @@ def update(
 
 
 def read_json(
-    path: str | os.PathLike[str], default: Any = _MISSING, *, store: S3Store | None = None
+    path: str | os.PathLike[str], default: Any = MISSING, *, store: S3Store | None = None
 ) -> Any:
     """The JSON document in *path*, parsed whole.
 
@@ -179,13 +182,13 @@ def read_json(
         from crashsafe.objectstore import _documents
 
         assert isinstance(path, str)
-        return _documents.read_json(path, default, _MISSING, store)
-    _local_only(store, path)
+        return _documents.read_json(path, default, MISSING, store)
+    local_only(store, path)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        if isinstance(default, _Missing):
+        if isinstance(default, Missing):
             raise
         return default
     return parse_document(data, os.fsdecode(os.fspath(path)))
@@ -233,11 +236,11 @@ def write_json(
         _objects.check_options(path, perm=perm, durability=durability)
         _documents.write_json(path, obj, indent, store)
         return
-    _local_only(store, path)
+    local_only(store, path)
     check_options("wb", perm, durability)  # before the lock file is made
     check_keywords(preserve, hardlinks)
     data = dump_document(obj, indent)
-    _make_parents(path, parents, durability)
+    make_parents(path, parents, durability)
     with FileLock(path, timeout=timeout):
         atomic_write(
             path, data, perm=perm, durability=durability, preserve=preserve, hardlinks=hardlinks
@@ -248,7 +251,7 @@ def update_json(
     path: str | os.PathLike[str],
     fn: Callable[[Any], Any],
     *,
-    default: Any = _MISSING,
+    default: Any = MISSING,
     perm: int | None = None,
     durability: Durability = "durable",
     indent: int | str | None = 2,
@@ -287,20 +290,20 @@ def update_json(
             path,
             fn,
             default=default,
-            missing=_MISSING,
+            missing=MISSING,
             indent=indent,
             timeout=timeout,
             store=store,
         )
-    _local_only(store, path)
+    local_only(store, path)
     check_options("wb", perm, durability)
     check_keywords(preserve, hardlinks)
-    _make_parents(path, parents, durability)
+    make_parents(path, parents, durability)
     with FileLock(path, timeout=timeout):
         try:
             old = read_json(path)
         except FileNotFoundError:
-            if isinstance(default, _Missing):
+            if isinstance(default, Missing):
                 raise
             import copy
 
@@ -326,7 +329,7 @@ def update_json(
     return new
 
 
-def _make_parents(
+def make_parents(
     path: str | os.PathLike[str], parents: object, durability: Durability | None
 ) -> None:
     """With *parents*, make *path*'s missing directories before its lock file
@@ -337,7 +340,8 @@ def _make_parents(
         _platform.make_directories(head, sync=durability in (None, "durable")).close()
 
 
-def _local_only(store: object, path: str | os.PathLike[str]) -> None:
+def local_only(store: object, path: str | os.PathLike[str]) -> None:
+    """Refuse *store* for a local *path* (a ValueError naming it)."""
     if store is not None:
         raise ValueError(f"{os.fsdecode(os.fspath(path))!r}: store= applies to s3:// URLs only")
 

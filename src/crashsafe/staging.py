@@ -51,7 +51,9 @@ STAGED_PATH = "-path"
 # At most this many bytes of the target's suffixes end a staged path's name.
 SUFFIX_MAX = 64
 _NAME_MAX = 255
-_TEMP_RE = re.compile(
+# Internal door: every temporary name crashsafe makes (directories.py reads its
+# writer fields).
+TEMP_RE = re.compile(
     r"^\.(?P<stem>.*)\.[0-9a-f]{16}\.(?P<pid>\d+)-(?P<start>\d+)-(?P<host>[0-9a-f]{8})"
     + re.escape(MARKER)
     # atomic_path's staged names: a token, the target's suffixes, SQLite's side files;
@@ -236,7 +238,7 @@ def sweep(
     try:
         links: dict[str, set[str]] = {}  # filled on first need by _sweep_tree
         for name in opened.names():
-            match = _TEMP_RE.match(name)
+            match = TEMP_RE.match(name)
             if match is None:
                 continue
             if match["tree"] is not None:
@@ -266,7 +268,7 @@ def _link_targets(opened: Any) -> set[str]:
     targets = set()
     for name in opened.names():
         # The temporary symlink of a swap never published keeps nothing alive.
-        if _TEMP_RE.match(name):
+        if TEMP_RE.match(name):
             continue
         st = opened.lstat(name)
         if st is not None and stat.S_ISLNK(st.st_mode):
@@ -313,4 +315,4 @@ def _sweep_tree(
 
 def is_temp_name(name: str) -> bool:
     """Whether *name* has the shape of a crashsafe temporary name."""
-    return _TEMP_RE.match(name) is not None
+    return TEMP_RE.match(name) is not None
