@@ -14,6 +14,7 @@ from typing import IO, Any
 
 import pytest
 
+import crashsafe
 import crashsafe.compat.atomicwrites as aw
 from crashsafe.compat.atomicwrites import AtomicWriter, atomic_write, move_atomic, replace_atomic
 from tests.harness.require import require_tools
@@ -62,6 +63,33 @@ def test_symlink_is_followed_and_kept(workdir: Path, staging: str) -> None:
         f.write("new")
     assert os.readlink(workdir / "link") == "real"
     assert (workdir / "real").read_text() == "new"
+
+
+# ---------------------------------------------------------------- hard links
+
+
+def test_hard_linked_target_is_refused_before_the_block(workdir: Path) -> None:
+    target, other = workdir / "a", workdir / "b"
+    target.write_text("old")
+    os.link(target, other)
+    ran = []
+    with (
+        pytest.raises(crashsafe.HardLinkedTargetError) as caught,
+        atomic_write(target, overwrite=True) as f,
+    ):
+        ran.append(f)
+    assert (ran, caught.value.filename, caught.value.links) == ([], str(target), 2)
+    assert (target.read_text(), other.read_text()) == ("old", "old")
+    assert sorted(p.name for p in workdir.iterdir()) == ["a", "b"]
+
+
+def test_hardlinks_break_splits_the_links_as_atomicwrites_did(workdir: Path) -> None:
+    target, other = workdir / "a", workdir / "b"
+    target.write_text("old")
+    os.link(target, other)
+    with atomic_write(target, overwrite=True, hardlinks="break") as f:
+        f.write("new")
+    assert (target.read_text(), other.read_text()) == ("new", "old")
 
 
 # ---------------------------------------------------------------- all or nothing

@@ -31,9 +31,14 @@ What changes, each on purpose (``docs/migration.md`` has the list):
   protocol orders it; :meth:`AtomicWriter.sync` only flushes. The directory
   is fsynced after the rename, on every platform and for both functions.
 
-Two keywords of crashsafe's own are accepted as well: *perm* (the exact final
-mode bits) and *durability* (``"durable"``, ``"consistent"``, ``"none"``, as
-for :func:`crashsafe.atomic_write`).
+Keywords of crashsafe's own are accepted as well: *perm* (the exact final
+mode bits), *durability* (``"durable"``, ``"consistent"``, ``"none"``),
+*preserve* and *hardlinks*, as for :func:`crashsafe.atomic_write`. A target
+with more than one hard link raises :class:`crashsafe.HardLinkedTargetError`
+before the block runs, where atomicwrites split the links silently; pass
+``hardlinks="break"`` for atomicwrites' behaviour (a *dir* of the writer's
+own keeps atomicwrites' rename, and its behaviour, there too). Extended attributes and
+ACLs of a replaced file are kept (``preserve="mode"``: only mode and owner).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from typing import IO, Any, BinaryIO
 
 from crashsafe import _platform
 from crashsafe._checks import DEFAULT_ENCODING, Durability
+from crashsafe._metadata import Hardlinks, Preserve, check_keywords
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError
 
@@ -166,6 +172,8 @@ class AtomicWriter:
         *,
         perm: int | None = None,
         durability: Durability = "durable",
+        preserve: Preserve = "all",
+        hardlinks: Hardlinks = "refuse",
         **open_kwargs: Any,
     ) -> None:
         if "a" in mode:
@@ -183,6 +191,9 @@ class AtomicWriter:
         self._overwrite = overwrite
         self._perm = perm
         self._durability: Durability = durability
+        check_keywords(preserve, hardlinks)
+        self._preserve: Preserve = preserve
+        self._hardlinks: Hardlinks = hardlinks
         self._open_kwargs = open_kwargs
         # The staged files this writer handed out, by the file object's id; kept
         # (a discard after a commit does nothing) so that no id is ever reused.
@@ -253,6 +264,8 @@ class AtomicWriter:
             "wb" if self._overwrite else "xb",
             perm=self._perm,
             durability=self._durability,
+            preserve=self._preserve,
+            hardlinks=self._hardlinks,
         )
         try:
             f = open(staged.descriptor, self._mode, closefd=False, **kwargs)  # noqa: SIM115
