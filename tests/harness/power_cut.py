@@ -450,9 +450,11 @@ def describe(fs: str, label: str, run: PowerCutRun, marks: str) -> str:
     found = sum(len(t.leftovers) for t in run.trials)
     swept = sum(t.swept for t in run.trials)
     left = sum(len(t.left_after_sweep) for t in run.trials)
+    modes = len({t.mode for t in run.trials})
     return (
-        f"power cut {fs:<20} {label:<26} {len(run.points)} crash points x {len(MODES)} "
-        f"modes = {len(run.trials)} trials ({marks}): {dict(sorted(outcomes.items()))}; "
+        f"power cut {fs:<20} {label:<26} {len(run.points)} crash points x {modes} "
+        f"mode{'s' if modes != 1 else ''} = {len(run.trials)} trials ({marks}): "
+        f"{dict(sorted(outcomes.items()))}; "
         f"temp files after remount {found} -> swept {swept} -> left {left}; "
         f"{run.seconds:.0f} s; drifts retried {run.drifts}"
     )
