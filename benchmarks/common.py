@@ -153,23 +153,32 @@ def drop_caches() -> bool:
     return True
 
 
+# How each benchmark filesystem is made: xfs with reflinks, btrfs, ext4 (none).
+MKFS = {
+    "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
+    "btrfs": ["mkfs.btrfs", "-q", "-f"],
+    "ext4": ["mkfs.ext4", "-q", "-F"],
+}
+
+
 @contextlib.contextmanager
-def loop_xfs(parent: str, size: int) -> Iterator[str]:
-    """A fresh xfs (reflink on) on a loop device backed by an image in *parent*.
+def loop_fs(fstype: str, parent: str, size: int) -> Iterator[str]:
+    """A fresh *fstype* (a key of :data:`MKFS`) on a loop device backed by an image in
+    *parent*.
 
     Yields the mount point. Whatever happens (an error, Ctrl-C), it is
     unmounted and exactly the loop devices backed by this image are detached:
     they are looked up by the image's path, so even a device whose name was
     never returned (an interrupt inside losetup) is found.
     """
-    work = tempfile.mkdtemp(prefix="crashsafe-bench-xfs-", dir=parent)
-    image = os.path.join(work, "xfs.img")
+    work = tempfile.mkdtemp(prefix=f"crashsafe-bench-{fstype}-", dir=parent)
+    image = os.path.join(work, f"{fstype}.img")
     mnt = os.path.join(work, "mnt")
     try:
         with open(image, "wb") as f:
             f.truncate(size)
         device = run(["losetup", "--find", "--show", "--direct-io=on", image])
-        run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", device])
+        run([*MKFS[fstype], device])
         os.mkdir(mnt)
         run(["mount", device, mnt])
         yield mnt
@@ -180,6 +189,11 @@ def loop_xfs(parent: str, size: int) -> Iterator[str]:
             for dev in run(["losetup", "-l", "-n", "-O", "NAME", "-j", image]).split():
                 subprocess.run(["losetup", "-d", dev], check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def loop_xfs(parent: str, size: int) -> contextlib.AbstractContextManager[str]:
+    """:func:`loop_fs` of an xfs with reflinks."""
+    return loop_fs("xfs", parent, size)
 
 
 def status_kib(field: str) -> int:

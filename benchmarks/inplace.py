@@ -20,49 +20,24 @@ devices); everything made is removed at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 
-from common import Row, Section, fmt_time, interleave, paired_ratio, ratio_interval, run
+from common import (
+    Row,
+    Section,
+    fmt_time,
+    interleave,
+    loop_fs,
+    paired_ratio,
+    ratio_interval,
+)
 
 import crashsafe
 
 PATCH = b"patched: 16 byte"
 SMALL = 4096
-MKFS = {
-    "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
-    "btrfs": ["mkfs.btrfs", "-q", "-f"],
-    "ext4": ["mkfs.ext4", "-q", "-F"],
-}
-
-
-@contextlib.contextmanager
-def loop_fs(fstype: str, parent: str, size: int) -> Iterator[str]:
-    """A fresh *fstype* on a loop device backed by a sparse image in *parent*; yields
-    the mount point, then unmounts it and detaches exactly the devices of that image."""
-    work = tempfile.mkdtemp(prefix=f"crashsafe-bench-{fstype}-", dir=parent)
-    image, mnt = os.path.join(work, "fs.img"), os.path.join(work, "mnt")
-    try:
-        with open(image, "wb") as f:
-            f.truncate(size)
-        device = run(["losetup", "--find", "--show", "--direct-io=on", image])
-        run([*MKFS[fstype], device])
-        os.mkdir(mnt)
-        run(["mount", device, mnt])
-        yield mnt
-    finally:
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", mnt], check=False)
-        with contextlib.suppress(OSError, subprocess.CalledProcessError):
-            for dev in run(["losetup", "-l", "-n", "-O", "NAME", "-j", image]).split():
-                subprocess.run(["losetup", "-d", dev], check=False)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _fill(path: str, size: int) -> None:
