@@ -234,7 +234,7 @@ def test_docs_site_in_chromium(
     for shot in ("home.png", "api.png", "search.png"):
         assert (shots / shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     SCREENSHOTS.mkdir(exist_ok=True)
-    for shot in shots.iterdir():
-        shutil.copyfile(shot, SCREENSHOTS / shot.name)
+    for saved in shots.iterdir():
+        shutil.copyfile(saved, SCREENSHOTS / saved.name)
     with capsys.disabled():
         print(f"\ndocs site: {len(pages)} pages checked; screenshots in {shots} and {SCREENSHOTS}")
