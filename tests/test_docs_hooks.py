@@ -98,3 +98,21 @@ def test_a_ratio_table_without_a_readable_ratio_fails_the_build() -> None:
     broken = "## Small writes\n\n| benchmark | time ratio |\n|---|---:|\n| x | 1,07 times |\n"
     with pytest.raises(PluginError, match="Small writes"):
         charts.add_charts(broken)
+
+
+def test_sphinx_roles_become_optional_links_or_code() -> None:
+    roles = hook("griffe_sphinx_roles")
+    import griffe
+
+    package = griffe.load("crashsafe", search_paths=[str(ROOT / "src")])
+    write = package["atomic_write"]  # the alias crashsafe.atomic_write
+    text = roles.linked("see :func:`atomic_open` and :class:`~crashsafe.errors.NotDurableError`",
+                        write.final_target)  # fmt: skip
+    assert '<autoref identifier="crashsafe._writes.atomic_open" optional>' in text
+    assert '<autoref identifier="crashsafe.errors.NotDurableError" optional>' in text
+    assert "<code>NotDurableError</code>" in text  # "~": the last part shown
+    # Without a scope, or a name nothing defines: code, never a broken link.
+    assert roles.linked(":meth:`no_such_thing`") == "<code>no_such_thing</code>"
+    assert roles.linked(":meth:`no_such_thing`", write.final_target) == (
+        "<code>no_such_thing</code>"
+    )
