@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from typing import Any, Final
+from typing import Any
 
 from crashsafe import _platform
 from crashsafe._aio_steps import _Call, _step
 from crashsafe._checks import check_timeout
 from crashsafe.errors import LockTimeoutError
-from crashsafe.locking import _POLL_FIRST, _POLL_MAX, lock_file_for
+from crashsafe.locking import DEFAULT, POLL_FIRST, POLL_MAX, Default, lock_file_for
 from crashsafe.objectstore._url import is_url
 
 __all__ = ["FileLock"]
@@ -61,14 +61,6 @@ def _unlock(fd: int | None) -> None:
         _platform.unlock(fd)
     finally:
         os.close(fd)
-
-
-class _Default:
-    def __repr__(self) -> str:
-        return "<the lock's own timeout>"
-
-
-_DEFAULT: Final = _Default()
 
 
 class FileLock:
@@ -119,13 +111,13 @@ class FileLock:
             raise RuntimeError("crashsafe.aio.FileLock is used from a task")
         return task
 
-    async def acquire(self, timeout: float | _Default | None = _DEFAULT) -> FileLock:
+    async def acquire(self, timeout: float | Default | None = DEFAULT) -> FileLock:
         """Take the lock, waiting at most *timeout* seconds (default: the lock's own).
 
         Returns the lock itself. Raises :class:`~crashsafe.LockTimeoutError`
         when the time is up, and the :class:`OSError` of the lock file.
         """
-        wait = self.timeout if isinstance(timeout, _Default) else check_timeout(timeout)
+        wait = self.timeout if isinstance(timeout, Default) else check_timeout(timeout)
         task = self._task()
         loop = asyncio.get_running_loop()
         deadline = None if wait is None else loop.time() + wait
@@ -161,7 +153,7 @@ class FileLock:
 
     async def _flock(self, deadline: float | None, wait: float | None) -> int:
         loop = asyncio.get_running_loop()
-        delay = _POLL_FIRST
+        delay = POLL_FIRST
         while True:
             fd = await _step(_Call(), _try_lock, self.lock_file, label=self.path, undo=_unlock)
             if fd is not None:
@@ -170,7 +162,7 @@ class FileLock:
             if left is not None and left <= 0:
                 raise LockTimeoutError(self.path, self.lock_file, wait or 0.0)
             await asyncio.sleep(delay if left is None else min(delay, left))
-            delay = min(delay * 2, _POLL_MAX)
+            delay = min(delay * 2, POLL_MAX)
 
     def release(self) -> None:
         """Undo one :meth:`acquire` of the calling task; the last one unlocks.

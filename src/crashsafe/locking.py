@@ -70,7 +70,7 @@ __all__ = ["FileLock", "LockTimeoutError"]
 
 _SUFFIX: Final = ".lock"
 _NAME_MAX: Final = 255
-_POLL_FIRST, _POLL_MAX = 0.001, 0.05  # seconds between attempts when a timeout is set
+POLL_FIRST, POLL_MAX = 0.001, 0.05  # seconds between attempts when a timeout is set
 
 
 def lock_file_for(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> str:
@@ -168,12 +168,14 @@ def _disown(key: str, slot: _Slot) -> None:
             os.close(fd)
 
 
-class _Default:
+class Default:
+    """Internal door (with :data:`DEFAULT`) for crashsafe.aio: "the lock's own timeout"."""
+
     def __repr__(self) -> str:
         return "<the lock's own timeout>"
 
 
-_DEFAULT: Final = _Default()
+DEFAULT: Final = Default()
 
 
 class FileLock:
@@ -242,13 +244,13 @@ class FileLock:
         #: The sidecar file whose ``flock`` is the lock.
         self.lock_file = lock_file_for(self.path, follow_symlinks=follow_symlinks)
 
-    def acquire(self, timeout: float | _Default | None = _DEFAULT) -> FileLock:
+    def acquire(self, timeout: float | Default | None = DEFAULT) -> FileLock:
         """Take the lock, waiting at most *timeout* seconds (default: the lock's own).
 
         Returns the lock itself. Raises :class:`LockTimeoutError` when the
         time is up, and the :class:`OSError` of opening the lock file.
         """
-        wait = self.timeout if isinstance(timeout, _Default) else check_timeout(timeout)
+        wait = self.timeout if isinstance(timeout, Default) else check_timeout(timeout)
         deadline = None if wait is None else time.monotonic() + wait
         me = threading.get_ident()
         key = self.lock_file
@@ -287,7 +289,7 @@ class FileLock:
         return self
 
     def _lock(self, slot: _Slot, deadline: float | None, wait: float | None) -> None:
-        delay = _POLL_FIRST
+        delay = POLL_FIRST
         while True:
             with _platform.signals_deferred():
                 slot.fd = _platform.open_lock_file(self.lock_file)
@@ -295,11 +297,11 @@ class FileLock:
                 _platform.lock(slot.fd)
             else:
                 while not _platform.lock(slot.fd, blocking=False):
-                    left = _POLL_MAX if deadline is None else deadline - time.monotonic()
+                    left = POLL_MAX if deadline is None else deadline - time.monotonic()
                     if left <= 0:
                         raise LockTimeoutError(self.path, self.lock_file, wait or 0.0)
                     time.sleep(min(delay, left))
-                    delay = min(delay * 2, _POLL_MAX)
+                    delay = min(delay * 2, POLL_MAX)
             if _platform.lock_file_linked(self.lock_file, slot.fd):
                 return
             # Someone removed or replaced the lock file while we waited on it:
