@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.inject import fault, run_traced
 from tests.harness.soak import SoakPlan, SoakResult, run_soak
 from tests.harness.soak_format import check as check_payload
 from tests.harness.soak_format import payload
@@ -99,3 +100,39 @@ def test_soak_catches_naive_writers_and_unlocked_counters(tmp_path: Path) -> Non
     lost = [p for p in result.problems if p.startswith("counter ") and "lost" in p]
     assert lost, f"the verdict missed the lost increments: {result.problems}"
     assert not any("minimum of work" in p for p in result.problems), result.problems
+
+
+# --------------------------------------------------------------------------- found by the soak
+
+
+@pytest.mark.parametrize("api", ["atomic_write", "transaction"])
+def test_a_target_removed_while_its_attributes_are_read_is_written_as_new(
+    workdir: Path, api: str
+) -> None:
+    """The soak's first run: a commit writing ``tx/extra.bin`` raised FileNotFoundError
+    naming it, because another commit removed the file between the writer's look
+    at the old file and its listing of that file's extended attributes (to carry
+    them, ``preserve="all"``). A file that is gone has nothing left to carry: the
+    write goes on as over a new file. ``llistxattr`` answers ENOENT here, as the
+    kernel does once the file is removed (injected: the race made certain)."""
+    target = workdir / "extra.bin"
+    target.write_bytes(b"old")
+    code = {
+        "atomic_write": "report(**attempt(atomic_write, sys.argv[1], b'new'))",
+        "transaction": (
+            "from crashsafe.transactions import transaction\n"
+            "def commit(path):\n"
+            "    with transaction(os.path.dirname(path)) as tx:\n"
+            "        tx.write(os.path.basename(path), b'new')\n"
+            "report(**attempt(commit, sys.argv[1]))"
+        ),
+    }[api]
+    child = run_traced(
+        code,
+        str(target),
+        trace=["llistxattr"],
+        inject=[fault("llistxattr", error="ENOENT", when=1)],
+    )
+    assert child.result == {"raised": None}, child.stderr
+    assert [line for line in child.log if "(INJECTED)" in line], child.log
+    assert target.read_bytes() == b"new"

@@ -57,12 +57,20 @@ def copy_attributes(dir_fd: int, name: str, fd: int) -> tuple[list[str], bool]:
     removed. Returns the attributes that could not be kept, each with its
     reason (capabilities among them), and whether the access ACL of *fd* was
     set or removed (which changes its mode's group bits: the caller sets the
-    mode again). Raises the :class:`OSError` of any other failure.
+    mode again). A *name* removed since the caller looked at it (by another
+    process) has nothing left to carry: ``([], False)``, as for a new file.
+    Raises the :class:`OSError` of any other failure.
     """
     if sys.platform != "linux" or not _PROC:  # pragma: no cover - no xattr calls in Python
         return [], False
     path = f"/proc/self/fd/{dir_fd}/{name}"
-    names = _names(lambda: os.listxattr(path, follow_symlinks=False))
+    try:
+        names = _names(lambda: os.listxattr(path, follow_symlinks=False))
+    except FileNotFoundError:
+        # Removed since the caller looked at it (another process's unlink, a
+        # transaction's remove: found by the soak test): nothing is left to
+        # carry, and the write goes on as over a new file.
+        return [], False
     present = _names(lambda: os.listxattr(fd))
     lost: list[str] = []
     acl_changed = False
@@ -74,8 +82,8 @@ def copy_attributes(dir_fd: int, name: str, fd: int) -> tuple[list[str], bool]:
         try:
             os.setxattr(fd, attribute, os.getxattr(path, attribute, follow_symlinks=False))
         except OSError as e:
-            if e.errno == errno.ENODATA:
-                continue  # removed from the old file since the listing
+            if e.errno in (errno.ENODATA, errno.ENOENT):
+                continue  # removed from the old file, or the file itself, since the listing
             if e.errno not in _NOT_KEPT:
                 raise
             lost.append(_describe(attribute, e))
