@@ -312,6 +312,7 @@ def run_soak(root: Path, plan: SoakPlan) -> SoakResult:
             slot = rng.choice(working)
             if writers.kill(slot):
                 result.kills += 1
+                progress.update()  # the killed start's last lines are not the next one's
                 writers.start(slot, progress)
         stop.touch()
         result.problems += writers.finish()
