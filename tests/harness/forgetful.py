@@ -68,7 +68,7 @@ class Forgetful:
 
     def sync_all(self) -> None:
         """Everything now in the mount is durable, as after ``sync(2)``: a new epoch
-        starts (crash states of earlier epochs can no longer be restored)."""
+        starts, whose crash states :meth:`crash_states` lists from now on."""
         self._ask("sync_all")
 
     def crash_states(
@@ -90,9 +90,12 @@ class Forgetful:
         return states
 
     def restore(self, state: CrashState) -> None:
-        """Make the mount hold exactly *state*, as after a reboot: what it holds is now
-        all durable (a new epoch). Files open before are gone (``ESTALE``). Raises
-        :class:`StaleStateError` for a state of an earlier epoch."""
+        """Make the mount hold exactly *state*, as after a reboot into it: what it holds
+        is now all durable (a new epoch), and files open before are gone (``ESTALE``).
+
+        Every state of the latest :meth:`crash_states` listing can be restored, one after
+        the other, whatever was done on the mount in between (a check that writes, a
+        recovery); a state of an earlier listing raises :class:`StaleStateError`."""
         self._ask("restore", state)
 
     def fail(
@@ -186,15 +189,21 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
 def _stop(mnt: Path, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
     """Unmount *mnt* and wait for *proc*, its filesystem, to exit; lazily and by force
     only when a process still holds the mount busy."""
+    busy = False
     if _mounted(mnt):
         done = subprocess.run(["fusermount3", "-u", str(mnt)], check=False, capture_output=True)
         if done.returncode != 0:
+            busy = True
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True)
     sock.close()
+    if busy:
+        # Detached, but a file still open there keeps the filesystem serving it: stop it
+        # (by its pid: the child this harness started); libfuse exits on SIGTERM.
+        proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()  # by its pid: the child this harness started
+        proc.kill()
         proc.wait()
 
 

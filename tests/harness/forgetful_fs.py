@@ -54,7 +54,7 @@ from crashsafe.crashcheck._ops import (
     Unlink,
     Write,
 )
-from tests.harness.forgetful_model import CrashState, Ledger
+from tests.harness.forgetful_model import CrashState, Ledger, StaleStateError
 from tests.harness.forgetful_wire import recv, send
 
 RENAME_NOREPLACE = 1
@@ -122,8 +122,13 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     def __init__(self, backing: str, scratch: str, control: socket.socket) -> None:
         self.mutex = threading.Lock()  # not "lock": that name is a FUSE operation
-        self.ledger = Ledger(backing, scratch)
         self.scratch = scratch
+        self.backing = backing
+        self.epochs = 0
+        self.ledger = self._next_ledger()
+        # The epoch crash states were last listed from: each of them can be restored,
+        # one after the other, until states of a later epoch are listed.
+        self.listed: Ledger | None = None
         self.control = control
         self.handles: dict[int, _Handle] = {}
         self.dirs: dict[int, str] = {}  # open directories: fd -> the path they were opened by
@@ -430,20 +435,39 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
                 answer = ("error", e)
             send(self.control, answer)
 
+    def _next_ledger(self) -> Ledger:
+        self.epochs += 1
+        return Ledger(self.backing, os.path.join(self.scratch, f"epoch-{self.epochs}"), self.epochs)
+
+    def _new_epoch(self) -> None:
+        """Everything in the backing directory is durable from now on."""
+        if self.ledger is not self.listed:
+            self.ledger.close()
+        self.ledger = self._next_ledger()
+
     def do_sync_all(self) -> None:
-        self.ledger.new_epoch()
+        self._new_epoch()
 
     def do_crash_states(self, limit: int, torn: bool, seed: int) -> list[CrashState]:
-        return self.ledger.crash_states(limit=limit, torn=torn, seed=seed)
+        states = self.ledger.crash_states(limit=limit, torn=torn, seed=seed)
+        if self.listed is not None and self.listed is not self.ledger:
+            self.listed.close()
+        self.listed = self.ledger
+        return states
 
     def do_durable_view(self) -> dict[str, bytes | None]:
         return self.ledger.pessimistic_view()
 
     def do_restore(self, state: CrashState) -> None:
-        self.ledger.check(state)
+        source = self.listed if self.listed is not None else self.ledger
+        if state.epoch != source.epoch:
+            raise StaleStateError(
+                f"a crash state of epoch {state.epoch}, but crash states were last listed "
+                f"in epoch {source.epoch}: list them again after the crash to restore"
+            )
         self.restores += 1
         dest = os.path.join(self.scratch, f"restore-{self.restores}")
-        self.ledger.write_out(state, dest)
+        source.write_out(state, dest)
         for fd in [*self.handles, *self.dirs]:  # files open across the crash are gone
             os.close(fd)
         self.handles.clear()
@@ -459,7 +483,7 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
             shutil.move(os.path.join(dest, name), os.path.join(root, name))
         os.chmod(root, stat.S_IMODE(os.stat(dest).st_mode))
         os.rmdir(dest)
-        self.ledger.new_epoch()
+        self._new_epoch()
 
     def do_fail(self, op: str, err: int, name: str | None, times: int) -> None:
         if op not in ("fsync", "fsyncdir", "write"):

@@ -73,28 +73,18 @@ class CrashState:
 
 
 class Ledger:
-    """The operations since the last epoch over the backing directory *root*, and the
-    crash states they allow. *scratch* is a directory of the ledger's own (snapshots,
-    states being written out), on any filesystem."""
+    """The operations of one epoch over the backing directory *root*, and the crash
+    states they allow. At its start everything in *root* is durable: a copy is taken
+    into *scratch* (a fresh directory of its own, on any filesystem, removed by
+    :meth:`close`), from which crash states are built. *epoch* numbers it."""
 
-    def __init__(self, root: str, scratch: str) -> None:
+    def __init__(self, root: str, scratch: str, epoch: int) -> None:
         self.root = os.path.realpath(root)
         self.scratch = scratch
-        self.epoch = 0
+        self.epoch = epoch
         self._count = 0
-        self.new_epoch()
-
-    # -- epochs -------------------------------------------------------------------------
-
-    def new_epoch(self) -> None:
-        """Everything in the backing directory is durable from now on (a snapshot of it
-        is taken; the log starts empty)."""
-        old = os.path.join(self.scratch, f"epoch-{self.epoch}")
-        self.epoch += 1
-        copy = os.path.join(self.scratch, f"epoch-{self.epoch}")
-        self.snapshot = take_snapshot([self.root], copy)
-        if os.path.exists(old):
-            shutil.rmtree(old)
+        os.mkdir(scratch)
+        self.snapshot = take_snapshot([self.root], os.path.join(scratch, "copy"))
         self.base = Base(self.snapshot)
         self.ops: list[Operation] = []
         self.descs: list[str] = []
@@ -108,6 +98,10 @@ class Ledger:
         # inode number then names the new file, as it does on the disk).
         self.inodes: dict[int, int] = {e.inode: e.inode for e in self.snapshot.entries.values()}
         self._next = -1
+
+    def close(self) -> None:
+        """Remove the copy: no state of this epoch can be built any more."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     # -- recording ----------------------------------------------------------------------
 
@@ -280,10 +274,7 @@ class Ledger:
 
     def check(self, state: CrashState) -> None:
         if state.epoch != self.epoch:
-            raise StaleStateError(
-                f"crash state of epoch {state.epoch}, but the filesystem is at epoch "
-                f"{self.epoch} (a sync_all or restore came since)"
-            )
+            raise StaleStateError(f"crash state of epoch {state.epoch}, not of epoch {self.epoch}")
 
     def write_out(self, state: CrashState | None, dest: str) -> None:
         """Write *state* (None: the pessimistic one) into the fresh directory *dest*."""

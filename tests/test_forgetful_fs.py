@@ -1,0 +1,331 @@
+"""The filesystem that forgets (tests/harness/forgetful.py) is right: it loses exactly
+what the conservative model lets a crash lose, and nothing it must keep.
+
+It proves nothing about crashsafe if it is wrong, so each rule of the model is checked
+here on its own: unsynced data lost or kept; fsync keeps it; an entry change without a
+directory fsync lost or kept, both outcomes listed; a rename needs both directories;
+torn writes; restore and the caches; and the two writers that bracket every proof, a
+naive ``open("w")`` that it must catch and crashsafe's ``atomic_write``, which shows only
+old or new.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import crashsafe
+from tests.harness.checks import leftovers
+from tests.harness.forgetful import CrashState, Forgetful, StaleStateError, forgetful
+from tests.harness.mounts import loop_mount, overlay, tmpfs
+
+PAGE = 4096
+
+
+@pytest.fixture
+def fs(tmp_path: Path) -> Iterator[Forgetful]:
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    with forgetful(backing) as mounted:
+        yield mounted
+
+
+def contents(fs: Forgetful, rel: str, states: list[CrashState]) -> list[bytes | None]:
+    """What each state (restored in turn) holds at *rel* (None: no such file), read
+    through the mount as a reader after the reboot would."""
+    out: list[bytes | None] = []
+    for state in states:
+        fs.restore(state)
+        try:
+            out.append((fs.mnt / rel).read_bytes())
+        except FileNotFoundError:
+            out.append(None)
+    return out
+
+
+def write_file(path: Path, data: bytes, *, sync: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- file data ----------------------------------------------------------------------------
+
+
+def test_an_unsynced_write_is_lost_or_kept(fs: Forgetful) -> None:
+    (fs.mnt / "f").write_bytes(b"old!")
+    fs.sync_all()
+    with open(fs.mnt / "f", "r+b") as f:
+        f.write(b"new!")
+    assert (fs.mnt / "f").read_bytes() == b"new!"  # readers see it at once
+    assert fs.durable_view() == {"f": b"old!"}
+    states = fs.crash_states()
+    assert states[0].family.startswith("pessimistic")
+    assert states[1].family.startswith("optimistic")
+    assert set(contents(fs, "f", states)) == {b"old!", b"new!"}
+
+
+def test_fsync_makes_the_data_durable(fs: Forgetful) -> None:
+    (fs.mnt / "f").write_bytes(b"old!")
+    fs.sync_all()
+    with open(fs.mnt / "f", "r+b") as f:
+        f.write(b"new!")
+        f.flush()
+        os.fsync(f.fileno())
+    assert fs.durable_view() == {"f": b"new!"}
+    states = fs.crash_states()
+    assert len(states) == 1  # nothing is left to lose: pessimistic and optimistic are one
+    assert contents(fs, "f", states) == [b"new!"]
+
+
+def test_fdatasync_keeps_the_data_not_a_mode_change(fs: Forgetful) -> None:
+    (fs.mnt / "f").write_bytes(b"old!")
+    os.chmod(fs.mnt / "f", 0o644)
+    fs.sync_all()
+    with open(fs.mnt / "f", "r+b") as f:
+        f.write(b"new!")
+        os.fchmod(f.fileno(), 0o600)
+        f.flush()
+        os.fdatasync(f.fileno())
+    modes = set()
+    for state in fs.crash_states():
+        fs.restore(state)
+        assert (fs.mnt / "f").read_bytes() == b"new!"
+        modes.add((fs.mnt / "f").stat().st_mode & 0o777)
+    assert modes == {0o644, 0o600}
+
+
+def test_torn_writes_land_by_pages_or_leave_zeros_or_garbage(fs: Forgetful) -> None:
+    (fs.mnt / "f").write_bytes(b"")
+    fs.sync_all()
+    data = b"a" * PAGE + b"b" * PAGE + b"c" * PAGE
+    with open(fs.mnt / "f", "r+b") as f:
+        f.write(data)
+    torn, whole = fs.crash_states(), fs.crash_states(torn=False)  # both of this crash
+    found = set(contents(fs, "f", torn))
+    assert {b"", data} <= found
+    assert b"a" * PAGE in found  # the first page alone
+    assert bytes(PAGE) + b"b" * PAGE in found  # the second page alone: a hole before it
+    assert bytes(3 * PAGE) in found  # the new size, no data: zeros
+    assert b"\xa5" * (3 * PAGE) in found  # or garbage
+    assert set(contents(fs, "f", whole)) == {b"", data}
+
+
+# -- directory entries --------------------------------------------------------------------
+
+
+def test_a_create_without_a_directory_fsync_can_be_lost(fs: Forgetful) -> None:
+    write_file(fs.mnt / "new", b"data", sync=True)  # the file synced, not its directory
+    assert fs.durable_view() == {}
+    assert set(contents(fs, "new", fs.crash_states())) == {None, b"data"}
+    write_file(fs.mnt / "new2", b"data", sync=True)
+    sync_dir(fs.mnt)
+    assert fs.durable_view() == {"new": b"data", "new2": b"data"}
+    assert contents(fs, "new2", fs.crash_states()) == [b"data"]
+
+
+def test_a_rename_after_the_files_fsync_is_old_or_new_until_the_directory_is_synced(
+    fs: Forgetful,
+) -> None:
+    (fs.mnt / "target").write_bytes(b"old")
+    fs.sync_all()
+    write_file(fs.mnt / "tmp", b"new", sync=True)
+    os.rename(fs.mnt / "tmp", fs.mnt / "target")
+    states = fs.crash_states()
+    assert set(contents(fs, "target", states)) == {b"old", b"new"}  # both listed
+    write_file(fs.mnt / "tmp", b"newer", sync=True)
+    os.rename(fs.mnt / "tmp", fs.mnt / "target")
+    sync_dir(fs.mnt)
+    assert set(contents(fs, "target", fs.crash_states())) == {b"newer"}
+
+
+def test_a_rename_between_directories_needs_both_synced(fs: Forgetful) -> None:
+    for d in ("a", "b"):
+        (fs.mnt / d).mkdir()
+    (fs.mnt / "a" / "f").write_bytes(b"x")
+    fs.sync_all()
+    os.rename(fs.mnt / "a" / "f", fs.mnt / "b" / "f")
+    sync_dir(fs.mnt / "b")
+    where = set()
+    for state in fs.crash_states():
+        fs.restore(state)
+        where.add(tuple(sorted(p.name for p in (fs.mnt / "a", fs.mnt / "b") if (p / "f").exists())))
+    assert where == {("a",), ("b",)}
+    fs.sync_all()
+    os.rename(fs.mnt / "b" / "f", fs.mnt / "a" / "f")
+    sync_dir(fs.mnt / "a")
+    sync_dir(fs.mnt / "b")
+    assert fs.durable_view() == {"a": None, "a/f": b"x", "b": None}
+
+
+def test_unlink_mkdir_symlink_and_link_wait_for_their_directory(fs: Forgetful) -> None:
+    (fs.mnt / "gone").write_bytes(b"g")
+    (fs.mnt / "f").write_bytes(b"f")
+    fs.sync_all()
+    os.unlink(fs.mnt / "gone")
+    (fs.mnt / "d").mkdir()
+    os.symlink("f", fs.mnt / "s")
+    os.link(fs.mnt / "f", fs.mnt / "h")
+    names = set()
+    states = fs.crash_states(limit=100)
+    for state in states:
+        fs.restore(state)
+        names.add(frozenset(os.listdir(fs.mnt)))
+    # Four independent changes, each lost or kept: all 16 combinations.
+    assert len(names) == 16
+    assert frozenset({"gone", "f"}) in names
+    assert frozenset({"f", "d", "s", "h"}) in names
+    fs.restore(states[0])  # back to "gone" and "f": the same again, then the directory fsync
+    os.unlink(fs.mnt / "gone")
+    (fs.mnt / "d").mkdir()
+    os.symlink("f", fs.mnt / "s")
+    os.link(fs.mnt / "f", fs.mnt / "h")
+    sync_dir(fs.mnt)
+    assert fs.durable_view() == {"d": None, "f": b"f", "h": b"f", "s": None}
+    assert len(fs.crash_states()) == 1
+
+
+def test_states_are_distinct_and_bounded_by_the_limit(fs: Forgetful) -> None:
+    for i in range(12):  # 12 unsynced creates: 4,096 combinations, sampled
+        (fs.mnt / f"f{i}").write_bytes(b"")
+    states = fs.crash_states(limit=20, seed=1)
+    again = fs.crash_states(limit=20, seed=1)
+    assert [s.kept for s in again] == [s.kept for s in states]  # seeded: the same sample
+    assert len(states) == 20
+    listings = set()
+    for state in states:
+        fs.restore(state)
+        listings.add(frozenset(os.listdir(fs.mnt)))
+    assert len(listings) == 20
+    assert frozenset() in listings and len(max(listings, key=len)) == 12
+    assert "lost [" in states[0].describe()
+
+
+# -- restore and the caches ---------------------------------------------------------------
+
+
+def test_a_restored_state_is_what_readers_see_without_a_remount(fs: Forgetful) -> None:
+    (fs.mnt / "f").write_bytes(b"short")
+    fs.sync_all()
+    with open(fs.mnt / "f", "wb") as f:
+        f.write(b"a much longer content")
+    # Readers fill every cache the kernel has: attributes, the entry, the pages.
+    assert (fs.mnt / "f").stat().st_size == 21
+    assert (fs.mnt / "f").read_bytes() == b"a much longer content"
+    (fs.mnt / "extra").mkdir()
+    pessimistic = fs.crash_states()[0]
+    fs.restore(pessimistic)
+    assert (fs.mnt / "f").stat().st_size == 5
+    assert (fs.mnt / "f").read_bytes() == b"short"
+    assert not (fs.mnt / "extra").exists()
+    assert os.listdir(fs.mnt) == ["f"]
+    # And through the backing directory: the mount holds exactly that state.
+    assert (fs.backing / "f").read_bytes() == b"short"
+
+
+def test_a_file_open_across_the_restore_is_gone(fs: Forgetful) -> None:
+    fd = os.open(fs.mnt / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fs.restore(fs.crash_states()[0])
+        with pytest.raises(OSError) as raised:
+            os.write(fd, b"x")
+        assert raised.value.errno == errno.ESTALE
+    finally:
+        os.close(fd)
+    assert os.listdir(fs.mnt) == []
+
+
+def test_every_state_of_a_listing_can_be_restored_but_not_an_older_one(fs: Forgetful) -> None:
+    (fs.mnt / "f").write_bytes(b"x")
+    first = fs.crash_states()
+    fs.restore(first[1])
+    (fs.mnt / "g").write_bytes(b"written after the reboot")
+    fs.restore(first[0])  # the same listing: fine, whatever happened in between
+    assert os.listdir(fs.mnt) == []
+    (fs.mnt / "h").write_bytes(b"y")
+    fs.crash_states()
+    with pytest.raises(StaleStateError, match="last listed"):
+        fs.restore(first[1])
+
+
+def test_create_only_renames_keep_their_flag(fs: Forgetful) -> None:
+    # mfusepy drops rename's flags unless told otherwise: RENAME_NOREPLACE would replace.
+    (fs.mnt / "x").write_bytes(b"first")
+    with pytest.raises(FileExistsError):
+        crashsafe.atomic_write(fs.mnt / "x", b"second", overwrite=False)
+    assert (fs.mnt / "x").read_bytes() == b"first"
+    assert leftovers(fs.mnt) == []
+
+
+def test_nothing_is_left_behind(tmp_path: Path) -> None:
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    with forgetful(backing) as mounted:
+        (mounted.mnt / "kept").write_bytes(b"k")
+        mnt, pid = mounted.mnt, mounted.pid
+        held = os.open(mnt / "kept", os.O_RDONLY)  # a busy mount is detached all the same
+    os.close(held)
+    assert str(mnt) not in Path("/proc/self/mountinfo").read_text()
+    assert not mnt.parent.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert os.listdir(backing) == ["kept"]  # the backing directory keeps the live view
+
+
+# -- the writers that bracket every proof -------------------------------------------------
+
+
+@contextlib.contextmanager
+def backing_on(kind: str, tmp_path: Path) -> Iterator[Path]:
+    """A backing directory on *kind*: the root filesystem, a tmpfs, btrfs, or an
+    overlayfs whose upper layer is on a tmpfs."""
+    if kind == "root":
+        (tmp_path / "b").mkdir()
+        yield tmp_path / "b"
+    elif kind == "tmpfs":
+        with tmpfs(size_kb=16384) as mnt:
+            yield mnt
+    elif kind == "btrfs":
+        with loop_mount("btrfs", size_mb=128) as mnt:
+            yield mnt
+    else:
+        with tmpfs(size_kb=16384) as upper, overlay(upper) as mnt:
+            yield mnt
+
+
+@pytest.mark.parametrize("kind", ["root", "tmpfs", "btrfs", "overlay"])
+def test_a_naive_write_tears_and_atomic_write_does_not(kind: str, tmp_path: Path) -> None:
+    old, new = b"o" * (2 * PAGE), b"n" * (3 * PAGE)
+    with backing_on(kind, tmp_path) as backing, forgetful(backing) as fs:
+        target = fs.mnt / "target"
+        target.write_bytes(old)
+        fs.sync_all()
+        with open(target, "wb") as f:  # the broken writer: truncate and write in place
+            f.write(new)
+        naive = contents(fs, "target", fs.crash_states(limit=200))
+        assert b"" in naive  # emptied and not rewritten
+        assert any(c not in (old, new, b"") for c in naive)  # torn
+        fs.sync_all()
+        crashsafe.atomic_write(target, new)
+        seen = contents(fs, "target", fs.crash_states(limit=200))
+        assert set(seen) == {new}  # a durable write returned: only new
+        crashsafe.atomic_write(target, old, durability="consistent")
+        seen = contents(fs, "target", fs.crash_states(limit=200))
+        assert set(seen) == {new, old}  # no directory fsync: old or new, never torn
