@@ -14,14 +14,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import crashsafe
+from tests import children
 from tests.harness.checks import leftovers
 from tests.harness.forgetful import CrashState, Forgetful, StaleStateError, forgetful
+from tests.harness.inject import fault, run_traced
 from tests.harness.mounts import loop_mount, overlay, tmpfs
 
 PAGE = 4096
@@ -329,3 +332,56 @@ def test_a_naive_write_tears_and_atomic_write_does_not(kind: str, tmp_path: Path
         crashsafe.atomic_write(target, old, durability="consistent")
         seen = contents(fs, "target", fs.crash_states(limit=200))
         assert set(seen) == {new, old}  # no directory fsync: old or new, never torn
+
+
+# -- writers killed part-way --------------------------------------------------------------
+
+
+def test_a_killed_writers_unsynced_writes_may_be_lost(fs: Forgetful) -> None:
+    child = children.Child(
+        """
+        import os, sys
+        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"written, never synced")
+        print("wrote", flush=True)
+        sys.stdin.readline()
+        """,
+        str(fs.mnt / "f"),
+    )
+    try:
+        assert child.readline() == "wrote"
+        child.kill9()  # killed with the file open: the filesystem outlives it
+    finally:
+        child.close()
+    found = set(contents(fs, "f", fs.crash_states()))
+    assert {None, b"", b"written, never synced"} <= found  # and torn: zeros, garbage
+
+
+@pytest.mark.parametrize(
+    ("when", "live", "after"), [(1, b"old", {b"old"}), (2, b"new", {b"old", b"new"})]
+)
+def test_atomic_write_killed_at_an_fsync_leaves_old_or_new_and_debris_sweep_removes(
+    fs: Forgetful, when: int, live: bytes, after: set[bytes]
+) -> None:
+    # Killed on entering its first fsync (the staged file's: nothing published yet) or
+    # its second (the directory's: published, not yet durable).
+    (fs.mnt / "target").write_bytes(b"old")
+    fs.sync_all()
+    killed = run_traced(
+        "atomic_write(sys.argv[1], b'new')",
+        str(fs.mnt / "target"),
+        trace=["fsync"],
+        inject=[fault("fsync", signal="KILL", when=when)],
+        staging="named",
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert (fs.mnt / "target").read_bytes() == live
+    seen, debris = set(), 0
+    for state in fs.crash_states():
+        fs.restore(state)
+        seen.add((fs.mnt / "target").read_bytes())
+        debris += len(leftovers(fs.mnt))
+        crashsafe.sweep(fs.mnt)  # its writer is gone: removed
+        assert leftovers(fs.mnt) == []
+    assert seen == after
+    assert debris > 0  # some states keep the staged file's name: sweep's job

@@ -26,12 +26,12 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from tests import children
 from tests.harness.forgetful_model import CrashState, StaleStateError
 from tests.harness.forgetful_wire import recv, send
 from tests.harness.require import require, require_root, require_tools
@@ -41,7 +41,7 @@ __all__ = ["ALWAYS", "CrashState", "Forgetful", "StaleStateError", "forgetful"]
 ALWAYS = -1
 """``fail(..., times=ALWAYS)``: every such operation from now on fails."""
 
-_ROOT = Path(__file__).resolve().parents[2]
+_PROGRAM = "import sys\nfrom tests.harness.forgetful_fs import main\nsys.exit(main(sys.argv[1:]))"
 _START_TIMEOUT = 60.0  # seconds for the child to mount (a bound, not a timing)
 
 
@@ -155,16 +155,18 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
     mnt.mkdir()
     state.mkdir()
     ours, theirs = socket.socketpair()
-    path = os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])
-    argv = [sys.executable, "-m", "tests.harness.forgetful_fs"]
-    argv += [str(backing), str(mnt), str(state), str(theirs.fileno())]
+    # Built where every child of the suite is (tests/children.py); started here, for
+    # the socket it inherits.
+    command = children.python_command(
+        _PROGRAM, str(backing), str(mnt), str(state), str(theirs.fileno()),
+        env={"FUSE_LIBRARY_NAME": "fuse3", "PYTHONPATH": children.ROOT},
+    )  # fmt: skip
     try:
         with open(log, "wb") as errors:
             proc = subprocess.Popen(
-                argv,
+                command.argv,
                 pass_fds=[theirs.fileno()],
-                cwd=_ROOT,
-                env=dict(os.environ, PYTHONPATH=path, FUSE_LIBRARY_NAME="fuse3"),
+                env=command.env,
                 stdin=subprocess.DEVNULL,
                 stdout=errors,
                 stderr=errors,

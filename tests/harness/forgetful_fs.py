@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fnmatch
+import itertools
 import os
 import shutil
 import socket
@@ -130,8 +131,11 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         # one after the other, until states of a later epoch are listed.
         self.listed: Ledger | None = None
         self.control = control
+        # Open files and directories by handle number, never reused: a release that
+        # arrives after a restore closed its file must not close a newer one.
         self.handles: dict[int, _Handle] = {}
-        self.dirs: dict[int, str] = {}  # open directories: fd -> the path they were opened by
+        self.dirs: dict[int, tuple[int, str]] = {}  # handle -> (fd, the path it was opened by)
+        self._handles = itertools.count(1)
         self.faults: list[_Fault] = []
         self.counts: Counter[tuple[str, str]] = Counter()
         self.restores = 0
@@ -201,19 +205,25 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
     @_locked
     def opendir(self, path: str) -> int:
         fd = os.open(self._p(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.dirs[fd] = path
-        return fd
+        fh = next(self._handles)
+        self.dirs[fh] = (fd, path)
+        return fh
+
+    def _dir(self, fh: int) -> tuple[int, str]:
+        opened = self.dirs.get(fh)
+        if opened is None:  # opened before a restore: as after a reboot, it is gone
+            raise mfusepy.FuseOSError(errno.ESTALE)
+        return opened
 
     @_locked
     def readdir(self, path: str | None, fh: int) -> list[str]:
-        if fh not in self.dirs:
-            raise mfusepy.FuseOSError(errno.ESTALE)
-        return [".", "..", *os.listdir(fh)]
+        return [".", "..", *os.listdir(self._dir(fh)[0])]
 
     @_locked
     def releasedir(self, path: str | None, fh: int) -> int:
-        if self.dirs.pop(fh, None) is not None:
-            os.close(fh)
+        opened = self.dirs.pop(fh, None)
+        if opened is not None:
+            os.close(opened[0])
         return 0
 
     @_locked
@@ -246,8 +256,9 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
             if flags & os.O_TRUNC:
                 call = self._call(f"truncate({path}, 0)")
                 self.ledger.record(Truncate(call, inode, 0), {("data", inode)})
-        self.handles[fd] = _Handle(fd, inode, path, bool(flags & _SYNCED))
-        return fd
+        fh = next(self._handles)
+        self.handles[fh] = _Handle(fd, inode, path, bool(flags & _SYNCED))
+        return fh
 
     @_locked
     def open(self, path: str, flags: int) -> int:
@@ -311,8 +322,9 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def release(self, path: str | None, fh: int) -> int:
-        if self.handles.pop(fh, None) is not None:
-            os.close(fh)
+        handle = self.handles.pop(fh, None)
+        if handle is not None:
+            os.close(handle.fd)
         return 0
 
     def chmod(self, path: str | None, mode: int) -> int:
@@ -409,12 +421,10 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
-        where = self.dirs.get(fh)
-        if where is None:
-            raise mfusepy.FuseOSError(errno.ESTALE)
+        fd, where = self._dir(fh)
         call = self._call(f"fsync({where.rstrip('/')}/)")
         self._fault("fsyncdir", where)
-        inode = self.ledger.inode(os.fstat(fh).st_ino)
+        inode = self.ledger.inode(os.fstat(fd).st_ino)
         self.ledger.sync(Sync(call, inode, "fsync"))
         return 0
 
@@ -468,7 +478,8 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         self.restores += 1
         dest = os.path.join(self.scratch, f"restore-{self.restores}")
         source.write_out(state, dest)
-        for fd in [*self.handles, *self.dirs]:  # files open across the crash are gone
+        # Files open across the crash are gone.
+        for fd in [h.fd for h in self.handles.values()] + [d[0] for d in self.dirs.values()]:
             os.close(fd)
         self.handles.clear()
         self.dirs.clear()
