@@ -30,12 +30,17 @@ from tests.harness.mounts import loop_mount, overlay, tmpfs
 PAGE = 4096
 
 
-@pytest.fixture
-def fs(tmp_path: Path) -> Iterator[Forgetful]:
-    backing = tmp_path / "backing"
-    backing.mkdir()
-    with forgetful(backing) as mounted:
+@pytest.fixture(scope="module")
+def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Forgetful]:
+    with forgetful(tmp_path_factory.mktemp("backing")) as mounted:
         yield mounted
+
+
+@pytest.fixture
+def fs(mounted: Forgetful) -> Forgetful:
+    """The module's filesystem, empty and reset (a mount costs about half a second)."""
+    mounted.reset()
+    return mounted
 
 
 def contents(fs: Forgetful, rel: str, states: list[CrashState]) -> list[bytes | None]:

@@ -32,13 +32,19 @@ from tests.harness.forgetful import ALWAYS, Forgetful, forgetful
 OLD, NEW = b"old content\n", b"new content\n" * 1000
 
 
-@pytest.fixture
-def fs(tmp_path: Path) -> Iterator[Forgetful]:
-    backing = tmp_path / "backing"
-    backing.mkdir()
-    (backing / "target").write_bytes(OLD)
-    with forgetful(backing) as mounted:
+@pytest.fixture(scope="module")
+def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Forgetful]:
+    with forgetful(tmp_path_factory.mktemp("backing")) as mounted:
         yield mounted
+
+
+@pytest.fixture
+def fs(mounted: Forgetful) -> Forgetful:
+    """The module's filesystem, reset, holding a durable "target" with OLD."""
+    mounted.reset()
+    (mounted.mnt / "target").write_bytes(OLD)
+    mounted.sync_all()
+    return mounted
 
 
 def after_a_crash(fs: Forgetful, rel: str) -> set[bytes | None]:

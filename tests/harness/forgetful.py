@@ -89,6 +89,12 @@ class Forgetful:
         states: list[CrashState] = self._ask("crash_states", limit, torn, seed)
         return states
 
+    def reset(self) -> None:
+        """Start afresh, as a newly mounted empty filesystem: the mount empty and durable,
+        files open on it gone, no fault pending, :meth:`calls` at zero, no listed crash
+        state to restore. Lets one mount serve many tests."""
+        self._ask("reset")
+
     def restore(self, state: CrashState) -> None:
         """Make the mount hold exactly *state*, as after a reboot into it: what it holds
         is now all durable (a new epoch), and files open before are gone (``ESTALE``).
@@ -161,6 +167,9 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
         _PROGRAM, str(backing), str(mnt), str(state), str(theirs.fileno()),
         env={"FUSE_LIBRARY_NAME": "fuse3", "PYTHONPATH": children.ROOT},
     )  # fmt: skip
+    # No coverage tracer in the filesystem: it would slow every operation of the tests
+    # on it, and the library code it runs (crashcheck's model) is measured elsewhere.
+    command.env.pop("COVERAGE_PROCESS_CONFIG", None)
     try:
         with open(log, "wb") as errors:
             proc = subprocess.Popen(

@@ -478,7 +478,17 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         self.restores += 1
         dest = os.path.join(self.scratch, f"restore-{self.restores}")
         source.write_out(state, dest)
-        # Files open across the crash are gone.
+        self._wipe()
+        root = self.ledger.root
+        for name in os.listdir(dest):
+            shutil.move(os.path.join(dest, name), os.path.join(root, name))
+        os.chmod(root, stat.S_IMODE(os.stat(dest).st_mode))
+        os.rmdir(dest)
+        self._new_epoch()
+
+    def _wipe(self) -> None:
+        """Close every file open on the mount (as a reboot does: they are gone) and
+        empty the backing directory."""
         for fd in [h.fd for h in self.handles.values()] + [d[0] for d in self.dirs.values()]:
             os.close(fd)
         self.handles.clear()
@@ -490,10 +500,14 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
                 shutil.rmtree(p)
             else:
                 os.unlink(p)
-        for name in os.listdir(dest):
-            shutil.move(os.path.join(dest, name), os.path.join(root, name))
-        os.chmod(root, stat.S_IMODE(os.stat(dest).st_mode))
-        os.rmdir(dest)
+
+    def do_reset(self) -> None:
+        self._wipe()
+        self.faults.clear()
+        self.counts.clear()
+        if self.listed is not None and self.listed is not self.ledger:
+            self.listed.close()
+        self.listed = None
         self._new_epoch()
 
     def do_fail(self, op: str, err: int, name: str | None, times: int) -> None:
