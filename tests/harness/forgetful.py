@@ -158,8 +158,9 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
     require_forgetful()
     scratch = Path(tempfile.mkdtemp(prefix="crashsafe-forgetful-"))
     mnt, state, log = scratch / "mnt", scratch / "state", scratch / "log"
+    scratch.chmod(0o755)  # the mount point inside it, for writers run as other users
     mnt.mkdir()
-    state.mkdir()
+    state.mkdir(mode=0o700)
     ours, theirs = socket.socketpair()
     # Built where every child of the suite is (tests/children.py); started here, for
     # the socket it inherits.

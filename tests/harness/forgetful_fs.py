@@ -83,6 +83,7 @@ class _Handle:
     inode: int
     name: str  # the path it was opened by, for faults that match names
     synced: bool
+    append: bool  # opened O_APPEND: a write lands at the end, whatever its offset says
 
 
 class _Fuse(mfusepy.FUSE):  # type: ignore[misc]  # mfusepy has no types
@@ -257,7 +258,9 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
                 call = self._call(f"truncate({path}, 0)")
                 self.ledger.record(Truncate(call, inode, 0), {("data", inode)})
         fh = next(self._handles)
-        self.handles[fh] = _Handle(fd, inode, path, bool(flags & _SYNCED))
+        self.handles[fh] = _Handle(
+            fd, inode, path, bool(flags & _SYNCED), bool(flags & os.O_APPEND)
+        )
         return fh
 
     @_locked
@@ -284,10 +287,14 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         self._fault("write", path or handle.name)
         size = os.fstat(handle.fd).st_size
         written = os.pwrite(handle.fd, data, offset)
+        if handle.append:  # pwrite on an O_APPEND descriptor appends (Linux)
+            offset = size
         end = offset + written
         call = self._call(f"write({path or handle.name}, {offset}..{end})")
         barriers = set() if handle.synced else {("data", handle.inode)}
-        op = Write(call, handle.inode, offset, data[:written], synced=handle.synced)
+        op = Write(
+            call, handle.inode, offset, data[:written], synced=handle.synced, appended=end > size
+        )
         self.ledger.record(op, barriers, grows=end > size)
         return written
 
