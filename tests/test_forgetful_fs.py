@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 from collections.abc import Iterator
@@ -134,6 +135,22 @@ def test_torn_writes_land_by_pages_or_leave_zeros_or_garbage(fs: Forgetful) -> N
     assert bytes(3 * PAGE) in found  # the new size, no data: zeros
     assert b"\xa5" * (3 * PAGE) in found  # or garbage
     assert set(contents(fs, "f", whole)) == {b"", data}
+
+
+def test_appends_are_recorded_where_they_land(fs: Forgetful) -> None:
+    (fs.mnt / "log").write_bytes(b"one\n")
+    fs.sync_all()
+    with open(fs.mnt / "log", "ab") as f:  # O_APPEND from the open
+        f.write(b"two\n")
+    fd = os.open(fs.mnt / "log", os.O_WRONLY)  # O_APPEND added later, as crashsafe's copies do
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        os.write(fd, b"three\n")
+    finally:
+        os.close(fd)
+    found = set(contents(fs, "log", fs.crash_states(torn=False)))
+    # Each append lost or kept; a later one kept without an earlier leaves a hole.
+    assert found == {b"one\n", b"one\ntwo\n", b"one\ntwo\nthree\n", b"one\n\0\0\0\0three\n"}
 
 
 # -- directory entries --------------------------------------------------------------------
