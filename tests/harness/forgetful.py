@@ -10,6 +10,11 @@ any combination, writes torn), and :meth:`Forgetful.restore` makes the mount hol
 them, as after a reboot. :meth:`Forgetful.fail` makes the next fsync, directory fsync or
 write answer an error, with Linux's semantics for a failed fsync.
 
+``sync(2)`` and ``syncfs(2)`` make nothing durable here, as on other FUSE filesystems
+(the kernel sends them to virtiofs only): :meth:`Forgetful.sync_all` is the test's
+``sync``. An error inside the filesystem itself (a bug, not an answer) reaches its caller
+as ``EIO`` and fails the ``with`` block on its way out.
+
 The filesystem runs as a child process (tests/harness/forgetful_fs.py), started and
 stopped by its pid, controlled over a unix socket pair, unmounted with ``fusermount3 -u``;
 nothing is left behind. The kernel's caches are off (``direct_io``, timeouts 0), so a
@@ -27,6 +32,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -55,10 +61,12 @@ class Forgetful:
         self.backing = backing
         self.pid = pid
         self._sock = sock
+        self._lock = threading.Lock()
 
     def _ask(self, name: str, *args: Any) -> Any:
-        send(self._sock, (name, args))
-        answer = recv(self._sock)
+        with self._lock:  # one request and its answer at a time, whichever thread asks
+            send(self._sock, (name, args))
+            answer = recv(self._sock)
         if answer is None:
             raise RuntimeError(f"the forgetful filesystem (pid {self.pid}) went away")
         status, value = answer
@@ -190,6 +198,11 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
             if ready != ("ok", "ready"):
                 raise RuntimeError(f"the forgetful filesystem did not start: {log.read_text()}")
             yield fs
+            failed = fs._ask("internal_errors")
+            if failed:
+                raise RuntimeError(
+                    "the forgetful filesystem failed (its callers got EIO):\n" + "\n".join(failed)
+                )
         finally:
             _stop(mnt, proc, ours)
     finally:

@@ -35,6 +35,7 @@ import socket
 import stat
 import sys
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,9 +110,19 @@ def _decode(path: bytes | None) -> str | None:
 
 
 def _locked(method: F) -> F:
+    """One operation, under the lock. An error that is no ``OSError`` is a fault of
+    this filesystem, not an answer: it is kept for the test (:meth:`do_internal_errors`)
+    and the caller gets ``EIO``."""
+
     def run(self: Forgetful, *args: Any) -> Any:
         with self.mutex:
-            return method(self, *args)
+            try:
+                return method(self, *args)
+            except OSError:
+                raise
+            except Exception:
+                self.internal.append(f"{method.__name__}{args!r}: {traceback.format_exc()}")
+                raise mfusepy.FuseOSError(errno.EIO) from None
 
     run.__name__ = method.__name__
     return run  # type: ignore[return-value]
@@ -138,6 +149,7 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         self.dirs: dict[int, tuple[int, str]] = {}  # handle -> (fd, the path it was opened by)
         self._handles = itertools.count(1)
         self.faults: list[_Fault] = []
+        self.internal: list[str] = []  # this filesystem's own failures (see _locked)
         self.counts: Counter[tuple[str, str]] = Counter()
         self.restores = 0
 
@@ -523,6 +535,9 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         if times == 0 or times < -1:
             raise ValueError("times must be positive, or -1 for every time")
         self.faults.append(_Fault(op, err, name, times))
+
+    def do_internal_errors(self) -> list[str]:
+        return list(self.internal)
 
     def do_clear_faults(self) -> None:
         self.faults.clear()
