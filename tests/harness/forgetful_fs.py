@@ -27,18 +27,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fnmatch
-import itertools
 import os
-import shutil
 import socket
 import stat
 import sys
 import threading
 import traceback
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import mfusepy
@@ -56,8 +51,7 @@ from crashsafe.crashcheck._ops import (
     Unlink,
     Write,
 )
-from tests.harness.forgetful_model import CrashState, Ledger, StaleStateError
-from tests.harness.forgetful_wire import recv, send
+from tests.harness.forgetful_control import Control, Handle
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -68,23 +62,6 @@ _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass
-class _Fault:
-    op: str
-    err: int
-    name: str | None
-    times: int  # -1: every time
-
-
-@dataclass
-class _Handle:
-    fd: int
-    inode: int
-    name: str  # the path it was opened by, for faults that match names
-    synced: bool
-    append: bool  # opened O_APPEND: a write lands at the end, whatever its offset says
 
 
 class _Fuse(mfusepy.FUSE):  # type: ignore[misc]  # mfusepy has no types
@@ -128,30 +105,11 @@ def _locked(method: F) -> F:
     return run  # type: ignore[return-value]
 
 
-class Forgetful(mfusepy.Operations):  # type: ignore[misc]
-    """The operations: pass through to the backing directory, record in the ledger."""
+class Forgetful(Control, mfusepy.Operations):  # type: ignore[misc]
+    """The operations: pass through to the backing directory, record in the ledger
+    (the test's requests, the open files and the faults are :class:`Control`'s)."""
 
     use_ns = True
-
-    def __init__(self, backing: str, scratch: str, control: socket.socket) -> None:
-        self.mutex = threading.Lock()  # not "lock": that name is a FUSE operation
-        self.scratch = scratch
-        self.backing = backing
-        self.epochs = 0
-        self.ledger = self._next_ledger()
-        # The epoch crash states were last listed from: each of them can be restored,
-        # one after the other, until states of a later epoch are listed.
-        self.listed: Ledger | None = None
-        self.control = control
-        # Open files and directories by handle number, never reused: a release that
-        # arrives after a restore closed its file must not close a newer one.
-        self.handles: dict[int, _Handle] = {}
-        self.dirs: dict[int, tuple[int, str]] = {}  # handle -> (fd, the path it was opened by)
-        self._handles = itertools.count(1)
-        self.faults: list[_Fault] = []
-        self.internal: list[str] = []  # this filesystem's own failures (see _locked)
-        self.counts: Counter[tuple[str, str]] = Counter()
-        self.restores = 0
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -165,30 +123,12 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         st = os.stat(os.path.dirname(self._p(path)))
         return ("dir", self.ledger.inode(st.st_ino))
 
-    def _fault(self, op: str, name: str) -> None:
-        """Count *op* on *name*, and raise the fault the test asked for, if one matches."""
-        base = os.path.basename(name)
-        self.counts[(op, base)] += 1
-        for fault in self.faults:
-            if fault.op == op and (fault.name is None or fnmatch.fnmatchcase(base, fault.name)):
-                if fault.times > 0:
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self.faults.remove(fault)
-                raise mfusepy.FuseOSError(fault.err)
-
     def _own(self, path: str) -> None:
         """Give a new entry to the caller, as a kernel filesystem would (this process
         runs as root)."""
         uid, gid, _ = mfusepy.fuse_get_context()
         if uid != 0 or gid != 0:
             os.chown(path, uid, gid, follow_symlinks=False)
-
-    def _handle(self, fh: int) -> _Handle:
-        handle = self.handles.get(fh)
-        if handle is None:  # opened before a restore: as after a reboot, it is gone
-            raise mfusepy.FuseOSError(errno.ESTALE)
-        return handle
 
     # -- setup --------------------------------------------------------------------------
 
@@ -203,13 +143,13 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
             # Unlinked while open: really removed, not renamed to .fuse_hidden*.
             config_3.hard_remove = 1
             config_3.nullpath_ok = 1
-        threading.Thread(target=self._serve, daemon=True).start()
+        threading.Thread(target=self.serve, daemon=True).start()
 
     # -- reading ------------------------------------------------------------------------
 
     @_locked
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
-        st = os.fstat(self._handle(fh).fd) if fh is not None else os.lstat(self._p(path or "/"))
+        st = os.fstat(self.handle(fh).fd) if fh is not None else os.lstat(self._p(path or "/"))
         keys = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks", "st_ino")
         out: dict[str, Any] = {k: getattr(st, k) for k in keys}
         out.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)
@@ -218,19 +158,11 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
     @_locked
     def opendir(self, path: str) -> int:
         fd = os.open(self._p(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fh = next(self._handles)
-        self.dirs[fh] = (fd, path)
-        return fh
-
-    def _dir(self, fh: int) -> tuple[int, str]:
-        opened = self.dirs.get(fh)
-        if opened is None:  # opened before a restore: as after a reboot, it is gone
-            raise mfusepy.FuseOSError(errno.ESTALE)
-        return opened
+        return self.open_dir(fd, path)
 
     @_locked
     def readdir(self, path: str | None, fh: int) -> list[str]:
-        return [".", "..", *os.listdir(self._dir(fh)[0])]
+        return [".", "..", *os.listdir(self.opened_dir(fh)[0])]
 
     @_locked
     def releasedir(self, path: str | None, fh: int) -> int:
@@ -252,7 +184,7 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
-        return os.pread(self._handle(fh).fd, size, offset)
+        return os.pread(self.handle(fh).fd, size, offset)
 
     # -- files --------------------------------------------------------------------------
 
@@ -269,11 +201,9 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
             if flags & os.O_TRUNC:
                 call = self._call(f"truncate({path}, 0)")
                 self.ledger.record(Truncate(call, inode, 0), {("data", inode)})
-        fh = next(self._handles)
-        self.handles[fh] = _Handle(
-            fd, inode, path, bool(flags & _SYNCED), bool(flags & os.O_APPEND)
+        return self.open_file(
+            Handle(fd, inode, path, bool(flags & _SYNCED), bool(flags & os.O_APPEND))
         )
-        return fh
 
     @_locked
     def open(self, path: str, flags: int) -> int:
@@ -295,8 +225,8 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
-        handle = self._handle(fh)
-        self._fault("write", path or handle.name)
+        handle = self.handle(fh)
+        self.fault("write", path or handle.name)
         size = os.fstat(handle.fd).st_size
         written = os.pwrite(handle.fd, data, offset)
         if handle.append:  # pwrite on an O_APPEND descriptor appends (Linux)
@@ -313,7 +243,7 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
     @_locked
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         if fh is not None:
-            fd = self._handle(fh).fd
+            fd = self.handle(fh).fd
             os.ftruncate(fd, length)
         else:
             assert path is not None
@@ -327,11 +257,11 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
-        handle = self._handle(fh)
+        handle = self.handle(fh)
         kind: Literal["fsync", "fdatasync"] = "fdatasync" if datasync else "fsync"
         call = self._call(f"{kind}({path or handle.name})")
         try:
-            self._fault("fsync", path or handle.name)
+            self.fault("fsync", path or handle.name)
         except OSError as e:
             if e.errno == errno.EIO:  # Linux: the unsynced pages are dropped, marked clean
                 self.ledger.sync(Sync(call, handle.inode, kind), failed=True)
@@ -352,8 +282,8 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
     @_locked
     def chmod2(self, path: str | None, mode: int, fh: int | None) -> int:
         if fh is not None:
-            st = os.fstat(self._handle(fh).fd)
-            os.fchmod(self._handle(fh).fd, stat.S_IMODE(mode))
+            st = os.fstat(self.handle(fh).fd)
+            os.fchmod(self.handle(fh).fd, stat.S_IMODE(mode))
         else:
             assert path is not None
             st = os.lstat(self._p(path))
@@ -440,114 +370,12 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
-        fd, where = self._dir(fh)
+        fd, where = self.opened_dir(fh)
         call = self._call(f"fsync({where.rstrip('/')}/)")
-        self._fault("fsyncdir", where)
+        self.fault("fsyncdir", where)
         inode = self.ledger.inode(os.fstat(fd).st_ino)
         self.ledger.sync(Sync(call, inode, "fsync"))
         return 0
-
-    # -- control ------------------------------------------------------------------------
-
-    def _serve(self) -> None:
-        """Answer the test's requests until it closes the socket."""
-        send(self.control, ("ok", "ready"))
-        while True:
-            request = recv(self.control)
-            if request is None:
-                return
-            name, args = request
-            try:
-                with self.mutex:
-                    answer: tuple[str, Any] = ("ok", getattr(self, "do_" + name)(*args))
-            except Exception as e:  # every failure goes back to the test
-                answer = ("error", e)
-            send(self.control, answer)
-
-    def _next_ledger(self) -> Ledger:
-        self.epochs += 1
-        return Ledger(self.backing, os.path.join(self.scratch, f"epoch-{self.epochs}"), self.epochs)
-
-    def _new_epoch(self) -> None:
-        """Everything in the backing directory is durable from now on."""
-        if self.ledger is not self.listed:
-            self.ledger.close()
-        self.ledger = self._next_ledger()
-
-    def do_sync_all(self) -> None:
-        self._new_epoch()
-
-    def do_crash_states(self, limit: int, torn: bool, seed: int) -> list[CrashState]:
-        states = self.ledger.crash_states(limit=limit, torn=torn, seed=seed)
-        if self.listed is not None and self.listed is not self.ledger:
-            self.listed.close()
-        self.listed = self.ledger
-        return states
-
-    def do_durable_view(self) -> dict[str, bytes | None]:
-        return self.ledger.pessimistic_view()
-
-    def do_restore(self, state: CrashState) -> None:
-        source = self.listed if self.listed is not None else self.ledger
-        if state.epoch != source.epoch:
-            raise StaleStateError(
-                f"a crash state of epoch {state.epoch}, but crash states were last listed "
-                f"in epoch {source.epoch}: list them again after the crash to restore"
-            )
-        self.restores += 1
-        dest = os.path.join(self.scratch, f"restore-{self.restores}")
-        source.write_out(state, dest)
-        self._wipe()
-        root = self.ledger.root
-        for name in os.listdir(dest):
-            shutil.move(os.path.join(dest, name), os.path.join(root, name))
-        os.chmod(root, stat.S_IMODE(os.stat(dest).st_mode))
-        os.rmdir(dest)
-        self._new_epoch()
-
-    def _wipe(self) -> None:
-        """Close every file open on the mount (as a reboot does: they are gone) and
-        empty the backing directory."""
-        for fd in [h.fd for h in self.handles.values()] + [d[0] for d in self.dirs.values()]:
-            os.close(fd)
-        self.handles.clear()
-        self.dirs.clear()
-        root = self.ledger.root
-        for name in os.listdir(root):
-            p = os.path.join(root, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p)
-            else:
-                os.unlink(p)
-
-    def do_reset(self) -> None:
-        self._wipe()
-        self.faults.clear()
-        self.counts.clear()
-        if self.listed is not None and self.listed is not self.ledger:
-            self.listed.close()
-        self.listed = None
-        self._new_epoch()
-
-    def do_fail(self, op: str, err: int, name: str | None, times: int) -> None:
-        if op not in ("fsync", "fsyncdir", "write"):
-            raise ValueError(f"cannot fail {op!r}: only fsync, fsyncdir and write")
-        if times == 0 or times < -1:
-            raise ValueError("times must be positive, or -1 for every time")
-        self.faults.append(_Fault(op, err, name, times))
-
-    def do_internal_errors(self) -> list[str]:
-        return list(self.internal)
-
-    def do_clear_faults(self) -> None:
-        self.faults.clear()
-
-    def do_calls(self, op: str, name: str | None) -> int:
-        return sum(
-            n
-            for (o, base), n in self.counts.items()
-            if o == op and (name is None or fnmatch.fnmatchcase(base, name))
-        )
 
 
 def main(argv: list[str]) -> int:
