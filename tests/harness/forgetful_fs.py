@@ -1,7 +1,7 @@
 """The filesystem that forgets: a FUSE passthrough that records what is durable.
 
-Run as a child process by tests/harness/forgetful.py (``python -m
-tests.harness.forgetful_fs BACKING MOUNTPOINT SCRATCH FD``): it mounts a passthrough of
+Run as a child process by tests/harness/forgetful.py (:func:`main` with ``BACKING
+MOUNTPOINT SCRATCH FD``, in a child built by tests/children.py): it mounts a passthrough of
 the directory BACKING on MOUNTPOINT, with the kernel's caches off (entry, attribute and
 negative timeouts 0, ``direct_io``, so every read and write reaches it and a restored
 state is what the next reader sees), and answers requests on the unix socket FD. Every
