@@ -367,6 +367,55 @@ def test_a_naive_write_tears_and_atomic_write_does_not(kind: str, tmp_path: Path
     )
 
 
+def test_temp_and_rename_without_fsync_can_publish_an_empty_file(fs: Forgetful) -> None:
+    # The classic broken writer: the rename may reach the disk before the data.
+    (fs.mnt / "target").write_bytes(b"old")
+    fs.sync_all()
+    write_file(fs.mnt / "target.tmp", b"new", sync=False)
+    os.rename(fs.mnt / "target.tmp", fs.mnt / "target")
+    sync_dir(fs.mnt)  # even with the directory synced
+    assert set(contents(fs, "target", fs.crash_states())) >= {b"", b"new"}
+
+
+def test_atomic_directory_swaps_whole_trees(fs: Forgetful) -> None:
+    # RENAME_EXCHANGE passes through and is modelled: old tree or new, new once returned.
+    (fs.mnt / "tree").mkdir()
+    (fs.mnt / "tree" / "a").write_bytes(b"old")
+    fs.sync_all()
+    with crashsafe.atomic_directory(fs.mnt / "tree") as staged:
+        (staged / "a").write_bytes(b"new")
+        (staged / "b").write_bytes(b"new")
+    states = fs.crash_states()
+    trees = set()
+    for state in states:
+        fs.restore(state)
+        tree = fs.mnt / "tree"
+        trees.add(tuple(sorted((p.name, p.read_bytes()) for p in tree.iterdir())))
+    assert trees == {(("a", b"new"), ("b", b"new"))}
+    # Killed on entering the parent's fsync, right after the exchange (the 4th fsync: a,
+    # b, the staged directory, then the parent): the old tree or the new, never a mix.
+    fs.reset()
+    (fs.mnt / "tree").mkdir()
+    (fs.mnt / "tree" / "a").write_bytes(b"old")
+    fs.sync_all()
+    code = """
+        with crashsafe.atomic_directory(sys.argv[1]) as staged:
+            for name in ("a", "b"):
+                with open(os.path.join(staged, name), "wb") as f:
+                    f.write(b"new")
+    """
+    killed = run_traced(
+        code, str(fs.mnt / "tree"), trace=["fsync"], inject=[fault("fsync", signal="KILL", when=4)]
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    trees = set()
+    for state in fs.crash_states():
+        fs.restore(state)
+        tree = fs.mnt / "tree"
+        trees.add(tuple(sorted((p.name, p.read_bytes()) for p in tree.iterdir())))
+    assert trees == {(("a", b"old"),), (("a", b"new"), ("b", b"new"))}
+
+
 # -- writers killed part-way --------------------------------------------------------------
 
 
