@@ -122,6 +122,34 @@ def test_fdatasync_keeps_the_data_not_a_mode_change(fs: Forgetful) -> None:
     assert modes == {0o644, 0o600}
 
 
+def test_a_failed_fsync_drops_the_data_and_a_retry_succeeds(fs: Forgetful) -> None:
+    # Linux's semantics (PostgreSQL, 2018): the dirty pages are dropped and marked clean.
+    (fs.mnt / "f").write_bytes(b"old")
+    fs.sync_all()
+    fs.fail("fsync", errno.EIO)
+    with open(fs.mnt / "f", "wb") as f:  # truncate, then write
+        f.write(b"new")
+        f.flush()
+        with pytest.raises(OSError) as raised:
+            os.fsync(f.fileno())
+        assert raised.value.errno == errno.EIO
+        assert (fs.mnt / "f").read_bytes() == b"new"  # still in the page cache
+        found = set(contents(fs, "f", fs.crash_states()))
+        assert found == {b"old", b""}  # the truncate may persist, the write never
+    fs.reset()
+    (fs.mnt / "f").write_bytes(b"old")
+    fs.sync_all()
+    fs.fail("fsync", errno.EIO)
+    with open(fs.mnt / "f", "wb") as f:
+        f.write(b"new")
+        f.flush()
+        with pytest.raises(OSError):
+            os.fsync(f.fileno())
+        os.fsync(f.fileno())  # the retry succeeds...
+    assert fs.durable_view() == {"f": b""}  # ...and the data is gone
+    assert fs.calls("fsync") == 2
+
+
 def test_torn_writes_land_by_pages_or_leave_zeros_or_garbage(fs: Forgetful) -> None:
     (fs.mnt / "f").write_bytes(b"")
     fs.sync_all()

@@ -126,7 +126,8 @@ class Forgetful:
 
         ``fsync`` with ``EIO`` has Linux's semantics: the file's data written since its
         last good sync is dropped from every crash state and marked clean, so a retried
-        fsync succeeds and the data is gone (readers still see it until a restore).
+        fsync succeeds and the data is gone (readers still see it until a restore); a
+        truncate or mode change stays unsynced (the inode's, not a page's).
         ``fsyncdir`` is an fsync of a directory (its basename; "" for the mount's root);
         a failed one makes nothing durable. A failed ``write`` writes nothing.
         """

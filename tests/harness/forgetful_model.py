@@ -18,7 +18,8 @@ conservative model (CONTRACT.md), decided here, not by crashcheck's own tracer:
   the new size with zeros or garbage where its data did not land;
 - an fsync that failed (a fault the test asked for) drops the file's unsynced writes
   for good, as Linux does: they are in no crash state, and a later fsync covers nothing
-  of them, although readers still see them until a restore.
+  of them, although readers still see them until a restore. A size or mode change is
+  the inode's, not a dropped page: it stays unsynced, and a later fsync covers it.
 
 Crash states are replayed and written out with crashcheck's model
 (:class:`~crashsafe.crashcheck._model.Base` and ``State``: its documented doors), so the
@@ -141,23 +142,25 @@ class Ledger:
 
     def sync(self, op: Sync, *, failed: bool = False) -> None:
         """A sync of *op.inode*; *failed*: it reported an error, so the file's unsynced
-        data is gone for good (Linux drops the dirty pages and marks them clean)."""
+        writes are gone for good (Linux drops the dirty pages and marks them clean). A
+        size or mode change is the inode's, not a page's: it stays unsynced."""
         self.ops.append(op)
         self.descs.append(op.call.text)
         kinds = ("data", "mode", "dir") if op.kind == "fsync" else ("data", "dir")
         for kind in kinds:
-            for i in sorted(self._pending.pop((kind, op.inode), set())):
-                waiting = self._waiting[i]
-                waiting.discard((kind, op.inode))
-                if failed and kind == "data":
+            key = (kind, op.inode)
+            for i in sorted(self._pending.pop(key, set())):
+                if not failed:
+                    waiting = self._waiting[i]
+                    waiting.discard(key)
+                    if not waiting:
+                        self.durable.add(i)
+                        del self._waiting[i]
+                elif isinstance(self.ops[i], Write):
                     self.dead.add(i)
                     self._forget(i)
-                elif not waiting and not failed:
-                    self.durable.add(i)
-                    del self._waiting[i]
-                elif failed:  # not covered: it still waits for this barrier
-                    waiting.add((kind, op.inode))
-                    self._pending.setdefault((kind, op.inode), set()).add(i)
+                else:
+                    self._pending.setdefault(key, set()).add(i)
 
     def _forget(self, i: int) -> None:
         for b in self._waiting.pop(i, set()):
