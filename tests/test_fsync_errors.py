@@ -204,3 +204,33 @@ def test_a_filesystem_that_cannot_sync_directories_is_handled_as_documented(
     assert diagnosis.conclusions["durable"][0] != "yes"
     fs.clear_faults()
     assert diagnose(str(fs.mnt)).capabilities["dir_fsync"] is True
+
+
+def test_a_transaction_there_is_not_all_or_nothing_across_a_power_cut(fs: Forgetful) -> None:
+    # The documented limit (README, "Not promised"), shown: with no directory fsync,
+    # nothing orders the commit's renames, so a cut may leave either file new alone.
+    (fs.mnt / "other").write_bytes(OLD)
+    fs.sync_all()
+    fs.fail("fsyncdir", errno.EINVAL, times=ALWAYS)
+    with crashsafe.transaction(fs.mnt) as tx:
+        tx.write("target", NEW)
+        tx.write("other", NEW)
+    seen = set()
+    for state in fs.crash_states(limit=64):  # the families first: one lost shows the mixes
+        fs.restore(state)
+        crashsafe.recover(fs.mnt)
+        seen.add(((fs.mnt / "target").read_bytes(), (fs.mnt / "other").read_bytes()))
+    assert {(OLD, OLD), (NEW, NEW)} <= seen
+    assert (OLD, NEW) in seen and (NEW, OLD) in seen
+    # Where directories can be synced, the same commit is all or nothing.
+    fs.reset()
+    for name in ("target", "other"):
+        (fs.mnt / name).write_bytes(OLD)
+    fs.sync_all()
+    with crashsafe.transaction(fs.mnt) as tx:
+        tx.write("target", NEW)
+        tx.write("other", NEW)
+    for state in fs.crash_states(limit=64):
+        fs.restore(state)
+        crashsafe.recover(fs.mnt)
+        assert (fs.mnt / "target").read_bytes() == (fs.mnt / "other").read_bytes() == NEW
