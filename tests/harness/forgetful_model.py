@@ -48,6 +48,9 @@ _EXHAUSTIVE = 10
 _TORN_CAP = 8
 """At most this many torn variants of one write (its fills not counted)."""
 
+_LISTED = 4
+"""At most this many operations are named in a state's description."""
+
 # A torn write in a state: (operation number, pieces that landed, fill or None).
 Torn = tuple[int, tuple[int, ...], str | None]
 
@@ -260,20 +263,29 @@ class Ledger:
         return out
 
     def _text(self, kept: tuple[int, ...], tear: tuple[Torn, ...]) -> str:
+        """What survived, short: the torn writes, and whichever of the kept and the lost
+        operations are fewer (at most :data:`_LISTED` of them named)."""
         u = self.unsynced()
-        torn = {i: (landed, fill) for i, landed, fill in tear}
-        parts = []
-        for i in u:
-            if i in torn:
-                landed, fill = torn[i]
-                how = f"pieces {list(landed)}" + (f", {fill} elsewhere" if fill else "")
-                parts.append(f"{self.descs[i]} TORN ({how})")
-            elif i in kept:
-                parts.append(self.descs[i])
-        lost = [self.descs[i] for i in u if i not in kept]
-        dead = [self.descs[i] for i in sorted(self.dead)]
-        text = f"kept [{'; '.join(parts)}], lost [{'; '.join(lost)}]"
-        return text + (f", dropped by a failed fsync [{'; '.join(dead)}]" if dead else "")
+        if not u and not self.dead:
+            return "nothing unsynced"
+        keep = [i for i in u if i in kept]
+        lost = [i for i in u if i not in kept]
+        parts = [f"{len(keep)} of {len(u)} unsynced kept"]
+        if lost and (len(lost) <= len(keep) or not keep):
+            parts.append("lost " + self._names(lost))
+        elif keep:
+            parts.append("kept " + self._names(keep))
+        for i, landed, fill in tear:
+            how = f"pieces {list(landed)}" + (f", {fill} elsewhere" if fill else "")
+            parts.append(f"torn {self.descs[i]} ({how})")
+        if self.dead:
+            parts.append("dropped by a failed fsync " + self._names(sorted(self.dead)))
+        return "; ".join(parts)
+
+    def _names(self, ops: list[int]) -> str:
+        named = ", ".join(self.descs[i] for i in ops[:_LISTED])
+        more = f" and {len(ops) - _LISTED} more" if len(ops) > _LISTED else ""
+        return f"[{named}{more}]"
 
     def check(self, state: CrashState) -> None:
         if state.epoch != self.epoch:
