@@ -48,6 +48,9 @@ _EXHAUSTIVE = 10
 _TORN_CAP = 8
 """At most this many torn variants of one write (its fills not counted)."""
 
+_GIVE_UP = 256
+"""Sampling stops after this many samples in a row found no new state."""
+
 _LISTED = 4
 """At most this many operations are named in a state's description."""
 
@@ -252,10 +255,15 @@ class Ledger:
         rng = random.Random(seed)
         seen: set[bytes] = set()
         out: list[CrashState] = []
+        repeats = 0  # samples in a row that found nothing new
         for family, kept, tear in self._candidates(torn, rng):
             fp = self.replay(kept, tear).fingerprint()
             if fp in seen:
+                repeats += family.startswith("sample")
+                if repeats >= _GIVE_UP:
+                    break
                 continue
+            repeats = 0
             seen.add(fp)
             out.append(CrashState(self.epoch, family, kept, tear, self._text(kept, tear)))
             if len(out) >= limit:
