@@ -91,8 +91,9 @@ class Forgetful:
         its 4096-byte pieces, one piece alone; zeros or garbage in place of its data if
         it grew the file), then every subset of the unsynced operations with at most one
         write torn when there are at most 10 of them (in an order shuffled by *seed*),
-        otherwise samples drawn by *seed* (until 256 in a row found nothing new). Identical states are listed once; at most
-        *limit* (at least 2). *torn* False leaves torn writes out.
+        otherwise samples drawn by *seed* (until 256 in a row found nothing new).
+        Identical states are listed once; at most *limit* (at least 2). *torn* False
+        leaves torn writes out.
         """
         states: list[CrashState] = self._ask("crash_states", limit, torn, seed)
         return states
