@@ -10,9 +10,9 @@ any combination, writes torn), and :meth:`Forgetful.restore` makes the mount hol
 them, as after a reboot. :meth:`Forgetful.fail` makes the next fsync, directory fsync or
 write answer an error, with Linux's semantics for a failed fsync.
 
-``sync(2)`` and ``syncfs(2)`` make nothing durable here, as on other FUSE filesystems
-(the kernel sends them to virtiofs only): :meth:`Forgetful.sync_all` is the test's
-``sync``. An error inside the filesystem itself (a bug, not an answer) reaches its caller
+``sync(2)`` and ``syncfs(2)`` make nothing durable here (the filesystem gets no request
+for them: the durable view was unchanged after both): :meth:`Forgetful.sync_all` is the
+test's ``sync``. An error inside the filesystem itself (a bug, not an answer) reaches its caller
 as ``EIO`` and fails the ``with`` block on its way out.
 
 The filesystem runs as a child process (tests/harness/forgetful_fs.py), started and
