@@ -15,7 +15,9 @@ import contextlib
 import errno
 import fcntl
 import os
+import pwd
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from tests.harness.checks import leftovers
 from tests.harness.forgetful import CrashState, Forgetful, StaleStateError, forgetful
 from tests.harness.inject import fault, run_traced
 from tests.harness.mounts import loop_mount, overlay, tmpfs
+from tests.harness.require import require_tools
 
 PAGE = 4096
 
@@ -326,6 +329,23 @@ def test_create_only_renames_keep_their_flag(fs: Forgetful) -> None:
         crashsafe.atomic_write(fs.mnt / "x", b"second", overwrite=False)
     assert (fs.mnt / "x").read_bytes() == b"first"
     assert leftovers(fs.mnt) == []
+
+
+def test_new_entries_belong_to_their_writer(fs: Forgetful) -> None:
+    # The filesystem runs as root; a file made through it is the writer's, as on a
+    # kernel filesystem, and takes a setgid directory's group.
+    require_tools("setpriv", "touch")
+    shared = fs.mnt / "shared"
+    shared.mkdir()
+    os.chown(shared, 0, 100)
+    os.chmod(shared, 0o2777)  # noqa: S103 - open to the writer run as nobody
+    os.chmod(fs.mnt, 0o777)  # noqa: S103 - the same; reset() restores it
+    subprocess.run(
+        [*children.NOBODY, "touch", str(fs.mnt / "mine"), str(shared / "theirs")], check=True
+    )
+    nobody = pwd.getpwnam("nobody")
+    assert (fs.mnt / "mine").stat()[4:6] == (nobody.pw_uid, nobody.pw_gid)
+    assert (shared / "theirs").stat()[4:6] == (nobody.pw_uid, 100)
 
 
 def test_nothing_is_left_behind(tmp_path: Path) -> None:

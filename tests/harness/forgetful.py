@@ -99,9 +99,10 @@ class Forgetful:
         return states
 
     def reset(self) -> None:
-        """Start afresh, as a newly mounted empty filesystem: the mount empty and durable,
-        files open on it gone, no fault pending, :meth:`calls` at zero, no listed crash
-        state to restore. Lets one mount serve many tests."""
+        """Start afresh, as a newly mounted empty filesystem: the mount empty (its mode
+        as when it was mounted) and durable, files open on it gone, no fault pending,
+        :meth:`calls` at zero, no listed crash state to restore. Lets one mount serve
+        many tests."""
         self._ask("reset")
 
     def restore(self, state: CrashState) -> None:

@@ -57,6 +57,7 @@ class Control:
         self.scratch = scratch
         self.backing = backing
         self.sock = sock
+        self.root_mode = stat.S_IMODE(os.stat(backing).st_mode)  # reset() gives it back
         self.epochs = 0
         self.ledger = self._next_ledger()
         # The epoch crash states were last listed from: each of them can be restored,
@@ -185,6 +186,7 @@ class Control:
 
     def do_reset(self) -> None:
         self._wipe()
+        os.chmod(self.ledger.root, self.root_mode)
         self.faults.clear()
         self.counts.clear()
         if self.listed is not None and self.listed is not self.ledger:

@@ -125,9 +125,12 @@ class Forgetful(Control, mfusepy.Operations):  # type: ignore[misc]
 
     def _own(self, path: str) -> None:
         """Give a new entry to the caller, as a kernel filesystem would (this process
-        runs as root)."""
+        runs as root): its uid, and its gid unless the directory is setgid (then the
+        directory's group, which the backing filesystem gave it already)."""
         uid, gid, _ = mfusepy.fuse_get_context()
-        if uid != 0 or gid != 0:
+        if os.stat(os.path.dirname(path)).st_mode & stat.S_ISGID:
+            gid = -1
+        if uid != 0 or gid not in (0, -1):
             os.chown(path, uid, gid, follow_symlinks=False)
 
     # -- setup --------------------------------------------------------------------------
