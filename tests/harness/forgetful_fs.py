@@ -1,0 +1,504 @@
+"""The filesystem that forgets: a FUSE passthrough that records what is durable.
+
+Run as a child process by tests/harness/forgetful.py (``python -m
+tests.harness.forgetful_fs BACKING MOUNTPOINT SCRATCH FD``): it mounts a passthrough of
+the directory BACKING on MOUNTPOINT, with the kernel's caches off (entry, attribute and
+negative timeouts 0, ``direct_io``, so every read and write reaches it and a restored
+state is what the next reader sees), and answers requests on the unix socket FD. Every
+change passes through to BACKING at once and is recorded in a
+:class:`~tests.harness.forgetful_model.Ledger`, which knows what a crash now may lose.
+
+Requests are ``(name, args)`` pickled with a 4-byte length; each answer is ``("ok",
+value)`` or ``("error", exception)``. The filesystem runs single-threaded; the socket is
+served by a second thread; one lock orders both, so the ledger sees operations in the
+order the backing directory did.
+
+Not modelled: extended attributes (answered ``ENOTSUP``, as a filesystem without them),
+``O_TMPFILE`` (refused by FUSE, so writers use a named file), owners and timestamps
+(passed through, never lost), ``fallocate`` and ``copy_file_range`` (refused, so
+copies are reads and writes), special files. Backing files are never fsynced: the
+ledger, not the disk, is what a crash keeps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fnmatch
+import os
+import pickle
+import shutil
+import socket
+import stat
+import struct
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import mfusepy
+
+from crashsafe.crashcheck._ops import (
+    Create,
+    Link,
+    Mkdir,
+    Rename,
+    Rmdir,
+    SetMode,
+    Symlink,
+    Sync,
+    Truncate,
+    Unlink,
+    Write,
+)
+from tests.harness.forgetful_model import CrashState, Ledger
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_SYNCED = os.O_SYNC | os.O_DSYNC
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class _Fault:
+    op: str
+    err: int
+    name: str | None
+    times: int  # -1: every time
+
+
+@dataclass
+class _Handle:
+    fd: int
+    inode: int
+    name: str  # the path it was opened by, for faults that match names
+    synced: bool
+
+
+class _Fuse(mfusepy.FUSE):  # type: ignore[misc]  # mfusepy has no types
+    """mfusepy's FUSE, passing what it drops: rename's flags (``RENAME_NOREPLACE``
+    must not become a plain rename) and the open file of chmod, chown and truncate
+    (a file open after its name was removed has no path)."""
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        ops: Forgetful = self.operations
+        return ops.rename2(os.fsdecode(old), os.fsdecode(new), flags)
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        ops: Forgetful = self.operations
+        return ops.chmod2(_decode(path), mode, fip.contents.fh if fip else None)
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        ops: Forgetful = self.operations
+        return ops.truncate(_decode(path), length, fip.contents.fh if fip else None)
+
+
+def _decode(path: bytes | None) -> str | None:
+    return None if path is None else os.fsdecode(path)
+
+
+def _locked(method: F) -> F:
+    def run(self: Forgetful, *args: Any) -> Any:
+        with self.lock:
+            return method(self, *args)
+
+    run.__name__ = method.__name__
+    return run  # type: ignore[return-value]
+
+
+class Forgetful(mfusepy.Operations):  # type: ignore[misc]
+    """The operations: pass through to the backing directory, record in the ledger."""
+
+    use_ns = True
+
+    def __init__(self, backing: str, scratch: str, control: socket.socket) -> None:
+        self.lock = threading.Lock()
+        self.ledger = Ledger(backing, scratch)
+        self.scratch = scratch
+        self.control = control
+        self.handles: dict[int, _Handle] = {}
+        self.faults: list[_Fault] = []
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.restores = 0
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _p(self, path: str) -> str:
+        return self.ledger.path(path)
+
+    def _call(self, text: str) -> Any:
+        return self.ledger.call(mfusepy.fuse_get_context()[2], text)
+
+    def _dir_barrier(self, path: str) -> tuple[str, int]:
+        st = os.stat(os.path.dirname(self._p(path)))
+        return ("dir", self.ledger.inode(st.st_ino))
+
+    def _fault(self, op: str, name: str) -> None:
+        """Count *op* on *name*, and raise the fault the test asked for, if one matches."""
+        base = os.path.basename(name)
+        self.counts[(op, base)] += 1
+        for fault in self.faults:
+            if fault.op == op and (fault.name is None or fnmatch.fnmatchcase(base, fault.name)):
+                if fault.times > 0:
+                    fault.times -= 1
+                    if fault.times == 0:
+                        self.faults.remove(fault)
+                raise mfusepy.FuseOSError(fault.err)
+
+    def _own(self, path: str) -> None:
+        """Give a new entry to the caller, as a kernel filesystem would (this process
+        runs as root)."""
+        uid, gid, _ = mfusepy.fuse_get_context()
+        if uid != 0 or gid != 0:
+            os.chown(path, uid, gid, follow_symlinks=False)
+
+    def _handle(self, fh: int) -> _Handle:
+        handle = self.handles.get(fh)
+        if handle is None:  # opened before a restore: as after a reboot, it is gone
+            raise mfusepy.FuseOSError(errno.ESTALE)
+        return handle
+
+    # -- setup --------------------------------------------------------------------------
+
+    def init_with_config(self, conn_info: Any, config_3: Any) -> None:
+        if config_3 is not None:
+            config_3.entry_timeout = 0
+            config_3.attr_timeout = 0
+            config_3.negative_timeout = 0
+            config_3.direct_io = 1
+            config_3.kernel_cache = 0
+            config_3.auto_cache = 0
+            # Unlinked while open: really removed, not renamed to .fuse_hidden*.
+            config_3.hard_remove = 1
+            config_3.nullpath_ok = 1
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    # -- reading ------------------------------------------------------------------------
+
+    @_locked
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
+        st = os.fstat(self._handle(fh).fd) if fh is not None else os.lstat(self._p(path or "/"))
+        keys = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks", "st_ino")
+        out: dict[str, Any] = {k: getattr(st, k) for k in keys}
+        out.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)
+        return out
+
+    @_locked
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *os.listdir(self._p(path))]
+
+    @_locked
+    def readlink(self, path: str) -> str:
+        return os.readlink(self._p(path))
+
+    @_locked
+    def statfs(self, path: str) -> dict[str, int]:
+        sv = os.statvfs(self._p(path))
+        keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files",
+                "f_flag", "f_frsize", "f_namemax")  # fmt: skip
+        return {k: getattr(sv, k) for k in keys}
+
+    @_locked
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        return os.pread(self._handle(fh).fd, size, offset)
+
+    # -- files --------------------------------------------------------------------------
+
+    def _open(self, path: str, fd: int, flags: int, created: bool, mode: int) -> int:
+        st = os.fstat(fd)
+        if created:
+            inode = self.ledger.fresh(st.st_ino)
+            call = self._call(f"create({path})")
+            self.ledger.record(
+                Create(call, self._p(path), inode, stat.S_IMODE(mode)), {self._dir_barrier(path)}
+            )
+        else:
+            inode = self.ledger.inode(st.st_ino)
+            if flags & os.O_TRUNC:
+                call = self._call(f"truncate({path}, 0)")
+                self.ledger.record(Truncate(call, inode, 0), {("data", inode)})
+        self.handles[fd] = _Handle(fd, inode, path, bool(flags & _SYNCED))
+        return fd
+
+    @_locked
+    def open(self, path: str, flags: int) -> int:
+        fd = os.open(self._p(path), (flags & ~os.O_CREAT) | os.O_CLOEXEC)
+        return self._open(path, fd, flags, False, 0)
+
+    @_locked
+    def create(self, path: str, mode: int, flags: int) -> int:
+        real = self._p(path)
+        try:
+            fd = os.open(real, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            fd = os.open(real, (flags & ~os.O_CREAT) | os.O_CLOEXEC)
+            return self._open(path, fd, flags, False, 0)
+        self._own(real)
+        return self._open(path, fd, flags, True, mode)
+
+    @_locked
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        handle = self._handle(fh)
+        self._fault("write", path or handle.name)
+        size = os.fstat(handle.fd).st_size
+        written = os.pwrite(handle.fd, data, offset)
+        end = offset + written
+        call = self._call(f"write({path or handle.name}, {offset}..{end})")
+        barriers = set() if handle.synced else {("data", handle.inode)}
+        op = Write(call, handle.inode, offset, data[:written], synced=handle.synced)
+        self.ledger.record(op, barriers, grows=end > size)
+        return written
+
+    @_locked
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        if fh is not None:
+            fd = self._handle(fh).fd
+            os.ftruncate(fd, length)
+        else:
+            assert path is not None
+            os.truncate(self._p(path), length)
+            fd = None
+        st = os.fstat(fd) if fd is not None else os.stat(self._p(path or "/"))
+        inode = self.ledger.inode(st.st_ino)
+        call = self._call(f"truncate({path}, {length})")
+        self.ledger.record(Truncate(call, inode, length), {("data", inode)})
+        return 0
+
+    @_locked
+    def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        handle = self._handle(fh)
+        kind: Literal["fsync", "fdatasync"] = "fdatasync" if datasync else "fsync"
+        call = self._call(f"{kind}({path or handle.name})")
+        try:
+            self._fault("fsync", path or handle.name)
+        except OSError as e:
+            if e.errno == errno.EIO:  # Linux: the unsynced pages are dropped, marked clean
+                self.ledger.sync(Sync(call, handle.inode, kind), failed=True)
+            raise
+        self.ledger.sync(Sync(call, handle.inode, kind))
+        return 0
+
+    @_locked
+    def release(self, path: str | None, fh: int) -> int:
+        if self.handles.pop(fh, None) is not None:
+            os.close(fh)
+        return 0
+
+    def chmod(self, path: str | None, mode: int) -> int:
+        return self.chmod2(path, mode, None)  # libfuse calls _Fuse.chmod_fuse_3 instead
+
+    @_locked
+    def chmod2(self, path: str | None, mode: int, fh: int | None) -> int:
+        if fh is not None:
+            st = os.fstat(self._handle(fh).fd)
+            os.fchmod(self._handle(fh).fd, stat.S_IMODE(mode))
+        else:
+            assert path is not None
+            st = os.lstat(self._p(path))
+            os.chmod(self._p(path), stat.S_IMODE(mode), follow_symlinks=False)
+        inode = self.ledger.inode(st.st_ino)
+        call = self._call(f"chmod({path}, {stat.S_IMODE(mode):o})")
+        self.ledger.record(SetMode(call, inode, stat.S_IMODE(mode)), {("mode", inode)})
+        return 0
+
+    @_locked
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        os.chown(self._p(path), uid, gid, follow_symlinks=False)  # not modelled: never lost
+        return 0
+
+    @_locked
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        if times is None:  # not modelled: never lost
+            os.utime(self._p(path), follow_symlinks=False)
+        else:
+            os.utime(self._p(path), ns=times, follow_symlinks=False)
+        return 0
+
+    # -- directories --------------------------------------------------------------------
+
+    @_locked
+    def mkdir(self, path: str, mode: int) -> int:
+        real = self._p(path)
+        os.mkdir(real, mode)
+        self._own(real)
+        inode = self.ledger.fresh(os.lstat(real).st_ino)
+        call = self._call(f"mkdir({path})")
+        self.ledger.record(Mkdir(call, real, inode, stat.S_IMODE(mode)), {self._dir_barrier(path)})
+        return 0
+
+    @_locked
+    def rmdir(self, path: str) -> int:
+        barrier = self._dir_barrier(path)
+        os.rmdir(self._p(path))
+        self.ledger.record(Rmdir(self._call(f"rmdir({path})"), self._p(path)), {barrier})
+        return 0
+
+    @_locked
+    def unlink(self, path: str) -> int:
+        barrier = self._dir_barrier(path)
+        os.unlink(self._p(path))
+        self.ledger.record(Unlink(self._call(f"unlink({path})"), self._p(path)), {barrier})
+        return 0
+
+    @_locked
+    def symlink(self, target: str, source: str) -> int:
+        # mfusepy's names: *target* is the new link's path, *source* what it points to.
+        real = self._p(target)
+        os.symlink(source, real)
+        self._own(real)
+        call = self._call(f"symlink({target} -> {source})")
+        self.ledger.record(Symlink(call, real, source), {self._dir_barrier(target)})
+        return 0
+
+    @_locked
+    def link(self, target: str, source: str) -> int:
+        # *target* is the new name, *source* the existing file.
+        os.link(self._p(source), self._p(target), follow_symlinks=False)
+        inode = self.ledger.inode(os.lstat(self._p(source)).st_ino)
+        call = self._call(f"link({source} -> {target})")
+        self.ledger.record(Link(call, self._p(target), inode), {self._dir_barrier(target)})
+        return 0
+
+    def rename(self, old: str, new: str) -> int:
+        return self.rename2(old, new, 0)  # libfuse calls _Fuse.rename_fuse_3 instead
+
+    @_locked
+    def rename2(self, old: str, new: str, flags: int) -> int:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise mfusepy.FuseOSError(errno.EINVAL)
+        barriers = {self._dir_barrier(old), self._dir_barrier(new)}
+        src, dst = os.fsencode(self._p(old)), os.fsencode(self._p(new))
+        if _renameat2(-100, src, -100, dst, flags) != 0:  # AT_FDCWD
+            raise mfusepy.FuseOSError(ctypes.get_errno())
+        arrow = "<->" if flags & RENAME_EXCHANGE else "->"
+        call = self._call(f"rename({old} {arrow} {new})")
+        op = Rename(call, self._p(old), self._p(new), exchange=bool(flags & RENAME_EXCHANGE))
+        self.ledger.record(op, barriers)
+        return 0
+
+    @_locked
+    def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
+        where = path or "/"
+        call = self._call(f"fsync({where}/)")
+        self._fault("fsyncdir", where)
+        inode = self.ledger.inode(os.lstat(self._p(where)).st_ino)
+        self.ledger.sync(Sync(call, inode, "fsync"))
+        return 0
+
+    # -- control ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Answer the test's requests until it closes the socket."""
+        send(self.control, ("ok", "ready"))
+        while True:
+            request = recv(self.control)
+            if request is None:
+                return
+            name, args = request
+            try:
+                with self.lock:
+                    answer: tuple[str, Any] = ("ok", getattr(self, "do_" + name)(*args))
+            except Exception as e:  # every failure goes back to the test
+                answer = ("error", e)
+            send(self.control, answer)
+
+    def do_sync_all(self) -> None:
+        self.ledger.new_epoch()
+
+    def do_crash_states(self, limit: int, torn: bool, seed: int) -> list[CrashState]:
+        return self.ledger.crash_states(limit=limit, torn=torn, seed=seed)
+
+    def do_durable_view(self) -> dict[str, bytes | None]:
+        return self.ledger.pessimistic_view()
+
+    def do_restore(self, state: CrashState) -> None:
+        self.ledger.check(state)
+        self.restores += 1
+        dest = os.path.join(self.scratch, f"restore-{self.restores}")
+        self.ledger.write_out(state, dest)
+        for fd in list(self.handles):  # files open across the crash are gone
+            os.close(fd)
+        self.handles.clear()
+        root = self.ledger.root
+        for name in os.listdir(root):
+            p = os.path.join(root, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.unlink(p)
+        for name in os.listdir(dest):
+            shutil.move(os.path.join(dest, name), os.path.join(root, name))
+        os.chmod(root, stat.S_IMODE(os.stat(dest).st_mode))
+        os.rmdir(dest)
+        self.ledger.new_epoch()
+
+    def do_fail(self, op: str, err: int, name: str | None, times: int) -> None:
+        if op not in ("fsync", "fsyncdir", "write"):
+            raise ValueError(f"cannot fail {op!r}: only fsync, fsyncdir and write")
+        if times == 0 or times < -1:
+            raise ValueError("times must be positive, or -1 for every time")
+        self.faults.append(_Fault(op, err, name, times))
+
+    def do_clear_faults(self) -> None:
+        self.faults.clear()
+
+    def do_calls(self, op: str, name: str | None) -> int:
+        return sum(
+            n
+            for (o, base), n in self.counts.items()
+            if o == op and (name is None or fnmatch.fnmatchcase(base, name))
+        )
+
+
+def send(sock: socket.socket, message: object) -> None:
+    data = pickle.dumps(message)
+    sock.sendall(struct.pack("!I", len(data)) + data)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    chunks = b""
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            return None
+        chunks += chunk
+    return chunks
+
+
+def recv(sock: socket.socket) -> Any:
+    head = _recv_exactly(sock, 4)
+    if head is None:
+        return None
+    body = _recv_exactly(sock, struct.unpack("!I", head)[0])
+    return None if body is None else pickle.loads(body)  # noqa: S301 -- our own child
+
+
+def main(argv: list[str]) -> int:
+    backing, mountpoint, scratch, fd = argv
+    os.umask(0)  # the caller's umask is applied by the kernel already
+    control = socket.socket(fileno=int(fd))
+    fs = Forgetful(backing, scratch, control)
+    _Fuse(
+        fs,
+        mountpoint,
+        foreground=True,
+        nothreads=True,
+        allow_other=True,
+        default_permissions=True,
+        fsname="forgetful",
+        subtype="forgetful",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
