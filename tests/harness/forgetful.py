@@ -90,8 +90,11 @@ class Forgetful:
 
     def restore(self, state: CrashState) -> None:
         """Make the mount hold exactly *state*, as after a reboot: what it holds is now
-        all durable (a new epoch). Files open before are gone (``ESTALE``). Raises
-        :class:`StaleStateError` for a state of an earlier epoch."""
+        all durable (a new epoch). Files open before are gone (``ESTALE``). Every state
+        of one crash (one :meth:`crash_states` listing) can be restored in turn, with
+        whatever the test did in between (a recovery, a sweep) forgotten, until
+        :meth:`sync_all` or a restore of a state of a later crash. Raises
+        :class:`StaleStateError` for a state of an earlier epoch otherwise."""
         self._ask("restore", state)
 
     def fail(
@@ -162,7 +165,10 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
                 argv,
                 pass_fds=[theirs.fileno()],
                 cwd=_ROOT,
-                env=dict(os.environ, PYTHONPATH=path),
+                # mfusepy loads libfuse 2 when both are installed (Debian's bindfs
+                # brings it): then the fuse_config below is never seen (caches stay
+                # on) and rename's flags are dropped. The filesystem needs libfuse 3.
+                env=dict(os.environ, PYTHONPATH=path, FUSE_LIBRARY_NAME="fuse3"),
                 stdin=subprocess.DEVNULL,
                 stdout=errors,
                 stderr=errors,

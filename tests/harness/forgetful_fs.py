@@ -22,6 +22,7 @@ ledger, not the disk, is what a crash keeps.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import errno
 import fnmatch
@@ -127,6 +128,9 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         self.faults: list[_Fault] = []
         self.counts: Counter[tuple[str, str]] = Counter()
         self.restores = 0
+        # The ledger of the last crash a state was restored from: every state of it
+        # stays restorable, one after another, until sync_all or a later crash.
+        self.crashed: Ledger | None = None
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -177,7 +181,9 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
             config_3.auto_cache = 0
             # Unlinked while open: really removed, not renamed to .fuse_hidden*.
             config_3.hard_remove = 1
-            config_3.nullpath_ok = 1
+            # nullpath_ok stays 0: readdir and fsyncdir need their directory's path
+            # (with 1 they get None, and an fsync of any directory synced the root);
+            # a file open after its name was removed still comes without one.
         threading.Thread(target=self._serve, daemon=True).start()
 
     # -- reading ------------------------------------------------------------------------
@@ -412,7 +418,13 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
             send(self.control, answer)
 
     def do_sync_all(self) -> None:
+        self._drop_crash()
         self.ledger.new_epoch()
+
+    def _drop_crash(self) -> None:
+        if self.crashed is not None:
+            self.crashed.discard()
+            self.crashed = None
 
     def do_crash_states(self, limit: int, torn: bool, seed: int) -> list[CrashState]:
         return self.ledger.crash_states(limit=limit, torn=torn, seed=seed)
@@ -421,10 +433,14 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         return self.ledger.pessimistic_view()
 
     def do_restore(self, state: CrashState) -> None:
-        self.ledger.check(state)
+        if self.crashed is not None and state.epoch == self.crashed.epoch:
+            source = self.crashed
+        else:
+            self.ledger.check(state)
+            source = self.ledger
         self.restores += 1
         dest = os.path.join(self.scratch, f"restore-{self.restores}")
-        self.ledger.write_out(state, dest)
+        source.write_out(state, dest)
         for fd in list(self.handles):  # files open across the crash are gone
             os.close(fd)
         self.handles.clear()
@@ -439,7 +455,12 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
             shutil.move(os.path.join(dest, name), os.path.join(root, name))
         os.chmod(root, stat.S_IMODE(os.stat(dest).st_mode))
         os.rmdir(dest)
-        self.ledger.new_epoch()
+        if source is self.ledger:  # a new crash: keep its ledger for its other states
+            self._drop_crash()
+            self.crashed = copy.copy(self.ledger)
+            self.ledger.new_epoch(keep=True)
+        else:
+            self.ledger.new_epoch()
 
     def do_fail(self, op: str, err: int, name: str | None, times: int) -> None:
         if op not in ("fsync", "fsyncdir", "write"):

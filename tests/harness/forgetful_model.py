@@ -86,14 +86,15 @@ class Ledger:
 
     # -- epochs -------------------------------------------------------------------------
 
-    def new_epoch(self) -> None:
+    def new_epoch(self, *, keep: bool = False) -> None:
         """Everything in the backing directory is durable from now on (a snapshot of it
-        is taken; the log starts empty)."""
+        is taken; the log starts empty). With *keep*, the ending epoch's snapshot stays
+        on disk, for a copy of this ledger taken before (:meth:`discard` removes it)."""
         old = os.path.join(self.scratch, f"epoch-{self.epoch}")
         self.epoch += 1
         copy = os.path.join(self.scratch, f"epoch-{self.epoch}")
         self.snapshot = take_snapshot([self.root], copy)
-        if os.path.exists(old):
+        if os.path.exists(old) and not keep:
             shutil.rmtree(old)
         self.base = Base(self.snapshot)
         self.ops: list[Operation] = []
@@ -108,6 +109,10 @@ class Ledger:
         # inode number then names the new file, as it does on the disk).
         self.inodes: dict[int, int] = {e.inode: e.inode for e in self.snapshot.entries.values()}
         self._next = -1
+
+    def discard(self) -> None:
+        """Remove this ledger's snapshot: a copy kept by ``new_epoch(keep=True)`` is done."""
+        shutil.rmtree(os.path.join(self.scratch, f"epoch-{self.epoch}"), ignore_errors=True)
 
     # -- recording ----------------------------------------------------------------------
 
