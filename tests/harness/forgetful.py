@@ -20,6 +20,8 @@ restored state is what the next reader sees without a remount. Needs root, ``/de
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
+import importlib.util
 import os
 import shutil
 import socket
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tests.harness.forgetful_model import CrashState, StaleStateError
+from tests.harness.forgetful_wire import recv, send
 from tests.harness.require import require, require_root, require_tools
 
 __all__ = ["ALWAYS", "CrashState", "Forgetful", "StaleStateError", "forgetful"]
@@ -54,8 +57,6 @@ class Forgetful:
         self._sock = sock
 
     def _ask(self, name: str, *args: Any) -> Any:
-        from tests.harness.forgetful_fs import recv, send
-
         send(self._sock, (name, args))
         answer = recv(self._sock)
         if answer is None:
@@ -139,10 +140,8 @@ def require_forgetful() -> None:
     require_root()
     require_tools("fusermount3")
     require(os.path.exists("/dev/fuse"), "needs /dev/fuse")
-    try:
-        import mfusepy  # noqa: F401
-    except (ImportError, OSError) as e:  # OSError: libfuse3 itself is missing
-        require(False, f"needs mfusepy and libfuse3 (pip install mfusepy; fuse3): {e}")
+    require(importlib.util.find_spec("mfusepy") is not None, "needs mfusepy (the test extra)")
+    require(ctypes.util.find_library("fuse3") is not None, "needs libfuse3 (Debian's fuse3)")
 
 
 @contextlib.contextmanager
@@ -165,9 +164,6 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
                 argv,
                 pass_fds=[theirs.fileno()],
                 cwd=_ROOT,
-                # mfusepy loads libfuse 2 when both are installed (Debian's bindfs
-                # brings it): then the fuse_config below is never seen (caches stay
-                # on) and rename's flags are dropped. The filesystem needs libfuse 3.
                 env=dict(os.environ, PYTHONPATH=path, FUSE_LIBRARY_NAME="fuse3"),
                 stdin=subprocess.DEVNULL,
                 stdout=errors,
@@ -177,8 +173,6 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
         try:
             fs = Forgetful(mnt, backing, ours, proc.pid)
             ours.settimeout(_START_TIMEOUT)
-            from tests.harness.forgetful_fs import recv
-
             ready = recv(ours)
             ours.settimeout(None)
             if ready != ("ok", "ready"):

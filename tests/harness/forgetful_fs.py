@@ -8,10 +8,13 @@ state is what the next reader sees), and answers requests on the unix socket FD.
 change passes through to BACKING at once and is recorded in a
 :class:`~tests.harness.forgetful_model.Ledger`, which knows what a crash now may lose.
 
-Requests are ``(name, args)`` pickled with a 4-byte length; each answer is ``("ok",
-value)`` or ``("error", exception)``. The filesystem runs single-threaded; the socket is
-served by a second thread; one lock orders both, so the ledger sees operations in the
-order the backing directory did.
+Requests are ``(name, args)`` (tests/harness/forgetful_wire.py); each answer is
+``("ok", value)`` or ``("error", exception)``. The child is started with
+``FUSE_LIBRARY_NAME=fuse3``: mfusepy would otherwise load Debian's libfuse 2 where both
+are installed (bindfs and exfat-fuse need it), which knows no rename flags
+(``RENAME_NOREPLACE`` answers ``EINVAL``) and no ``fuse_config`` (the caches stay on).
+The filesystem runs single-threaded; the socket is served by a second thread; one lock
+orders both, so the ledger sees operations in the order the backing directory did.
 
 Not modelled: extended attributes (answered ``ENOTSUP``, as a filesystem without them),
 ``O_TMPFILE`` (refused by FUSE, so writers use a named file), owners and timestamps
@@ -27,11 +30,9 @@ import ctypes
 import errno
 import fnmatch
 import os
-import pickle
 import shutil
 import socket
 import stat
-import struct
 import sys
 import threading
 from collections import Counter
@@ -55,6 +56,7 @@ from crashsafe.crashcheck._ops import (
     Write,
 )
 from tests.harness.forgetful_model import CrashState, Ledger
+from tests.harness.forgetful_wire import recv, send
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -107,7 +109,7 @@ def _decode(path: bytes | None) -> str | None:
 
 def _locked(method: F) -> F:
     def run(self: Forgetful, *args: Any) -> Any:
-        with self.lock:
+        with self.mutex:
             return method(self, *args)
 
     run.__name__ = method.__name__
@@ -120,11 +122,12 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
     use_ns = True
 
     def __init__(self, backing: str, scratch: str, control: socket.socket) -> None:
-        self.lock = threading.Lock()
+        self.mutex = threading.Lock()  # not "lock": that name is a FUSE operation
         self.ledger = Ledger(backing, scratch)
         self.scratch = scratch
         self.control = control
         self.handles: dict[int, _Handle] = {}
+        self.dirs: dict[int, str] = {}  # open directories: fd -> the path they were opened by
         self.faults: list[_Fault] = []
         self.counts: Counter[tuple[str, str]] = Counter()
         self.restores = 0
@@ -181,9 +184,7 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
             config_3.auto_cache = 0
             # Unlinked while open: really removed, not renamed to .fuse_hidden*.
             config_3.hard_remove = 1
-            # nullpath_ok stays 0: readdir and fsyncdir need their directory's path
-            # (with 1 they get None, and an fsync of any directory synced the root);
-            # a file open after its name was removed still comes without one.
+            config_3.nullpath_ok = 1
         threading.Thread(target=self._serve, daemon=True).start()
 
     # -- reading ------------------------------------------------------------------------
@@ -197,8 +198,22 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         return out
 
     @_locked
-    def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", *os.listdir(self._p(path))]
+    def opendir(self, path: str) -> int:
+        fd = os.open(self._p(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.dirs[fd] = path
+        return fd
+
+    @_locked
+    def readdir(self, path: str | None, fh: int) -> list[str]:
+        if fh not in self.dirs:
+            raise mfusepy.FuseOSError(errno.ESTALE)
+        return [".", "..", *os.listdir(fh)]
+
+    @_locked
+    def releasedir(self, path: str | None, fh: int) -> int:
+        if self.dirs.pop(fh, None) is not None:
+            os.close(fh)
+        return 0
 
     @_locked
     def readlink(self, path: str) -> str:
@@ -393,10 +408,12 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
-        where = path or "/"
-        call = self._call(f"fsync({where}/)")
+        where = self.dirs.get(fh)
+        if where is None:
+            raise mfusepy.FuseOSError(errno.ESTALE)
+        call = self._call(f"fsync({where.rstrip('/')}/)")
         self._fault("fsyncdir", where)
-        inode = self.ledger.inode(os.lstat(self._p(where)).st_ino)
+        inode = self.ledger.inode(os.fstat(fh).st_ino)
         self.ledger.sync(Sync(call, inode, "fsync"))
         return 0
 
@@ -411,7 +428,7 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
                 return
             name, args = request
             try:
-                with self.lock:
+                with self.mutex:
                     answer: tuple[str, Any] = ("ok", getattr(self, "do_" + name)(*args))
             except Exception as e:  # every failure goes back to the test
                 answer = ("error", e)
@@ -441,9 +458,10 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         self.restores += 1
         dest = os.path.join(self.scratch, f"restore-{self.restores}")
         source.write_out(state, dest)
-        for fd in list(self.handles):  # files open across the crash are gone
+        for fd in [*self.handles, *self.dirs]:  # files open across the crash are gone
             os.close(fd)
         self.handles.clear()
+        self.dirs.clear()
         root = self.ledger.root
         for name in os.listdir(root):
             p = os.path.join(root, name)
@@ -480,31 +498,10 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         )
 
 
-def send(sock: socket.socket, message: object) -> None:
-    data = pickle.dumps(message)
-    sock.sendall(struct.pack("!I", len(data)) + data)
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    chunks = b""
-    while len(chunks) < n:
-        chunk = sock.recv(n - len(chunks))
-        if not chunk:
-            return None
-        chunks += chunk
-    return chunks
-
-
-def recv(sock: socket.socket) -> Any:
-    head = _recv_exactly(sock, 4)
-    if head is None:
-        return None
-    body = _recv_exactly(sock, struct.unpack("!I", head)[0])
-    return None if body is None else pickle.loads(body)  # noqa: S301 -- our own child
-
-
 def main(argv: list[str]) -> int:
     backing, mountpoint, scratch, fd = argv
+    if mfusepy.fuse_version_major != 3:  # libfuse 2 has no rename flags and no fuse_config
+        raise SystemExit(f"needs libfuse 3, mfusepy loaded {mfusepy.fuse_version_major}")
     os.umask(0)  # the caller's umask is applied by the kernel already
     control = socket.socket(fileno=int(fd))
     fs = Forgetful(backing, scratch, control)
@@ -517,6 +514,7 @@ def main(argv: list[str]) -> int:
         default_permissions=True,
         fsname="forgetful",
         subtype="forgetful",
+        debug=bool(os.environ.get("FORGETFUL_DEBUG")),
     )
     return 0
 
