@@ -51,12 +51,12 @@ ALL_STATES = 1 << 14
 MODE = "forget"
 
 
-def states_per_point() -> int:
+def states_per_point(default: int = DEFAULT_STATES) -> int:
     """The cap on states per crash point: ``CRASHSAFE_FORGETFUL_STATES`` (a number of
-    at least 2, or ``all``), else :data:`DEFAULT_STATES`."""
+    at least 2, or ``all``), else *default*."""
     value = os.environ.get(STATES_VARIABLE, "").strip()
     if not value:
-        return DEFAULT_STATES
+        return default
     if value == "all":
         return ALL_STATES
     if not value.isdigit() or int(value) < 2:
@@ -119,13 +119,14 @@ def forget_every_syscall(
     """:func:`tests.harness.power_cut.power_cut_every_syscall` on the filesystem that
     forgets: right after each syscall of *writer* (with *threads*, each (NAME, N) of
     any thread that touches ``fs.mnt``), kill it, and for each of at most *limit*
-    (default :func:`states_per_point`) crash states, restore it, *inspect*, count
-    and sweep the crashsafe temporary files in *sweep_dir*.
+    (:data:`DEFAULT_STATES` if None) crash states, restore it, *inspect*, count and
+    sweep the crashsafe temporary files in *sweep_dir*. ``CRASHSAFE_FORGETFUL_STATES``
+    overrides *limit* (:func:`states_per_point`).
 
     *prepare* puts the old state in place; everything is made durable after it
     (``fs.sync_all()``), so that each crash's states start from it.
     """
-    cap = states_per_point() if limit is None else limit
+    cap = states_per_point(DEFAULT_STATES if limit is None else limit)
     crash = Forget(fs, cap)
 
     def prepared() -> None:
