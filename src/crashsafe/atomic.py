@@ -603,15 +603,23 @@ class AtomicFile(Generic[_F_co]):
 
         Straight to the descriptor, looping on short writes, with no file
         object in between (atomic_write's path); through :attr:`file` once
-        there is one, or for a buffer of items wider than a byte.
+        there is one, or for a buffer of items wider than a byte. A failed
+        write (``ENOSPC``, ``EIO``) raises its :class:`OSError` with
+        ``filename`` set to the target path: every caller (``write_many``, a
+        transaction's ``write``) then names the file the user knows.
         """
         view = memoryview(data)
-        if self._file is not None or view.ndim != 1 or view.itemsize != 1:
-            self.file.write(view)
-            return
-        assert self._fd is not None
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            if self._file is not None or view.ndim != 1 or view.itemsize != 1:
+                self.file.write(view)
+                return
+            assert self._fd is not None
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as e:
+            if unnamed_os_error(e):
+                e.filename = self.path
+            raise
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) == "open":

@@ -10,6 +10,11 @@ any combination, writes torn), and :meth:`Forgetful.restore` makes the mount hol
 them, as after a reboot. :meth:`Forgetful.fail` makes the next fsync, directory fsync or
 write answer an error, with Linux's semantics for a failed fsync.
 
+``sync(2)`` and ``syncfs(2)`` make nothing durable here (the filesystem gets no request
+for them: the durable view was unchanged after both): :meth:`Forgetful.sync_all` is the
+test's ``sync``. An error inside the filesystem itself (a bug, not an answer) reaches its caller
+as ``EIO`` and fails the ``with`` block on its way out.
+
 The filesystem runs as a child process (tests/harness/forgetful_fs.py), started and
 stopped by its pid, controlled over a unix socket pair, unmounted with ``fusermount3 -u``;
 nothing is left behind. The kernel's caches are off (``direct_io``, timeouts 0), so a
@@ -26,12 +31,13 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from tests import children
 from tests.harness.forgetful_model import CrashState, StaleStateError
 from tests.harness.forgetful_wire import recv, send
 from tests.harness.require import require, require_root, require_tools
@@ -41,7 +47,7 @@ __all__ = ["ALWAYS", "CrashState", "Forgetful", "StaleStateError", "forgetful"]
 ALWAYS = -1
 """``fail(..., times=ALWAYS)``: every such operation from now on fails."""
 
-_ROOT = Path(__file__).resolve().parents[2]
+_PROGRAM = "import sys\nfrom tests.harness.forgetful_fs import main\nsys.exit(main(sys.argv[1:]))"
 _START_TIMEOUT = 60.0  # seconds for the child to mount (a bound, not a timing)
 
 
@@ -55,10 +61,12 @@ class Forgetful:
         self.backing = backing
         self.pid = pid
         self._sock = sock
+        self._lock = threading.Lock()
 
     def _ask(self, name: str, *args: Any) -> Any:
-        send(self._sock, (name, args))
-        answer = recv(self._sock)
+        with self._lock:  # one request and its answer at a time, whichever thread asks
+            send(self._sock, (name, args))
+            answer = recv(self._sock)
         if answer is None:
             raise RuntimeError(f"the forgetful filesystem (pid {self.pid}) went away")
         status, value = answer
@@ -68,7 +76,7 @@ class Forgetful:
 
     def sync_all(self) -> None:
         """Everything now in the mount is durable, as after ``sync(2)``: a new epoch
-        starts (crash states of earlier epochs can no longer be restored)."""
+        starts, whose crash states :meth:`crash_states` lists from now on."""
         self._ask("sync_all")
 
     def crash_states(
@@ -83,19 +91,27 @@ class Forgetful:
         its 4096-byte pieces, one piece alone; zeros or garbage in place of its data if
         it grew the file), then every subset of the unsynced operations with at most one
         write torn when there are at most 10 of them (in an order shuffled by *seed*),
-        otherwise samples drawn by *seed*. Identical states are listed once; at most
-        *limit* (at least 2). *torn* False leaves torn writes out.
+        otherwise samples drawn by *seed* (until 256 in a row found nothing new).
+        Identical states are listed once; at most *limit* (at least 2). *torn* False
+        leaves torn writes out.
         """
         states: list[CrashState] = self._ask("crash_states", limit, torn, seed)
         return states
 
+    def reset(self) -> None:
+        """Start afresh, as a newly mounted empty filesystem: the mount empty (its mode
+        as when it was mounted) and durable, files open on it gone, no fault pending,
+        :meth:`calls` at zero, no listed crash state to restore. Lets one mount serve
+        many tests."""
+        self._ask("reset")
+
     def restore(self, state: CrashState) -> None:
-        """Make the mount hold exactly *state*, as after a reboot: what it holds is now
-        all durable (a new epoch). Files open before are gone (``ESTALE``). Every state
-        of one crash (one :meth:`crash_states` listing) can be restored in turn, with
-        whatever the test did in between (a recovery, a sweep) forgotten, until
-        :meth:`sync_all` or a restore of a state of a later crash. Raises
-        :class:`StaleStateError` for a state of an earlier epoch otherwise."""
+        """Make the mount hold exactly *state*, as after a reboot into it: what it holds
+        is now all durable (a new epoch), and files open before are gone (``ESTALE``).
+
+        Every state of the latest :meth:`crash_states` listing can be restored, one after
+        the other, whatever was done on the mount in between (a check that writes, a
+        recovery); a state of an earlier listing raises :class:`StaleStateError`."""
         self._ask("restore", state)
 
     def fail(
@@ -112,7 +128,8 @@ class Forgetful:
 
         ``fsync`` with ``EIO`` has Linux's semantics: the file's data written since its
         last good sync is dropped from every crash state and marked clean, so a retried
-        fsync succeeds and the data is gone (readers still see it until a restore).
+        fsync succeeds and the data is gone (readers still see it until a restore); a
+        truncate or mode change stays unsynced (the inode's, not a page's).
         ``fsyncdir`` is an fsync of a directory (its basename; "" for the mount's root);
         a failed one makes nothing durable. A failed ``write`` writes nothing.
         """
@@ -152,19 +169,25 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
     require_forgetful()
     scratch = Path(tempfile.mkdtemp(prefix="crashsafe-forgetful-"))
     mnt, state, log = scratch / "mnt", scratch / "state", scratch / "log"
+    scratch.chmod(0o755)  # the mount point inside it, for writers run as other users
     mnt.mkdir()
-    state.mkdir()
+    state.mkdir(mode=0o700)
     ours, theirs = socket.socketpair()
-    path = os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])
-    argv = [sys.executable, "-m", "tests.harness.forgetful_fs"]
-    argv += [str(backing), str(mnt), str(state), str(theirs.fileno())]
+    # Built where every child of the suite is (tests/children.py); started here, for
+    # the socket it inherits.
+    command = children.python_command(
+        _PROGRAM, str(backing), str(mnt), str(state), str(theirs.fileno()),
+        env={"FUSE_LIBRARY_NAME": "fuse3", "PYTHONPATH": children.ROOT},
+    )  # fmt: skip
+    # No coverage tracer in the filesystem: it would slow every operation of the tests
+    # on it, and the library code it runs (crashcheck's model) is measured elsewhere.
+    command.env.pop("COVERAGE_PROCESS_CONFIG", None)
     try:
         with open(log, "wb") as errors:
             proc = subprocess.Popen(
-                argv,
+                command.argv,
                 pass_fds=[theirs.fileno()],
-                cwd=_ROOT,
-                env=dict(os.environ, PYTHONPATH=path, FUSE_LIBRARY_NAME="fuse3"),
+                env=command.env,
                 stdin=subprocess.DEVNULL,
                 stdout=errors,
                 stderr=errors,
@@ -178,6 +201,11 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
             if ready != ("ok", "ready"):
                 raise RuntimeError(f"the forgetful filesystem did not start: {log.read_text()}")
             yield fs
+            failed = fs._ask("internal_errors")
+            if failed:
+                raise RuntimeError(
+                    "the forgetful filesystem failed (its callers got EIO):\n" + "\n".join(failed)
+                )
         finally:
             _stop(mnt, proc, ours)
     finally:
@@ -189,15 +217,21 @@ def forgetful(backing: Path) -> Iterator[Forgetful]:
 def _stop(mnt: Path, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
     """Unmount *mnt* and wait for *proc*, its filesystem, to exit; lazily and by force
     only when a process still holds the mount busy."""
+    busy = False
     if _mounted(mnt):
         done = subprocess.run(["fusermount3", "-u", str(mnt)], check=False, capture_output=True)
         if done.returncode != 0:
+            busy = True
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True)
     sock.close()
+    if busy:
+        # Detached, but a file still open there keeps the filesystem serving it: stop it
+        # (by its pid: the child this harness started); libfuse exits on SIGTERM.
+        proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()  # by its pid: the child this harness started
+        proc.kill()
         proc.wait()
 
 

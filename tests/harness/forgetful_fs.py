@@ -1,7 +1,7 @@
 """The filesystem that forgets: a FUSE passthrough that records what is durable.
 
-Run as a child process by tests/harness/forgetful.py (``python -m
-tests.harness.forgetful_fs BACKING MOUNTPOINT SCRATCH FD``): it mounts a passthrough of
+Run as a child process by tests/harness/forgetful.py (:func:`main` with ``BACKING
+MOUNTPOINT SCRATCH FD``, in a child built by tests/children.py): it mounts a passthrough of
 the directory BACKING on MOUNTPOINT, with the kernel's caches off (entry, attribute and
 negative timeouts 0, ``direct_io``, so every read and write reaches it and a restored
 state is what the next reader sees), and answers requests on the unix socket FD. Every
@@ -25,19 +25,15 @@ ledger, not the disk, is what a crash keeps.
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import errno
-import fnmatch
 import os
-import shutil
 import socket
 import stat
 import sys
 import threading
-from collections import Counter
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import mfusepy
@@ -55,8 +51,7 @@ from crashsafe.crashcheck._ops import (
     Unlink,
     Write,
 )
-from tests.harness.forgetful_model import CrashState, Ledger
-from tests.harness.forgetful_wire import recv, send
+from tests.harness.forgetful_control import Control, Handle
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -67,22 +62,6 @@ _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass
-class _Fault:
-    op: str
-    err: int
-    name: str | None
-    times: int  # -1: every time
-
-
-@dataclass
-class _Handle:
-    fd: int
-    inode: int
-    name: str  # the path it was opened by, for faults that match names
-    synced: bool
 
 
 class _Fuse(mfusepy.FUSE):  # type: ignore[misc]  # mfusepy has no types
@@ -108,32 +87,29 @@ def _decode(path: bytes | None) -> str | None:
 
 
 def _locked(method: F) -> F:
+    """One operation, under the lock. An error that is no ``OSError`` is a fault of
+    this filesystem, not an answer: it is kept for the test (:meth:`do_internal_errors`)
+    and the caller gets ``EIO``."""
+
     def run(self: Forgetful, *args: Any) -> Any:
         with self.mutex:
-            return method(self, *args)
+            try:
+                return method(self, *args)
+            except OSError:
+                raise
+            except Exception:
+                self.internal.append(f"{method.__name__}{args!r}: {traceback.format_exc()}")
+                raise mfusepy.FuseOSError(errno.EIO) from None
 
     run.__name__ = method.__name__
     return run  # type: ignore[return-value]
 
 
-class Forgetful(mfusepy.Operations):  # type: ignore[misc]
-    """The operations: pass through to the backing directory, record in the ledger."""
+class Forgetful(Control, mfusepy.Operations):  # type: ignore[misc]
+    """The operations: pass through to the backing directory, record in the ledger
+    (the test's requests, the open files and the faults are :class:`Control`'s)."""
 
     use_ns = True
-
-    def __init__(self, backing: str, scratch: str, control: socket.socket) -> None:
-        self.mutex = threading.Lock()  # not "lock": that name is a FUSE operation
-        self.ledger = Ledger(backing, scratch)
-        self.scratch = scratch
-        self.control = control
-        self.handles: dict[int, _Handle] = {}
-        self.dirs: dict[int, str] = {}  # open directories: fd -> the path they were opened by
-        self.faults: list[_Fault] = []
-        self.counts: Counter[tuple[str, str]] = Counter()
-        self.restores = 0
-        # The ledger of the last crash a state was restored from: every state of it
-        # stays restorable, one after another, until sync_all or a later crash.
-        self.crashed: Ledger | None = None
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -147,30 +123,15 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
         st = os.stat(os.path.dirname(self._p(path)))
         return ("dir", self.ledger.inode(st.st_ino))
 
-    def _fault(self, op: str, name: str) -> None:
-        """Count *op* on *name*, and raise the fault the test asked for, if one matches."""
-        base = os.path.basename(name)
-        self.counts[(op, base)] += 1
-        for fault in self.faults:
-            if fault.op == op and (fault.name is None or fnmatch.fnmatchcase(base, fault.name)):
-                if fault.times > 0:
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self.faults.remove(fault)
-                raise mfusepy.FuseOSError(fault.err)
-
     def _own(self, path: str) -> None:
         """Give a new entry to the caller, as a kernel filesystem would (this process
-        runs as root)."""
+        runs as root): its uid, and its gid unless the directory is setgid (then the
+        directory's group, which the backing filesystem gave it already)."""
         uid, gid, _ = mfusepy.fuse_get_context()
-        if uid != 0 or gid != 0:
+        if os.stat(os.path.dirname(path)).st_mode & stat.S_ISGID:
+            gid = -1
+        if uid != 0 or gid not in (0, -1):
             os.chown(path, uid, gid, follow_symlinks=False)
-
-    def _handle(self, fh: int) -> _Handle:
-        handle = self.handles.get(fh)
-        if handle is None:  # opened before a restore: as after a reboot, it is gone
-            raise mfusepy.FuseOSError(errno.ESTALE)
-        return handle
 
     # -- setup --------------------------------------------------------------------------
 
@@ -185,13 +146,13 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
             # Unlinked while open: really removed, not renamed to .fuse_hidden*.
             config_3.hard_remove = 1
             config_3.nullpath_ok = 1
-        threading.Thread(target=self._serve, daemon=True).start()
+        threading.Thread(target=self.serve, daemon=True).start()
 
     # -- reading ------------------------------------------------------------------------
 
     @_locked
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
-        st = os.fstat(self._handle(fh).fd) if fh is not None else os.lstat(self._p(path or "/"))
+        st = os.fstat(self.handle(fh).fd) if fh is not None else os.lstat(self._p(path or "/"))
         keys = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks", "st_ino")
         out: dict[str, Any] = {k: getattr(st, k) for k in keys}
         out.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)
@@ -200,19 +161,17 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
     @_locked
     def opendir(self, path: str) -> int:
         fd = os.open(self._p(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.dirs[fd] = path
-        return fd
+        return self.open_dir(fd, path)
 
     @_locked
     def readdir(self, path: str | None, fh: int) -> list[str]:
-        if fh not in self.dirs:
-            raise mfusepy.FuseOSError(errno.ESTALE)
-        return [".", "..", *os.listdir(fh)]
+        return [".", "..", *os.listdir(self.opened_dir(fh)[0])]
 
     @_locked
     def releasedir(self, path: str | None, fh: int) -> int:
-        if self.dirs.pop(fh, None) is not None:
-            os.close(fh)
+        opened = self.dirs.pop(fh, None)
+        if opened is not None:
+            os.close(opened[0])
         return 0
 
     @_locked
@@ -228,7 +187,7 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
-        return os.pread(self._handle(fh).fd, size, offset)
+        return os.pread(self.handle(fh).fd, size, offset)
 
     # -- files --------------------------------------------------------------------------
 
@@ -245,8 +204,9 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
             if flags & os.O_TRUNC:
                 call = self._call(f"truncate({path}, 0)")
                 self.ledger.record(Truncate(call, inode, 0), {("data", inode)})
-        self.handles[fd] = _Handle(fd, inode, path, bool(flags & _SYNCED))
-        return fd
+        return self.open_file(
+            Handle(fd, inode, path, bool(flags & _SYNCED), bool(flags & os.O_APPEND))
+        )
 
     @_locked
     def open(self, path: str, flags: int) -> int:
@@ -268,21 +228,25 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
-        handle = self._handle(fh)
-        self._fault("write", path or handle.name)
+        handle = self.handle(fh)
+        self.fault("write", path or handle.name)
         size = os.fstat(handle.fd).st_size
         written = os.pwrite(handle.fd, data, offset)
+        if handle.append:  # pwrite on an O_APPEND descriptor appends (Linux)
+            offset = size
         end = offset + written
         call = self._call(f"write({path or handle.name}, {offset}..{end})")
         barriers = set() if handle.synced else {("data", handle.inode)}
-        op = Write(call, handle.inode, offset, data[:written], synced=handle.synced)
+        op = Write(
+            call, handle.inode, offset, data[:written], synced=handle.synced, appended=end > size
+        )
         self.ledger.record(op, barriers, grows=end > size)
         return written
 
     @_locked
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         if fh is not None:
-            fd = self._handle(fh).fd
+            fd = self.handle(fh).fd
             os.ftruncate(fd, length)
         else:
             assert path is not None
@@ -296,11 +260,11 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
-        handle = self._handle(fh)
+        handle = self.handle(fh)
         kind: Literal["fsync", "fdatasync"] = "fdatasync" if datasync else "fsync"
         call = self._call(f"{kind}({path or handle.name})")
         try:
-            self._fault("fsync", path or handle.name)
+            self.fault("fsync", path or handle.name)
         except OSError as e:
             if e.errno == errno.EIO:  # Linux: the unsynced pages are dropped, marked clean
                 self.ledger.sync(Sync(call, handle.inode, kind), failed=True)
@@ -310,8 +274,9 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def release(self, path: str | None, fh: int) -> int:
-        if self.handles.pop(fh, None) is not None:
-            os.close(fh)
+        handle = self.handles.pop(fh, None)
+        if handle is not None:
+            os.close(handle.fd)
         return 0
 
     def chmod(self, path: str | None, mode: int) -> int:
@@ -320,8 +285,8 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
     @_locked
     def chmod2(self, path: str | None, mode: int, fh: int | None) -> int:
         if fh is not None:
-            st = os.fstat(self._handle(fh).fd)
-            os.fchmod(self._handle(fh).fd, stat.S_IMODE(mode))
+            st = os.fstat(self.handle(fh).fd)
+            os.fchmod(self.handle(fh).fd, stat.S_IMODE(mode))
         else:
             assert path is not None
             st = os.lstat(self._p(path))
@@ -408,94 +373,12 @@ class Forgetful(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
-        where = self.dirs.get(fh)
-        if where is None:
-            raise mfusepy.FuseOSError(errno.ESTALE)
+        fd, where = self.opened_dir(fh)
         call = self._call(f"fsync({where.rstrip('/')}/)")
-        self._fault("fsyncdir", where)
-        inode = self.ledger.inode(os.fstat(fh).st_ino)
+        self.fault("fsyncdir", where)
+        inode = self.ledger.inode(os.fstat(fd).st_ino)
         self.ledger.sync(Sync(call, inode, "fsync"))
         return 0
-
-    # -- control ------------------------------------------------------------------------
-
-    def _serve(self) -> None:
-        """Answer the test's requests until it closes the socket."""
-        send(self.control, ("ok", "ready"))
-        while True:
-            request = recv(self.control)
-            if request is None:
-                return
-            name, args = request
-            try:
-                with self.mutex:
-                    answer: tuple[str, Any] = ("ok", getattr(self, "do_" + name)(*args))
-            except Exception as e:  # every failure goes back to the test
-                answer = ("error", e)
-            send(self.control, answer)
-
-    def do_sync_all(self) -> None:
-        self._drop_crash()
-        self.ledger.new_epoch()
-
-    def _drop_crash(self) -> None:
-        if self.crashed is not None:
-            self.crashed.discard()
-            self.crashed = None
-
-    def do_crash_states(self, limit: int, torn: bool, seed: int) -> list[CrashState]:
-        return self.ledger.crash_states(limit=limit, torn=torn, seed=seed)
-
-    def do_durable_view(self) -> dict[str, bytes | None]:
-        return self.ledger.pessimistic_view()
-
-    def do_restore(self, state: CrashState) -> None:
-        if self.crashed is not None and state.epoch == self.crashed.epoch:
-            source = self.crashed
-        else:
-            self.ledger.check(state)
-            source = self.ledger
-        self.restores += 1
-        dest = os.path.join(self.scratch, f"restore-{self.restores}")
-        source.write_out(state, dest)
-        for fd in [*self.handles, *self.dirs]:  # files open across the crash are gone
-            os.close(fd)
-        self.handles.clear()
-        self.dirs.clear()
-        root = self.ledger.root
-        for name in os.listdir(root):
-            p = os.path.join(root, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p)
-            else:
-                os.unlink(p)
-        for name in os.listdir(dest):
-            shutil.move(os.path.join(dest, name), os.path.join(root, name))
-        os.chmod(root, stat.S_IMODE(os.stat(dest).st_mode))
-        os.rmdir(dest)
-        if source is self.ledger:  # a new crash: keep its ledger for its other states
-            self._drop_crash()
-            self.crashed = copy.copy(self.ledger)
-            self.ledger.new_epoch(keep=True)
-        else:
-            self.ledger.new_epoch()
-
-    def do_fail(self, op: str, err: int, name: str | None, times: int) -> None:
-        if op not in ("fsync", "fsyncdir", "write"):
-            raise ValueError(f"cannot fail {op!r}: only fsync, fsyncdir and write")
-        if times == 0 or times < -1:
-            raise ValueError("times must be positive, or -1 for every time")
-        self.faults.append(_Fault(op, err, name, times))
-
-    def do_clear_faults(self) -> None:
-        self.faults.clear()
-
-    def do_calls(self, op: str, name: str | None) -> int:
-        return sum(
-            n
-            for (o, base), n in self.counts.items()
-            if o == op and (name is None or fnmatch.fnmatchcase(base, name))
-        )
 
 
 def main(argv: list[str]) -> int:

@@ -18,7 +18,8 @@ conservative model (CONTRACT.md), decided here, not by crashcheck's own tracer:
   the new size with zeros or garbage where its data did not land;
 - an fsync that failed (a fault the test asked for) drops the file's unsynced writes
   for good, as Linux does: they are in no crash state, and a later fsync covers nothing
-  of them, although readers still see them until a restore.
+  of them, although readers still see them until a restore. A size or mode change is
+  the inode's, not a dropped page: it stays unsynced, and a later fsync covers it.
 
 Crash states are replayed and written out with crashcheck's model
 (:class:`~crashsafe.crashcheck._model.Base` and ``State``: its documented doors), so the
@@ -47,6 +48,12 @@ _EXHAUSTIVE = 10
 _TORN_CAP = 8
 """At most this many torn variants of one write (its fills not counted)."""
 
+_GIVE_UP = 256
+"""Sampling stops after this many samples in a row found no new state."""
+
+_LISTED = 4
+"""At most this many operations are named in a state's description."""
+
 # A torn write in a state: (operation number, pieces that landed, fill or None).
 Torn = tuple[int, tuple[int, ...], str | None]
 
@@ -73,29 +80,18 @@ class CrashState:
 
 
 class Ledger:
-    """The operations since the last epoch over the backing directory *root*, and the
-    crash states they allow. *scratch* is a directory of the ledger's own (snapshots,
-    states being written out), on any filesystem."""
+    """The operations of one epoch over the backing directory *root*, and the crash
+    states they allow. At its start everything in *root* is durable: a copy is taken
+    into *scratch* (a fresh directory of its own, on any filesystem, removed by
+    :meth:`close`), from which crash states are built. *epoch* numbers it."""
 
-    def __init__(self, root: str, scratch: str) -> None:
+    def __init__(self, root: str, scratch: str, epoch: int) -> None:
         self.root = os.path.realpath(root)
         self.scratch = scratch
-        self.epoch = 0
+        self.epoch = epoch
         self._count = 0
-        self.new_epoch()
-
-    # -- epochs -------------------------------------------------------------------------
-
-    def new_epoch(self, *, keep: bool = False) -> None:
-        """Everything in the backing directory is durable from now on (a snapshot of it
-        is taken; the log starts empty). With *keep*, the ending epoch's snapshot stays
-        on disk, for a copy of this ledger taken before (:meth:`discard` removes it)."""
-        old = os.path.join(self.scratch, f"epoch-{self.epoch}")
-        self.epoch += 1
-        copy = os.path.join(self.scratch, f"epoch-{self.epoch}")
-        self.snapshot = take_snapshot([self.root], copy)
-        if os.path.exists(old) and not keep:
-            shutil.rmtree(old)
+        os.mkdir(scratch)
+        self.snapshot = take_snapshot([self.root], os.path.join(scratch, "copy"))
         self.base = Base(self.snapshot)
         self.ops: list[Operation] = []
         self.descs: list[str] = []
@@ -110,9 +106,9 @@ class Ledger:
         self.inodes: dict[int, int] = {e.inode: e.inode for e in self.snapshot.entries.values()}
         self._next = -1
 
-    def discard(self) -> None:
-        """Remove this ledger's snapshot: a copy kept by ``new_epoch(keep=True)`` is done."""
-        shutil.rmtree(os.path.join(self.scratch, f"epoch-{self.epoch}"), ignore_errors=True)
+    def close(self) -> None:
+        """Remove the copy: no state of this epoch can be built any more."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     # -- recording ----------------------------------------------------------------------
 
@@ -152,23 +148,25 @@ class Ledger:
 
     def sync(self, op: Sync, *, failed: bool = False) -> None:
         """A sync of *op.inode*; *failed*: it reported an error, so the file's unsynced
-        data is gone for good (Linux drops the dirty pages and marks them clean)."""
+        writes are gone for good (Linux drops the dirty pages and marks them clean). A
+        size or mode change is the inode's, not a page's: it stays unsynced."""
         self.ops.append(op)
         self.descs.append(op.call.text)
         kinds = ("data", "mode", "dir") if op.kind == "fsync" else ("data", "dir")
         for kind in kinds:
-            for i in sorted(self._pending.pop((kind, op.inode), set())):
-                waiting = self._waiting[i]
-                waiting.discard((kind, op.inode))
-                if failed and kind == "data":
+            key = (kind, op.inode)
+            for i in sorted(self._pending.pop(key, set())):
+                if not failed:
+                    waiting = self._waiting[i]
+                    waiting.discard(key)
+                    if not waiting:
+                        self.durable.add(i)
+                        del self._waiting[i]
+                elif isinstance(self.ops[i], Write):
                     self.dead.add(i)
                     self._forget(i)
-                elif not waiting and not failed:
-                    self.durable.add(i)
-                    del self._waiting[i]
-                elif failed:  # not covered: it still waits for this barrier
-                    waiting.add((kind, op.inode))
-                    self._pending.setdefault((kind, op.inode), set()).add(i)
+                else:
+                    self._pending.setdefault(key, set()).add(i)
 
     def _forget(self, i: int) -> None:
         for b in self._waiting.pop(i, set()):
@@ -257,10 +255,15 @@ class Ledger:
         rng = random.Random(seed)
         seen: set[bytes] = set()
         out: list[CrashState] = []
+        repeats = 0  # samples in a row that found nothing new
         for family, kept, tear in self._candidates(torn, rng):
             fp = self.replay(kept, tear).fingerprint()
             if fp in seen:
+                repeats += family.startswith("sample")
+                if repeats >= _GIVE_UP:
+                    break
                 continue
+            repeats = 0
             seen.add(fp)
             out.append(CrashState(self.epoch, family, kept, tear, self._text(kept, tear)))
             if len(out) >= limit:
@@ -268,27 +271,33 @@ class Ledger:
         return out
 
     def _text(self, kept: tuple[int, ...], tear: tuple[Torn, ...]) -> str:
+        """What survived, short: the torn writes, and whichever of the kept and the lost
+        operations are fewer (at most :data:`_LISTED` of them named)."""
         u = self.unsynced()
-        torn = {i: (landed, fill) for i, landed, fill in tear}
-        parts = []
-        for i in u:
-            if i in torn:
-                landed, fill = torn[i]
-                how = f"pieces {list(landed)}" + (f", {fill} elsewhere" if fill else "")
-                parts.append(f"{self.descs[i]} TORN ({how})")
-            elif i in kept:
-                parts.append(self.descs[i])
-        lost = [self.descs[i] for i in u if i not in kept]
-        dead = [self.descs[i] for i in sorted(self.dead)]
-        text = f"kept [{'; '.join(parts)}], lost [{'; '.join(lost)}]"
-        return text + (f", dropped by a failed fsync [{'; '.join(dead)}]" if dead else "")
+        if not u and not self.dead:
+            return "nothing unsynced"
+        keep = [i for i in u if i in kept]
+        lost = [i for i in u if i not in kept]
+        parts = [f"{len(keep)} of {len(u)} unsynced kept"]
+        if lost and (len(lost) <= len(keep) or not keep):
+            parts.append("lost " + self._names(lost))
+        elif keep:
+            parts.append("kept " + self._names(keep))
+        for i, landed, fill in tear:
+            how = f"pieces {list(landed)}" + (f", {fill} elsewhere" if fill else "")
+            parts.append(f"torn {self.descs[i]} ({how})")
+        if self.dead:
+            parts.append("dropped by a failed fsync " + self._names(sorted(self.dead)))
+        return "; ".join(parts)
+
+    def _names(self, ops: list[int]) -> str:
+        named = ", ".join(self.descs[i] for i in ops[:_LISTED])
+        more = f" and {len(ops) - _LISTED} more" if len(ops) > _LISTED else ""
+        return f"[{named}{more}]"
 
     def check(self, state: CrashState) -> None:
         if state.epoch != self.epoch:
-            raise StaleStateError(
-                f"crash state of epoch {state.epoch}, but the filesystem is at epoch "
-                f"{self.epoch} (a sync_all or restore came since)"
-            )
+            raise StaleStateError(f"crash state of epoch {state.epoch}, not of epoch {self.epoch}")
 
     def write_out(self, state: CrashState | None, dest: str) -> None:
         """Write *state* (None: the pessimistic one) into the fresh directory *dest*."""
