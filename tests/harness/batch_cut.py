@@ -165,13 +165,14 @@ def power_cut_batch(
 
 def describe_batch(fs: str, label: str, run: BatchRun) -> str:
     """One line summing up a batch run, for the figures the tests print."""
-    outcomes = Counter(f"{t.mode}:{t.outcome}" for t in run.trials)
+    modes = {t.mode for t in run.trials}
+    cut = modes <= set(power_cut.MODES)  # else the trials' modes are crash states' families
+    each = f"{len(modes)} modes" if cut else "their crash states"
+    outcomes = Counter(f"{t.mode}:{t.outcome}" if cut else t.outcome for t in run.trials)
     where = Counter(t.where for t in run.trials)
     found = sum(t.found for t in run.trials)
     swept = sum(t.swept for t in run.trials)
     left = sum(1 for t in run.trials for p in t.problems if p.endswith("left after sweep"))
-    modes = {t.mode for t in run.trials}
-    each = f"{len(modes)} modes" if modes <= set(power_cut.MODES) else "their crash states"
     return (
         f"power cut {fs:<20} {label:<24} {len(run.points)} crash points x {each} "
         f"= {len(run.trials)} trials: {dict(sorted(outcomes.items()))}; "
