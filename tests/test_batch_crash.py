@@ -45,28 +45,16 @@ each), 41 x 2 with "consistent" (about 7 s each).
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.harness import power_cut
-from tests.harness.checks import leftovers
-from tests.harness.payloads import classify, durable_put, payload, read_or_none
+from tests.harness.batch_cut import BAD, DIRS, NAMES, describe_batch, power_cut_batch
 from tests.harness.power_cut import WRITERS
 from tests.harness.summary import module_summary
-
-OLD, NEW = 1, 2
-DIRS = ("a", "b")
-NAMES = ("f0", "f1", "f2")
-# Distinct sizes, so that a file holding another file's bytes cannot pass. The
-# data is written by the main thread while each file is staged; the workers
-# fsync, link and rename.
-SIZES = {f"{d}/{n}": 320 + 128 * i for i, (d, n) in enumerate((d, n) for d in DIRS for n in NAMES)}
-BAD = ("missing", "empty", "zeros", "partial", "torn", "another file's")
 
 BATCH_COMMIT = WRITERS / "batch_commit.py"
 # Deliberately broken: write_many's shape, no fsync of the data before the rename.
@@ -74,138 +62,6 @@ BATCH_BROKEN = WRITERS / "batch_broken.py"
 
 
 _note, _print_summary = module_summary("batch crash harness summary")
-
-
-# --------------------------------------------------------------------------- contents
-
-
-def _content(key: str, version: int) -> bytes:
-    """The file's own name, then a payload: a file that got another's content differs."""
-    return key.encode() + b":" + payload(version, SIZES[key])
-
-
-def _classify(key: str, data: bytes | None) -> str:
-    """Returns "old", "new", or what is wrong with the file (a word of BAD first)."""
-    prefix = key.encode() + b":"
-    if not data or data.count(0) == len(data):
-        found = classify(data)
-    elif data.startswith(prefix):
-        found = classify(data[len(prefix) :])
-    else:
-        return "another file's content" if b":CRASHSAFE-PAYLOAD" in data[:32] else "torn"
-    return "old" if found == OLD else "new" if found == NEW else str(found)
-
-
-# --------------------------------------------------------------------------- the runner
-
-
-@dataclass
-class _Trial:
-    aimed: str  # "NAME:N"
-    mode: str
-    where: str  # "worker", "main", "before start", "after end" or "returned"
-    files: dict[str, str]  # _classify() of every file
-    problems: list[str]
-    found: int  # crashsafe temporary files after the remount
-    swept: int
-
-    @property
-    def outcome(self) -> str:
-        kinds = set(self.files.values())
-        if not kinds <= {"old", "new"}:
-            return "bad"
-        return "mix" if len(kinds) == 2 else kinds.pop()
-
-
-@dataclass
-class _Run:
-    points: list[tuple[str, int]]
-    counts: dict[str, dict[str, int]]  # name -> "main" or "w1", "w2"... (most first) -> calls
-    trials: list[_Trial] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def power_cut_batch(
-    mnt: Path,
-    tmp_path: Path,
-    writer: Path,
-    *,
-    threads: int | None = None,
-    durability: str = "durable",
-) -> _Run:
-    """Cut the power of *mnt* right after every (syscall name, N) of any thread of
-    the batch in *writer* (and at its two markers), in both modes, and check the
-    six files after every cut: :func:`tests.harness.power_cut.power_cut_every_syscall`
-    with ``threads=True``. *threads* caps write_many's pool (None: its own);
-    *threads* and *durability* are the writer's second and third arguments."""
-    dirs = [mnt / d for d in DIRS]
-    for directory in dirs:
-        directory.mkdir()
-    targets = {key: mnt / key for key in SIZES}
-    plan = {}
-    for key, target in targets.items():
-        source = tmp_path / key.replace("/", "-")
-        source.write_bytes(_content(key, NEW))
-        plan[str(target)] = str(source)
-
-    def prepare() -> None:
-        for directory in dirs:
-            for name in os.listdir(directory):
-                if name not in NAMES:
-                    os.unlink(directory / name)
-        for key, target in targets.items():
-            durable_put(target, _content(key, OLD))
-
-    def inspect() -> tuple[dict[str, str], list[str]]:
-        files = {key: _classify(key, read_or_none(t)) for key, t in targets.items()}
-        problems = [
-            f"{key}: {found}" for key, found in files.items() if found not in ("old", "new")
-        ]
-        for directory in dirs:
-            strays = sorted(set(os.listdir(directory)) - set(NAMES) - set(leftovers(directory)))
-            problems += [f"{directory.name}/{n}: not a crashsafe temporary file" for n in strays]
-        return files, problems
-
-    run = power_cut.power_cut_every_syscall(
-        mnt,
-        writer,
-        [json.dumps(plan), str(threads or ""), durability],
-        prepare=prepare,
-        inspect=inspect,
-        sweep_dir=dirs,
-        threads=True,
-    )
-    batch = _Run(run.points, run.counts, seconds=run.seconds)
-    for t in run.trials:
-        files, problems = t.outcome
-        if t.where in ("after end", "returned"):
-            problems += [f"{key}: old after return" for key, f in files.items() if f == "old"]
-        problems += [f"{n}: left after sweep" for n in t.left_after_sweep]
-        trial = _Trial(t.aimed, t.mode, t.where, files, problems, len(t.leftovers), t.swept)
-        batch.trials.append(trial)
-    return batch
-
-
-def _describe(fs: str, label: str, run: _Run) -> str:
-    outcomes = Counter(f"{t.mode}:{t.outcome}" for t in run.trials)
-    where = Counter(t.where for t in run.trials)
-    found = sum(t.found for t in run.trials)
-    swept = sum(t.swept for t in run.trials)
-    left = sum(1 for t in run.trials for p in t.problems if p.endswith("left after sweep"))
-    return (
-        f"power cut {fs:<20} {label:<24} {len(run.points)} crash points x {len(power_cut.MODES)} "
-        f"modes = {len(run.trials)} trials: {dict(sorted(outcomes.items()))}; "
-        f"froze in {dict(sorted(where.items()))}; "
-        f"temp files after remount {found} -> swept {swept} -> left {left}; "
-        f"{run.seconds:.0f} s; calls main/workers: {_counts(run.counts)}"
-    )
-
-
-def _counts(counts: dict[str, dict[str, int]]) -> str:
-    return ", ".join(
-        f"{name} {threads['main']}/" + ",".join(str(n) for t, n in threads.items() if t != "main")
-        for name, threads in counts.items()
-    )
 
 
 # --------------------------------------------------------------------------- tests
@@ -223,7 +79,7 @@ def test_power_cut_in_any_thread_of_write_many(
     fs, mnt = cut_fs
     run = power_cut_batch(mnt, tmp_path, BATCH_COMMIT, threads=threads)
     label = f"write_many {'own pool' if threads is None else f'{threads} threads'}"
-    _note(_describe(fs, label, run))
+    _note(describe_batch(fs, label, run))
 
     assert [(t.aimed, t.mode, t.where, t.problems) for t in run.trials if t.problems] == []
     assert len(run.trials) == len(run.points) * len(power_cut.MODES) > 0
@@ -259,7 +115,7 @@ def test_harness_catches_batch_without_fsync(cut_fs: tuple[str, Path], tmp_path:
     ]
     kinds = Counter(found for *_, found in caught)
     _note(
-        _describe(fs, "BROKEN batch no fsync", run)
+        describe_batch(fs, "BROKEN batch no fsync", run)
         + f"; damaged files {len(caught)} {dict(kinds)} in "
         + f"{len({(a, m) for a, m, *_ in caught})} trials"
     )
@@ -282,7 +138,7 @@ def test_harness_catches_batch_without_directory_fsync(
     returned = [t for t in run.trials if t.where in ("after end", "returned")]
     old = [t.mode for t in returned if "old" in t.files.values()]
     _note(
-        _describe(fs, "consistent: no dir fsync", run)
+        describe_batch(fs, "consistent: no dir fsync", run)
         + f"; old after return: {len(old)} of {len(returned)} ({', '.join(old)})"
     )
     assert old, "the harness missed the missing directory fsync: it proves nothing"

@@ -11,6 +11,7 @@ what :func:`tests.harness.payloads.classify` found instead (a word of
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.harness.checks import leftovers
@@ -22,14 +23,13 @@ OLD, NEW = 1, 2
 BAD = ("missing", "empty", "zeros", "partial", "torn")
 
 
-def cut_one_file(
-    mnt: Path, writer: Path, source: Path, extra: list[str], *, crashsafe_temps: bool
-) -> tuple[PowerCutRun, Path]:
-    """Run *writer* with ``TARGET SOURCE *extra`` under
-    :func:`tests.harness.power_cut.power_cut_every_syscall`; *source* must hold
-    payload :data:`NEW` already. With *crashsafe_temps*, the directory's
-    crashsafe temporary files are counted and swept after every cut. Returns
-    the run and the target's directory."""
+def one_file(
+    mnt: Path, source: Path, *, size: int = 1 << 20
+) -> tuple[Path, Callable[[], None], Callable[[], str]]:
+    """Make ``mnt/d``; return it, *prepare* (``mnt/d/target`` holds payload
+    :data:`OLD` of *size* bytes, durably, and nothing else is there) and
+    *inspect* ("old", "new" or what is wrong; "source damaged" if *source*, which
+    holds payload :data:`NEW`, is not intact)."""
     directory = mnt / "d"
     directory.mkdir()
     target = directory / "target"
@@ -38,7 +38,7 @@ def cut_one_file(
         for name in os.listdir(directory):
             if name != "target":
                 os.unlink(directory / name)
-        durable_put(target, payload(OLD))
+        durable_put(target, payload(OLD, size))
 
     def inspect() -> str:
         if classify(read_or_none(source)) != NEW:
@@ -46,10 +46,22 @@ def cut_one_file(
         found = classify(read_or_none(target))
         return "old" if found == OLD else "new" if found == NEW else str(found)
 
+    return directory, prepare, inspect
+
+
+def cut_one_file(
+    mnt: Path, writer: Path, source: Path, extra: list[str], *, crashsafe_temps: bool
+) -> tuple[PowerCutRun, Path]:
+    """Run *writer* with ``TARGET SOURCE *extra`` under
+    :func:`tests.harness.power_cut.power_cut_every_syscall`; *source* must hold
+    payload :data:`NEW` already. With *crashsafe_temps*, the directory's
+    crashsafe temporary files are counted and swept after every cut. Returns
+    the run and the target's directory."""
+    directory, prepare, inspect = one_file(mnt, source)
     run = power_cut_every_syscall(
         mnt,
         writer,
-        [str(target), str(source), *extra],
+        [str(directory / "target"), str(source), *extra],
         prepare=prepare,
         inspect=inspect,
         sweep_dir=directory if crashsafe_temps else (),

@@ -7,7 +7,10 @@ power of the filesystem with the shutdown ioctl, kills the frozen program,
 unmounts and mounts again (replaying the journal) and lets the caller's
 *inspect* say what survived; then the next syscall. :func:`kill_every_syscall`
 is the same without the cut (no root, any filesystem): what a killed process
-leaves.
+leaves. Both are :func:`crash_every_syscall` with a :class:`Crash` that says
+what happens once the writer is frozen; :mod:`tests.harness.forgetful_cut`
+gives it the crash states of a filesystem that forgets what was not fsynced,
+for the filesystems the shutdown ioctl does not reach.
 
 How the freeze works (measured with strace 6.1): the writer starts, makes
 its set-up, says "ready" and waits (a select() on its stdin, a call no
@@ -47,25 +50,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import os
-import signal
 import struct
-import subprocess
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import crashsafe
-from tests import children
 from tests.harness import mounts
+from tests.harness.attach import Attached
 from tests.harness.checks import leftovers
 from tests.harness.require import require_root, require_tools
-from tests.harness.traces import STOPPED, Syscall, Trace, parse
+from tests.harness.traces import Syscall, Trace, parse
 
 # XFS_IOC_GOINGDOWN, the same number as EXT4_IOC_SHUTDOWN; flag 2 is NOLOGFLUSH
 # (XFS_FSOP_GOING_FLAGS_NOLOGFLUSH, EXT4_GOING_FLAGS_NOLOGFLUSH): the
@@ -119,117 +119,10 @@ def require_power_cut() -> None:
     require_tools("strace", "mkfs.xfs", "mkfs.ext4")
 
 
-class Attached:
-    """A writer program started first, and strace attached to it (``-f -p``) once
-    it waits in ``start()``; the handshake done. Both run in process groups of
-    their own; :meth:`kill` ends and reaps exactly these two."""
-
-    def __init__(self, work: Path, writer: Path, args: Sequence[str], inject: str | None):
-        self.out = work / "trace.txt"
-        self.out.unlink(missing_ok=True)
-        self.log = work / "stderr.txt"
-        self.strace: subprocess.Popen[bytes] | None = None
-        with open(self.log, "wb") as log:
-            self.writer = children.start(writer, *args, isolated=True, stderr=log)
-        try:
-            self._attach(work, inject)
-        except BaseException:
-            self.kill()
-            raise
-
-    def _attach(self, work: Path, inject: str | None) -> None:
-        assert self.writer.stdout is not None and self.writer.stdin is not None
-        if self.writer.stdout.readline() != b"ready\n":
-            raise AssertionError("the writer failed before it was ready:\n" + self._stderr())
-        cmd = ["strace", "-f", "-qq", "-y", "-o", str(self.out)]
-        if inject is not None:
-            cmd += ["-e", f"inject={inject}"]
-        with open(work / "strace.txt", "wb") as log:
-            self.strace = subprocess.Popen(
-                [*cmd, "-p", str(self.writer.pid)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        # A complete line from the writer: strace stops it at every syscall now.
-        deadline = time.monotonic() + 120  # a hang guard, as wait_until()
-        while "\n" not in self.text():
-            if time.monotonic() > deadline or self.strace.poll() is not None:
-                why = (work / "strace.txt").read_text(errors="replace")[-2000:]
-                raise AssertionError("strace did not attach to the writer:\n" + why)
-            time.sleep(0.002)
-        self.writer.stdin.write(b"g")
-        self.writer.stdin.close()
-
-    def _stderr(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:]
-
-    def text(self) -> str:
-        try:
-            return self.out.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def _all_stopped(self) -> bool:
-        for stat in glob.glob(f"/proc/{self.writer.pid}/task/*/stat"):
-            try:
-                state = Path(stat).read_text().rsplit(")", 1)[1].split()[0]
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue  # a thread that just exited
-            if state not in ("t", "T", "Z", "X"):  # stopped, or exited and not reaped yet
-                return False
-        return True
-
-    def wait_frozen_or_done(self, timeout: float = 30.0) -> bool:
-        """True once every thread is stopped, False if the writer returned first.
-
-        A thread that was inside a syscall when the SIGSTOP came (an fsync of
-        another worker) finishes that syscall, then stops: what it did is part
-        of the state the cut finds, as with any power cut at that instant.
-        The deadline only turns a hang into a failure.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.writer.poll() is not None:
-                if self.writer.returncode != 0:
-                    raise AssertionError(
-                        f"the writer failed ({self.writer.returncode}):\n" + self._stderr()
-                    )
-                return False
-            if STOPPED in self.text() and self._all_stopped():
-                return True
-            if time.monotonic() > deadline:
-                raise AssertionError("the writer neither froze nor returned in time")
-            time.sleep(0.002)
-
-    def finish(self, timeout: float = 60.0) -> str:
-        rc = self.writer.wait(timeout)
-        if rc != 0:
-            raise AssertionError(f"the writer failed ({rc}):\n" + self._stderr())
-        assert self.strace is not None
-        self.strace.wait(timeout)  # it exits once its tracee is gone
-        return self.text()
-
-    def kill(self) -> None:
-        """SIGKILL the writer (strace then exits), then strace's group if it did not."""
-        if self.writer.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.writer.pid, signal.SIGKILL)
-        # Reaped here, so its descriptors are closed before any unmount.
-        self.writer.wait()
-        for pipe in (self.writer.stdin, self.writer.stdout):
-            if pipe is not None:
-                with contextlib.suppress(BrokenPipeError):
-                    pipe.close()
-        if self.strace is not None:
-            children.reap_group(self.strace, 10)
-
-
 @dataclass
 class Trial:
     point: Syscall  # the call the freeze landed right after (the end marker: returned)
-    mode: str  # "commit", "cut" or "kill"
+    mode: str  # "commit", "cut", "kill", or the label of a forgetful crash state
     outcome: Any  # what the caller's inspect() returned
     leftovers: list[str]  # crashsafe temporary names found after the remount
     swept: int  # how many of them sweep() removed
@@ -290,19 +183,78 @@ def _landing(trace: Trace, frozen: bool, main: int, run: PowerCutRun) -> tuple[S
     return last, "main" if trace.stopped_tid == main else "worker"
 
 
+class Crash(Protocol):
+    """What a trial of :func:`crash_every_syscall` does once the writer is frozen
+    right after the aimed call: the power cut of :class:`PowerCut`, the bare kill
+    of :class:`KillOnly`, or the crash states of a filesystem that forgets
+    (:mod:`tests.harness.forgetful_cut`)."""
+
+    @property
+    def modes(self) -> Sequence[str]:
+        """The modes each crash point is tried in, each a run of the writer of its own."""
+        ...
+
+    def frozen(self, mode: str) -> None:
+        """Called while the writer is frozen on its aimed call, before it is killed."""
+        ...
+
+    def states(self, mode: str) -> Iterator[str]:
+        """Called after the kill: put each state the crash may have left in place,
+        in turn, and yield a label for it (the trial's mode); the caller's
+        inspect and sweep run at each."""
+        ...
+
+
+@dataclass(frozen=True)
+class PowerCut:
+    """The shutdown ioctl on *mnt* while the writer is frozen (after an unrelated
+    fsync that commits the journal, in the ``commit`` mode), then a remount that
+    replays the journal: one state per mode."""
+
+    mnt: Path
+    modes: Sequence[str] = MODES
+
+    def frozen(self, mode: str) -> None:
+        if mode == "commit":
+            commit_journal(self.mnt)
+        shutdown(self.mnt)
+
+    def states(self, mode: str) -> Iterator[str]:
+        mounts.cycle(self.mnt)
+        yield mode
+
+
+@dataclass(frozen=True)
+class KillOnly:
+    """Only the kill: what a killed process leaves, on any filesystem."""
+
+    modes: Sequence[str] = ("kill",)
+
+    def frozen(self, mode: str) -> None:
+        pass
+
+    def states(self, mode: str) -> Iterator[str]:
+        yield mode
+
+
 def crash_every_syscall(
     writer: Path,
     args: Sequence[str],
     *,
     prepare: Callable[[], None],
     inspect: Callable[[], Any],
-    mnt: Path | None,
+    crash: Crash,
     sweep_dirs: Sequence[Path] = (),
-    modes: Sequence[str] = MODES,
-    threads: bool = False,
+    threads: Path | None = None,
 ) -> PowerCutRun:
-    """The runner behind :func:`power_cut_every_syscall` (*mnt* given) and
-    :func:`kill_every_syscall` (*mnt* None: the frozen writer is only killed)."""
+    """The runner behind :func:`power_cut_every_syscall` (*crash* a :class:`PowerCut`),
+    :func:`kill_every_syscall` (:class:`KillOnly`) and
+    :func:`tests.harness.forgetful_cut.forget_every_syscall`: for each crash point
+    and each of *crash*'s modes, *prepare*, run the writer frozen on that point,
+    ``crash.frozen(mode)``, kill it, then for each state ``crash.states(mode)``
+    puts in place one :class:`Trial` (*inspect*, leftovers in *sweep_dirs*, sweep).
+    *threads*, the mount point under test, chooses the ``threads`` points (the
+    calls of any thread that touch it) instead of every call of the main thread."""
     require_tools("strace")
     began = time.perf_counter()
     prepare()
@@ -315,13 +267,12 @@ def crash_every_syscall(
             tracer.kill()
         main = tracer.writer.pid
         run = PowerCutRun(recorded.between_markers(None if threads else main), [])
-        if threads:
-            assert mnt is not None
-            run.points, run.counts = _thread_points(recorded, str(mnt), main)
+        if threads is not None:
+            run.points, run.counts = _thread_points(recorded, str(threads), main)
         else:
             run.points = [(s.name, s.nth) for s in run.trace]
         for n, (name, nth) in enumerate(run.points):
-            for mode in modes:
+            for mode in crash.modes:
                 for attempt in range(1, DRIFT_ATTEMPTS + 1):
                     prepare()
                     tracer = Attached(work, writer, args, f"{name}:signal=STOP:when={nth}")
@@ -329,15 +280,13 @@ def crash_every_syscall(
                         frozen = tracer.wait_frozen_or_done()
                         trace = parse(tracer.text())
                         point, where = _landing(trace, frozen, tracer.writer.pid, run)
-                        on_target = threads or (
+                        on_target = threads is not None or (
                             frozen
                             and trace.stopped_tid == tracer.writer.pid
                             and (point.index, point.name, point.nth) == (n, name, nth)
                         )
-                        if on_target and mnt is not None:
-                            if mode == "commit":
-                                commit_journal(mnt)
-                            shutdown(mnt)
+                        if on_target:
+                            crash.frozen(mode)
                     finally:
                         tracer.kill()
                     if on_target:
@@ -346,17 +295,16 @@ def crash_every_syscall(
                     run.drifts += 1
                     if attempt == DRIFT_ATTEMPTS:
                         raise AssertionError(f"aimed at {run.trace[n]}, froze after {point}")
-                if threads and frozen:
+                if threads is not None and frozen:
                     got = (point.name, point.nth)
                     assert got == (name, nth), f"aimed at {name}:{nth}, froze after {got}"
-                if mnt is not None:
-                    mounts.cycle(mnt)
-                outcome = inspect()
-                found = [name for d in sweep_dirs for name in leftovers(d)]
-                swept = sum(len(crashsafe.sweep(d)) for d in sweep_dirs)
-                left = [name for d in sweep_dirs for name in leftovers(d)]
-                trial = Trial(point, mode, outcome, found, swept, left, f"{name}:{nth}", where)
-                run.trials.append(trial)
+                for label in crash.states(mode):
+                    outcome = inspect()
+                    found = [name for d in sweep_dirs for name in leftovers(d)]
+                    swept = sum(len(crashsafe.sweep(d)) for d in sweep_dirs)
+                    left = [name for d in sweep_dirs for name in leftovers(d)]
+                    trial = Trial(point, label, outcome, found, swept, left, f"{name}:{nth}", where)
+                    run.trials.append(trial)
     run.seconds = time.perf_counter() - began
     return run
 
@@ -389,10 +337,9 @@ def power_cut_every_syscall(
         args,
         prepare=prepare,
         inspect=inspect,
-        mnt=mnt,
+        crash=PowerCut(mnt, modes),
         sweep_dirs=[sweep_dir] if isinstance(sweep_dir, Path) else sweep_dir,
-        modes=modes,
-        threads=threads,
+        threads=mnt if threads else None,
     )
 
 
@@ -416,9 +363,8 @@ def kill_every_syscall(
         args,
         prepare=prepare,
         inspect=inspect,
-        mnt=None,
+        crash=KillOnly(),
         sweep_dirs=[] if sweep_dir is None else [sweep_dir],
-        modes=("kill",),
     )
 
 
