@@ -31,6 +31,7 @@ import pytest
 from crashsafe import AtomicFile, atomic_open, atomic_write
 from tests.children import blocked_in_flock, read_line, wait_until
 from tests.children import start as start_child
+from tests.harness.capabilities import capabilities
 from tests.harness.checks import entries, leftovers
 
 # --- child code: from here to its end marker also runs in child processes, which
@@ -359,9 +360,13 @@ def test_reader_check_rejects_empty_prefix_zeros_and_mixed_payloads() -> None:
 
 
 def assert_never_torn(
-    seen: dict[str, int], totals: dict[str, int], *, min_reads: int, writers: int
+    seen: dict[str, int], totals: dict[str, int], *, min_reads: int, writers: int, where: Path
 ) -> None:
     problems = {k: seen[k] for k in ("missing", "empty", "torn", "mixed")}
+    if capabilities(where).readers_may_miss:
+        # FUSE: a reader racing a rename may find no file at all (inherent, documented
+        # in the README's "Not promised"); what it reads is still never damaged.
+        problems["missing"] = 0
     assert problems == {"missing": 0, "empty": 0, "torn": 0, "mixed": 0}, (seen, totals)
     assert totals["missing"] == totals["errors"] == 0, totals
     # The race ran until the reader had read enough and, interleaved with the
@@ -380,7 +385,7 @@ def test_racing_writers_never_show_readers_a_torn_file(
         min_reads=2000,
     )  # fmt: skip
     print(f"crashsafe {how} {staging} none: reader {seen}, writers {totals}")
-    assert_never_torn(seen, totals, min_reads=2000, writers=4)
+    assert_never_torn(seen, totals, min_reads=2000, writers=4, where=workdir)
     assert check_payload((workdir / "data.bin").read_bytes()) is None
     assert entries(workdir) == ["data.bin"]
 
@@ -394,7 +399,7 @@ def test_racing_durable_writers_never_show_readers_a_torn_file(
         min_reads=500,
     )  # fmt: skip
     print(f"crashsafe {how} {staging} durable: reader {seen}, writers {totals}")
-    assert_never_torn(seen, totals, min_reads=500, writers=3)
+    assert_never_torn(seen, totals, min_reads=500, writers=3, where=workdir)
     assert check_payload((workdir / "data.bin").read_bytes()) is None
     assert entries(workdir) == ["data.bin"]
 
