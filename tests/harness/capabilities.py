@@ -281,7 +281,7 @@ def _probe(path: Path, label: str) -> Capabilities:
         if "rename_noreplace" in present or "hardlinks" in present:
             present.add("create_only")
         else:
-            refused = ("rename_noreplace", "hardlinks")
+            refused: tuple[Capability, ...] = ("rename_noreplace", "hardlinks")
             seen = [why[c].rpartition("(")[2].rstrip(")") for c in refused]
             why["create_only"] = (
                 f"create-only is not possible: RENAME_NOREPLACE refused ({seen[0]}), "
