@@ -12,6 +12,7 @@ control, to prove that the check can fail.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -148,24 +149,32 @@ def _reader_main(path: str, enough: str, min_reads: int, min_versions: int, dama
     counts = {"reads": 0, "missing": 0, "empty": 0, "torn": 0, "mixed": 0}
     versions: set[tuple[int, int]] = set()
     print("ready", flush=True)
-    while (
-        counts["reads"] < min_reads
-        or len(versions) < min_versions
-        or sum(counts.values()) - counts["reads"] < damage
-    ):
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            counts["missing"] += 1
-            continue
-        counts["reads"] += 1
-        problem = check_payload(data)
-        if problem is None:
-            versions.add(HEADER.unpack_from(data)[1:3])
-        else:
-            counts[problem] += 1
-    open(enough, "wb").close()
+    try:
+        while (
+            counts["reads"] < min_reads
+            or len(versions) < min_versions
+            or sum(counts.values()) - counts["reads"] < damage
+        ):
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                # No file at that name: ENOENT, or ESTALE where sshfs looked up the
+                # name just before a rename replaced it. Anything else is raised.
+                if e.errno not in (errno.ENOENT, errno.ESTALE):
+                    raise
+                counts["missing"] += 1
+                continue
+            counts["reads"] += 1
+            problem = check_payload(data)
+            if problem is None:
+                versions.add(HEADER.unpack_from(data)[1:3])
+            else:
+                counts[problem] += 1
+    finally:
+        # The writers stop on this file: made even when the reader fails, so that
+        # the test fails at once instead of writing forever.
+        open(enough, "wb").close()
     counts["versions"] = len(versions)
     print(json.dumps(counts), flush=True)
 
