@@ -216,7 +216,7 @@ def _create_racer_main(directory: str, gates: str, writer: int, rounds: int) -> 
 
 THIS_FILE = Path(__file__).resolve()
 CHILD_IMPORTS = """\
-import fcntl, json, os, struct, sys, time, zlib
+import errno, fcntl, json, os, struct, sys, time, zlib
 from crashsafe import AtomicFile, atomic_open, atomic_write
 """
 

@@ -42,17 +42,18 @@ MODULES = frozenset(
 
 # Off the matrix although in MODULES: long runs whose cost times 15 filesystems
 # would break the suite's budget; they run once, in pytest's temporary directory.
-# nodeid pattern (fnmatch) -> why.
+# "module::test" (fnmatch) -> why.
 SINGLE = {
-    "tests/test_transaction.py::test_a_commit_killed_after_any_syscall_recovers_to_old_or_new*": (
+    "test_transaction.py::test_a_commit_killed_after_any_syscall_recovers_to_old_or_new": (
         "100+ kills of a child at every syscall, 38 s"
     ),
-    "tests/test_errors.py::test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked*": (
+    "test_errors.py::test_a_signal_at_any_moment_of_a_write_never_leaves_signals_blocked": (
         "thousands of signals, 19 s"
     ),
-    "tests/test_documents.py::test_8_processes_x_4_threads_x_50_increments_lose_nothing": (
+    "test_documents.py::test_8_processes_x_4_threads_x_50_increments_lose_nothing": (
         "6,400 locked increments, 7 s"
     ),
+    "test_atomic_path.py::test_kill9_*": "100 kills of SQLite backups and the control, 18 s",
 }
 
 # What a test is about that a filesystem may lack: on a filesystem without it, the test
@@ -166,7 +167,7 @@ NAMED_ON = ("ext4",)
 """Tests that fail on a filesystem today ONLY because of a known library gap of issue
 18 (being fixed on another branch). Each is xfail(strict=True): when the library
 change merges, the test passes, the strict xfail turns into a failure, and the
-entry must go. (filesystem names, nodeid pattern (fnmatch), reason)."""
+entry must go. (filesystem names, "module::test" or "module::test[glob]", reason)."""
 EXFAT = frozenset({"exfat"})
 _TX_PRIVATE = (
     "transaction publishes its private names create-only, and exFAT has neither "
@@ -174,12 +175,29 @@ _TX_PRIVATE = (
     "OSError(EINVAL); a transaction, holding its lock, may use a plain rename there"
 )
 KNOWN_GAPS: list[tuple[frozenset[str], str, str]] = [
-    (EXFAT, f"tests/test_transaction.py::{name}*", _TX_PRIVATE)
+    (EXFAT, f"test_transaction.py::{name}", _TX_PRIVATE)
     for name in (
         "test_a_directory_replaced_before_the_commit_gets_the_whole_transaction",
         "test_a_name_of_the_wrong_type_raises_type_error_naming_the_type",
         "test_accepts_bytes_like_and_str",
-        "test_an_error_at_any_step_leaves_all_old_or_all_new",
+        # Not the faults before the first name is published (the staged file's fsync,
+        # its link): those pass.
+        *(
+            f"test_an_error_at_any_step_leaves_all_old_or_all_new[*-{fault}]"
+            for fault in (
+                "fsync-dir-after-naming",
+                "fsync-journal",
+                "fsync-dir-after-journal",
+                "fsync-dir-after-renames",
+                "fsync-dir-after-journal-removed",
+                "link-second-staged",
+                "link-journal",
+                "first-rename",
+                "sigint-at-journal-link",
+                "sigint-at-first-rename",
+                "sigint-at-staged-fsync",
+            )
+        ),
         "test_bad_and_reserved_names_raise_value_error",
         "test_durability_levels_publish_and_fsync_as_documented",
         "test_explicit_commit_inside_the_block",
@@ -229,26 +247,34 @@ def on_matrix(nodeid: str, fixturenames: list[str] | tuple[str, ...]) -> bool:
     module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
     if module not in MODULES or "workdir" not in fixturenames:
         return False
-    return not any(fnmatch.fnmatchcase(nodeid, p) for p in SINGLE)
+    return not any(_matches(nodeid, p) for p in SINGLE)
 
 
 def known_gap(fs: str, nodeid: str) -> str | None:
     """The reason of the :data:`KNOWN_GAPS` entry for *nodeid* on filesystem *fs*."""
     for names, pattern, reason in KNOWN_GAPS:
-        if fs in names and fnmatch.fnmatchcase(nodeid, pattern):
+        if fs in names and _matches(nodeid, pattern):
             return reason
     return None
 
 
+def _matches(nodeid: str, pattern: str) -> bool:
+    """Whether *nodeid* is the test ``module::test`` of *pattern* (fnmatch), with its
+    parameters matching the glob in ``[...]`` if the pattern has one."""
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    test = nodeid.split("::", 1)[1] if "::" in nodeid else ""
+    function, _, params = test.partition("[")
+    wanted, _, glob = pattern.partition("[")
+    if not fnmatch.fnmatchcase(f"{module}::{function}", wanted):
+        return False
+    # Not fnmatch on the whole id: "[" opens a character class there.
+    return not glob or fnmatch.fnmatchcase(params.removesuffix("]"), glob.removesuffix("]"))
+
+
 def required(nodeid: str) -> tuple[Capability, ...]:
     """The capabilities :data:`REQUIRES` lists for the test *nodeid*."""
-    module_test = nodeid.rsplit("/", 1)[-1]
-    function = module_test.split("[", 1)[0]
     return tuple(
         capability
         for capability, patterns in REQUIRES.items()
-        if any(
-            function == p or fnmatch.fnmatchcase(module_test if "[" in p else function, p)
-            for p in patterns
-        )
+        if any(_matches(nodeid, p) for p in patterns)
     )
