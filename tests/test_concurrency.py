@@ -298,59 +298,63 @@ def race_one_name(
     """
     path = directory / "data.bin"
     control = tempfile.TemporaryDirectory(prefix="crashsafe-race-")
-    enough = str(Path(control.name) / "enough")
-    atomic_write(path, make_payload(0, 0, MIN_SIZE))
-    totals = {"writes": 0, "missing": 0, "errors": 0}
-    with children() as procs:
-        call = f"_reader_main({str(path)!r}, {enough!r}, {min_reads}, {min_versions}, {damage})"
-        reader = _child(call)
-        procs.append(reader)
-        reader_out = Lines(reader)
-        assert reader_out.readline() == "ready"
-        try:
-            if how == "threads":
-                results: list[dict[str, int]] = []
+    try:
+        enough = str(Path(control.name) / "enough")
+        atomic_write(path, make_payload(0, 0, MIN_SIZE))
+        totals = {"writes": 0, "missing": 0, "errors": 0}
+        with children() as procs:
+            call = f"_reader_main({str(path)!r}, {enough!r}, {min_reads}, {min_versions}, {damage})"
+            reader = _child(call)
+            procs.append(reader)
+            reader_out = Lines(reader)
+            assert reader_out.readline() == "ready"
+            try:
+                if how == "threads":
+                    results: list[dict[str, int]] = []
 
-                def run(w: int) -> None:
-                    counts = write_loop(
-                        str(path),
-                        w,
-                        enough=enough,
-                        min_writes=min_writes,
-                        kind=kind,
-                        durability=durability,
-                    )
-                    results.append(counts)
+                    def run(w: int) -> None:
+                        counts = write_loop(
+                            str(path),
+                            w,
+                            enough=enough,
+                            min_writes=min_writes,
+                            kind=kind,
+                            durability=durability,
+                        )
+                        results.append(counts)
 
-                threads = [threading.Thread(target=run, args=(w,)) for w in range(1, writers + 1)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-            else:
-                outs = []
-                for w in range(1, writers + 1):
-                    call = (
-                        f"_writer_main({str(path)!r}, {w}, enough={enough!r}, "
-                        f"min_writes={min_writes}, kind={kind!r}, durability={durability!r})"
-                    )
-                    procs.append(_child(call, staging))
-                    outs.append(Lines(procs[-1]))
-                for out in outs:
-                    assert out.readline() == "ready"
-                for proc in procs[1:]:
-                    assert proc.stdin is not None
-                    proc.stdin.write(b"go\n")
-                    proc.stdin.flush()
-                # The bound only turns a hang into a failure.
-                results = [json.loads(out.readline(timeout=200)) for out in outs]
-        finally:
-            Path(enough).touch()  # a failed writer must not leave the others running
-        seen = json.loads(reader_out.readline())
-    for result in results:
-        for key in totals:
-            totals[key] += result[key]
-    control.cleanup()
+                    threads = [
+                        threading.Thread(target=run, args=(w,)) for w in range(1, writers + 1)
+                    ]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                else:
+                    outs = []
+                    for w in range(1, writers + 1):
+                        call = (
+                            f"_writer_main({str(path)!r}, {w}, enough={enough!r}, "
+                            f"min_writes={min_writes}, kind={kind!r}, durability={durability!r})"
+                        )
+                        procs.append(_child(call, staging))
+                        outs.append(Lines(procs[-1]))
+                    for out in outs:
+                        assert out.readline() == "ready"
+                    for proc in procs[1:]:
+                        assert proc.stdin is not None
+                        proc.stdin.write(b"go\n")
+                        proc.stdin.flush()
+                    # The bound only turns a hang into a failure.
+                    results = [json.loads(out.readline(timeout=200)) for out in outs]
+            finally:
+                Path(enough).touch()  # a failed writer must not leave the others running
+            seen = json.loads(reader_out.readline())
+        for result in results:
+            for key in totals:
+                totals[key] += result[key]
+    finally:
+        control.cleanup()  # however the race ended
     return seen, totals
 
 
