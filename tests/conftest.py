@@ -99,6 +99,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if params.get("staging") == "named" and fs not in matrix.NAMED_ON and not both:
             dropped.append(item)
             continue
+        item.add_marker(pytest.mark.fs_matrix)
         if reason := matrix.known_gap(fs, item.nodeid):
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"issue 18: {reason}"))
         kept.append(item)

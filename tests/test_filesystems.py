@@ -28,6 +28,7 @@ _note, _print_summary = module_summary("kill -9 on each filesystem of the matrix
 KILLS = 48
 
 REFLINK: set[Capability] = {"reflink"}
+CLONES: set[Capability] = {"streamed_copy"}  # what a reflinking filesystem lacks
 NO_RENAME_FLAGS: set[Capability] = {"o_tmpfile", "rename_noreplace", "rename_exchange"}
 # What each filesystem lacks, as measured on Linux 6.18 with Debian 12's packages; the
 # probes must find exactly this (a probe that always answered "yes" fails here).
@@ -38,9 +39,9 @@ EXPECTED: dict[str, tuple[str, str, set[Capability]]] = {
     "ext4-journal": ("ext4", "data=journal", REFLINK),
     "ext2": ("ext2", "rw", REFLINK),
     "ext3": ("ext3", "rw", REFLINK),
-    "xfs": ("xfs", "rw", set()),
+    "xfs": ("xfs", "rw", CLONES),
     "xfs-noreflink": ("xfs", "rw", REFLINK),
-    "btrfs": ("btrfs", "rw", set()),
+    "btrfs": ("btrfs", "rw", CLONES),
     "tmpfs": ("tmpfs", "rw", REFLINK),
     "ramfs": ("ramfs", "rw", REFLINK | {"xattrs"}),
     "overlayfs": ("overlay", "upperdir=", REFLINK),
@@ -53,7 +54,7 @@ EXPECTED: dict[str, tuple[str, str, set[Capability]]] = {
     ),
     # ntfs-3g's default options keep no modes or owners (no user mapping).
     "ntfs3g": ("fuseblk", "rw", REFLINK | NO_RENAME_FLAGS | {"chmod", "chown"}),
-    "exfat": ("fuseblk", "rw", set(CAPABILITIES) - {"dir_fsync"}),
+    "exfat": ("fuseblk", "rw", set(CAPABILITIES) - {"dir_fsync", "streamed_copy"}),
 }
 
 

@@ -48,6 +48,7 @@ Capability = Literal[
     "dir_fsync",
     "fifos",
     "create_only",
+    "streamed_copy",
 ]
 CAPABILITIES: tuple[Capability, ...] = Capability.__args__  # type: ignore[attr-defined]
 
@@ -278,6 +279,11 @@ def _probe(path: Path, label: str) -> Capabilities:
 
         check("dir_fsync", "directory fsync refused: fsync() of a directory fails", dir_fsync)
         check("fifos", "no FIFOs: mkfifo() refused", lambda: os.mkfifo(os.path.join(s, "fifo")))
+        # Where files clone, atomic_copy reflinks: no chunk is ever copied.
+        if "reflink" in present:
+            why["streamed_copy"] = "atomic_copy reflinks here (FICLONE works): no chunked copy"
+        else:
+            present.add("streamed_copy")
         if "rename_noreplace" in present or "hardlinks" in present:
             present.add("create_only")
         else:

@@ -137,6 +137,16 @@ REQUIRES: dict[Capability, tuple[str, ...]] = {
         "test_permissions.py::test_an_anonymous_staged_file_is_chmodded_only_when_*",
         "test_planted_names.py::test_killed_writer_with_anonymous_staging_leaves_nothing_behind",
     ),
+    # The chunked copy (copy_file_range, sendfile, read/write): faults injected into it,
+    # progress between chunks, a source changed mid-copy. btrfs and xfs reflink instead.
+    "streamed_copy": (
+        "test_copy.py::test_copy_errors_name_the_destination",
+        "test_copy.py::test_exception_in_progress_aborts_the_copy",
+        "test_copy.py::test_progress_is_monotonic_and_ends_at_the_size",
+        "test_copy.py::test_real_error_mid_copy_is_raised_not_fallen_back_from",
+        "test_copy.py::test_refused_fast_paths_fall_back_at_the_same_offset",
+        "test_copy.py::test_source_changed_during_copy_is_rejected",
+    ),
     "hardlinks": (
         "test_batch.py::test_distinct_files_with_alike_names_are_written",
         "test_copy.py::test_copy_onto_itself_is_refused",
@@ -174,12 +184,26 @@ NAMED_ON = ("ext4",)
 change merges, the test passes, the strict xfail turns into a failure, and the
 entry must go. (filesystem names, "module::test" or "module::test[glob]", reason)."""
 EXFAT = frozenset({"exfat"})
+# Found by the matrix, not among issue 18's listed gaps (reported to the lead): after a
+# create-only write publishes by link() + unlink() (no RENAME_NOREPLACE on FUSE),
+# bindfs's attribute cache still shows st_nlink 2, and the next write refuses the file
+# as hard-linked (HardLinkedTargetError), deterministically.
+_STALE_NLINK = (
+    "FUSE's attribute cache shows st_nlink 2 right after a create-only publish by "
+    "link() + unlink(): the next write of the file refuses it as hard-linked"
+)
 _TX_PRIVATE = (
     "transaction publishes its private names create-only, and exFAT has neither "
     "RENAME_NOREPLACE (EINVAL) nor link() (EPERM): every commit fails with a bare "
     "OSError(EINVAL); a transaction, holding its lock, may use a plain rename there"
 )
 KNOWN_GAPS: list[tuple[frozenset[str], str, str]] = [
+    (
+        frozenset({"bindfs"}),
+        "test_modes.py::test_every_durability_level_publishes_the_content[*-xb-*]",
+        _STALE_NLINK,
+    ),
+] + [
     (EXFAT, f"test_transaction.py::{name}", _TX_PRIVATE)
     for name in (
         "test_a_directory_replaced_before_the_commit_gets_the_whole_transaction",
