@@ -242,6 +242,28 @@ KNOWN_GAPS: list[tuple[frozenset[str], str, str]] = [
     )
 ]
 
+FUSE = frozenset({"bindfs", "sshfs", "ntfs3g", "exfat"})
+_XATTR_BY_PATH = (
+    "a writer copies the target's xattrs by path (listxattr, _platform/_xattr.py): on "
+    "FUSE, racing another writer's rename, the name is briefly not found and atomic_write "
+    "raises FileNotFoundError (100 of 1,200 racing writes on bindfs)"
+)
+"""Known gaps whose failure depends on a race (it shows in most runs, not all): a strict
+xfail would fail the runs where the race did not show, so these are xfail(strict=False)
+and their XPASSes are listed in the summary. Same format as KNOWN_GAPS."""
+RACY_GAPS: list[tuple[frozenset[str], str, str]] = [
+    (
+        FUSE,
+        "test_concurrency.py::test_racing_writers_never_show_readers_a_torn_file",
+        _XATTR_BY_PATH,
+    ),
+    (
+        FUSE,
+        "test_concurrency.py::test_racing_durable_writers_never_show_readers_a_torn_file",
+        _XATTR_BY_PATH,
+    ),
+]
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -279,11 +301,15 @@ def on_matrix(nodeid: str, fixturenames: list[str] | tuple[str, ...]) -> bool:
     return not any(_matches(nodeid, p) for p in SINGLE)
 
 
-def known_gap(fs: str, nodeid: str) -> str | None:
-    """The reason of the :data:`KNOWN_GAPS` entry for *nodeid* on filesystem *fs*."""
+def known_gap(fs: str, nodeid: str) -> tuple[str, bool] | None:
+    """``(reason, strict)`` of the gap that makes *nodeid* fail on filesystem *fs*:
+    an entry of :data:`KNOWN_GAPS` (strict), or of :data:`RACY_GAPS` (not strict)."""
     for names, pattern, reason in KNOWN_GAPS:
         if fs in names and _matches(nodeid, pattern):
-            return reason
+            return reason, True
+    for names, pattern, reason in RACY_GAPS:
+        if fs in names and _matches(nodeid, pattern):
+            return reason, False
     return None
 
 
