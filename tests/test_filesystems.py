@@ -95,9 +95,7 @@ def test_each_filesystem_mounts_fresh_is_what_it_says_and_leaves_nothing(name: s
         caps = capabilities(directory)
         assert caps.label == name
         assert set(CAPABILITIES) - caps.present == lacks, caps.why
-        assert all(
-            caps.why[c].startswith(("no ", "modes", "owners", "absolute", "case")) for c in lacks
-        )
+        assert all(caps.why[c] for c in lacks), caps.why  # each with what the probe saw
         # The probe cleans up after itself.
         assert sorted(os.listdir(directory)) == ["f"]
     assert not os.path.exists(base), f"{base} left behind"
