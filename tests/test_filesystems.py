@@ -50,7 +50,7 @@ EXPECTED: dict[str, tuple[str, str, set[Capability]]] = {
     "sshfs": (
         "fuse.sshfs",
         "rw",
-        REFLINK | NO_RENAME_FLAGS | {"absolute_symlinks", "xattrs", "fifos"},
+        REFLINK | NO_RENAME_FLAGS | {"absolute_symlinks", "xattrs", "fifos", "shared_inodes"},
     ),
     # ntfs-3g's default options keep no modes or owners (no user mapping).
     "ntfs3g": ("fuseblk", "rw", REFLINK | NO_RENAME_FLAGS | {"chmod", "chown"}),

@@ -49,6 +49,7 @@ Capability = Literal[
     "fifos",
     "create_only",
     "streamed_copy",
+    "shared_inodes",
 ]
 CAPABILITIES: tuple[Capability, ...] = Capability.__args__  # type: ignore[attr-defined]
 
@@ -218,15 +219,25 @@ def _probe(path: Path, label: str) -> Capabilities:
 
         check("rename_exchange", "no RENAME_EXCHANGE", exchange)
         check("hardlinks", "no hard links: link() refused", lambda: os.link(a, c))
+
+        def shared_inodes() -> str | bool:
+            if "hardlinks" not in present:
+                return "no hard links"
+            ino = (os.stat(a).st_ino, os.stat(c).st_ino)
+            return ino[0] == ino[1] or f"two names of one file show inodes {ino[0]} and {ino[1]}"
+
+        check("shared_inodes", "no inode numbers to tell one file", shared_inodes)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(c)
         check("symlinks", "no symlinks: symlink() refused", lambda: os.symlink("a", c))
 
         def absolute() -> None:
-            os.symlink("/", os.path.join(s, "abs"))
-            os.readlink(os.path.join(s, "abs"))
+            # Links that leave the directory: absolute, or up through "..".
+            for name, target in (("abs", "/"), ("up", "../x")):
+                os.symlink(target, os.path.join(s, name))
+                os.readlink(os.path.join(s, name))
 
-        check("absolute_symlinks", "absolute symlinks unreadable: readlink() refused", absolute)
+        check("absolute_symlinks", "symlinks out of the directory unreadable: readlink()", absolute)
 
         fixed: list[int] = []
 

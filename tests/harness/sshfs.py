@@ -140,6 +140,9 @@ def sshfs(server: Server, remote: Path, mnt: Path) -> Iterator[Path]:
             f"UserKnownHostsFile={server.known_hosts}",
             "BatchMode=yes",
             "StrictHostKeyChecking=yes",
+            # Other users may use the mount (as on bindfs and ntfs-3g mounted by root):
+            # the tests that write as user nobody need it.
+            "allow_other",
         )
     )
     proc = subprocess.Popen(
