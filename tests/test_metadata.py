@@ -137,7 +137,7 @@ CALLS: dict[str, Call] = {
 
 
 @pytest.fixture(scope="module", params=["ext4", "xfs", "tmpfs"])
-def fs(request: pytest.FixtureRequest) -> Iterator[Path]:
+def metadata_fs(request: pytest.FixtureRequest) -> Iterator[Path]:
     """A real filesystem for the module: a loop ext4 or xfs, or a tmpfs (which has
     user.* attributes from Linux 6.6)."""
     require_root()
@@ -148,9 +148,9 @@ def fs(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 
 @pytest.fixture
-def place(fs: Path) -> Iterator[Path]:
+def place(metadata_fs: Path) -> Iterator[Path]:
     """A fresh directory on the filesystem, which must hold no temporary file at the end."""
-    directory = fs / "d"
+    directory = metadata_fs / "d"
     directory.mkdir()
     try:
         yield directory

@@ -22,5 +22,8 @@ def module_summary(title: str) -> tuple[Callable[[str], None], Any]:
         yield
         if lines:
             print(f"\n\n{title}\n" + "\n".join(lines))
+            # A module whose tests pytest splits into groups (the filesystem matrix's
+            # session-scoped mounts) prints each line once.
+            lines.clear()
 
     return lines.append, printed
