@@ -57,6 +57,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "default only on " + ", ".join(matrix.NAMED_ON) + "; elsewhere each runs with the "
         "library's own choice: O_TMPFILE, or named files where it is refused)",
     )
+    # The soak test (tests/test_soak.py): its budget.
+    parser.addoption(
+        "--soak-seconds",
+        type=float,
+        default=40.0,
+        help="how long tests/test_soak.py keeps writers, readers, kills and sweeps going "
+        "(default 40; the README's long run: 600)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,8 +96,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     both = config.getoption("--fs-both-stagings")
+    budget = config.getoption("--soak-seconds")
     kept, dropped = [], []
     for item in items:
+        if item.get_closest_marker("soak") is not None:
+            # The run may go on past its budget until its minimum of work is done
+            # (tests/harness/soak.py: SoakPlan.hard_cap), then it checks the tree.
+            item.add_marker(pytest.mark.timeout(3 * budget + 600))
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec is not None else {}
         fs = params.get("fs")
@@ -242,23 +255,3 @@ def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Itera
         yield S3Place(server, server.endpoint, bucket)
     finally:
         empty_bucket(server.endpoint, bucket)
-
-
-# The soak test (tests/test_soak.py): its budget, and a per-test timeout that grows with it.
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--soak-seconds",
-        type=float,
-        default=40.0,
-        help="how long tests/test_soak.py keeps writers, readers, kills and sweeps going "
-        "(default 40; the README's long run: 600)",
-    )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    budget = config.getoption("--soak-seconds")
-    for item in items:
-        if item.get_closest_marker("soak") is not None:
-            # The run may go on past its budget until its minimum of work is done
-            # (tests/harness/soak.py: SoakPlan.hard_cap), then it checks the tree.
-            item.add_marker(pytest.mark.timeout(3 * budget + 600))
