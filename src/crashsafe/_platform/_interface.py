@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from crashsafe._platform._status import Status
 
@@ -63,7 +63,9 @@ class Directory(Protocol):
         Nothing where the platform has no extended attributes."""
 
     def open_read(self, name: str) -> int:
-        """Open the existing file *name* for reading, refusing a symlink."""
+        """Open the existing file *name* for reading, refusing a symlink; through
+        the moments a rename over it makes it look missing (see
+        :meth:`Backend.through_renames`)."""
 
     def read(self, name: str) -> bytes:
         """The whole content of the regular file *name* (a symlink is refused)."""
@@ -167,6 +169,8 @@ class Directory(Protocol):
         errors are ignored (what is left is for :func:`crashsafe.sweep`)."""
 
 
+_T = TypeVar("_T")
+
 # The protocol by another name, for Backend, whose own Directory is a property.
 _OpenDirectory = Directory
 
@@ -256,7 +260,19 @@ class Backend(Protocol):
 
     def open_reading(self, path: str) -> int:
         """Open *path* read-only (following symlinks), never waiting on a FIFO,
-        not inherited by child processes."""
+        not inherited by child processes; through the moments a rename over it
+        makes it look missing (see :meth:`through_renames`)."""
+
+    def renames_hide_files(self, where: str | int) -> bool:
+        """Whether, on the filesystem of *where* (a path, or an open file or
+        directory), a reader can find a file missing (ENOENT, ESTALE) for a
+        moment while another file is renamed over it (FUSE and NFS on Linux)."""
+
+    def through_renames(self, attempt: Callable[[], _T], where: str | int) -> _T:
+        """*attempt()*, an open for reading of a file at *where* (its path, or its
+        directory's descriptor), tried again where :meth:`renames_hide_files`
+        while it fails with ENOENT or ESTALE: 10 tries at most, 0.213 s of
+        waiting in all; then its last error. Other errors at once."""
 
     def create_private(self, path: str) -> int:
         """Create the new file *path* (an existing one raises ``FileExistsError``),

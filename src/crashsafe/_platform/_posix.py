@@ -11,10 +11,11 @@ import errno
 import os
 import stat
 import sys
+from collections.abc import Callable
 from functools import partial
-from typing import Final
+from typing import Final, TypeVar
 
-from crashsafe._platform import _linux
+from crashsafe._platform import _common, _linux
 from crashsafe._platform._common import (
     create_private,
     directory_sync_unsupported,
@@ -22,7 +23,6 @@ from crashsafe._platform._common import (
     lock_file_linked,
     open_appending,
     open_lock_file,
-    open_reading,
 )
 from crashsafe._platform._status import Status
 
@@ -56,11 +56,15 @@ __all__ = [
     "open_lock_file",
     "open_reading",
     "process_start",
+    "renames_hide_files",
     "reopen_path",
     "set_metadata",
     "signals_deferred",
+    "through_renames",
     "unlock",
 ]
+
+_T = TypeVar("_T")
 
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
@@ -93,6 +97,35 @@ if sys.platform == "darwin":  # pragma: no cover - not verified on this machine
 
 else:
     fsync_file = os.fsync
+
+
+def renames_hide_files(where: str | int) -> bool:
+    """Whether, on the filesystem of *where* (a path, or an open file or directory),
+    a reader can find a file missing (ENOENT, ESTALE) while another is renamed
+    over it: FUSE and NFS (statfs ``f_type``), on Linux. A path that is missing
+    itself is asked about through its directory."""
+    if sys.platform != "linux":  # pragma: no cover - not verified elsewhere
+        return False
+    magic = _linux.filesystem_magic(where)
+    if magic is None and isinstance(where, str):
+        magic = _linux.filesystem_magic(os.path.dirname(where) or ".")
+    return magic in _linux.RENAMES_HIDE_FILES
+
+
+def through_renames(attempt: Callable[[], _T], where: str | int) -> _T:
+    """*attempt()*, an open for reading of a file at *where* (its path, or its
+    directory's descriptor), ridden through the moments when a rename over the
+    file makes it look missing on FUSE or NFS: see
+    :func:`crashsafe._platform._common.through_renames` (10 tries, 0.213 s of
+    waiting at most, only where :func:`renames_hide_files`)."""
+    return _common.through_renames(attempt, where, renames_hide_files)
+
+
+def open_reading(path: str) -> int:
+    """Open *path* read-only, following symlinks, never waiting on a FIFO; on FUSE
+    and NFS, through the moments a rename makes it look missing (see
+    :func:`through_renames`)."""
+    return through_renames(partial(_common.open_reading, path), path)
 
 
 def _name_error(error: OSError, path: str) -> OSError:
@@ -169,9 +202,12 @@ class Directory:
             raise _name_error(e, self._join(name)) from None
 
     def open_read(self, name: str) -> int:
-        """Open the existing file *name* for reading, refusing a symlink."""
+        """Open the existing file *name* for reading, refusing a symlink; on FUSE and
+        NFS, through the moments a rename makes it look missing (see
+        :func:`through_renames`)."""
+        flags = os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC
         try:
-            return os.open(name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self.fd)
+            return through_renames(partial(os.open, name, flags, dir_fd=self.fd), self.fd)
         except OSError as e:
             raise _name_error(e, self._join(name)) from None
 

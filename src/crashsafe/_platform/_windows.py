@@ -17,7 +17,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from crashsafe._platform._common import (
     create_private,
@@ -47,11 +47,15 @@ __all__ = [
     "open_lock_file",
     "open_reading",
     "process_start",
+    "renames_hide_files",
     "reopen_path",
     "set_metadata",
     "signals_deferred",
+    "through_renames",
     "unlock",
 ]
+
+_T = TypeVar("_T")
 
 _MOVEFILE_REPLACE_EXISTING: Final = 0x1
 _MOVEFILE_WRITE_THROUGH: Final = 0x8
@@ -64,6 +68,17 @@ _O_NOINHERIT: Final = getattr(os, "O_NOINHERIT", 0)
 # between bytecodes, and the few unguarded instructions are a known limit.
 signals_deferred = contextlib.nullcontext
 fsync_file = os.fsync  # _commit(): FlushFileBuffers
+
+
+def renames_hide_files(where: str | int) -> bool:
+    """False: a rename over a file on Windows is not known here to hide it
+    from readers (not verified)."""
+    return False
+
+
+def through_renames(attempt: Callable[[], _T], where: str | int) -> _T:
+    """*attempt()* once: see :func:`renames_hide_files`."""
+    return attempt()
 
 
 def _move(src: str, dst: str, *, replace: bool) -> None:
