@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 
 from crashsafe import _journal, _platform
 from crashsafe._checks import BytesLike, Durability, as_data, check_flag
-from crashsafe._metadata import Hardlinks, Preserve
+from crashsafe._metadata import Hardlinks, OwnPerm, Preserve
 from crashsafe._target import Target
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError
@@ -212,12 +212,12 @@ class Transaction:
             path,
             target=Target(directory, JOURNAL, None),
             mode="xb",
-            perm=0o600,
+            perm=OwnPerm(0o600),
             durability="durable" if self._durability != "none" else "none",
         )
         try:
             journal.write_all(json.dumps({"format": _journal.FORMAT, "ops": ops}).encode())
-            journal.publish()
+            journal.publish(private=True)
         except BaseException:
             if not journal.committed:
                 _journal.unstage(directory, ops)
@@ -249,7 +249,7 @@ class Transaction:
                     continue
                 # Numbered 0, 1, 2... with no gap, as recovery expects.
                 staging = f"{STAGED}{sum(op == 'write' for op, _, _ in ops)}"
-                staged.publish(staging, replace=False, sync=False)
+                staged.publish(staging, replace=False, sync=False, private=True)
                 ops.append(("write", name, staging))
             _journal.sync(directory, self._durability)
         except BaseException:

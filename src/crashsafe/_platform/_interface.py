@@ -82,23 +82,30 @@ class Directory(Protocol):
         owner: tuple[int, int] | None = None,
         *,
         named_suffix: str | None = None,
-    ) -> tuple[int, str | None, int]:
+    ) -> tuple[int, str | None, int, tuple[str, ...]]:
         """Create an empty temporary file for target *name*, open for reading and
         writing, with its *owner* (where permitted) and exact *mode* already set.
 
-        Returns ``(fd, temp, mode)``: *temp* is the temporary name, or None
+        Returns ``(fd, temp, mode, lost)``: *temp* is the temporary name, or None
         for an anonymous file (nothing to clean up after a crash); *mode* is
-        the mode the file has (with *mode* None, the one ``open()`` would give
-        a new file here). With *named_suffix* (a str, maybe empty) the file
+        the mode the file has, read back (with *mode* None, the one ``open()``
+        would give a new file here); *lost* names what of *mode* and *owner*
+        the filesystem did not keep (ignored or refused), each with why;
+        empty where everything held. With *named_suffix* (a str, maybe empty) the file
         always has a name, and the name ends with it (``atomic_path``'s staged
         path). On failure nothing is left; errors name the directory.
         """
 
-    def publish(self, fd: int, temp: str | None, name: str, *, replace: bool) -> None:
+    def publish(
+        self, fd: int, temp: str | None, name: str, *, replace: bool, private: bool = False
+    ) -> None:
         """Atomically make the staged file visible as *name*, then close *fd*.
 
         With *replace* False an existing *name* raises :class:`FileExistsError`,
-        atomically. On any failure nothing visible has changed, *fd* is closed
+        atomically; where the filesystem cannot refuse atomically (exFAT),
+        :class:`~crashsafe.errors.UnsupportedByFilesystemError`, unless
+        *private* (a name only the caller, under its lock, writes): then a
+        plain rename. On any failure nothing visible has changed, *fd* is closed
         and no temporary name is left. Errors name the target.
         """
 

@@ -146,7 +146,7 @@ class Directory:
         owner: tuple[int, int] | None = None,
         *,
         named_suffix: str | None = None,
-    ) -> tuple[int, str | None, int]:
+    ) -> tuple[int, str | None, int, tuple[str, ...]]:
         flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_BINARY | _O_NOINHERIT
         fds: list[int] = []
         try:
@@ -159,7 +159,7 @@ class Directory:
             e.filename = self.path  # not the private name
             del e.filename2  # set to None, it would print as "-> None"
             raise
-        return fds[0], temp, 0o666 if mode is None else mode
+        return fds[0], temp, 0o666 if mode is None else mode, ()
 
     def create_anonymous(self) -> int | None:
         """None: Windows has no anonymous files that can be named later."""
@@ -168,7 +168,11 @@ class Directory:
     def link_anonymous(self, fd: int, name: str) -> None:
         raise OSError(errno.ENOTSUP, "no anonymous files on Windows", self._join(name))
 
-    def publish(self, fd: int, temp: str | None, name: str, *, replace: bool) -> None:
+    def publish(
+        self, fd: int, temp: str | None, name: str, *, replace: bool, private: bool = False
+    ) -> None:
+        # MoveFileExW without MOVEFILE_REPLACE_EXISTING refuses an existing
+        # target on every Windows filesystem: *private* changes nothing.
         assert temp is not None
         # An open handle without delete sharing blocks the move: close first.
         os.close(fd)
