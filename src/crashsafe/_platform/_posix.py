@@ -736,7 +736,8 @@ def _set_checked(
     """
     refused = False
     try:
-        _set_metadata(fd, mode, owner, st)
+        if not _set_metadata(fd, mode, owner, st):
+            return mode, ()  # it had them already: st was just read
     except PermissionError:
         refused = True
     now = _status(fd)
@@ -761,9 +762,10 @@ def _may_chown(owner: tuple[int, int]) -> bool:
     return owner[0] == os.geteuid() and owner[1] in (os.getegid(), *os.getgroups())
 
 
-def _set_metadata(fd: int, mode: int, owner: tuple[int, int] | None, st: Status | None) -> None:
+def _set_metadata(fd: int, mode: int, owner: tuple[int, int] | None, st: Status | None) -> bool:
     # st: the file's status if the caller just took it; then only what
     # differs is changed (a chown, then the mode it may have cleared).
+    # Returns whether anything was changed (else there is nothing to read back).
     chowned = False
     if owner is not None:
         if st is None:
@@ -777,3 +779,5 @@ def _set_metadata(fd: int, mode: int, owner: tuple[int, int] | None, st: Status 
             chowned = True
     if chowned or st is None or stat.S_IMODE(st.st_mode) != mode:
         os.fchmod(fd, mode)
+        return True
+    return False
