@@ -180,7 +180,7 @@ def _oddities(where: str, measured: Measured) -> list[Fact]:
             Fact(
                 "create-only",
                 "not possible",
-                "neither link() nor renameat2(RENAME_NOREPLACE): mode=\"x\" and "
+                'neither link() nor renameat2(RENAME_NOREPLACE): mode="x" and '
                 "overwrite=False raise UnsupportedByFilesystemError (transactions still commit)",
                 say_why=True,
             )
