@@ -1,8 +1,10 @@
-"""Fixtures for every test: a scratch directory checked for leftovers, both staging paths,
-and the loop filesystems of the power-cut tests."""
+"""Fixtures for every test: a scratch directory checked for leftovers (on each filesystem
+of the matrix, ``--fs``), both staging paths, and the loop filesystems of the power-cut
+tests."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +14,10 @@ import coverage
 import pytest
 
 import crashsafe._platform._posix as posix
-from tests.harness import power_cut
+from tests.harness import matrix, power_cut
+from tests.harness.capabilities import label_mount
 from tests.harness.checks import verify_no_leftovers
+from tests.harness.filesystems import FILESYSTEMS, Mounted, mount
 from tests.harness.mounts import loop_mount, tmpfs
 
 if TYPE_CHECKING:
@@ -37,11 +41,74 @@ if _cov is not None and (_data := Path(_cov.config.data_file).parent).name == ".
     _data.chmod(0o1777)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fs",
+        default="all",
+        metavar="NAMES",
+        help="filesystems the contract tests run on: all (the default; needs root), tmp "
+        f"(pytest's temporary directory only), or some of: {', '.join(FILESYSTEMS)}",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SELECTION] = matrix.select(config.getoption("--fs"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    chosen = config.stash[_SELECTION]
+    if not chosen.names:
+        return f"filesystem matrix: off ({chosen.off_because}); contract tests in pytest's tmp_path"
+    return f"filesystem matrix: {', '.join(chosen.names)}"
+
+
+_SELECTION = pytest.StashKey[matrix.Selection]()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    names = metafunc.config.stash[_SELECTION].names
+    if names and matrix.on_matrix(metafunc.definition.nodeid, metafunc.fixturenames):
+        # Session scope: pytest orders the tests so that each filesystem is mounted
+        # once and unmounted before the next.
+        metafunc.parametrize("fs", names, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        fs = callspec.params.get("fs") if callspec is not None else None
+        if isinstance(fs, str) and (reason := matrix.known_gap(fs, item.nodeid)):
+            item.add_marker(pytest.mark.xfail(strict=True, reason=f"issue 18: {reason}"))
+
+
+@pytest.fixture(scope="session")
+def fs(request: pytest.FixtureRequest) -> Iterator[Mounted | None]:
+    """The test's filesystem of the matrix (tests/harness/filesystems.py), mounted
+    once per session; ``None`` for a test off the matrix."""
+    name: str | None = getattr(request, "param", None)
+    if name is None:
+        yield None
+        return
+    with mount(name) as mounted:
+        label_mount(mounted.root, mounted.name)
+        yield mounted
+
+
 @pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[Path]:
-    """A scratch directory that must hold no temporary file when the test ends."""
-    yield tmp_path
-    verify_no_leftovers(tmp_path)
+def workdir(fs: Mounted | None, tmp_path: Path) -> Iterator[Path]:
+    """A scratch directory that must hold no temporary file when the test ends: a
+    fresh directory on the test's filesystem of the matrix (removed after), or
+    pytest's own for a test off the matrix."""
+    if fs is None:
+        yield tmp_path
+        verify_no_leftovers(tmp_path)
+        return
+    path = fs.fresh()
+    try:
+        yield path
+        verify_no_leftovers(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(params=["tmpfile", "named"])

@@ -1,4 +1,5 @@
-"""Real filesystems for tests: loop-mounted xfs, ext4 and btrfs, sized tmpfs, overlayfs.
+"""Real filesystems for tests: loop-mounted xfs, ext2/3/4, btrfs, ntfs-3g and exFAT, sized
+tmpfs, overlayfs.
 
 Each context manager unmounts exactly what it mounted and detaches exactly the
 loop device it attached, even when the test fails.
@@ -10,7 +11,7 @@ import contextlib
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.harness.require import require_root, require_tools
@@ -32,7 +33,8 @@ def _scratch() -> Iterator[Path]:
             base.rmdir()
 
 
-def _umount(mnt: Path) -> None:
+def unmount(mnt: Path) -> None:
+    """Unmount *mnt* (a mount this harness made)."""
     # A test that failed mid-way may leave a process with a file open for a
     # moment; retry briefly, then detach lazily rather than leak the mount.
     for _ in range(20):
@@ -42,21 +44,40 @@ def _umount(mnt: Path) -> None:
     subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
+# mkfs command (the device is appended) and mount command (device and mount point are
+# appended) per filesystem type. ntfs-3g and exfat-fuse are FUSE daemons that mount a
+# block device; the kernel's own drivers (ntfs3, exfat) are not built here.
+MKFS = {
+    "xfs": ["mkfs.xfs", "-q", "-f"],
+    "ext4": ["mkfs.ext4", "-q", "-F"],
+    "ext3": ["mkfs.ext3", "-q", "-F"],
+    "ext2": ["mkfs.ext2", "-q", "-F"],
+    "btrfs": ["mkfs.btrfs", "-q", "-f"],
+    "ntfs-3g": ["mkntfs", "-Q", "-F", "-q"],
+    "exfat": ["mkfs.exfat"],
+}
+MOUNT = {
+    "ntfs-3g": ["ntfs-3g"],
+    "exfat": ["mount.exfat-fuse"],
+}
+
+
 @contextlib.contextmanager
-def loop_mount(fstype: str, *, size_mb: int = 320, options: str = "") -> Iterator[Path]:
-    """Mount a fresh *fstype* ("xfs", "ext4" or "btrfs") filesystem from a sparse image.
+def loop_mount(
+    fstype: str, *, size_mb: int = 320, options: str = "", mkfs_options: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """Mount a fresh *fstype* filesystem (a key of :data:`MKFS`: "xfs", "ext4", "ext3",
+    "ext2", "btrfs", "ntfs-3g", "exfat") from a sparse image on a loop device.
 
     *options* go to ``mount -o`` (for example ``noauto_da_alloc`` for ext4, so
-    that ext4 shows the empty-file-after-rename bug that its default hides).
-    Yields the mount point.
+    that ext4 shows the empty-file-after-rename bug that its default hides);
+    *mkfs_options* go to mkfs before the device (for example ``("-m", "reflink=0")``
+    for xfs). Yields the mount point.
     """
     require_root()
-    mkfs = {
-        "xfs": ["mkfs.xfs", "-q", "-f"],
-        "ext4": ["mkfs.ext4", "-q", "-F"],
-        "btrfs": ["mkfs.btrfs", "-q", "-f"],
-    }[fstype]
-    require_tools(mkfs[0], "losetup")
+    mkfs = [*MKFS[fstype], *mkfs_options]
+    mount = MOUNT.get(fstype, ["mount"])
+    require_tools(mkfs[0], mount[0], "losetup")
     with _scratch() as base:
         img, mnt = base / "img", base / "mnt"
         mnt.mkdir()
@@ -65,12 +86,14 @@ def loop_mount(fstype: str, *, size_mb: int = 320, options: str = "") -> Iterato
         dev = run("losetup", "--find", "--show", str(img)).strip()
         try:
             run(*mkfs, dev)
-            run("mount", *(["-o", options] if options else []), dev, str(mnt))
+            run(*mount, *(["-o", options] if options else []), dev, str(mnt))
             try:
                 yield mnt
             finally:
-                _umount(mnt)
+                unmount(mnt)
         finally:
+            # Still busy (a FUSE daemon closing it), the kernel detaches it when
+            # released (autoclear); a retry could detach another test's device.
             subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
 
 
@@ -91,7 +114,7 @@ def cycle(mnt: Path) -> None:
         if fields[1] == str(mnt)
     )
     options = ",".join(o for o in options.split(",") if o != "shutdown")
-    _umount(mnt)
+    unmount(mnt)
     run("mount", "-o", options, dev, str(mnt))
 
 
@@ -106,18 +129,22 @@ def tmpfs(*, size_kb: int) -> Iterator[Path]:
         try:
             yield mnt
         finally:
-            _umount(mnt)
+            unmount(mnt)
 
 
 @contextlib.contextmanager
-def overlay(upper: Path) -> Iterator[Path]:
-    """Mount an overlayfs whose lower layer is an empty directory and whose upper
-    and work directories are made under *upper* (a mounted filesystem: a tmpfs or
-    a loop filesystem). Yields the merged mount point; removes what it made."""
+def overlay(upper: Path, *, fill_lower: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Mount an overlayfs whose lower, upper and work directories are made under
+    *upper* (a mounted filesystem: a tmpfs or a loop filesystem). The lower layer is
+    empty, or what *fill_lower* puts into it before the mount (files there are
+    copied up to the upper layer when first written). Yields the merged mount point;
+    removes what it made."""
     require_root()
     lower, up, work = upper / "lower", upper / "upper", upper / "work"
     for d in (lower, up, work):
         d.mkdir()
+    if fill_lower is not None:
+        fill_lower(lower)
     with _scratch() as base:
         mnt = base / "mnt"
         mnt.mkdir()
@@ -126,4 +153,4 @@ def overlay(upper: Path) -> Iterator[Path]:
         try:
             yield mnt
         finally:
-            _umount(mnt)
+            unmount(mnt)
