@@ -422,3 +422,38 @@ def test_doctor_names_what_each_fuse_filesystem_lacks(mounted: Callable[[str], M
     assert said["sshfs"]["durable"] == "no"
     sshfs = diagnose(str(mounted("sshfs").fresh())).conclusions["durable"][1]
     assert "no fsyncdir" in sshfs
+
+
+# ------------------------------------------------------------------ sshfs: contained symlinks
+
+
+def test_sshfs_refuses_absolute_and_parent_symlinks_naming_the_path(
+    mounted: Callable[[str], Mounted],
+) -> None:
+    """Debian's sshfs contains symlinks: reading an absolute or ``..`` link is EPERM.
+    A write through one raises PermissionError naming the link's path, the file it
+    points to is untouched and nothing is left; a relative link inside the mount is
+    followed as everywhere."""
+    directory = mounted("sshfs").fresh()
+    real = directory / "real"
+    real.write_bytes(b"old")
+    (directory / "sub").mkdir()
+    links = {
+        directory / "abs": str(real),
+        directory / "sub" / "up": "../real",
+    }
+    for link, target in links.items():
+        link.symlink_to(target)
+        with pytest.raises(PermissionError) as raised:
+            crashsafe.atomic_write(link, b"new")
+        assert raised.value.errno == errno.EPERM
+        assert raised.value.filename == str(link)
+        with pytest.raises(PermissionError):
+            crashsafe.read_json(link)
+    assert real.read_bytes() == b"old"
+    (directory / "rel").symlink_to("real")
+    crashsafe.atomic_write(directory / "rel", b"new")
+    assert real.read_bytes() == b"new"
+    assert (directory / "rel").is_symlink()
+    assert leftovers(directory) == []
+    assert leftovers(directory / "sub") == []
