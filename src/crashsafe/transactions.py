@@ -418,7 +418,10 @@ class Snapshot:
     def read(self, name: str | os.PathLike[str]) -> bytes:
         """The content of *name* in this generation.
 
-        Raises :class:`FileNotFoundError` if it does not exist,
+        On FUSE and NFS an open that a rename made fail for a moment (``ENOENT``,
+        ``ESTALE``) is tried again, 10 times over 0.213 s at most (see
+        :func:`crashsafe._platform.through_renames`). Raises
+        :class:`FileNotFoundError` if it does not exist,
         :class:`ValueError` after the snapshot's block, and
         :class:`OSError` (``ELOOP``) if it is a symlink, which a transaction
         never writes.
