@@ -38,7 +38,7 @@ from crashsafe.doctor import diagnose
 from crashsafe.transactions import Transaction
 from tests import children
 from tests.harness import generations
-from tests.harness.checks import leftovers
+from tests.harness.checks import leftovers, umask
 from tests.harness.filesystems import Mounted, mount
 from tests.harness.kill9 import kill9_loop
 
@@ -457,3 +457,21 @@ def test_sshfs_refuses_absolute_and_parent_symlinks_naming_the_path(
     assert (directory / "rel").is_symlink()
     assert leftovers(directory) == []
     assert leftovers(directory / "sub") == []
+
+
+def test_sshfs_new_files_get_what_open_gives_and_perm_is_exact(
+    mounted: Callable[[str], Mounted],
+) -> None:
+    """On sshfs the server's umask applies to new files too: a new file gets what
+    open() gives there (learned from the kernel, as everywhere), even under umask 0;
+    an explicit perm= is set exactly (a chmod, which no umask touches) and read back."""
+    directory = mounted("sshfs").fresh()
+    with umask(0):
+        (directory / "plain").touch()
+        crashsafe.atomic_write(directory / "ours", b"x")
+        crashsafe.atomic_write(directory / "exact", b"x", perm=0o666)
+    plain = stat.S_IMODE((directory / "plain").stat().st_mode)
+    assert stat.S_IMODE((directory / "ours").stat().st_mode) == plain
+    assert stat.S_IMODE((directory / "exact").stat().st_mode) == 0o666
+    print(f"\nsshfs under umask 0: open() gives {plain:#o}")
+    assert leftovers(directory) == []
