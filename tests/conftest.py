@@ -15,7 +15,7 @@ import pytest
 
 import crashsafe._platform._posix as posix
 from tests.harness import matrix, power_cut
-from tests.harness.capabilities import label_mount
+from tests.harness.capabilities import label_mount, needs
 from tests.harness.checks import verify_no_leftovers
 from tests.harness.filesystems import FILESYSTEMS, Mounted, mount
 from tests.harness.mounts import loop_mount, tmpfs
@@ -50,6 +50,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"(pytest's temporary directory only), or some of: {', '.join(FILESYSTEMS)}",
     )
 
+    parser.addoption(
+        "--fs-both-stagings",
+        action="store_true",
+        help="run the matrix's tests with named staging on every filesystem too (by "
+        "default only on " + ", ".join(matrix.NAMED_ON) + "; elsewhere each runs with the "
+        "library's own choice: O_TMPFILE, or named files where it is refused)",
+    )
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SELECTION] = matrix.select(config.getoption("--fs"))
@@ -59,7 +67,12 @@ def pytest_report_header(config: pytest.Config) -> str:
     chosen = config.stash[_SELECTION]
     if not chosen.names:
         return f"filesystem matrix: off ({chosen.off_because}); contract tests in pytest's tmp_path"
-    return f"filesystem matrix: {', '.join(chosen.names)}"
+    stagings = (
+        "both stagings"
+        if config.getoption("--fs-both-stagings")
+        else "named staging on " + ", ".join(matrix.NAMED_ON) + " only"
+    )
+    return f"filesystem matrix: {', '.join(chosen.names)} ({stagings})"
 
 
 _SELECTION = pytest.StashKey[matrix.Selection]()
@@ -73,12 +86,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("fs", names, indirect=True, scope="session")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    both = config.getoption("--fs-both-stagings")
+    kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        fs = callspec.params.get("fs") if callspec is not None else None
-        if isinstance(fs, str) and (reason := matrix.known_gap(fs, item.nodeid)):
-            item.add_marker(pytest.mark.xfail(strict=True, reason=f"issue 18: {reason}"))
+        params = callspec.params if callspec is not None else {}
+        fs = params.get("fs")
+        if not isinstance(fs, str):
+            kept.append(item)
+            continue
+        if params.get("staging") == "named" and fs not in matrix.NAMED_ON and not both:
+            dropped.append(item)
+            continue
+        item.add_marker(pytest.mark.fs_matrix)
+        if gap := matrix.known_gap(fs, item.nodeid):
+            reason, strict = gap
+            item.add_marker(pytest.mark.xfail(strict=strict, reason=f"issue 18: {reason}"))
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +123,7 @@ def fs(request: pytest.FixtureRequest) -> Iterator[Mounted | None]:
 
 
 @pytest.fixture
-def workdir(fs: Mounted | None, tmp_path: Path) -> Iterator[Path]:
+def workdir(fs: Mounted | None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A scratch directory that must hold no temporary file when the test ends: a
     fresh directory on the test's filesystem of the matrix (removed after), or
     pytest's own for a test off the matrix."""
@@ -105,6 +133,7 @@ def workdir(fs: Mounted | None, tmp_path: Path) -> Iterator[Path]:
         return
     path = fs.fresh()
     try:
+        needs(path, *matrix.required(request.node.nodeid))
         yield path
         verify_no_leftovers(path)
     finally:

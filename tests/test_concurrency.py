@@ -12,6 +12,7 @@ control, to prove that the check can fail.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -31,6 +32,7 @@ import pytest
 from crashsafe import AtomicFile, atomic_open, atomic_write
 from tests.children import blocked_in_flock, read_line, wait_until
 from tests.children import start as start_child
+from tests.harness.capabilities import capabilities
 from tests.harness.checks import entries, leftovers
 
 # --- child code: from here to its end marker also runs in child processes, which
@@ -147,24 +149,32 @@ def _reader_main(path: str, enough: str, min_reads: int, min_versions: int, dama
     counts = {"reads": 0, "missing": 0, "empty": 0, "torn": 0, "mixed": 0}
     versions: set[tuple[int, int]] = set()
     print("ready", flush=True)
-    while (
-        counts["reads"] < min_reads
-        or len(versions) < min_versions
-        or sum(counts.values()) - counts["reads"] < damage
-    ):
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            counts["missing"] += 1
-            continue
-        counts["reads"] += 1
-        problem = check_payload(data)
-        if problem is None:
-            versions.add(HEADER.unpack_from(data)[1:3])
-        else:
-            counts[problem] += 1
-    open(enough, "wb").close()
+    try:
+        while (
+            counts["reads"] < min_reads
+            or len(versions) < min_versions
+            or sum(counts.values()) - counts["reads"] < damage
+        ):
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                # No file at that name: ENOENT, or ESTALE where sshfs looked up the
+                # name just before a rename replaced it. Anything else is raised.
+                if e.errno not in (errno.ENOENT, errno.ESTALE):
+                    raise
+                counts["missing"] += 1
+                continue
+            counts["reads"] += 1
+            problem = check_payload(data)
+            if problem is None:
+                versions.add(HEADER.unpack_from(data)[1:3])
+            else:
+                counts[problem] += 1
+    finally:
+        # The writers stop on this file: made even when the reader fails, so that
+        # the test fails at once instead of writing forever.
+        open(enough, "wb").close()
     counts["versions"] = len(versions)
     print(json.dumps(counts), flush=True)
 
@@ -206,7 +216,7 @@ def _create_racer_main(directory: str, gates: str, writer: int, rounds: int) -> 
 
 THIS_FILE = Path(__file__).resolve()
 CHILD_IMPORTS = """\
-import fcntl, json, os, struct, sys, time, zlib
+import errno, fcntl, json, os, struct, sys, time, zlib
 from crashsafe import AtomicFile, atomic_open, atomic_write
 """
 
@@ -288,59 +298,63 @@ def race_one_name(
     """
     path = directory / "data.bin"
     control = tempfile.TemporaryDirectory(prefix="crashsafe-race-")
-    enough = str(Path(control.name) / "enough")
-    atomic_write(path, make_payload(0, 0, MIN_SIZE))
-    totals = {"writes": 0, "missing": 0, "errors": 0}
-    with children() as procs:
-        call = f"_reader_main({str(path)!r}, {enough!r}, {min_reads}, {min_versions}, {damage})"
-        reader = _child(call)
-        procs.append(reader)
-        reader_out = Lines(reader)
-        assert reader_out.readline() == "ready"
-        try:
-            if how == "threads":
-                results: list[dict[str, int]] = []
+    try:
+        enough = str(Path(control.name) / "enough")
+        atomic_write(path, make_payload(0, 0, MIN_SIZE))
+        totals = {"writes": 0, "missing": 0, "errors": 0}
+        with children() as procs:
+            call = f"_reader_main({str(path)!r}, {enough!r}, {min_reads}, {min_versions}, {damage})"
+            reader = _child(call)
+            procs.append(reader)
+            reader_out = Lines(reader)
+            assert reader_out.readline() == "ready"
+            try:
+                if how == "threads":
+                    results: list[dict[str, int]] = []
 
-                def run(w: int) -> None:
-                    counts = write_loop(
-                        str(path),
-                        w,
-                        enough=enough,
-                        min_writes=min_writes,
-                        kind=kind,
-                        durability=durability,
-                    )
-                    results.append(counts)
+                    def run(w: int) -> None:
+                        counts = write_loop(
+                            str(path),
+                            w,
+                            enough=enough,
+                            min_writes=min_writes,
+                            kind=kind,
+                            durability=durability,
+                        )
+                        results.append(counts)
 
-                threads = [threading.Thread(target=run, args=(w,)) for w in range(1, writers + 1)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-            else:
-                outs = []
-                for w in range(1, writers + 1):
-                    call = (
-                        f"_writer_main({str(path)!r}, {w}, enough={enough!r}, "
-                        f"min_writes={min_writes}, kind={kind!r}, durability={durability!r})"
-                    )
-                    procs.append(_child(call, staging))
-                    outs.append(Lines(procs[-1]))
-                for out in outs:
-                    assert out.readline() == "ready"
-                for proc in procs[1:]:
-                    assert proc.stdin is not None
-                    proc.stdin.write(b"go\n")
-                    proc.stdin.flush()
-                # The bound only turns a hang into a failure.
-                results = [json.loads(out.readline(timeout=200)) for out in outs]
-        finally:
-            Path(enough).touch()  # a failed writer must not leave the others running
-        seen = json.loads(reader_out.readline())
-    for result in results:
-        for key in totals:
-            totals[key] += result[key]
-    control.cleanup()
+                    threads = [
+                        threading.Thread(target=run, args=(w,)) for w in range(1, writers + 1)
+                    ]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                else:
+                    outs = []
+                    for w in range(1, writers + 1):
+                        call = (
+                            f"_writer_main({str(path)!r}, {w}, enough={enough!r}, "
+                            f"min_writes={min_writes}, kind={kind!r}, durability={durability!r})"
+                        )
+                        procs.append(_child(call, staging))
+                        outs.append(Lines(procs[-1]))
+                    for out in outs:
+                        assert out.readline() == "ready"
+                    for proc in procs[1:]:
+                        assert proc.stdin is not None
+                        proc.stdin.write(b"go\n")
+                        proc.stdin.flush()
+                    # The bound only turns a hang into a failure.
+                    results = [json.loads(out.readline(timeout=200)) for out in outs]
+            finally:
+                Path(enough).touch()  # a failed writer must not leave the others running
+            seen = json.loads(reader_out.readline())
+        for result in results:
+            for key in totals:
+                totals[key] += result[key]
+    finally:
+        control.cleanup()  # however the race ended
     return seen, totals
 
 
@@ -359,9 +373,13 @@ def test_reader_check_rejects_empty_prefix_zeros_and_mixed_payloads() -> None:
 
 
 def assert_never_torn(
-    seen: dict[str, int], totals: dict[str, int], *, min_reads: int, writers: int
+    seen: dict[str, int], totals: dict[str, int], *, min_reads: int, writers: int, where: Path
 ) -> None:
     problems = {k: seen[k] for k in ("missing", "empty", "torn", "mixed")}
+    if capabilities(where).readers_may_miss:
+        # FUSE: a reader racing a rename may find no file at all (inherent, documented
+        # in the README's "Not promised"); what it reads is still never damaged.
+        problems["missing"] = 0
     assert problems == {"missing": 0, "empty": 0, "torn": 0, "mixed": 0}, (seen, totals)
     assert totals["missing"] == totals["errors"] == 0, totals
     # The race ran until the reader had read enough and, interleaved with the
@@ -380,7 +398,7 @@ def test_racing_writers_never_show_readers_a_torn_file(
         min_reads=2000,
     )  # fmt: skip
     print(f"crashsafe {how} {staging} none: reader {seen}, writers {totals}")
-    assert_never_torn(seen, totals, min_reads=2000, writers=4)
+    assert_never_torn(seen, totals, min_reads=2000, writers=4, where=workdir)
     assert check_payload((workdir / "data.bin").read_bytes()) is None
     assert entries(workdir) == ["data.bin"]
 
@@ -394,7 +412,7 @@ def test_racing_durable_writers_never_show_readers_a_torn_file(
         min_reads=500,
     )  # fmt: skip
     print(f"crashsafe {how} {staging} durable: reader {seen}, writers {totals}")
-    assert_never_torn(seen, totals, min_reads=500, writers=3)
+    assert_never_torn(seen, totals, min_reads=500, writers=3, where=workdir)
     assert check_payload((workdir / "data.bin").read_bytes()) is None
     assert entries(workdir) == ["data.bin"]
 

@@ -21,9 +21,10 @@ import pytest
 
 import crashsafe
 from crashsafe.staging import MARKER
+from tests.harness.capabilities import capabilities, does_not_apply
 from tests.harness.checks import leftovers, umask
 from tests.harness.inject import run_traced
-from tests.harness.require import require, require_root, require_tools
+from tests.harness.require import require_root, require_tools
 
 UMASKS = [0o000, 0o002, 0o022, 0o027, 0o077]
 
@@ -205,12 +206,19 @@ def test_new_file_in_default_acl_directory_gets_what_open_gives(
     done = subprocess.run(
         ["setfacl", "-d", "-m", default_acl, str(directory)], capture_output=True, check=False
     )
-    require(done.returncode == 0, f"no ACL support here: {done.stderr!r}")
+    # What the filesystem does with default ACLs (not a missing tool: no require).
+    label = capabilities(workdir).label
+    if done.returncode != 0:
+        does_not_apply(
+            label, f"no default ACLs: setfacl -d refused ({done.stderr.decode().strip()})"
+        )
     ours, theirs = directory / "ours", directory / "theirs"
     with umask(0o077):  # a default ACL overrides the umask; both must honour that
         crashsafe.atomic_write(ours, b"x")
         with open(theirs, "wb") as f:
             f.write(b"x")
+    if mode_of(theirs) == 0o600:
+        does_not_apply(label, "default ACLs not applied: open() under umask 077 gave 0600 (FUSE)")
     assert mode_of(ours) == mode_of(theirs)
     assert mode_of(ours) != 0o600  # the ACL, not the umask, decided
     assert _access_acl(ours) == _access_acl(theirs)
@@ -340,7 +348,12 @@ def test_temporary_file_is_created_no_more_permissive_than_final(
         staging=staging,
     )
     assert child.returncode == 0, child.stderr
-    creating = [c for c in child.calls("openat") if "O_TMPFILE" in c or "O_CREAT" in c]
+    # A refused O_TMPFILE (FUSE: EOPNOTSUPP) creates nothing; the named file after it does.
+    creating = [
+        c
+        for c in child.calls("openat")
+        if ("O_TMPFILE" in c or "O_CREAT" in c) and " = -1 " not in c
+    ]
     assert creating, child.log
     for call in creating:
         requested = int(call.rsplit(",", 1)[1].split(")")[0], 8)

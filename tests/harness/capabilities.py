@@ -46,6 +46,9 @@ Capability = Literal[
     "reflink",
     "case_sensitive",
     "dir_fsync",
+    "fifos",
+    "create_only",
+    "streamed_copy",
 ]
 CAPABILITIES: tuple[Capability, ...] = Capability.__args__  # type: ignore[attr-defined]
 
@@ -71,9 +74,23 @@ class Capabilities:
     fstype: str
     present: frozenset[Capability]
     why: dict[Capability, str]
+    # The mode every file shows where chmod is not kept (0o777 on exFAT), else None.
+    fixed_mode: int | None = None
 
     def __getitem__(self, capability: Capability) -> bool:
         return capability in self.present
+
+    def mode_shown(self, mode: int) -> int:
+        """The mode a file given *mode* shows here: *mode*, or the one every file
+        shows on a filesystem that keeps no modes."""
+        return mode if self.fixed_mode is None else self.fixed_mode
+
+    @property
+    def readers_may_miss(self) -> bool:
+        """Whether a reader racing a rename may find no file (documented per
+        filesystem of the matrix: FUSE; see Filesystem.readers_may_miss)."""
+        fs = FILESYSTEMS.get(self.label)
+        return fs is not None and fs.readers_may_miss
 
     @property
     def dir_fsync_durable(self) -> bool | None:
@@ -211,11 +228,14 @@ def _probe(path: Path, label: str) -> Capabilities:
 
         check("absolute_symlinks", "absolute symlinks unreadable: readlink() refused", absolute)
 
+        fixed: list[int] = []
+
         def chmod() -> str | bool:
             for mode in (0o600, 0o640):
                 os.chmod(a, mode)
                 got = stat.S_IMODE(os.stat(a).st_mode)
                 if got != mode:
+                    fixed.append(got)
                     return f"chmod {mode:o} ignored: the mode stays {got:o}"
             return True
 
@@ -258,6 +278,21 @@ def _probe(path: Path, label: str) -> Capabilities:
                 os.close(fd)
 
         check("dir_fsync", "directory fsync refused: fsync() of a directory fails", dir_fsync)
+        check("fifos", "no FIFOs: mkfifo() refused", lambda: os.mkfifo(os.path.join(s, "fifo")))
+        # Where files clone, atomic_copy reflinks: no chunk is ever copied.
+        if "reflink" in present:
+            why["streamed_copy"] = "atomic_copy reflinks here (FICLONE works): no chunked copy"
+        else:
+            present.add("streamed_copy")
+        if "rename_noreplace" in present or "hardlinks" in present:
+            present.add("create_only")
+        else:
+            refused: tuple[Capability, ...] = ("rename_noreplace", "hardlinks")
+            seen = [why[c].rpartition("(")[2].rstrip(")") for c in refused]
+            why["create_only"] = (
+                f"create-only is not possible: RENAME_NOREPLACE refused ({seen[0]}), "
+                f"link() refused ({seen[1]})"
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return Capabilities(label, fstype(path), frozenset(present), why)
+    return Capabilities(label, fstype(path), frozenset(present), why, fixed[0] if fixed else None)

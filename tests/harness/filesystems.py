@@ -58,6 +58,15 @@ class Filesystem:
     source: str
     tools: tuple[str, ...] = ()
 
+    @property
+    def readers_may_miss(self) -> bool:
+        """Whether a reader racing a rename over a file may find no file at all: on
+        FUSE the kernel looks the name up again in the daemon, which can answer
+        ENOENT (ESTALE on sshfs) in the middle of the rename. Measured in issue 18
+        with plain os.rename and no crashsafe (190 of 1,524 reads on a passthrough);
+        never a torn read."""
+        return self.fuse
+
 
 @dataclass
 class Mounted:
@@ -106,13 +115,16 @@ def _tmpfs() -> Iterator[Path]:
 def _ramfs() -> Iterator[Path]:
     require_root()
     base = Path(tempfile.mkdtemp(prefix="crashsafe-ramfs-"))
+    mnt = base / "mnt"
+    mnt.mkdir()
     try:
-        run("mount", "-t", "ramfs", "ramfs", str(base))
+        run("mount", "-t", "ramfs", "ramfs", str(mnt))
         try:
-            yield base
+            yield mnt
         finally:
-            unmount(base)
+            unmount(mnt)
     finally:
+        mnt.rmdir()
         base.rmdir()
 
 
