@@ -249,8 +249,13 @@ class Transaction:
                     continue
                 # Numbered 0, 1, 2... with no gap, as recovery expects.
                 staging = f"{STAGED}{sum(op == 'write' for op, _, _ in ops)}"
-                staged.publish(staging, replace=False, sync=False, private=True)
-                ops.append(("write", name, staging))
+                try:
+                    staged.publish(staging, replace=False, sync=False, private=True)
+                finally:
+                    # Also when a signal held back during the rename (or link) is
+                    # raised once the name is in place: then it is there to undo.
+                    if staged.committed:
+                        ops.append(("write", name, staging))
             _journal.sync(directory, self._durability)
         except BaseException:
             _journal.unstage(directory, ops)

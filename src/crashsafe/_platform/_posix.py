@@ -199,9 +199,12 @@ class Directory:
 
     def copy_attributes(self, name: str, fd: int) -> tuple[list[str], bool]:
         """Give the open file *fd* the extended attributes of the file *name* here;
-        see :func:`~crashsafe._platform._xattr.copy_attributes`. Errors name the entry."""
+        see :func:`~crashsafe._platform._xattr.copy_attributes`. They are read by
+        path: on FUSE and NFS, through the moments another writer's rename makes
+        the file look missing (see :func:`through_renames`; copying again is
+        harmless). Errors name the entry."""
         try:
-            return copy_attributes(self.fd, name, fd)
+            return through_renames(partial(copy_attributes, self.fd, name, fd), self.fd)
         except OSError as e:
             raise _name_error(e, self._join(name)) from None
 
