@@ -37,7 +37,7 @@ assert sys.platform != "win32", "crashsafe._platform._posix is not for Windows"
 from crashsafe._platform._copy import append_only, copy_data, copy_into  # noqa: E402
 from crashsafe._platform._linux import boot_tag, process_start  # noqa: E402
 from crashsafe._platform._linux import proc_path as reopen_path  # noqa: E402
-from crashsafe._platform._native import _status, signals_deferred  # noqa: E402
+from crashsafe._platform._native import _status, signals_deferred, status_again  # noqa: E402
 from crashsafe._platform._xattr import copy_attributes, is_mount_point  # noqa: E402
 
 __all__ = [
@@ -743,7 +743,7 @@ def _set_checked(
             return mode, ()  # it had them already: st was just read
     except PermissionError:
         refused = True
-    now = _status(fd)
+    now = status_again(fd)
     lost: list[str] = []
     kept = stat.S_IMODE(now.st_mode)
     if kept != mode:
