@@ -46,6 +46,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "S3Store",
         "SnapshotDeadlockError",
         "StoreCapabilityError",
+        "UnsupportedByFilesystemError",
         "UpdateConflictError",
         "VerificationError",
         "atomic_copy",
@@ -598,6 +599,10 @@ ERRORS: dict[str, tuple[BaseException, type[BaseException]]] = {
     "UpdateConflictError": (crashsafe.UpdateConflictError("s3://b/k", 64), TimeoutError),
     "HardLinkedTargetError": (crashsafe.HardLinkedTargetError("/d/f", 3), OSError),
     "MountedTargetError": (crashsafe.MountedTargetError("/etc/hosts"), OSError),
+    "UnsupportedByFilesystemError": (
+        crashsafe.UnsupportedByFilesystemError("/mnt/usb/f", "create-only is not possible"),
+        OSError,
+    ),
     "MetadataNotPreservedWarning": (
         crashsafe.MetadataNotPreservedWarning("/d/f", ["security.selinux (EPERM: no)"]),
         UserWarning,

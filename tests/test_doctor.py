@@ -49,7 +49,14 @@ JSON_KEYS = {
     "crash_probe",
     "ok",
 }
-CAPABILITIES = {"o_tmpfile", "hard_link", "rename_noreplace", "rename_exchange", "reflink"}
+CAPABILITIES = {
+    "o_tmpfile",
+    "hard_link",
+    "rename_noreplace",
+    "rename_exchange",
+    "reflink",
+    "modes",
+}
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess[str]:

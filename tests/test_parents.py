@@ -372,7 +372,7 @@ def test_the_directory_made_is_the_one_written_not_the_path_again(tmp_path: Path
     try:
         (tmp_path / "a" / "b").rename(tmp_path / "a" / "moved")
         (tmp_path / "a" / "b").symlink_to(elsewhere)
-        fd, temp, _ = directory.create_temp("f", None)
+        fd, temp, _, _ = directory.create_temp("f", None)
         os.write(fd, b"made")
         directory.publish(fd, temp, "f", replace=True)
     finally:

@@ -101,7 +101,7 @@ def test_windows_backend_imports_here_and_its_pure_parts_run(workdir: Path) -> N
     """What needs no Windows call runs anywhere: names, status, create and
     discard, the sweep's reads, the lock file's open."""
     directory = windows.Directory(str(workdir))
-    fd, temp, mode = directory.create_temp("target", None)
+    fd, temp, mode, _ = directory.create_temp("target", None)
     assert temp is not None and (mode, directory.names()) == (0o666, [temp])
     st = directory.lstat(temp)
     assert st is not None and stat.S_ISREG(st.st_mode)

@@ -24,6 +24,7 @@ from crashsafe.errors import (
     ObjectStoreError,
     SnapshotDeadlockError,
     StoreCapabilityError,
+    UnsupportedByFilesystemError,
     UpdateConflictError,
     VerificationError,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "S3Store",
     "SnapshotDeadlockError",
     "StoreCapabilityError",
+    "UnsupportedByFilesystemError",
     "UpdateConflictError",
     "VerificationError",
     "atomic_copy",

@@ -17,10 +17,24 @@ import warnings
 from typing import Final, Literal
 
 from crashsafe import _platform
-from crashsafe.errors import HardLinkedTargetError, MetadataNotPreservedWarning, MountedTargetError
+from crashsafe.errors import (
+    HardLinkedTargetError,
+    MetadataNotPreservedWarning,
+    MountedTargetError,
+    UnsupportedByFilesystemError,
+)
 
-__all__ = ["HARDLINKS", "PRESERVE", "Hardlinks", "Preserve", "carry", "check_keywords",
-           "check_target"]  # fmt: skip
+__all__ = [
+    "HARDLINKS",
+    "PRESERVE",
+    "Hardlinks",
+    "OwnPerm",
+    "Preserve",
+    "carry",
+    "check_keywords",
+    "check_target",
+    "metadata_not_kept",
+]  # fmt: skip
 
 Preserve = Literal["all", "mode"]
 Hardlinks = Literal["refuse", "break"]
@@ -72,6 +86,36 @@ def carry(directory: _platform.Directory, name: str, fd: int, mode: int, path: s
         _platform.set_metadata(fd, mode, None)
     if lost:
         warnings.warn(MetadataNotPreservedWarning(path, lost), stacklevel=_caller_level())
+
+
+class OwnPerm(int):
+    """The *perm* of a file of crashsafe's own (a transaction's journal): best
+    effort, since no caller asked for it. Where the filesystem does not keep
+    it (ntfs-3g, exFAT), :func:`metadata_not_kept` neither refuses nor warns."""
+
+    __slots__ = ()
+
+
+def metadata_not_kept(path: str, perm: int | None, mode: int, lost: tuple[str, ...]) -> None:
+    """Refuse or name what the filesystem did not keep of a staged file's mode and
+    owner (*lost*, from :meth:`~crashsafe._platform.Directory.create_temp`),
+    before any data is written.
+
+    An explicit *perm* that did not hold raises
+    :class:`~crashsafe.UnsupportedByFilesystemError` (the caller then discards
+    the staged file: nothing is published, nothing is left); a mode or owner
+    only carried from the old file, or a new file's default, warns
+    :class:`~crashsafe.MetadataNotPreservedWarning`: the file gets *mode*.
+    """
+    if isinstance(perm, OwnPerm):
+        return
+    if perm is not None:
+        raise UnsupportedByFilesystemError(
+            path,
+            f"this filesystem does not keep the mode perm={perm:#o} asks for "
+            f"(the file would have {mode:#o}: {'; '.join(lost)})",
+        )
+    warnings.warn(MetadataNotPreservedWarning(path, list(lost)), stacklevel=_caller_level())
 
 
 def _caller_level() -> int:

@@ -56,7 +56,14 @@ from crashsafe._checks import (
     unnamed_os_error,
     validators_of,
 )
-from crashsafe._metadata import Hardlinks, Preserve, carry, check_keywords, check_target
+from crashsafe._metadata import (
+    Hardlinks,
+    Preserve,
+    carry,
+    check_keywords,
+    check_target,
+    metadata_not_kept,
+)
 from crashsafe._target import Target, locate, replaced_file
 from crashsafe.errors import NotDurableError, VerificationError
 
@@ -254,7 +261,7 @@ class AtomicFile(Generic[_F_co]):
                     errors, newline, None, None, parents, preserve, hardlinks)  # fmt: skip
 
     # One body for __init__ and stage(), no frame between: every step of staging.
-    def _setup(  # noqa: PLR0912, PLR0917
+    def _setup(  # noqa: PLR0912, PLR0915, PLR0917 - every step of staging, in order
         self,
         path: str | os.PathLike[str],
         mode: str,
@@ -321,10 +328,12 @@ class AtomicFile(Generic[_F_co]):
                 mode_bits = new_file_perm
             owner = (existing.st_uid, existing.st_gid) if existing and perm is None else None
             with _platform.signals_deferred():
-                self._fd, self._temp, self._mode = self._dir.create_temp(
+                self._fd, self._temp, self._mode, lost = self._dir.create_temp(
                     self._name, mode_bits, owner
                 )
                 self._state = "open"
+            if lost:
+                metadata_not_kept(self.path, perm, self._mode, lost)
             if existing and preserve == "all":
                 # Before any data: the staged file is invisible until the
                 # rename, so no reader sees the target without them.
@@ -443,12 +452,21 @@ class AtomicFile(Generic[_F_co]):
         self.publish()
 
     def publish(  # noqa: PLR0912 - the protocol's steps 4 to 7 in one frame, read in order
-        self, name: str | None = None, *, replace: bool | None = None, sync: bool | None = None
+        self,
+        name: str | None = None,
+        *,
+        replace: bool | None = None,
+        sync: bool | None = None,
+        private: bool = False,
     ) -> None:
         """Internal door: :meth:`commit`, at another *name* in the directory or
         without the directory sync (*sync* False).
 
         *replace* and *sync* default to what *mode* and *durability* say.
+        *private*: the name is the caller's own, written only under its lock;
+        where the filesystem cannot publish create-only (exFAT), a plain
+        rename then serves instead of
+        :class:`~crashsafe.errors.UnsupportedByFilesystemError`.
         A staged file made by :meth:`stage` in a directory its caller owns
         neither syncs nor closes that directory: the caller syncs it once for
         all its files. Errors are those of :meth:`commit`.
@@ -479,7 +497,7 @@ class AtomicFile(Generic[_F_co]):
             # published file look unpublished.
             with _platform.signals_deferred():
                 fd, temp, self._fd, self._temp = self._fd, self._temp, None, None
-                self._dir.publish(fd, temp, name or self._name, replace=replace)
+                self._dir.publish(fd, temp, name or self._name, replace=replace, private=private)
                 self._state = "committed"
         except BaseException as e:
             if self._state != "committed":

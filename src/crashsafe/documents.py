@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from io import BufferedReader
 from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
 from crashsafe import _platform
@@ -140,7 +141,7 @@ def update(
     make_parents(path, write_keywords.get("parents", False), write_keywords.get("durability"))
     with FileLock(path, timeout=timeout, follow_symlinks=follow):
         try:
-            with open(path, "rb") as f:
+            with _open_read(path) as f:
                 old = f.read()
         except FileNotFoundError:
             old = default
@@ -151,6 +152,13 @@ def update(
             )
         atomic_write(path, new, **write_keywords)
     return bytes(new)
+
+
+def _open_read(path: str | os.PathLike[str]) -> BufferedReader:
+    """*path* opened for reading; on FUSE and NFS, through the moments a rename
+    over it makes it look missing (10 tries, 0.213 s of waiting at most: see
+    :func:`crashsafe._platform.through_renames`)."""
+    return _platform.through_renames(lambda: open(path, "rb"), os.fspath(path))
 
 
 # --------------------------------------------------------------------------- JSON
@@ -170,6 +178,13 @@ def read_json(
     ignore it). ``NaN`` and ``Infinity`` are read as floats, as Python's
     :mod:`json` does.
 
+    On FUSE (sshfs, ntfs-3g, exfat-fuse, passthroughs) and NFS, a rename over
+    the file can make it look missing for a moment; an open that fails with
+    ``ENOENT`` or ``ESTALE`` there is tried again, 10 times in all over
+    0.213 s at most, so that a reader racing writers never sees the file
+    missing; a file that really is missing is reported (or *default*
+    returned) after those 0.213 s.
+
     A file that was cut short and whose prefix is itself a valid document
     (only possible when the whole document is a bare number) cannot be told
     from a complete one; objects, arrays and strings always can. Files
@@ -185,7 +200,7 @@ def read_json(
         return _documents.read_json(path, default, MISSING, store)
     local_only(store, path)
     try:
-        with open(path, "rb") as f:
+        with _open_read(path) as f:
             data = f.read()
     except FileNotFoundError:
         if isinstance(default, Missing):

@@ -14,10 +14,12 @@ already catch for it: :class:`NotDurableError` (:class:`OSError`),
 :class:`AmbiguousWriteError`, and :class:`UpdateConflictError`
 (:class:`TimeoutError`); for targets a rename cannot replace as asked,
 :class:`HardLinkedTargetError` and :class:`MountedTargetError`
-(:class:`OSError`), and the warning :class:`MetadataNotPreservedWarning`
-(:class:`UserWarning`). Each is exported from :mod:`crashsafe`, keeps its
-attributes through :mod:`pickle` (so it crosses process boundaries), and is
-listed in the README's table of errors.
+(:class:`OSError`); for what a filesystem cannot do,
+:class:`UnsupportedByFilesystemError` (:class:`OSError`); and the
+warning :class:`MetadataNotPreservedWarning` (:class:`UserWarning`). Each
+is exported from :mod:`crashsafe`, keeps its attributes through
+:mod:`pickle` (so it crosses process boundaries), and is listed in the
+README's table of errors.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "ObjectStoreError",
     "SnapshotDeadlockError",
     "StoreCapabilityError",
+    "UnsupportedByFilesystemError",
     "UpdateConflictError",
     "VerificationError",
 ]
@@ -352,10 +355,42 @@ class MountedTargetError(OSError):
         )
 
 
-class MetadataNotPreservedWarning(UserWarning):
-    """A file was (or is being) replaced without some of the old file's extended attributes.
+class UnsupportedByFilesystemError(OSError):
+    """The filesystem cannot do what the call asks; nothing was written.
 
-    With ``preserve="all"``, every extended attribute of the replaced file is
+    Raised with ``errno`` ``EOPNOTSUPP`` before the target is touched, and
+    nothing is left behind:
+
+    - create-only (``mode="x"``, ``overwrite=False``) on a filesystem that
+      has neither ``link()`` nor ``renameat2(RENAME_NOREPLACE)`` (exFAT):
+      an existing file cannot be refused atomically there;
+    - an explicit ``perm=`` that the filesystem did not keep (ntfs-3g with
+      its default options and exFAT accept chmod and keep every file 0o777;
+      sshfs refuses a non-root writer's chmod): the file would be published
+      with other permissions than asked.
+
+    ``filename`` is the target path, ``strerror`` what the filesystem
+    cannot do. Picklable.
+    """
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(_errno.EOPNOTSUPP, what, path)
+
+    def __reduce__(self) -> tuple[type[UnsupportedByFilesystemError], tuple[str, str]]:
+        return type(self), (str(self.filename), str(self.strerror))
+
+    def __str__(self) -> str:
+        return f"[Errno {self.errno}] {self.filename!r}: {self.strerror}; nothing was written"
+
+
+class MetadataNotPreservedWarning(UserWarning):
+    """A file was (or is being) written without some of the old file's metadata.
+
+    The mode and owner carried from the replaced file (or the mode of a new
+    file) are read back from the staged file: a filesystem that accepted
+    chmod or chown and kept nothing (ntfs-3g, exFAT), or refused a chmod
+    (sshfs, non-root), is named here. With ``preserve="all"``, every
+    extended attribute of the replaced file is
     set on the staged file before any data is written. One the process may
     not set (``security.selinux`` without the right to relabel, ``trusted.*``
     unprivileged, an attribute the filesystem refuses) and file capabilities
@@ -375,6 +410,6 @@ class MetadataNotPreservedWarning(UserWarning):
 
     def __str__(self) -> str:
         return (
-            f"{self.filename!r}: the replacement does not keep these extended attributes "
+            f"{self.filename!r}: the replacement does not keep this metadata "
             f"of the old file: {'; '.join(self.lost)}"
         )

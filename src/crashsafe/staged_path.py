@@ -30,7 +30,14 @@ from crashsafe._checks import (
     check_options,
     validators_of,
 )
-from crashsafe._metadata import Hardlinks, Preserve, carry, check_keywords, check_target
+from crashsafe._metadata import (
+    Hardlinks,
+    Preserve,
+    carry,
+    check_keywords,
+    check_target,
+    metadata_not_kept,
+)
 from crashsafe._target import locate, replaced_file
 from crashsafe.errors import NotDurableError, VerificationError
 from crashsafe.objectstore._url import is_url
@@ -225,11 +232,13 @@ class _Staged:
             # The descriptor and the name are kept in the same breath as they
             # are made, or an interrupt could leave a file nobody removes.
             with _platform.signals_deferred():
-                fd, temp, self._mode = self._dir.create_temp(
+                fd, temp, self._mode, lost = self._dir.create_temp(
                     self._name, mode_bits, self._owner, named_suffix=staged_suffix(self._name)
                 )
                 assert temp is not None
                 self._temp = temp
+            if lost:
+                metadata_not_kept(path, perm, self._mode, lost)
             self._done = False  # published or aborted: the staged name is no longer ours
             # The library opens the path itself; this descriptor only tells
             # which file was made, to see at commit whether it was replaced.

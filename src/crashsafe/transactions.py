@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 
 from crashsafe import _journal, _platform
 from crashsafe._checks import BytesLike, Durability, as_data, check_flag
-from crashsafe._metadata import Hardlinks, Preserve
+from crashsafe._metadata import Hardlinks, OwnPerm, Preserve
 from crashsafe._target import Target
 from crashsafe.atomic import AtomicFile
 from crashsafe.errors import NotDurableError
@@ -212,12 +212,12 @@ class Transaction:
             path,
             target=Target(directory, JOURNAL, None),
             mode="xb",
-            perm=0o600,
+            perm=OwnPerm(0o600),
             durability="durable" if self._durability != "none" else "none",
         )
         try:
             journal.write_all(json.dumps({"format": _journal.FORMAT, "ops": ops}).encode())
-            journal.publish()
+            journal.publish(private=True)
         except BaseException:
             if not journal.committed:
                 _journal.unstage(directory, ops)
@@ -249,8 +249,13 @@ class Transaction:
                     continue
                 # Numbered 0, 1, 2... with no gap, as recovery expects.
                 staging = f"{STAGED}{sum(op == 'write' for op, _, _ in ops)}"
-                staged.publish(staging, replace=False, sync=False)
-                ops.append(("write", name, staging))
+                try:
+                    staged.publish(staging, replace=False, sync=False, private=True)
+                finally:
+                    # Also when a signal held back during the rename (or link) is
+                    # raised once the name is in place: then it is there to undo.
+                    if staged.committed:
+                        ops.append(("write", name, staging))
             _journal.sync(directory, self._durability)
         except BaseException:
             _journal.unstage(directory, ops)
@@ -418,7 +423,10 @@ class Snapshot:
     def read(self, name: str | os.PathLike[str]) -> bytes:
         """The content of *name* in this generation.
 
-        Raises :class:`FileNotFoundError` if it does not exist,
+        On FUSE and NFS an open that a rename made fail for a moment (``ENOENT``,
+        ``ESTALE``) is tried again, 10 times over 0.213 s at most (see
+        :func:`crashsafe._platform.through_renames`). Raises
+        :class:`FileNotFoundError` if it does not exist,
         :class:`ValueError` after the snapshot's block, and
         :class:`OSError` (``ELOOP``) if it is a symlink, which a transaction
         never writes.

@@ -69,6 +69,12 @@ REQUIRES: dict[Capability, tuple[str, ...]] = {
     # exFAT show 0777 whatever was set (issue 18: the library is to detect this).
     "chmod": (
         "test_api.py::test_write_file_atomic_gives_exactly_the_data_and_perm",
+        # write_file_atomic takes an explicit perm (0o600 here): refused where it does not
+        # hold (issue 18: UnsupportedByFilesystemError).
+        "test_api.py::test_paths_may_be_str_or_path_like",
+        "test_api.py::test_write_file_atomic_takes_path_like_and_bytes_as_paths_are",
+        "test_errors.py::test_write_file_atomic_replaces_a_cross_filesystem_link_itself",
+        "test_errors.py::test_*[*-write_file_atomic*]",
         "test_atomic_path.py::test_a_library_that_renames_its_own_file_onto_the_staged_path",
         "test_atomic_path.py::test_a_new_file_gets_the_mode_open_would_give",
         "test_atomic_path.py::test_an_existing_targets_owner_and_setgid_mode_are_kept",
@@ -102,6 +108,9 @@ REQUIRES: dict[Capability, tuple[str, ...]] = {
         "test_symlinks.py::test_follow_link_into_another_directory_replaces_the_file_there",
         "test_symlinks.py::test_follow_writes_through_a_relative_link_and_keeps_the_link",
         "test_symlinks.py::test_write_file_atomic_replaces_a_link_instead_of_following_it",
+        # perm= in the transaction: refused where it does not hold (issue 18).
+        "test_transaction.py::test_an_exception_in_the_block_publishes_nothing",
+        "test_transaction.py::test_snapshot_reads_one_generation",
         "test_transaction.py::test_a_new_file_gets_the_umask_default",
         "test_transaction.py::test_every_staged_file_is_created_private",
         "test_transaction.py::test_perm_is_exact_whatever_the_umask",
@@ -191,7 +200,6 @@ NAMED_ON = ("ext4",)
 18 (being fixed on another branch). Each is xfail(strict=True): when the library
 change merges, the test passes, the strict xfail turns into a failure, and the
 entry must go. (filesystem names, "module::test" or "module::test[glob]", reason)."""
-EXFAT = frozenset({"exfat"})
 # Found by the matrix, not among issue 18's listed gaps (reported to the lead): after a
 # create-only write publishes by link() + unlink() (no RENAME_NOREPLACE on FUSE),
 # bindfs's attribute cache still shows st_nlink 2, and the next write refuses the file
@@ -199,11 +207,6 @@ EXFAT = frozenset({"exfat"})
 _STALE_NLINK = (
     "FUSE's attribute cache shows st_nlink 2 right after a create-only publish by "
     "link() + unlink(): the next write of the file refuses it as hard-linked"
-)
-_TX_PRIVATE = (
-    "transaction publishes its private names create-only, and exFAT has neither "
-    "RENAME_NOREPLACE (EINVAL) nor link() (EPERM): every commit fails with a bare "
-    "OSError(EINVAL); a transaction, holding its lock, may use a plain rename there"
 )
 KNOWN_GAPS: list[tuple[frozenset[str], str, str]] = [
     *(
@@ -226,66 +229,12 @@ KNOWN_GAPS: list[tuple[frozenset[str], str, str]] = [
         "test_modes.py::test_every_durability_level_publishes_the_content[*-xb-*]",
         _STALE_NLINK,
     ),
-] + [
-    (EXFAT, f"test_transaction.py::{name}", _TX_PRIVATE)
-    for name in (
-        "test_a_directory_replaced_before_the_commit_gets_the_whole_transaction",
-        "test_a_name_of_the_wrong_type_raises_type_error_naming_the_type",
-        "test_accepts_bytes_like_and_str",
-        # Not the faults before the first name is published (the staged file's fsync,
-        # its link): those pass.
-        *(
-            f"test_an_error_at_any_step_leaves_all_old_or_all_new[*-{fault}]"
-            for fault in (
-                "fsync-dir-after-naming",
-                "fsync-journal",
-                "fsync-dir-after-journal",
-                "fsync-dir-after-renames",
-                "fsync-dir-after-journal-removed",
-                "link-second-staged",
-                "link-journal",
-                "first-rename",
-                "sigint-at-journal-link",
-                "sigint-at-first-rename",
-                "sigint-at-staged-fsync",
-            )
-        ),
-        "test_bad_and_reserved_names_raise_value_error",
-        "test_durability_levels_publish_and_fsync_as_documented",
-        "test_explicit_commit_inside_the_block",
-        "test_explicit_commit_then_an_exception_keeps_the_commit",
-        "test_names_may_be_path_like_or_bytes_as_paths_are",
-        "test_operations_after_commit_or_discard_raise",
-        "test_removing_a_directory_raises_at_commit_and_publishes_nothing",
-        "test_removing_a_missing_file_is_fine",
-        "test_snapshot_reads_one_generation",
-        "test_two_open_transactions_the_last_commit_wins",
-        "test_write_then_remove_and_remove_then_write",
-        "test_writes_and_removes_publish_together",
-    )
 ]
 
-FUSE = frozenset({"bindfs", "sshfs", "ntfs3g", "exfat"})
-_XATTR_BY_PATH = (
-    "a writer copies the target's xattrs by path (listxattr, _platform/_xattr.py): on "
-    "FUSE, racing another writer's rename, the name is briefly not found and atomic_write "
-    "raises FileNotFoundError (100 of 1,200 racing writes on bindfs)"
-)
 """Known gaps whose failure depends on a race (it shows in most runs, not all): a strict
 xfail would fail the runs where the race did not show, so these are xfail(strict=False)
 and their XPASSes are listed in the summary. Same format as KNOWN_GAPS."""
-RACY_GAPS: list[tuple[frozenset[str], str, str]] = [
-    (
-        FUSE,
-        "test_concurrency.py::test_racing_writers_never_show_readers_a_torn_file",
-        _XATTR_BY_PATH,
-    ),
-    (
-        FUSE,
-        "test_concurrency.py::test_racing_durable_writers_never_show_readers_a_torn_file",
-        _XATTR_BY_PATH,
-    ),
-]
+RACY_GAPS: list[tuple[frozenset[str], str, str]] = []
 
 
 @dataclass(frozen=True)

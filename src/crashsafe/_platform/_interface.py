@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from crashsafe._platform._status import Status
 
@@ -63,7 +63,9 @@ class Directory(Protocol):
         Nothing where the platform has no extended attributes."""
 
     def open_read(self, name: str) -> int:
-        """Open the existing file *name* for reading, refusing a symlink."""
+        """Open the existing file *name* for reading, refusing a symlink; through
+        the moments a rename over it makes it look missing (see
+        :meth:`Backend.through_renames`)."""
 
     def read(self, name: str) -> bytes:
         """The whole content of the regular file *name* (a symlink is refused)."""
@@ -80,23 +82,30 @@ class Directory(Protocol):
         owner: tuple[int, int] | None = None,
         *,
         named_suffix: str | None = None,
-    ) -> tuple[int, str | None, int]:
+    ) -> tuple[int, str | None, int, tuple[str, ...]]:
         """Create an empty temporary file for target *name*, open for reading and
         writing, with its *owner* (where permitted) and exact *mode* already set.
 
-        Returns ``(fd, temp, mode)``: *temp* is the temporary name, or None
+        Returns ``(fd, temp, mode, lost)``: *temp* is the temporary name, or None
         for an anonymous file (nothing to clean up after a crash); *mode* is
-        the mode the file has (with *mode* None, the one ``open()`` would give
-        a new file here). With *named_suffix* (a str, maybe empty) the file
+        the mode the file has, read back (with *mode* None, the one ``open()``
+        would give a new file here); *lost* names what of *mode* and *owner*
+        the filesystem did not keep (ignored or refused), each with why;
+        empty where everything held. With *named_suffix* (a str, maybe empty) the file
         always has a name, and the name ends with it (``atomic_path``'s staged
         path). On failure nothing is left; errors name the directory.
         """
 
-    def publish(self, fd: int, temp: str | None, name: str, *, replace: bool) -> None:
+    def publish(
+        self, fd: int, temp: str | None, name: str, *, replace: bool, private: bool = False
+    ) -> None:
         """Atomically make the staged file visible as *name*, then close *fd*.
 
         With *replace* False an existing *name* raises :class:`FileExistsError`,
-        atomically. On any failure nothing visible has changed, *fd* is closed
+        atomically; where the filesystem cannot refuse atomically (exFAT),
+        :class:`~crashsafe.errors.UnsupportedByFilesystemError`, unless
+        *private* (a name only the caller, under its lock, writes): then a
+        plain rename. On any failure nothing visible has changed, *fd* is closed
         and no temporary name is left. Errors name the target.
         """
 
@@ -166,6 +175,8 @@ class Directory(Protocol):
         """Remove the directory *name* and everything in it, following no symlink;
         errors are ignored (what is left is for :func:`crashsafe.sweep`)."""
 
+
+_T = TypeVar("_T")
 
 # The protocol by another name, for Backend, whose own Directory is a property.
 _OpenDirectory = Directory
@@ -256,7 +267,19 @@ class Backend(Protocol):
 
     def open_reading(self, path: str) -> int:
         """Open *path* read-only (following symlinks), never waiting on a FIFO,
-        not inherited by child processes."""
+        not inherited by child processes; through the moments a rename over it
+        makes it look missing (see :meth:`through_renames`)."""
+
+    def renames_hide_files(self, where: str | int) -> bool:
+        """Whether, on the filesystem of *where* (a path, or an open file or
+        directory), a reader can find a file missing (ENOENT, ESTALE) for a
+        moment while another file is renamed over it (FUSE and NFS on Linux)."""
+
+    def through_renames(self, attempt: Callable[[], _T], where: str | int) -> _T:
+        """*attempt()*, an open for reading of a file at *where* (its path, or its
+        directory's descriptor), tried again where :meth:`renames_hide_files`
+        while it fails with ENOENT or ESTALE: 10 tries at most, 0.213 s of
+        waiting in all; then its last error. Other errors at once."""
 
     def create_private(self, path: str) -> int:
         """Create the new file *path* (an existing one raises ``FileExistsError``),

@@ -138,3 +138,37 @@ def boot_tag() -> int | None:
     # Not a secret, only a fingerprint: mixing the namespace inode into the
     # boot's random bits is enough to tell boots and namespaces apart.
     return (boot ^ namespace * 0x9E3779B1) & 0xFFFFFFFF
+
+
+# statfs(2) f_type of the filesystems on which a reader can find a file missing
+# while a writer renames another file over it: FUSE (passthroughs, sshfs,
+# ntfs-3g, exfat-fuse; fuseblk has the same magic) and NFS. The kernel looks
+# the name up, then asks the server for that entry, which the rename has just
+# dropped: ENOENT, or ESTALE where the server's handle went stale (sshfs, NFS).
+FUSE_SUPER_MAGIC: Final = 0x65735546
+NFS_SUPER_MAGIC: Final = 0x6969
+RENAMES_HIDE_FILES: Final = frozenset({FUSE_SUPER_MAGIC, NFS_SUPER_MAGIC})
+
+
+def filesystem_magic(where: str | int) -> int | None:
+    """The statfs(2) ``f_type`` of the filesystem holding the path or open file
+    *where*; None where it cannot be read (no such path, no C library).
+
+    ctypes is loaded only here, and only readers that already failed call it.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover - a C library is always there on Linux
+        return None
+    # struct statfs starts with f_type, a long (__fsword_t) on every Linux ABI
+    # this runs on; the buffer is larger than the whole struct anywhere.
+    buffer = (ctypes.c_long * 64)()
+    if isinstance(where, int):
+        done = libc.fstatfs(where, buffer)
+    else:
+        done = libc.statfs(os.fsencode(where), buffer)
+    if done != 0:
+        return None
+    return int(buffer[0]) & 0xFFFFFFFF

@@ -53,7 +53,7 @@ from crashsafe._platform._status import Status
 
 assert sys.platform != "win32", "crashsafe._platform._native is not for Windows"
 
-__all__ = ["PIECES", "probe", "signals_deferred"]
+__all__ = ["PIECES", "probe", "signals_deferred", "status_again"]
 
 PIECES: Final = ("statx", "warmup", "_signal", "libc_sigmask")
 
@@ -295,3 +295,20 @@ def _status(fd: int, name: str = "") -> Status:
             _statx = None  # a refusal holds for the process
     full = os.stat(name, dir_fd=fd, follow_symlinks=False) if name else os.fstat(fd)
     return Status(full.st_mode, full.st_uid, full.st_gid, full.st_nlink)
+
+
+def status_again(fd: int) -> Status:
+    """The status of the open file *fd*, read again right after the caller changed
+    it (the read-back of a staged file's mode and owner).
+
+    As :func:`_status`, but never the read that loads ctypes and not counted by
+    the warm-up: while it lasts, :func:`os.fstat` serves, so that a process's
+    first write, which makes this one read more than the warm-up counts, stays
+    free of ctypes.
+    """
+    if _pieces is None:
+        probe()
+    if _reads_to_ctypes:
+        full = os.fstat(fd)
+        return Status(full.st_mode, full.st_uid, full.st_gid, full.st_nlink)
+    return _status(fd)

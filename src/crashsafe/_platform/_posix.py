@@ -11,10 +11,11 @@ import errno
 import os
 import stat
 import sys
+from collections.abc import Callable
 from functools import partial
-from typing import Final
+from typing import Final, TypeVar
 
-from crashsafe._platform import _linux
+from crashsafe._platform import _common, _linux
 from crashsafe._platform._common import (
     create_private,
     directory_sync_unsupported,
@@ -22,9 +23,9 @@ from crashsafe._platform._common import (
     lock_file_linked,
     open_appending,
     open_lock_file,
-    open_reading,
 )
 from crashsafe._platform._status import Status
+from crashsafe.errors import UnsupportedByFilesystemError
 
 # Chosen by crashsafe._platform; on Windows its backend is _windows. Written as
 # an assert, so that type checkers skip the rest of this module for Windows
@@ -36,7 +37,7 @@ assert sys.platform != "win32", "crashsafe._platform._posix is not for Windows"
 from crashsafe._platform._copy import append_only, copy_data, copy_into  # noqa: E402
 from crashsafe._platform._linux import boot_tag, process_start  # noqa: E402
 from crashsafe._platform._linux import proc_path as reopen_path  # noqa: E402
-from crashsafe._platform._native import _status, signals_deferred  # noqa: E402
+from crashsafe._platform._native import _status, signals_deferred, status_again  # noqa: E402
 from crashsafe._platform._xattr import copy_attributes, is_mount_point  # noqa: E402
 
 __all__ = [
@@ -56,11 +57,15 @@ __all__ = [
     "open_lock_file",
     "open_reading",
     "process_start",
+    "renames_hide_files",
     "reopen_path",
     "set_metadata",
     "signals_deferred",
+    "through_renames",
     "unlock",
 ]
+
+_T = TypeVar("_T")
 
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
@@ -72,6 +77,9 @@ _READ_FILE: Final = os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_NONB
 _OPEN_DIR: Final = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
 # Errors by which link() says "no hard links here"; renameat2 is tried next.
 _NO_LINK: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
+# Errors by which renameat2(RENAME_NOREPLACE) says "not on this filesystem"
+# (exfat-fuse: EINVAL) or "not on this system".
+_NO_NOREPLACE: Final = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
 
 # Whether create_temp tries an anonymous O_TMPFILE file first, where Linux has
 # one; tests switch it off to prove the named path.
@@ -93,6 +101,35 @@ if sys.platform == "darwin":  # pragma: no cover - not verified on this machine
 
 else:
     fsync_file = os.fsync
+
+
+def renames_hide_files(where: str | int) -> bool:
+    """Whether, on the filesystem of *where* (a path, or an open file or directory),
+    a reader can find a file missing (ENOENT, ESTALE) while another is renamed
+    over it: FUSE and NFS (statfs ``f_type``), on Linux. A path that is missing
+    itself is asked about through its directory."""
+    if sys.platform != "linux":  # pragma: no cover - not verified elsewhere
+        return False
+    magic = _linux.filesystem_magic(where)
+    if magic is None and isinstance(where, str):
+        magic = _linux.filesystem_magic(os.path.dirname(where) or ".")
+    return magic in _linux.RENAMES_HIDE_FILES
+
+
+def through_renames(attempt: Callable[[], _T], where: str | int) -> _T:
+    """*attempt()*, an open for reading of a file at *where* (its path, or its
+    directory's descriptor), ridden through the moments when a rename over the
+    file makes it look missing on FUSE or NFS: see
+    :func:`crashsafe._platform._common.through_renames` (10 tries, 0.213 s of
+    waiting at most, only where :func:`renames_hide_files`)."""
+    return _common.through_renames(attempt, where, renames_hide_files)
+
+
+def open_reading(path: str) -> int:
+    """Open *path* read-only, following symlinks, never waiting on a FIFO; on FUSE
+    and NFS, through the moments a rename makes it look missing (see
+    :func:`through_renames`)."""
+    return through_renames(partial(_common.open_reading, path), path)
 
 
 def _name_error(error: OSError, path: str) -> OSError:
@@ -162,16 +199,22 @@ class Directory:
 
     def copy_attributes(self, name: str, fd: int) -> tuple[list[str], bool]:
         """Give the open file *fd* the extended attributes of the file *name* here;
-        see :func:`~crashsafe._platform._xattr.copy_attributes`. Errors name the entry."""
+        see :func:`~crashsafe._platform._xattr.copy_attributes`. They are read by
+        path: on FUSE and NFS, through the moments another writer's rename makes
+        the file look missing (see :func:`through_renames`; copying again is
+        harmless). Errors name the entry."""
         try:
-            return copy_attributes(self.fd, name, fd)
+            return through_renames(partial(copy_attributes, self.fd, name, fd), self.fd)
         except OSError as e:
             raise _name_error(e, self._join(name)) from None
 
     def open_read(self, name: str) -> int:
-        """Open the existing file *name* for reading, refusing a symlink."""
+        """Open the existing file *name* for reading, refusing a symlink; on FUSE and
+        NFS, through the moments a rename makes it look missing (see
+        :func:`through_renames`)."""
+        flags = os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC
         try:
-            return os.open(name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self.fd)
+            return through_renames(partial(os.open, name, flags, dir_fd=self.fd), self.fd)
         except OSError as e:
             raise _name_error(e, self._join(name)) from None
 
@@ -182,15 +225,19 @@ class Directory:
         owner: tuple[int, int] | None = None,
         *,
         named_suffix: str | None = None,
-    ) -> tuple[int, str | None, int]:
+    ) -> tuple[int, str | None, int, tuple[str, ...]]:
         """Create an empty temporary file for target *name*, open for reading and
         writing, with its owner and exact mode already set (steps 2 and 3).
 
-        Returns ``(fd, temp, mode)``: *temp* is None for an anonymous
+        Returns ``(fd, temp, mode, lost)``: *temp* is None for an anonymous
         ``O_TMPFILE`` (nothing to clean up after a crash), else the unguessable
         name it was created under, exclusively and without following symlinks;
-        *mode* is the mode it has. With *named_suffix*, the file is always
-        named, and its name ends with that suffix. With *mode* None, that is the mode
+        *mode* is the mode it has, read back after it was set; *lost* says
+        what of *mode* and *owner* the file does not have: the filesystem
+        accepted the call and kept nothing (ntfs-3g and exFAT ignore chmod
+        and chown), or refused it (a non-root writer's chmod on sshfs). With
+        *named_suffix*, the file is always named, and its name ends with that
+        suffix. With *mode* None, that is the mode
         ``open()`` would give a new file here (0o666 less the umask, or the
         directory's default ACL), learned from the kernel without touching the
         process umask. *owner* ``(uid, gid)`` is given first, where permitted
@@ -209,12 +256,13 @@ class Directory:
                         st = _status(fd)
                         if mode is None:
                             mode = stat.S_IMODE(st.st_mode)
+                        lost: tuple[str, ...] = ()
                         if owner is not None or stat.S_IMODE(st.st_mode) != mode:
-                            _set_metadata(fd, mode, owner, st)
+                            mode, lost = _set_checked(fd, mode, owner, st)
                     except BaseException:
                         os.close(fd)
                         raise
-                    return fd, None, mode
+                    return fd, None, mode, lost
             return self._create_named_temp(name, mode, owner, named_suffix or "")
         except OSError as e:
             if e.errno == errno.ENOENT and os.fstat(self.fd).st_nlink > 0:
@@ -231,24 +279,25 @@ class Directory:
 
     def _create_named_temp(
         self, name: str, mode: int | None, owner: tuple[int, int] | None, suffix: str
-    ) -> tuple[int, str, int]:
+    ) -> tuple[int, str, int, tuple[str, ...]]:
         if mode is None:
             mode = self._new_file_mode(name)
         fds: list[int] = []
         flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_NOFOLLOW | _O_CLOEXEC
+        # A named file can be opened by others as soon as it exists: it
+        # starts private, and gets its mode before any data is written.
+        private = mode & 0o600
 
         def make(candidate: str) -> None:
-            # A named file can be opened by others as soon as it exists: it
-            # starts private, and gets its mode before any data is written.
-            fds.append(os.open(candidate, flags, mode & 0o600, dir_fd=self.fd))
+            fds.append(os.open(candidate, flags, private, dir_fd=self.fd))
 
         temp = fresh_name(name, make, suffix)
         try:
-            _set_metadata(fds[0], mode, owner, None)
+            mode, lost = _set_checked(fds[0], mode, owner, None)
         except BaseException:
             self.discard(fds[0], temp)
             raise
-        return fds[0], temp, mode
+        return fds[0], temp, mode, lost
 
     def _new_file_mode(self, name: str) -> int:
         # An empty probe file shows what the kernel gives a new file here. No
@@ -279,11 +328,17 @@ class Directory:
         except OSError as e:
             raise _name_error(e, self._join(name)) from None
 
-    def publish(self, fd: int, temp: str | None, name: str, *, replace: bool) -> None:
+    def publish(
+        self, fd: int, temp: str | None, name: str, *, replace: bool, private: bool = False
+    ) -> None:
         """Atomically make the staged file visible as *name*, then close *fd*.
 
         With *replace* False, an existing *name* raises ``FileExistsError``
-        atomically (no check-then-act window). On any failure nothing visible
+        atomically (no check-then-act window); where the filesystem can do
+        that neither by ``link`` nor by ``renameat2(RENAME_NOREPLACE)``
+        (exFAT), :class:`~crashsafe.errors.UnsupportedByFilesystemError`,
+        unless *private* (a name only its caller, holding its lock, writes:
+        then a plain rename). On any failure nothing visible
         has changed, *fd* is closed and no temporary name is left. Errors name
         the target.
         """
@@ -300,7 +355,7 @@ class Directory:
             elif replace:
                 os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
             else:
-                self._rename_noreplace(temp, name)
+                self._rename_noreplace(temp, name, private)
         except BaseException as e:
             self.discard(fd, temp)
             if isinstance(e, OSError):
@@ -308,13 +363,26 @@ class Directory:
             raise
         os.close(fd)
 
-    def _rename_noreplace(self, temp: str, name: str) -> None:
+    def _rename_noreplace(self, temp: str, name: str, private: bool) -> None:
         try:
             os.link(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
         except OSError as e:
             if e.errno not in _NO_LINK:
                 raise
-            _linux.renameat2_noreplace(self.fd, temp, name)
+            try:
+                _linux.renameat2_noreplace(self.fd, temp, name)
+            except OSError as refused:
+                if refused.errno not in _NO_NOREPLACE:
+                    raise
+                if not private:
+                    raise UnsupportedByFilesystemError(
+                        self._join(name),
+                        "create-only is not possible on this filesystem: it has neither "
+                        "link() nor rename without replace, so an existing file cannot "
+                        "be refused atomically",
+                    ) from refused
+                # The caller's own name, under its lock: nobody else makes it.
+                os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
             return
         # The target is published; a failure to drop the second name only
         # leaves debris for sweep(), so it must not turn success into an error.
@@ -656,9 +724,51 @@ def set_metadata(fd: int, mode: int, owner: tuple[int, int] | None) -> None:
     _set_metadata(fd, mode, owner, None)
 
 
-def _set_metadata(fd: int, mode: int, owner: tuple[int, int] | None, st: Status | None) -> None:
+def _set_checked(
+    fd: int, mode: int, owner: tuple[int, int] | None, st: Status | None
+) -> tuple[int, tuple[str, ...]]:
+    """Set *owner* and *mode* on the staged file *fd* as :func:`set_metadata` does,
+    then read them back: (the mode it has, what did not hold).
+
+    Some filesystems accept chmod and chown and keep nothing (ntfs-3g with
+    its default options, exFAT: every file 0o777, owned by the mounter);
+    sshfs refuses a non-root writer's chmod of a file that shows up as the
+    remote root's. Neither may pass unseen: the caller refuses an explicit
+    mode, or warns. A chown the caller may not make is not "lost" (an owner
+    is kept where permitted, as documented).
+    """
+    refused = False
+    try:
+        if not _set_metadata(fd, mode, owner, st):
+            return mode, ()  # it had them already: st was just read
+    except PermissionError:
+        refused = True
+    now = status_again(fd)
+    lost: list[str] = []
+    kept = stat.S_IMODE(now.st_mode)
+    if kept != mode:
+        why = "refused" if refused else "accepted, not kept"
+        lost.append(f"mode {mode:#o} (chmod {why}: the file has {kept:#o})")
+    if owner is not None and (now.st_uid, now.st_gid) != owner and _may_chown(owner):
+        lost.append(
+            f"owner {owner[0]}:{owner[1]} (chown accepted, not kept: "
+            f"the file is {now.st_uid}:{now.st_gid})"
+        )
+    return kept, tuple(lost)
+
+
+def _may_chown(owner: tuple[int, int]) -> bool:
+    # Whether this process may give a file *owner*: root may; others may not
+    # give it away, and keep the group only where it is one of theirs.
+    if os.geteuid() == 0:
+        return True
+    return owner[0] == os.geteuid() and owner[1] in (os.getegid(), *os.getgroups())
+
+
+def _set_metadata(fd: int, mode: int, owner: tuple[int, int] | None, st: Status | None) -> bool:
     # st: the file's status if the caller just took it; then only what
     # differs is changed (a chown, then the mode it may have cleared).
+    # Returns whether anything was changed (else there is nothing to read back).
     chowned = False
     if owner is not None:
         if st is None:
@@ -672,3 +782,5 @@ def _set_metadata(fd: int, mode: int, owner: tuple[int, int] | None, st: Status 
             chowned = True
     if chowned or st is None or stat.S_IMODE(st.st_mode) != mode:
         os.fchmod(fd, mode)
+        return True
+    return False

@@ -17,7 +17,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from crashsafe._platform._common import (
     create_private,
@@ -47,11 +47,15 @@ __all__ = [
     "open_lock_file",
     "open_reading",
     "process_start",
+    "renames_hide_files",
     "reopen_path",
     "set_metadata",
     "signals_deferred",
+    "through_renames",
     "unlock",
 ]
+
+_T = TypeVar("_T")
 
 _MOVEFILE_REPLACE_EXISTING: Final = 0x1
 _MOVEFILE_WRITE_THROUGH: Final = 0x8
@@ -64,6 +68,17 @@ _O_NOINHERIT: Final = getattr(os, "O_NOINHERIT", 0)
 # between bytecodes, and the few unguarded instructions are a known limit.
 signals_deferred = contextlib.nullcontext
 fsync_file = os.fsync  # _commit(): FlushFileBuffers
+
+
+def renames_hide_files(where: str | int) -> bool:
+    """False: a rename over a file on Windows is not known here to hide it
+    from readers (not verified)."""
+    return False
+
+
+def through_renames(attempt: Callable[[], _T], where: str | int) -> _T:
+    """*attempt()* once: see :func:`renames_hide_files`."""
+    return attempt()
 
 
 def _move(src: str, dst: str, *, replace: bool) -> None:
@@ -131,7 +146,7 @@ class Directory:
         owner: tuple[int, int] | None = None,
         *,
         named_suffix: str | None = None,
-    ) -> tuple[int, str | None, int]:
+    ) -> tuple[int, str | None, int, tuple[str, ...]]:
         flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_BINARY | _O_NOINHERIT
         fds: list[int] = []
         try:
@@ -144,7 +159,7 @@ class Directory:
             e.filename = self.path  # not the private name
             del e.filename2  # set to None, it would print as "-> None"
             raise
-        return fds[0], temp, 0o666 if mode is None else mode
+        return fds[0], temp, 0o666 if mode is None else mode, ()
 
     def create_anonymous(self) -> int | None:
         """None: Windows has no anonymous files that can be named later."""
@@ -153,7 +168,11 @@ class Directory:
     def link_anonymous(self, fd: int, name: str) -> None:
         raise OSError(errno.ENOTSUP, "no anonymous files on Windows", self._join(name))
 
-    def publish(self, fd: int, temp: str | None, name: str, *, replace: bool) -> None:
+    def publish(
+        self, fd: int, temp: str | None, name: str, *, replace: bool, private: bool = False
+    ) -> None:
+        # MoveFileExW without MOVEFILE_REPLACE_EXISTING refuses an existing
+        # target on every Windows filesystem: *private* changes nothing.
         assert temp is not None
         # An open handle without delete sharing blocks the move: close first.
         os.close(fd)

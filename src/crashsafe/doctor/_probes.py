@@ -10,6 +10,7 @@ import errno
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -117,7 +118,12 @@ def _noreplace(dir_fd: int) -> Probe:
         return Probe(False, f"renameat2(RENAME_NOREPLACE) refused: {_why(e)}")
     else:
         return Probe(False, "renameat2(RENAME_NOREPLACE) replaced an existing name")
-    _linux.renameat2_noreplace(dir_fd, "nr-a", "nr-c")
+    try:
+        _linux.renameat2_noreplace(dir_fd, "nr-a", "nr-c")
+    except OSError as e:
+        # The kernel answers EEXIST itself; only a free name reaches the
+        # filesystem, which may not have the call (FUSE without rename2: EINVAL).
+        return Probe(False, f"renameat2(RENAME_NOREPLACE) to a free name refused: {_why(e)}")
     return Probe(True, "renameat2(RENAME_NOREPLACE): EEXIST over a name, renamed to a free one")
 
 
@@ -145,6 +151,24 @@ def _reflink(dir_fd: int) -> Probe:
     if not cloned:
         return Probe(False, "ioctl(FICLONE) between two scratch files refused")
     return Probe(same, "ioctl(FICLONE) between two scratch files: the clone read back equal")
+
+
+def _modes(dir_fd: int) -> Probe:
+    # A mode no filesystem gives a new file by default, set and read back:
+    # ntfs-3g (default options) and exFAT accept chmod and keep 0o777.
+    _write(dir_fd, "mode", b"m")
+    try:
+        os.chmod("mode", 0o640, dir_fd=dir_fd)
+    except OSError as e:
+        return Probe(False, f"chmod refused: {_why(e)}; perm= is refused here")
+    kept = stat.S_IMODE(os.stat("mode", dir_fd=dir_fd).st_mode)
+    if kept != 0o640:
+        return Probe(
+            False,
+            f"chmod 0o640 accepted, the file has {kept:#o}: perm= is refused here, "
+            "carried modes are warned about",
+        )
+    return Probe(True, "chmod 0o640 of a scratch file read back as 0o640")
 
 
 def _dir_fsync(dir_fd: int) -> Probe:
@@ -221,6 +245,7 @@ def measure(directory: str) -> Measured:
             "rename_noreplace": _noreplace(dir_fd),
             "rename_exchange": _exchange(dir_fd),
             "reflink": _reflink(dir_fd),
+            "modes": _modes(dir_fd),
             "dir_fsync": _dir_fsync(dir_fd),
         }
         fsync = _fsync_latency(dir_fd)

@@ -8,6 +8,7 @@ import sys
 
 assert sys.platform != "win32", "crashsafe.doctor is for Linux"
 
+from crashsafe import _platform  # noqa: E402
 from crashsafe.doctor import FAST_FSYNC_US, Diagnosis, Fact  # noqa: E402
 from crashsafe.doctor._mounts import (  # noqa: E402
     MEMORY_TYPES,
@@ -26,8 +27,12 @@ _CAPABILITY_NAMES = {
     "rename_noreplace": "no-replace rename",
     "rename_exchange": "exchange rename",
     "reflink": "reflink",
+    "modes": "file modes",
     "dir_fsync": "directory fsync",
 }
+# FUSE servers known to implement no fsyncdir: the kernel then answers every
+# directory fsync with 0, having done nothing (fc->no_fsyncdir).
+_NO_FSYNCDIR = {"fuse.sshfs": "sshfs implements no fsyncdir"}
 
 
 _FUA = {True: "yes", False: "no", None: "unknown"}
@@ -151,13 +156,48 @@ def _conclude(
     else:
         consistent = ("yes", "fsync waits for the disk: old or new survives a power cut")
     durable: tuple[str, str]
-    if consistent[0] != "yes":
+    if fstype in _NO_FSYNCDIR:
+        durable = (
+            "no",
+            f"{_NO_FSYNCDIR[fstype]}: a directory fsync returns 0 and does nothing; "
+            "a returned write may be old after a cut",
+        )
+    elif consistent[0] != "yes":
         durable = (consistent[0], consistent[1])
     elif not measured.probes["dir_fsync"].supported:
         durable = ("no", "directory fsync unsupported: a returned write may be old after a cut")
     else:
         durable = ("yes", "fsync of file and directory both reach the disk")
     return {"atomic": atomic, "consistent": consistent, "durable": durable}
+
+
+def _oddities(where: str, measured: Measured) -> list[Fact]:
+    """What crashsafe does differently here: create-only, modes, readers racing renames."""
+    probes = measured.probes
+    facts = []
+    if not (probes["hard_link"].supported or probes["rename_noreplace"].supported):
+        facts.append(
+            Fact(
+                "create-only",
+                "not possible",
+                'neither link() nor renameat2(RENAME_NOREPLACE): mode="x" and '
+                "overwrite=False raise UnsupportedByFilesystemError (transactions still commit)",
+                say_why=True,
+            )
+        )
+    if not probes["modes"].supported:
+        facts.append(Fact("perm=", "refused", probes["modes"].evidence, say_why=True))
+    if _platform.renames_hide_files(where):
+        facts.append(
+            Fact(
+                "readers",
+                "retry",
+                "FUSE or NFS: a reader racing a rename can find the file missing "
+                "(ENOENT, ESTALE); crashsafe's readers try 10 times over 0.213 s",
+                say_why=True,
+            )
+        )
+    return facts
 
 
 def _disk_json(disk: Disk) -> dict[str, str | bool | None]:
@@ -200,6 +240,8 @@ def build(where: str, *, crash_probe: bool) -> Diagnosis:
                     f"{latency.rounds} rounds of {latency.what} in a scratch directory",
                 )
             )
+    if measured.refused is None:
+        facts += _oddities(where, measured)
     st = os.statvfs(where)
     free = st.f_bavail * st.f_frsize
     facts.append(
