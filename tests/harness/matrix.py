@@ -204,10 +204,6 @@ entry must go. (filesystem names, "module::test" or "module::test[glob]", reason
 # create-only write publishes by link() + unlink() (no RENAME_NOREPLACE on FUSE),
 # bindfs's attribute cache still shows st_nlink 2, and the next write refuses the file
 # as hard-linked (HardLinkedTargetError), deterministically.
-_STALE_NLINK = (
-    "FUSE's attribute cache shows st_nlink 2 right after a create-only publish by "
-    "link() + unlink(): the next write of the file refuses it as hard-linked"
-)
 KNOWN_GAPS: list[tuple[frozenset[str], str, str]] = [
     *(
         (
@@ -223,11 +219,6 @@ KNOWN_GAPS: list[tuple[frozenset[str], str, str]] = [
         "test_permissions.py::test_writer_that_cannot_give_the_file_away_*",
         "sshfs: the SFTP server creates every file as its own user (root here), whoever "
         "writes: a writer that is not root does not own its replacement",
-    ),
-    (
-        frozenset({"bindfs"}),
-        "test_modes.py::test_every_durability_level_publishes_the_content[*-xb-*]",
-        _STALE_NLINK,
     ),
 ]
 

@@ -55,6 +55,11 @@ class Directory(Protocol):
         """Whether the entry *name*, of *status* (just read by :meth:`lstat`), is the
         root of a mount, such as a bind-mounted file, which no rename can replace."""
 
+    def link_count(self, name: str) -> int:
+        """The link count of the entry *name*, not following a symlink, read from
+        the filesystem itself, not from an attribute cache that may be stale
+        (FUSE): asked to confirm a count above 1 that :meth:`lstat` gave."""
+
     def copy_attributes(self, name: str, fd: int) -> tuple[list[str], bool]:
         """Give the open file *fd* exactly the extended attributes of the regular
         file *name* here (ACLs, SELinux label, ``user.*``; file capabilities

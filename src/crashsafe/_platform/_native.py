@@ -7,7 +7,9 @@ worth", where the pieces that did not pay and were removed are listed too):
 ``"statx"``
     The status reads of a write (the target, the staged file) use statx(2)
     through ctypes, asking for type, mode, link count and owner only (and
-    reading whether the entry is a mount's root, which costs nothing more). A ``stat`` that
+    reading whether the entry is a mount's root, which costs nothing more),
+    past any attribute cache (``AT_STATX_FORCE_SYNC``: FUSE keeps one for a
+    second; local filesystems have none). A ``stat`` that
     returns an inode's ctime or mtime marks it "queried" (Linux 6.13's
     multigrain timestamps, fs/stat.c), and the next change to that inode then
     takes a fine-grained timestamp, which the filesystem must log. Fallback:
@@ -16,8 +18,10 @@ worth", where the pieces that did not pay and were removed are listed too):
 ``"warmup"``
     With ``"statx"`` or ``"libc_sigmask"``: a process's first two status
     reads (its first write) use the fallbacks, and ctypes is loaded at the
-    third. Importing ctypes takes longer than a small write; a process that
-    writes once never pays it.
+    third (or at once where a target shows more than one link, which is
+    confirmed past FUSE's attribute cache: :func:`link_count_synced`).
+    Importing ctypes takes longer than a small write; a process that writes
+    once never pays it.
 ``"_signal"``
     :class:`signals_deferred` calls CPython's C-level
     ``_signal.pthread_sigmask``, which returns the old mask as a set of
@@ -53,7 +57,7 @@ from crashsafe._platform._status import Status
 
 assert sys.platform != "win32", "crashsafe._platform._native is not for Windows"
 
-__all__ = ["PIECES", "probe", "signals_deferred", "status_again"]
+__all__ = ["PIECES", "link_count_synced", "probe", "signals_deferred", "status_again"]
 
 PIECES: Final = ("statx", "warmup", "_signal", "libc_sigmask")
 
@@ -61,6 +65,11 @@ PIECES: Final = ("statx", "warmup", "_signal", "libc_sigmask")
 # STATX_NLINK | STATX_UID | STATX_GID, and no timestamp (see the module's docstring).
 _AT_SYMLINK_NOFOLLOW: Final = 0x100
 _AT_EMPTY_PATH: Final = 0x1000
+# Ask the filesystem, not an attribute cache: FUSE answers from one for a
+# second (bindfs missed a new hard link, and showed one that was gone); local
+# filesystems have no such cache and ignore the flag.
+_AT_STATX_FORCE_SYNC: Final = 0x2000
+_STATX_NLINK: Final = 0x4
 _STATX_WANTED: Final = 0x1 | 0x2 | 0x4 | 0x8 | 0x10
 # stx_attributes: the entry is the root of a mount (Linux 5.8), a bind-mounted
 # file among them; stx_attributes_mask says whether the kernel reports it.
@@ -275,8 +284,8 @@ def _status(fd: int, name: str = "") -> Status:
         if name:
             if "\0" in name:  # C would read up to the NUL: refuse as os.stat does
                 raise ValueError("embedded null byte")
-            rc = call(fd, name.encode(_FS_ENCODING, _FS_ERRORS), _AT_SYMLINK_NOFOLLOW,
-                      _STATX_WANTED, result)  # fmt: skip
+            flags = _AT_SYMLINK_NOFOLLOW | _AT_STATX_FORCE_SYNC
+            rc = call(fd, name.encode(_FS_ENCODING, _FS_ERRORS), flags, _STATX_WANTED, result)
         else:
             rc = call(fd, b"", _AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH, _STATX_WANTED, result)
         if rc == 0:
@@ -312,3 +321,34 @@ def status_again(fd: int) -> Status:
         full = os.fstat(fd)
         return Status(full.st_mode, full.st_uid, full.st_gid, full.st_nlink)
     return _status(fd)
+
+
+def link_count_synced(fd: int, name: str) -> int:
+    """The link count of *name* relative to the directory *fd* (not following a
+    symlink), asked of the filesystem itself rather than of its attribute cache.
+
+    After a create-only publish by ``link()`` and ``unlink()``, bindfs (FUSE)
+    went on showing two links for the published file for a second. statx(2)
+    with ``AT_STATX_FORCE_SYNC`` asks again; a write asks only to confirm a
+    count above 1, so this ends the warm-up early (loading ctypes) only then.
+    Without statx (``CRASHSAFE_NATIVE`` without it, an old C library),
+    :func:`os.stat`'s count. Raises the :class:`OSError` of the read.
+    """
+    global _reads_to_ctypes  # noqa: PLW0603 - the warm-up, ended early
+    if _pieces is None:
+        probe()
+    if _reads_to_ctypes:
+        _reads_to_ctypes = 0
+        _load_ctypes_now(_pieces or frozenset())
+    if _statx is not None:
+        call, new_buffer, fields, get_errno = _statx
+        result = new_buffer()
+        encoded = name.encode(_FS_ENCODING, _FS_ERRORS)
+        flags = _AT_SYMLINK_NOFOLLOW | _AT_STATX_FORCE_SYNC
+        if call(fd, encoded, flags, _STATX_NLINK, result) == 0:
+            mask, _, nlink, *_ = fields(result)
+            if mask & _STATX_NLINK:
+                return int(nlink)
+        elif (err := get_errno()) not in (errno.ENOSYS, errno.EPERM):
+            raise OSError(err, os.strerror(err))
+    return os.stat(name, dir_fd=fd, follow_symlinks=False).st_nlink

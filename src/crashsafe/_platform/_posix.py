@@ -37,7 +37,12 @@ assert sys.platform != "win32", "crashsafe._platform._posix is not for Windows"
 from crashsafe._platform._copy import append_only, copy_data, copy_into  # noqa: E402
 from crashsafe._platform._linux import boot_tag, process_start  # noqa: E402
 from crashsafe._platform._linux import proc_path as reopen_path  # noqa: E402
-from crashsafe._platform._native import _status, signals_deferred, status_again  # noqa: E402
+from crashsafe._platform._native import (  # noqa: E402
+    _status,
+    link_count_synced,
+    signals_deferred,
+    status_again,
+)
 from crashsafe._platform._xattr import copy_attributes, is_mount_point  # noqa: E402
 
 __all__ = [
@@ -196,6 +201,12 @@ class Directory:
         """Whether the entry *name*, whose *status* was just read, is the root of a
         mount (a bind-mounted file): see :func:`~crashsafe._platform._xattr.is_mount_point`."""
         return is_mount_point(self.fd, name, status)
+
+    def link_count(self, name: str) -> int:
+        try:
+            return link_count_synced(self.fd, name)
+        except OSError as e:
+            raise _name_error(e, self._join(name)) from None
 
     def copy_attributes(self, name: str, fd: int) -> tuple[list[str], bool]:
         """Give the open file *fd* the extended attributes of the file *name* here;

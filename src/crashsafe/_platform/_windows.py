@@ -122,6 +122,9 @@ class Directory:
         """False: a file cannot be a mount point on Windows."""
         return False
 
+    def link_count(self, name: str) -> int:
+        return os.lstat(self._join(name)).st_nlink
+
     def copy_attributes(self, name: str, fd: int) -> tuple[list[str], bool]:
         """Nothing: alternate data streams and Windows ACLs are not carried."""
         return [], False
