@@ -7,9 +7,7 @@ worth", where the pieces that did not pay and were removed are listed too):
 ``"statx"``
     The status reads of a write (the target, the staged file) use statx(2)
     through ctypes, asking for type, mode, link count and owner only (and
-    reading whether the entry is a mount's root, which costs nothing more),
-    past any attribute cache (``AT_STATX_FORCE_SYNC``: FUSE keeps one for a
-    second; local filesystems have none). A ``stat`` that
+    reading whether the entry is a mount's root, which costs nothing more). A ``stat`` that
     returns an inode's ctime or mtime marks it "queried" (Linux 6.13's
     multigrain timestamps, fs/stat.c), and the next change to that inode then
     takes a fine-grained timestamp, which the filesystem must log. Fallback:
@@ -66,8 +64,9 @@ PIECES: Final = ("statx", "warmup", "_signal", "libc_sigmask")
 _AT_SYMLINK_NOFOLLOW: Final = 0x100
 _AT_EMPTY_PATH: Final = 0x1000
 # Ask the filesystem, not an attribute cache: FUSE answers from one for a
-# second (bindfs missed a new hard link, and showed one that was gone); local
-# filesystems have no such cache and ignore the flag.
+# second (bindfs showed a link that was gone); local filesystems have no such
+# cache and ignore the flag. Only to confirm a link count: on sshfs, every
+# target read asked this way met writers racing renames with errors.
 _AT_STATX_FORCE_SYNC: Final = 0x2000
 _STATX_NLINK: Final = 0x4
 _STATX_WANTED: Final = 0x1 | 0x2 | 0x4 | 0x8 | 0x10
@@ -284,8 +283,8 @@ def _status(fd: int, name: str = "") -> Status:
         if name:
             if "\0" in name:  # C would read up to the NUL: refuse as os.stat does
                 raise ValueError("embedded null byte")
-            flags = _AT_SYMLINK_NOFOLLOW | _AT_STATX_FORCE_SYNC
-            rc = call(fd, name.encode(_FS_ENCODING, _FS_ERRORS), flags, _STATX_WANTED, result)
+            rc = call(fd, name.encode(_FS_ENCODING, _FS_ERRORS), _AT_SYMLINK_NOFOLLOW,
+                      _STATX_WANTED, result)  # fmt: skip
         else:
             rc = call(fd, b"", _AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH, _STATX_WANTED, result)
         if rc == 0:
