@@ -213,9 +213,16 @@ class Directory:
         see :func:`~crashsafe._platform._xattr.copy_attributes`. They are read by
         path: on FUSE and NFS, through the moments another writer's rename makes
         the file look missing (see :func:`through_renames`; copying again is
-        harmless). Errors name the entry."""
+        harmless). A file removed since the caller looked at it has nothing left
+        to carry: ``([], False)``, as for a new file. Errors name the entry."""
         try:
             return through_renames(partial(copy_attributes, self.fd, name, fd), self.fd)
+        except FileNotFoundError:
+            # Removed by another process (an unlink, a transaction's remove:
+            # found by the soak test), or still missing after the retries: the
+            # write goes on as over a new file. Tried again first, so that a
+            # rename on FUSE does not drop the old file's attributes.
+            return [], False
         except OSError as e:
             raise _name_error(e, self._join(name)) from None
 

@@ -57,20 +57,14 @@ def copy_attributes(dir_fd: int, name: str, fd: int) -> tuple[list[str], bool]:
     removed. Returns the attributes that could not be kept, each with its
     reason (capabilities among them), and whether the access ACL of *fd* was
     set or removed (which changes its mode's group bits: the caller sets the
-    mode again). A *name* removed since the caller looked at it (by another
-    process) has nothing left to carry: ``([], False)``, as for a new file.
-    Raises the :class:`OSError` of any other failure.
+    mode again). Raises :class:`FileNotFoundError` for a *name* removed since
+    the caller looked at it (or hidden for a moment by a rename on FUSE: the
+    caller tries again), and the :class:`OSError` of any other failure.
     """
     if sys.platform != "linux" or not _PROC:  # pragma: no cover - no xattr calls in Python
         return [], False
     path = f"/proc/self/fd/{dir_fd}/{name}"
-    try:
-        names = _names(lambda: os.listxattr(path, follow_symlinks=False))
-    except FileNotFoundError:
-        # Removed since the caller looked at it (another process's unlink, a
-        # transaction's remove: found by the soak test): nothing is left to
-        # carry, and the write goes on as over a new file.
-        return [], False
+    names = _names(lambda: os.listxattr(path, follow_symlinks=False))
     present = _names(lambda: os.listxattr(fd))
     lost: list[str] = []
     acl_changed = False
